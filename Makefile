@@ -1,0 +1,25 @@
+# Two entry points for a fresh machine: `make demo` and `make test` (see README.md).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+WORKDIR ?= runs/demo
+
+.PHONY: demo test lint clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(PY) launch.py demo --workdir $(WORKDIR)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -n 2 --durations=15 tests
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check jovale_jax configs tests launch.py bench
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,133 @@
+"""Fields shared by every preset: model sizes, data pipeline, optimisation, sharding.
+
+A preset (``configs/<name>.py``) calls :func:`base_config` and overrides what differs. Every shape
+the model sees comes from ``config.model``; the input pipeline reads the same fields, so the data
+and the model can never disagree about a shape.
+
+Run a preset with ``python launch.py train --config configs/NAME.py[:variant] --workdir W``;
+override any field with ``--config.field=value`` (unknown fields are an error).
+"""
+
+import ml_collections
+
+# Mesh axes and the rules that map the model's logical axis names onto them (SPEC.md section 2).
+# 'embed' is replicated unless `fsdp` is set, in which case it is sharded over 'data'.
+SHARDING_RULES = (
+    ("batch", "data"),
+    ("heads", "model"),
+    ("mlp", "model"),
+    ("embed", None),
+    ("kv", None),
+    ("classes", None),
+    ("conv_in", None),
+    ("time", None),
+    ("length", None),
+)
+
+
+def vit_config(*, width: int, depth: int, num_heads: int, mlp_dim: int, patch: int) -> ml_collections.ConfigDict:
+    """Sizes of a plain ViT encoder (shared by the video and the scene stream)."""
+    return ml_collections.ConfigDict(
+        dict(width=width, depth=depth, num_heads=num_heads, mlp_dim=mlp_dim, patch=patch)
+    )
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The AVA ViT-B model of the paper (SPEC.md section 1) with the paper's training settings."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.dataset = "ava"
+
+    # ---------------- model ----------------
+    m = c.model = ml_collections.ConfigDict()
+    m.modalities = ("video", "audio", "scene")
+    m.num_classes = 60
+    m.num_proposals = 15  # K
+    m.embed_dim = 256  # D
+    m.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
+    m.remat = False  # jax.checkpoint each ViT block and AMFN layer
+    m.scan_layers = True  # lax.scan over identical layers (4x faster compile)
+
+    v = m.video = vit_config(width=768, depth=12, num_heads=12, mlp_dim=3072, patch=16)
+    v.num_frames = 16
+    v.tubelet = 2
+    v.image_size = (224, 288)  # (H, W); the 14 x 18 patch grid reproduces Table 3's FLOPs
+    v.layer_norm_eps = 1e-6
+    v.drop_path = 0.0
+
+    s = m.scene = vit_config(width=768, depth=12, num_heads=12, mlp_dim=3072, patch=16)
+    s.num_frames = 4  # T_s
+    s.image_size = 384
+    s.layer_norm_eps = 1e-5
+    s.frozen = True  # BLIP's image encoder gets no gradient and no optimizer state
+
+    a = m.audio = ml_collections.ConfigDict()
+    a.num_frames = 214  # log-mel frames of a 2.13 s window (10 ms hop, centred)
+    a.num_mel_bins = 128
+    a.patch = 16
+    a.stride = 10
+    a.width = 768  # AST's patch-embedding width, so AST weights import
+
+    r = m.actor = ml_collections.ConfigDict()
+    r.roi_size = 7
+    r.sampling_ratio = 2  # bilinear samples per RoI bin side (RoIAlign, aligned=True)
+    r.detector_feature_dim = 0  # > 0 when the data carries detector RoI features
+
+    f = m.amfn = ml_collections.ConfigDict()
+    f.num_layers = 6  # L
+    f.num_heads = 8
+    f.mlp_dim = 1024
+    f.bottleneck_dim = 48  # MFA's MLP 3D -> 48 -> 3D
+    f.dropout = 0.1
+    f.fusion = "gated"  # gated (the paper) | uniform | late  (Table 7)
+    m.head_dropout = 0.2
+
+    # ---------------- data ----------------
+    d = c.data = ml_collections.ConfigDict()
+    d.data_dir = "runs/data"
+    d.frame_stride = 4  # 16 frames x stride 4 = the 64-frame window around the keyframe
+    d.fps = 30.0
+    d.audio_sample_rate = 16000
+    d.flip_prob = 0.5
+    d.spec_freq_mask = 48  # SpecAugment, as AST's AudioSet recipe
+    d.spec_time_mask = 192
+    d.shuffle_buffer = 512
+    d.num_parallel_calls = 2
+    d.prefetch = 2
+    d.train_split = "train"
+    d.eval_split = "val"
+    # Label assignment cost weights (supplementary eqs. 1-4).
+    d.match_cost_class = 1.0
+    d.match_cost_l1 = 5.0
+    d.match_cost_giou = 2.0
+    d.match_iou_threshold = 0.0  # 0 keeps every Hungarian pair; >0 drops pairs below this IoU
+
+    # ---------------- optimisation ----------------
+    c.batch_size = 16
+    c.num_epochs = 8
+    c.num_train_steps = -1  # -1: from num_epochs and the split size
+    c.decay_epochs = (7,)  # lr x decay_factor at these epochs
+    c.decay_factor = 0.1
+    c.warmup_steps = 0
+    c.lr = 1e-4
+    c.backbone_lr = 1e-5  # the video ViT
+    c.weight_decay = 1e-4
+    c.b1 = 0.9
+    c.b2 = 0.999
+    c.grad_clip_norm = 0.0  # 0: no clipping
+    c.focal_alpha = 0.25
+    c.focal_gamma = 2.0
+
+    # ---------------- loop, checkpoints, logging ----------------
+    c.log_every_steps = 50
+    c.checkpoint_every_steps = 1000
+    c.keep_checkpoints = 3
+    c.eval_every_steps = 5000
+    c.eval_batch_size = 16
+    c.max_dets_per_frame = 100
+
+    # ---------------- sharding ----------------
+    c.mesh_shape = (-1, 1)  # ('data', 'model'); -1 fills the rest
+    c.fsdp = False
+    c.sharding_rules = SHARDING_RULES
+    return c

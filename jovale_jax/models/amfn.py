@@ -1,0 +1,165 @@
+"""The Actor-centric Multi-modal Fusion Network (AMFN): L layers of MFE per modality, then MFA.
+
+Notation of the paper (eqs. 2-8). For a modality ``m`` with T_m time steps, N_m context tokens and
+K actors:
+
+* **MFE** (Multi-modal Feature Encoding, eqs. 2-3). The *temporal bottleneck* b_m = SA(mean over real
+  actors of a_m) has shape T_m x D: one token per time step summarising all actors, mixed over time
+  by self-attention. Then, independently at every time step t, one post-norm transformer encoder
+  layer runs over the tokens [a_m,t (K), f_m,t (N_m), b_m,t (1)] and returns the updated action
+  embeddings â_m,t and context f_m,t. Padded actors are masked out of the attention keys and out of
+  the mean, so they never influence real actors.
+* **MFA** (Multi-modal Feature Aggregation, eqs. 4-8). Each â_m is aligned to T_c = T_v time steps
+  (:func:`resample_matrix`), the aligned embeddings are concatenated over channels (M x D), averaged
+  over time, and a bottleneck MLP (M D -> 48 -> M D, ReLU) with a sigmoid gives per-actor,
+  per-channel weights w_m. a_fuse = mean over present modalities of w_m * â_m, and the next layer's
+  queries are a_m = dealign_m(a_fuse) + w_m * â_m, the residual kept at the modality's own sampling.
+  ``fusion='uniform'`` fixes w_m = 1 and ``'late'`` keeps the modalities apart until the heads (the
+  rows of the paper's Table 7).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jovale_jax.models.layers import Attention, Dense, TransformerBlock
+from jovale_jax.sharding import EMBED, MLP
+
+FUSIONS = ("gated", "uniform", "late")
+
+
+def resample_matrix(t_in: int, t_out: int) -> np.ndarray:
+    """The (t_out, t_in) matrix of temporal alignment (Cooper 2019, as the paper applies it).
+
+    Adaptive average pooling when ``t_in >= t_out`` (output i averages inputs
+    floor(i t_in / t_out) .. ceil((i + 1) t_in / t_out) - 1, as PyTorch's AdaptiveAvgPool1d), and
+    repetition when ``t_in < t_out`` (output i copies input floor(i t_in / t_out)). De-alignment is
+    the same rule applied from T_c back to T_m.
+    """
+    m = np.zeros((t_out, t_in), np.float32)
+    for i in range(t_out):
+        if t_in >= t_out:
+            lo, hi = (i * t_in) // t_out, -((-(i + 1) * t_in) // t_out)
+            m[i, lo:hi] = 1.0 / (hi - lo)
+        else:
+            m[i, (i * t_in) // t_out] = 1.0
+    return m
+
+
+def resample_time(x: jax.Array, t_out: int, axis: int) -> jax.Array:
+    """Resample ``x`` along ``axis`` to ``t_out`` steps with :func:`resample_matrix`."""
+    t_in = x.shape[axis]
+    if t_in == t_out:
+        return x
+    mat = jnp.asarray(resample_matrix(t_in, t_out), x.dtype)
+    return jnp.moveaxis(jnp.tensordot(mat, jnp.moveaxis(x, axis, 0), axes=1), 0, axis)
+
+
+def masked_mean(x: jax.Array, mask: jax.Array, axis: int) -> jax.Array:
+    """Mean of ``x`` over ``axis`` counting only entries where ``mask`` (broadcastable) is true."""
+    mask = mask.astype(x.dtype)
+    return (x * mask).sum(axis) / jnp.maximum(mask.sum(axis), 1.0)
+
+
+class MFE(nnx.Module):
+    """Multi-modal Feature Encoding for one modality (eqs. 2-3)."""
+
+    def __init__(self, dim: int, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32):
+        self.bottleneck_attn = Attention(dim, cfg.num_heads, rngs=rngs, dtype=dtype)
+        self.encoder = TransformerBlock(dim, cfg.num_heads, cfg.mlp_dim, rngs=rngs, norm_first=False,
+                                        layer_norm_eps=1e-5, dropout=cfg.dropout, dtype=dtype)
+
+    def __call__(self, actors: jax.Array, context: jax.Array, actor_mask: jax.Array):
+        """actors (B, K, T, D), context (B, T, N, D), actor_mask (B, K) -> (â (B, K, T, D), f (B, T, N, D))."""
+        b, k, t, _ = actors.shape
+        bottleneck = self.bottleneck_attn(masked_mean(actors, actor_mask[:, :, None, None], axis=1))
+        tokens = jnp.concatenate(
+            [jnp.swapaxes(actors, 1, 2), context.astype(actors.dtype), bottleneck[:, :, None]], axis=2)
+        key_mask = jnp.concatenate(
+            [jnp.broadcast_to(actor_mask[:, None, :], (b, t, k)),
+             jnp.ones((b, t, tokens.shape[2] - k), bool)], axis=2)
+        out = self.encoder(tokens, key_mask)
+        return jnp.swapaxes(out[:, :, :k], 1, 2), out[:, :, k:-1]
+
+
+class MFA(nnx.Module):
+    """Multi-modal Feature Aggregation (eqs. 4-8) over the modalities in ``modalities``."""
+
+    def __init__(self, dim: int, modalities: tuple[str, ...], t_common: int, cfg, *, rngs: nnx.Rngs,
+                 dtype=jnp.float32):
+        if cfg.fusion not in FUSIONS:
+            raise ValueError(f"config field model.amfn.fusion: expected one of {FUSIONS}, got {cfg.fusion!r}")
+        self.modalities = tuple(modalities)
+        self.t_common = t_common
+        self.fusion = cfg.fusion
+        if cfg.fusion == "gated":
+            width = dim * len(modalities)
+            self.fc1 = Dense(width, cfg.bottleneck_dim, rngs=rngs, axes=(EMBED, MLP), dtype=dtype)
+            self.fc2 = Dense(cfg.bottleneck_dim, width, rngs=rngs, axes=(MLP, EMBED), dtype=dtype)
+
+    def weights(self, aligned: Mapping[str, jax.Array], present: Mapping[str, jax.Array]):
+        """Per-actor, per-channel weights w_m (B, K, D) of eqs. 5-6 (ones unless gated)."""
+        if self.fusion != "gated":
+            return {m: jnp.ones_like(aligned[m][:, :, 0]) for m in self.modalities}
+        pooled = jnp.concatenate(
+            [aligned[m].mean(2) * present[m][:, None, None] for m in self.modalities], axis=-1)
+        w = jax.nn.sigmoid(self.fc2(jax.nn.relu(self.fc1(pooled))))
+        return dict(zip(self.modalities, jnp.split(w, len(self.modalities), axis=-1), strict=True))
+
+    def __call__(self, a_hat: Mapping[str, jax.Array], present: Mapping[str, jax.Array]):
+        """a_hat[m] (B, K, T_m, D); present[m] (B,) -> (next queries {m: (B, K, T_m, D)}, a_fuse (B, K, T_c, D))."""
+        dtype = a_hat[self.modalities[0]].dtype
+        present = {m: present[m].astype(dtype) for m in self.modalities}
+        aligned = {m: resample_time(a_hat[m], self.t_common, axis=2) for m in self.modalities}
+        w = self.weights(aligned, present)
+        total = sum(present[m] for m in self.modalities)[:, None, None, None]
+        a_fuse = sum(present[m][:, None, None, None] * w[m][:, :, None] * aligned[m]
+                     for m in self.modalities) / jnp.maximum(total, 1.0)
+        if self.fusion == "late":
+            return dict(a_hat), a_fuse
+        nxt = {m: resample_time(a_fuse, a_hat[m].shape[2], axis=2) + w[m][:, :, None] * a_hat[m]
+               for m in self.modalities}
+        return nxt, a_fuse
+
+
+class AMFNLayer(nnx.Module):
+    """One AMFN layer: an MFE per modality, then the MFA."""
+
+    def __init__(self, dim: int, modalities: tuple[str, ...], t_common: int, cfg, *,
+                 rngs: nnx.Rngs, dtype=jnp.float32):
+        self.mfe = nnx.Dict({m: MFE(dim, cfg, rngs=rngs, dtype=dtype) for m in modalities})
+        self.mfa = MFA(dim, modalities, t_common, cfg, rngs=rngs, dtype=dtype)
+
+    def __call__(self, queries, context, actor_mask, present):
+        a_hat, new_context = {}, {}
+        for m in self.mfa.modalities:
+            a_hat[m], new_context[m] = self.mfe[m](queries[m], context[m], actor_mask)
+        queries, a_fuse = self.mfa(a_hat, present)
+        return queries, new_context, a_fuse
+
+
+class AMFN(nnx.Module):
+    """L AMFN layers. Returns the last layer's a_fuse (B, K, T_c, D) and action embeddings {m: â_m}."""
+
+    def __init__(self, dim: int, modalities: tuple[str, ...], t_common: int, cfg, *,
+                 rngs: nnx.Rngs, dtype=jnp.float32, remat: bool = False):
+        self.layers = nnx.List([AMFNLayer(dim, modalities, t_common, cfg, rngs=rngs, dtype=dtype)
+                                for _ in range(cfg.num_layers)])
+        self.remat = remat
+
+    def __call__(self, queries: Mapping[str, jax.Array], context: Mapping[str, jax.Array],
+                 actor_mask: jax.Array, present: Mapping[str, jax.Array]):
+        queries, context = dict(queries), dict(context)
+        a_fuse = None
+        for layer in self.layers:
+            if self.remat:
+                queries, context, a_fuse = nnx.remat(lambda lyr, *a: lyr(*a))(
+                    layer, queries, context, actor_mask, present)
+            else:
+                queries, context, a_fuse = layer(queries, context, actor_mask, present)
+        return a_fuse, queries

@@ -1,0 +1,191 @@
+"""The full JoVALE model: the three streams, actor proposal features, the AMFN and the head.
+
+``JoVALE(config.model, rngs=...)(batch)`` maps the batch dict of ``data/SCHEMA.md`` to per-proposal
+action logits (B, K, num_classes). Which streams exist is ``config.model.modalities`` (any non-empty
+subset of video, audio, scene; Table 4 of the paper).
+
+Actor proposal features (the initial action queries) come from RoIAlign of each box on the video
+encoder's feature map at every time step, max-pooled over the 7 x 7 bins and projected to D. Without
+the video stream they come from the scene encoder's patch grid (one map per scene frame), and with
+audio alone from an embedding of the box coordinates. Detector RoI features, when the data has them,
+are projected to D and added.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jovale_jax.models.amfn import AMFN, resample_time
+from jovale_jax.models.audio import AudioPatchEmbed, audio_grid
+from jovale_jax.models.blip import BlipVisionEncoder, blip_num_patches
+from jovale_jax.models.heads import ActionHead
+from jovale_jax.models.layers import Dense, LayerNorm, dtype_of, param
+from jovale_jax.models.roi_align import roi_align
+from jovale_jax.models.vit import VideoEncoder, video_grid
+from jovale_jax.sharding import EMBED
+
+MODALITIES = ("video", "audio", "scene")  # canonical order of the MFA's concatenation
+
+
+def modalities_of(cfg) -> tuple[str, ...]:
+    """The configured modalities in canonical order, validated."""
+    mods = tuple(cfg.modalities)
+    unknown = [m for m in mods if m not in MODALITIES]
+    if not mods or unknown or len(set(mods)) != len(mods):
+        raise ValueError(f"config field model.modalities: expected a non-empty subset of {MODALITIES}, "
+                         f"got {mods}")
+    return tuple(m for m in MODALITIES if m in mods)
+
+
+def time_steps(cfg) -> dict[str, int]:
+    """T_m of every modality's embeddings for a ``config.model``."""
+    return {"video": video_grid(cfg.video)[0], "audio": audio_grid(cfg.audio)[0],
+            "scene": cfg.scene.num_frames}
+
+
+def expected_inputs(cfg) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Per-example shape and the config fields behind it, for every input the config needs."""
+    k = cfg.num_proposals
+    shapes = {"boxes": ((k, 4), "model.num_proposals"), "box_mask": ((k,), "model.num_proposals")}
+    mods = modalities_of(cfg)
+    if "video" in mods:
+        h, w = cfg.video.image_size
+        shapes["video"] = ((cfg.video.num_frames, h, w, 3), "model.video.num_frames/image_size")
+    if "scene" in mods:
+        s = cfg.scene.image_size
+        shapes["scene"] = ((cfg.scene.num_frames, s, s, 3), "model.scene.num_frames/image_size")
+    if "audio" in mods:
+        shapes["audio"] = ((cfg.audio.num_frames, cfg.audio.num_mel_bins),
+                           "model.audio.num_frames/num_mel_bins")
+    if cfg.actor.detector_feature_dim:
+        shapes["proposal_features"] = ((k, cfg.actor.detector_feature_dim),
+                                       "model.num_proposals/actor.detector_feature_dim")
+    return shapes
+
+
+def check_batch(cfg, batch: Mapping[str, jax.Array]) -> None:
+    """Fail with a message naming the key, the config field and the expected value."""
+    mods = modalities_of(cfg)
+    for m in MODALITIES:
+        if m not in mods and m in batch:
+            raise ValueError(f"batch has {m!r} but config field model.modalities is {mods}; "
+                             f"drop the key or add the modality")
+    batch_size = None
+    for key, (shape, field) in expected_inputs(cfg).items():
+        if key not in batch:
+            raise ValueError(f"batch lacks {key!r}, required by config field {field} (modalities {mods})")
+        got = tuple(batch[key].shape)
+        if len(got) != len(shape) + 1 or got[1:] != shape:
+            raise ValueError(f"batch[{key!r}]: expected shape (B, {', '.join(map(str, shape))}) from "
+                             f"config field {field}, got {got}")
+        if batch_size not in (None, got[0]):
+            raise ValueError(f"batch[{key!r}]: batch size {got[0]} differs from {batch_size}")
+        batch_size = got[0]
+        want_bool = key == "box_mask"
+        is_bool = jnp.issubdtype(batch[key].dtype, jnp.bool_)
+        if want_bool != is_bool or (not want_bool and not jnp.issubdtype(batch[key].dtype, jnp.floating)):
+            raise ValueError(f"batch[{key!r}]: expected a {'bool' if want_bool else 'floating'} array, "
+                             f"got dtype {batch[key].dtype}")
+
+
+class ActorFeatures(nnx.Module):
+    """Actor proposal features (B, K, T_src, D) from a feature map (B, T_src, h, w, C) and boxes."""
+
+    def __init__(self, source_width: int, dim: int, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32):
+        self.cfg = cfg
+        if source_width:
+            self.proj = Dense(source_width, dim, rngs=rngs, dtype=dtype)
+        else:
+            self.box_embed = Dense(4, dim, rngs=rngs, axes=(None, EMBED), dtype=dtype)
+        if cfg.detector_feature_dim:
+            self.detector_proj = Dense(cfg.detector_feature_dim, dim, rngs=rngs, axes=(None, EMBED),
+                                       dtype=dtype)
+
+    def __call__(self, feature_map: jax.Array | None, boxes: jax.Array,
+                 detector_features: jax.Array | None = None) -> jax.Array:
+        if feature_map is not None:
+            pool = jax.vmap(lambda f, b: roi_align(f, b, self.cfg.roi_size, self.cfg.sampling_ratio))
+            x = self.proj(pool(feature_map, boxes.astype(feature_map.dtype)).max(axis=(3, 4)))
+        else:
+            x = self.box_embed(boxes)[:, :, None]
+        if detector_features is not None:
+            x = x + self.detector_proj(detector_features)[:, :, None]
+        return x
+
+
+class JoVALE(nnx.Module):
+    """JoVALE: batch dict -> (B, K, num_classes) action logits."""
+
+    def __init__(self, cfg, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.modalities = modalities_of(cfg)
+        dtype = dtype_of(cfg.dtype)
+        dim = cfg.embed_dim
+        steps = time_steps(cfg)
+        self.dtype = dtype
+        source_width = 0
+        if "video" in self.modalities:
+            self.video_encoder = VideoEncoder(cfg.video, rngs=rngs, dtype=cfg.dtype, remat=cfg.remat)
+            self.video_norm = LayerNorm(cfg.video.width, rngs=rngs, dtype=dtype)
+            self.video_proj = Dense(cfg.video.width, dim, rngs=rngs, dtype=dtype)
+            source_width = cfg.video.width
+        if "scene" in self.modalities:
+            blip_num_patches(cfg.scene)
+            self.scene_encoder = BlipVisionEncoder(cfg.scene, rngs=rngs, dtype=cfg.dtype, remat=cfg.remat)
+            self.scene_proj = Dense(cfg.scene.width, dim, rngs=rngs, dtype=dtype)
+            source_width = source_width or cfg.scene.width
+        if "audio" in self.modalities:
+            self.audio_embed = AudioPatchEmbed(cfg.audio, rngs=rngs, dtype=cfg.dtype)
+            self.audio_proj = Dense(cfg.audio.width, dim, rngs=rngs, dtype=dtype)
+        self.actor_features = ActorFeatures(source_width, dim, cfg.actor, rngs=rngs, dtype=dtype)
+        self.query_time_embed = nnx.Dict({
+            m: param(rngs, nnx.initializers.normal(0.02), (steps[m], dim), (None, EMBED))
+            for m in self.modalities})
+        self.amfn = AMFN(dim, self.modalities, steps["video"], cfg.amfn, rngs=rngs, dtype=dtype,
+                         remat=cfg.remat)
+        head_names = self.modalities if cfg.amfn.fusion == "late" else ("fused",)
+        self.heads = nnx.Dict({n: ActionHead(dim, cfg.num_classes, rngs=rngs, dropout=cfg.head_dropout,
+                                             dtype=dtype) for n in head_names})
+
+    def encode(self, batch: Mapping[str, jax.Array]):
+        """The streams: context embeddings {m: (B, T_m, N_m, D)}, modality presence {m: (B,)} and
+        the feature map the actor features are pooled from (or None)."""
+        context, present, feature_map = {}, {}, None
+        b = batch["boxes"].shape[0]
+        if "video" in self.modalities:
+            fv = self.video_encoder(batch["video"])
+            feature_map = fv
+            ctx = self.video_proj(self.video_norm(fv))
+            context["video"] = ctx.reshape(b, ctx.shape[1], -1, ctx.shape[-1])
+            present["video"] = jnp.ones((b,), bool)
+        if "scene" in self.modalities:
+            fs = self.scene_encoder(batch["scene"])
+            if self.cfg.scene.frozen:
+                fs = jax.lax.stop_gradient(fs)
+            context["scene"] = self.scene_proj(fs)
+            present["scene"] = jnp.ones((b,), bool)
+            if feature_map is None:
+                side = self.cfg.scene.image_size // self.cfg.scene.patch
+                feature_map = fs[:, :, 1:].reshape(b, fs.shape[1], side, side, fs.shape[-1])
+        if "audio" in self.modalities:
+            context["audio"] = self.audio_proj(self.audio_embed(batch["audio"]))
+            present["audio"] = jnp.asarray(batch.get("audio_mask", jnp.ones((b,), bool)), bool)
+        return context, present, feature_map
+
+    def __call__(self, batch: Mapping[str, jax.Array]) -> jax.Array:
+        check_batch(self.cfg, batch)
+        context, present, feature_map = self.encode(batch)
+        box_mask = jnp.asarray(batch["box_mask"], bool)
+        actors = self.actor_features(feature_map, batch["boxes"], batch.get("proposal_features"))
+        queries = {m: resample_time(actors, self.query_time_embed[m].shape[0], axis=2)
+                   + self.query_time_embed[m][...].astype(actors.dtype) for m in self.modalities}
+        a_fuse, a_last = self.amfn(queries, context, box_mask, present)
+        if self.cfg.amfn.fusion != "late":
+            return self.heads["fused"](a_fuse)
+        weights = {m: present[m].astype(jnp.float32)[:, None, None] for m in self.modalities}
+        total = jnp.maximum(sum(weights.values()), 1.0)
+        return sum(weights[m] * self.heads[m](a_last[m]) for m in self.modalities) / total

@@ -1,0 +1,114 @@
+"""The device mesh, logical axis names and the rules that map them to mesh axes.
+
+Parameters are annotated where they are created with logical names (``EMBED``, ``MLP``, ``HEADS``
+...); the config's ``sharding_rules`` map each name to a mesh axis (``'data'`` or ``'model'``) or to
+``None`` (replicated). ``config.fsdp`` shards ``EMBED`` over ``'data'`` as well (fully sharded data
+parallel). The same code runs on one CPU, on fake CPU devices and on GPUs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+# Logical axis names used by parameters and activations.
+BATCH = "batch"
+EMBED = "embed"
+MLP = "mlp"
+HEADS = "heads"
+KV = "kv"
+CLASSES = "classes"
+CONV_IN = "conv_in"
+TIME = "time"
+LENGTH = "length"
+
+MESH_AXES = ("data", "model")
+
+
+def mesh_shape_for(shape: Sequence[int], num_devices: int) -> tuple[int, ...]:
+    """Resolve a ``-1`` in ``config.mesh_shape`` and check the product equals the device count."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != len(MESH_AXES):
+        raise ValueError(f"config.mesh_shape must have {len(MESH_AXES)} entries {MESH_AXES}, got {shape}")
+    if shape.count(-1) > 1:
+        raise ValueError(f"config.mesh_shape {shape}: at most one entry may be -1")
+    known = math.prod(s for s in shape if s != -1)
+    if -1 in shape:
+        if num_devices % known:
+            raise ValueError(f"config.mesh_shape {shape} does not divide the {num_devices} devices")
+        shape = tuple(num_devices // known if s == -1 else s for s in shape)
+    if math.prod(shape) != num_devices:
+        raise ValueError(
+            f"config.mesh_shape {shape} needs {math.prod(shape)} devices, but {num_devices} are available")
+    return shape
+
+
+def make_mesh(mesh_shape: Sequence[int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A ('data', 'model') mesh with Auto axes (``jax.make_mesh`` defaults to Explicit ones)."""
+    devices = list(jax.devices() if devices is None else devices)
+    shape = mesh_shape_for(mesh_shape, len(devices))
+    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+
+
+def rules_from_config(config) -> tuple[tuple[str, str | None], ...]:
+    """The config's logical-to-mesh rules, with ``EMBED`` over 'data' when ``config.fsdp``."""
+    rules = tuple((str(name), None if axis is None else str(axis)) for name, axis in config.sharding_rules)
+    if config.fsdp:
+        rules = tuple((n, "data") if n == EMBED else (n, a) for n, a in rules)
+    return rules
+
+
+def logical_to_spec(axes: Sequence[str | None] | None, rules, shape: Sequence[int] = (),
+                    mesh: Mesh | None = None) -> PartitionSpec:
+    """Map logical names to a PartitionSpec; a mesh axis is used at most once per array and only
+    where it divides the dimension (otherwise that dimension stays replicated)."""
+    if not axes:
+        return PartitionSpec()
+    table = dict(rules)
+    used: set[str] = set()
+    out = []
+    for i, name in enumerate(axes):
+        axis = table.get(name) if name is not None else None
+        if name is not None and name not in table:
+            raise ValueError(f"logical axis {name!r} has no entry in config.sharding_rules")
+        ok = axis is not None and axis not in used
+        if ok and mesh is not None and shape:
+            ok = shape[i] % mesh.shape[axis] == 0
+        out.append(axis if ok else None)
+        if ok:
+            used.add(axis)
+    return PartitionSpec(*out)
+
+
+def state_shardings(state: nnx.State, mesh: Mesh, rules) -> nnx.State:
+    """NamedShardings for every variable of an (abstract) nnx state, from its ``logical_axes``."""
+
+    def one(var):
+        axes = var.get_metadata().get("logical_axes") if isinstance(var, nnx.Variable) else None
+        shape = getattr(var, "shape", ())
+        return NamedSharding(mesh, logical_to_spec(axes, rules, shape, mesh))
+
+    return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def create_sharded(make_model: Callable[[], nnx.Module], mesh: Mesh, rules):
+    """Create a module with every variable placed as the rules say; returns (model, shardings)."""
+    abstract = nnx.eval_shape(make_model)
+    shardings = state_shardings(nnx.state(abstract), mesh, rules)
+
+    def init():
+        return nnx.state(make_model())
+
+    state = jax.jit(init, out_shardings=shardings)()
+    graphdef = nnx.graphdef(abstract)
+    return nnx.merge(graphdef, state), shardings
+
+
+def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+    """Batch-major arrays: the first axis over 'data', the rest replicated."""
+    return NamedSharding(mesh, PartitionSpec("data", *([None] * (ndim - 1))))
