@@ -1,0 +1,52 @@
+"""Sharded forward on 8 fake CPU devices equals the single-device forward; rules are applied."""
+
+import jax
+import numpy as np
+import pytest
+from conftest import random_batch
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+from jovale_jax import sharding
+from jovale_jax.models import JoVALE
+
+
+def test_mesh_shape_errors_name_the_numbers():
+    assert sharding.mesh_shape_for((-1, 2), 8) == (4, 2)
+    with pytest.raises(ValueError, match=r"\(3, 2\) needs 6 devices, but 8"):
+        sharding.mesh_shape_for((3, 2), 8)
+    with pytest.raises(ValueError, match="does not divide the 8 devices"):
+        sharding.mesh_shape_for((-1, 3), 8)
+
+
+@pytest.mark.parametrize("fsdp", [False, True], ids=["dp+tp", "fsdp"])
+def test_sharded_forward_equals_single_device(tiny_config, fsdp):
+    assert jax.device_count() == 8
+    tiny_config.fsdp = fsdp
+    cfg = tiny_config.model
+    batch = random_batch(cfg, batch_size=4, seed=1)
+
+    def make():
+        model = JoVALE(cfg, rngs=nnx.Rngs(0))
+        model.eval()
+        return model
+
+    single = make()
+    gd, st = nnx.split(single)
+    want = np.asarray(jax.jit(lambda s, b: nnx.merge(gd, s)(b))(st, batch))
+
+    mesh = sharding.make_mesh((4, 2))
+    model, shardings = sharding.create_sharded(make, mesh, sharding.rules_from_config(tiny_config))
+    layer = model.video_encoder.encoder.layers[0]
+    embed = "data" if fsdp else None
+    assert layer.attn.query_kernel[...].sharding.spec == P(embed, "model", None)
+    assert layer.mlp.fc1.kernel[...].sharding.spec == P(embed, "model")
+    assert layer.mlp.fc2.kernel[...].sharding.spec == P("model", embed)
+    assert len(layer.mlp.fc1.kernel[...].addressable_shards) == 8
+    assert layer.mlp.fc1.kernel[...].addressable_shards[0].data.shape[1] == cfg.video.mlp_dim // 2
+    gd, st = nnx.split(model)
+    batch_sh = {k: sharding.batch_sharding(mesh, v.ndim) for k, v in batch.items()}
+    fn = jax.jit(lambda s, b: nnx.merge(gd, s)(b), in_shardings=(shardings, batch_sh))
+    got = fn(st, jax.device_put(batch, batch_sh))
+    assert got.sharding.spec[0] == "data" or len(got.sharding.device_set) == 8
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
