@@ -46,7 +46,6 @@ def base_config() -> ml_collections.ConfigDict:
     m.embed_dim = 256  # D
     m.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
     m.remat = False  # jax.checkpoint each ViT block and AMFN layer
-    m.scan_layers = True  # lax.scan over identical layers (4x faster compile)
 
     v = m.video = vit_config(width=768, depth=12, num_heads=12, mlp_dim=3072, patch=16)
     v.num_frames = 16

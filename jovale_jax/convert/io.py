@@ -1,0 +1,237 @@
+"""Reading source checkpoints, writing the converted orbax checkpoint, loading it into a model.
+
+Sources: a ``.pth``/``.pt``/``.bin`` file (read with torch, which is then required), a
+``.safetensors`` file, or a transformers model directory (``config.json`` plus ``model.safetensors``
+or its sharded index; ``pytorch_model.bin`` only as a fallback). Safetensors are read with
+``safetensors.numpy``: torch is never imported for them.
+
+The output directory holds ``params/`` (an orbax PyTree checkpoint of ``{component: params}``,
+components among ``video_encoder``, ``scene_encoder``, ``audio_embed``) and ``manifest.json``
+(sources, key counts, the unused keys, position-table resizing). :func:`load_pretrained` restores
+it into a :class:`jovale_jax.models.JoVALE` (``launch.py train --init_from DIR``), filling the
+components the checkpoint and the model both have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from jovale_jax.convert.ast import convert_hf_ast
+from jovale_jax.convert.blip import convert_hf_blip
+from jovale_jax.convert.common import (
+    ConversionError,
+    Converted,
+    check_complete,
+    flatten,
+    module_variables,
+)
+from jovale_jax.convert.videomae import convert_hf_videomae, convert_videomae_v2
+
+logger = logging.getLogger("jovale_jax.convert")
+
+COMPONENTS = ("video_encoder", "scene_encoder", "audio_embed")
+MANIFEST = "manifest.json"
+PARAMS = "params"
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """A ``--from`` choice: the config section it is sized by and its converter."""
+
+    section: str
+    convert: Callable[[Mapping[str, np.ndarray], Any, Mapping[str, Any] | None], Converted]
+
+
+SOURCES: dict[str, Source] = {
+    "videomae_v2": Source("video", lambda sd, cfg, _: convert_videomae_v2(sd, cfg)),
+    "hf_videomae": Source("video", convert_hf_videomae),
+    "hf_blip": Source("scene", convert_hf_blip),
+    "hf_ast": Source("audio", convert_hf_ast),
+}
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _read_torch(path: Path) -> dict[str, np.ndarray]:
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError(f"reading {path} needs torch (pip install 'jovale-jax[convert]'); "
+                          "safetensors files and transformers directories do not") from e
+    import argparse
+
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("model", "module", "state_dict"):  # training checkpoints nest the weights
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
+    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ConversionError(f"{path}: entries {bad[:5]} are not tensors; expected a state dict "
+                              "(optionally under 'model' or 'module')")
+    return {k: v.detach().to(torch.float32).numpy() for k, v in obj.items()}
+
+
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(path)
+
+
+def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict | None]:
+    """(state dict as numpy arrays, transformers ``config.json`` or None) of a source path."""
+    path = Path(path)
+    if path.is_dir():
+        config_file = path / "config.json"
+        config = json.loads(config_file.read_text()) if config_file.exists() else None
+        index = path / "model.safetensors.index.json"
+        if index.exists():
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            return {k: v for s in shards for k, v in _read_safetensors(path / s).items()}, config
+        for name, reader in (("model.safetensors", _read_safetensors),
+                             ("pytorch_model.bin", _read_torch)):
+            if (path / name).exists():
+                return reader(path / name), config
+        raise FileNotFoundError(f"{path}: no model.safetensors(.index.json) or pytorch_model.bin")
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path), None
+    if path.suffix in (".pth", ".pt", ".bin"):
+        return _read_torch(path), None
+    raise ValueError(f"{path}: expected a .pth/.pt/.bin or .safetensors file or a transformers "
+                     "model directory")
+
+
+def convert_source(kind: str, path: str | os.PathLike, model_cfg) -> Converted:
+    """Read and convert one ``--from KIND --src PATH`` source for a ``config.model``."""
+    if kind not in SOURCES:
+        raise ValueError(f"unknown source {kind!r}; expected one of {sorted(SOURCES)}")
+    state_dict, hf_config = read_state_dict(path)
+    source = SOURCES[kind]
+    return source.convert(state_dict, model_cfg[source.section], hf_config)
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def convert_main(sources: Sequence[tuple[str, str]], out_dir: str | os.PathLike, config,
+                 *, overwrite: bool = False) -> dict[str, Any]:
+    """Convert every ``(kind, path)`` source for ``config.model`` and write one checkpoint.
+
+    ``config`` is a full preset config (``config.model`` sizes every component). Every source is
+    converted and checked before anything is written; two sources for the same component are an
+    error. ``overwrite`` replaces an earlier output of this function. Returns the manifest (also
+    written as ``OUT/manifest.json``).
+    """
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out} is not empty (pass overwrite=True to replace it)")
+        if not (out / MANIFEST).exists():
+            raise FileExistsError(f"{out} is not a converted checkpoint: not replacing it")
+    if not sources:
+        raise ValueError("no source to convert")
+    converted: dict[str, Converted] = {}
+    paths: dict[str, str] = {}
+    for kind, path in sources:
+        result = convert_source(kind, path, config.model)
+        if result.component in converted:
+            raise ValueError(f"{kind} {path} and {converted[result.component].source} "
+                             f"{paths[result.component]} both convert {result.component}")
+        converted[result.component], paths[result.component] = result, str(Path(path).resolve())
+    manifest = {
+        "format": "jovale-jax pretrained components",
+        "components": {c: {"source": r.source, "path": paths[c], "used_keys": len(r.used_keys),
+                           "unused_keys": list(r.unused_keys), **r.notes}
+                       for c, r in converted.items()},
+    }
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    ocp.PyTreeCheckpointer().save(out / PARAMS, {c: r.params for c, r in converted.items()})
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    logger.info("wrote %s to %s", sorted(converted), out)
+    return manifest
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _placed(value: np.ndarray, like) -> jax.Array:
+    """``value`` with the dtype and sharding of the variable value ``like``."""
+    value = np.asarray(value, like.dtype)
+    sharding = getattr(like, "sharding", None)
+    if sharding is None:
+        return jnp.asarray(value)
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+
+def load_component(module: nnx.Module, params: Mapping[str, Any]) -> None:
+    """Set every parameter and position table of ``module`` from a converted nested dict.
+
+    The dict must fill the module exactly (same paths, same shapes); values keep the dtype and
+    sharding of the variables they replace.
+    """
+    state, variables = module_variables(module)
+    given = flatten(params)
+    check_complete(given, {p: tuple(v.shape) for p, v in variables.items()},
+                   f"loading {type(module).__name__}")
+    for path, var in variables.items():
+        var.set_value(_placed(given[path], var.get_value()))
+    nnx.update(module, state)
+
+
+def load_into(model: nnx.Module, converted: Mapping[str, Mapping[str, Any]]) -> dict[str, list]:
+    """Fill the components of ``model`` (a JoVALE) named in ``converted`` ({component: params}).
+
+    Returns ``{"filled": [...], "not_in_model": [...], "not_in_checkpoint": [...]}``: a component
+    the model does not have (a modality it does not use) is skipped; a component the checkpoint
+    lacks keeps its values.
+    """
+    unknown = sorted(set(converted) - set(COMPONENTS))
+    if unknown:
+        raise ConversionError(f"unknown components {unknown}; expected some of {COMPONENTS}")
+    report: dict[str, list] = {"filled": [], "not_in_model": [], "not_in_checkpoint": []}
+    for name in COMPONENTS:
+        module = getattr(model, name, None)
+        if name in converted and module is not None:
+            load_component(module, converted[name])
+            report["filled"].append(name)
+        elif name in converted:
+            report["not_in_model"].append(name)
+        elif module is not None:
+            report["not_in_checkpoint"].append(name)
+    logger.info("pretrained components: %s", report)
+    return report
+
+
+def read_checkpoint(ckpt_dir: str | os.PathLike) -> dict[str, Any]:
+    """The ``{component: params}`` numpy tree written by :func:`convert_main`."""
+    path = Path(ckpt_dir).resolve() / PARAMS
+    if not path.is_dir():
+        raise FileNotFoundError(f"{ckpt_dir}: no {PARAMS}/ (write it with launch.py convert)")
+    checkpointer = ocp.PyTreeCheckpointer()
+    tree = checkpointer.metadata(path).item_metadata.tree
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+
+
+def load_pretrained(model: nnx.Module, ckpt_dir: str | os.PathLike) -> dict[str, list]:
+    """Restore a converted checkpoint into ``model``; returns :func:`load_into`'s report."""
+    return load_into(model, read_checkpoint(ckpt_dir))

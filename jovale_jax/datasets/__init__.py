@@ -1,0 +1,155 @@
+"""Dataset builders (TFDS) for AVA v2.2, UCF101-24, JHMDB51-21 and the synthetic set, and how to
+read what they wrote. One example is one annotated keyframe (data/SCHEMA.md).
+
+Build (what `launch.py build-data` calls)::
+
+    summary = build_dataset("ava", config=config, raw_dir="/data/ava", data_dir="/data/ava_tfds")
+
+Read (what the input pipeline and the evaluator call)::
+
+    builder = get_builder(config)                 # raises FileNotFoundError until built
+    ds = builder.as_dataset(split="train", read_config=tfds.ReadConfig(...), shuffle_files=True)
+    n = builder.info.splits["train"].num_examples
+    ds, n = load_split(config, "val")             # the same, unshuffled
+    eval_dir(config)                              # label_map.pbtxt, {split}_groundtruth.csv, ...
+
+The features are data/SCHEMA.md's (`proposal_features` only when the config's
+`model.actor.detector_feature_dim` > 0). The builder is chosen by `config.dataset` and its TFDS
+config by the clip geometry of `config` (`common.clip_config`): frames, stride, fps, T_s, K,
+classes, detector-feature width, matching weights (and JHMDB's split). Data built for another
+geometry is never read by mistake; it simply is not found. On disk,
+`<data_dir>/jovale_<dataset>/<clip config>/1.0.0/` holds the TFRecord shards, TFDS's
+`dataset_info.json` / `features.json` and the `eval/` folder. TFDS writes into a temporary
+`incomplete.*` folder and renames it at the end, so an interrupted build is never taken for a
+complete one; the next build removes such leftovers.
+"""
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from typing import Any
+
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from jovale_jax.datasets import common, synthetic
+from jovale_jax.datasets.ava import AvaBuilder
+from jovale_jax.datasets.synthetic import SyntheticBuilder
+from jovale_jax.datasets.ucf_jhmdb import Jhmdb21Builder, Ucf24Builder
+
+BUILDERS: dict[str, type[common.KeyframeBuilder]] = {
+    "synthetic": SyntheticBuilder,
+    "ava": AvaBuilder,
+    "ucf24": Ucf24Builder,
+    "jhmdb21": Jhmdb21Builder,
+}
+
+logger = logging.getLogger("jovale_jax.datasets")
+
+
+def _builder_class(name: str) -> type[common.KeyframeBuilder]:
+    if name not in BUILDERS:
+        raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(BUILDERS)}")
+    return BUILDERS[name]
+
+
+def _builder(name: str, config: Any, data_dir: str | None, **kwargs: Any) -> common.KeyframeBuilder:
+    if config.dataset != name:
+        raise ValueError(f"config.dataset is {config.dataset!r} but the dataset is {name!r}")
+    return _builder_class(name)(
+        config=common.clip_config(config), data_dir=data_dir or config.data.data_dir, **kwargs)
+
+
+def get_builder(config: Any, data_dir: str | None = None) -> common.KeyframeBuilder:
+    """The prepared TFDS builder of `config.dataset` for the config's clip geometry.
+
+    `data_dir` defaults to `config.data.data_dir`. Raises FileNotFoundError when no complete
+    dataset for this config is there.
+    """
+    builder = _builder(config.dataset, config, data_dir)
+    if not builder.is_prepared():
+        raise FileNotFoundError(
+            f"no complete {config.dataset} dataset for this config at {builder.data_path}: "
+            f"build it with `python launch.py build-data --dataset {config.dataset} "
+            f"--config <this config> --data_dir {data_dir or config.data.data_dir}`")
+    return builder
+
+
+def load_split(config: Any, split: str, data_dir: str | None = None) -> tuple[tf.data.Dataset, int]:
+    """(decoded examples of `split` in file order, number of examples)."""
+    builder = get_builder(config, data_dir)
+    if split not in builder.info.splits:
+        raise ValueError(
+            f"{builder.data_dir} has splits {list(builder.info.splits)}, not {split!r}")
+    return builder.as_dataset(split=split), builder.info.splits[split].num_examples
+
+
+def eval_dir(config: Any, data_dir: str | None = None) -> str:
+    """The built dataset's `eval/` folder (label map, ground-truth and excluded-timestamp CSVs)."""
+    return os.path.join(get_builder(config, data_dir).data_dir, "eval")
+
+
+def build_dataset(
+    name: str,
+    *,
+    config: Any,
+    raw_dir: str | None,
+    data_dir: str,
+    strict: bool = False,
+    split: str | None = None,
+) -> dict[str, Any]:
+    """Writes the TFRecord shards of `name` for `config` into `data_dir`; returns a summary.
+
+    Args:
+      name: synthetic | ava | ucf24 | jhmdb21 (must equal `config.dataset`).
+      config: the model config whose clip geometry the examples follow.
+      raw_dir: the raw files (data/<dataset>/README.md). For `synthetic`, None generates them
+        (again: they are deterministic) into `<data_dir>/raw` when the dataset is not built yet.
+      data_dir: where the shards go.
+      strict: any video skipped or truncated is an error (nothing is written).
+      split: build only this split (default: all of the dataset's splits).
+
+    Returns: {dataset, data_path, reused, examples: {split: n}, videos_skipped, videos_truncated,
+      skipped_video_ids, truncated_video_ids, keyframes_lost, rows_dropped: {reason: n},
+      boxes_clipped: {gt|proposals: n}, seconds}. A dataset already built is reused, not rebuilt.
+    """
+    start = time.time()
+    known = _builder_class(name).SPLITS
+    if split is not None and split not in known:
+        raise ValueError(f"{name} has splits {known}, not {split!r}")
+    splits = known if split is None else (split,)
+    builder = _builder(name, config, data_dir, strict=strict, splits=splits)
+    if builder.is_prepared():
+        missing = set(splits) - set(builder.info.splits)
+        if missing:
+            raise ValueError(f"{builder.data_dir} was built without split(s) {sorted(missing)}; "
+                             "remove it and build again with every split you need")
+        logger.info("%s: reusing the dataset at %s", name, builder.data_dir)
+        summary = builder.stats.summary()
+        summary.update(reused=True, examples={
+            s: builder.info.splits[s].num_examples for s in builder.info.splits})
+    else:
+        prefix = tfds.core.constants.INCOMPLETE_PREFIX
+        for leftover in builder.data_path.parent.glob(f"{prefix}*_{builder.data_path.name}"):
+            logger.warning("removing %s, left by an interrupted build", leftover)
+            shutil.rmtree(leftover)
+        if name == "synthetic" and raw_dir is None:
+            raw_dir = os.path.join(data_dir, "raw")
+            synthetic.generate_raw(raw_dir)
+        if raw_dir is None:
+            raise ValueError(f"building {name} needs raw_dir (see data/{name}/README.md)")
+        tfds.display_progress_bar(False)  # the builders show their own (videos, examples, ETA)
+        try:
+            with tempfile.TemporaryDirectory() as downloads:  # TFDS wants one; nothing goes there
+                builder.download_and_prepare(download_dir=downloads, download_config=(
+                    tfds.download.DownloadConfig(manual_dir=raw_dir, try_download_gcs=False)))
+        finally:
+            tfds.display_progress_bar(True)
+        summary = builder.stats.summary()
+        summary["reused"] = False
+    summary.update(dataset=name, data_path=os.fspath(builder.data_dir),
+                   seconds=round(time.time() - start, 1))
+    logger.info("%s: %s", name, summary)
+    return summary

@@ -1,0 +1,409 @@
+"""What every dataset builder shares: the example schema, the clip geometry, input parsing, the
+label assignment of one example, the `eval/` files and the build counters.
+
+The schema is data/SCHEMA.md. A builder's `ClipConfig` is derived from the model config
+(`clip_config`), so data built for one clip geometry (frames, stride, fps, T_s, K, matching weights)
+is never read by a model that expects another: each geometry gets its own TFDS config directory,
+named by its sizes and a digest of every field.
+"""
+
+import collections
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import pickle
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+import tqdm
+from PIL import Image
+
+from jovale_jax import assignment, box_ops
+
+logger = logging.getLogger("jovale_jax.datasets")
+
+JPEG_QUALITY = 90
+CLIP_SHORT_SIDE = 256  # frames for the video backbone (224 x 288 canvas) are stored at most this
+SCENE_SHORT_SIDE = 384  # scene frames feed BLIP at 384 x 384
+AUDIO_SAMPLE_RATE = 16000
+
+
+class BadInputError(ValueError):
+    """Raw data that cannot be used as it is (a bad CSV value, or any loss under `strict`)."""
+
+
+class VideoError(Exception):
+    """A video (file or frame folder) that cannot be read at all."""
+
+
+@dataclasses.dataclass(eq=False)
+class ClipConfig(tfds.core.BuilderConfig):
+    """The clip geometry and label assignment that one build writes (see `clip_config`)."""
+
+    num_frames: int = 16
+    frame_stride: int = 4
+    fps: float = 30.0
+    scene_frames: int = 4
+    num_proposals: int = 15
+    num_classes: int = 60
+    feature_dim: int = 0
+    match: tuple[float, float, float, float] = (1.0, 5.0, 2.0, 0.0)  # class, l1, giou, iou thr
+    split_index: int = 1  # JHMDB's split (1-3); recorded for every dataset, used by JHMDB only
+    clip_short_side: int = CLIP_SHORT_SIDE
+    scene_short_side: int = SCENE_SHORT_SIDE
+
+    def __repr__(self) -> str:  # TFDS logs the config it is given; the name says it all
+        return f"ClipConfig({self.name})"
+
+    @property
+    def window(self) -> int:
+        """Length of the window around the keyframe, in frames at `fps`."""
+        return self.num_frames * self.frame_stride
+
+    def clip_offsets(self) -> np.ndarray:
+        """Frame offsets from the keyframe of the clip's frames: -W/2, -W/2 + stride, ..."""
+        return -(self.window // 2) + self.frame_stride * np.arange(self.num_frames)
+
+    def scene_offsets(self) -> np.ndarray:
+        """Frame offsets of the scene frames: the centres of T_s equal parts of the window."""
+        parts = (np.arange(self.scene_frames) + 0.5) * self.window / self.scene_frames
+        return -(self.window // 2) + np.floor(parts).astype(np.int64)
+
+    def assignment_kwargs(self) -> dict[str, float]:
+        cost_class, cost_l1, cost_giou, iou_threshold = self.match
+        return {"cost_class": cost_class, "cost_l1": cost_l1, "cost_giou": cost_giou,
+                "iou_threshold": iou_threshold}
+
+
+def clip_config(config: Any) -> ClipConfig:
+    """The `ClipConfig` (TFDS builder config) that a model config reads and writes."""
+    m, d = config.model, config.data
+    fields = {
+        "num_frames": int(m.video.num_frames),
+        "frame_stride": int(d.frame_stride),
+        "fps": float(d.fps),
+        "scene_frames": int(m.scene.num_frames),
+        "num_proposals": int(m.num_proposals),
+        "num_classes": int(m.num_classes),
+        "feature_dim": int(m.actor.detector_feature_dim),
+        "match": tuple(float(v) for v in assignment.assignment_kwargs(config).values()),
+        "split_index": int(d.get("split_index", 1)),
+        "clip_short_side": CLIP_SHORT_SIDE,
+        "scene_short_side": SCENE_SHORT_SIDE,
+    }
+    description = json.dumps(fields, sort_keys=True)
+    digest = hashlib.sha1(description.encode()).hexdigest()[:8]
+    prefix = f"split{fields['split_index']}_" if config.dataset == "jhmdb21" else ""
+    name = (f"{prefix}f{fields['num_frames']}x{fields['frame_stride']}_s{fields['scene_frames']}"
+            f"_k{fields['num_proposals']}_{digest}")
+    return ClipConfig(name=name, description=description, **fields)
+
+
+def features(spec: ClipConfig) -> tfds.features.FeaturesDict:
+    """The TFDS features of one example (data/SCHEMA.md).
+
+    `proposal_features` exists only when F > 0: TF's example parser dies of a division by zero
+    (SIGFPE) on a zero-width tensor feature.
+    """
+    c, f = spec.num_classes, spec.feature_dim
+    jpeg = tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg")
+    optional = {"proposal_features": tfds.features.Tensor(shape=(None, f), dtype=np.float32)}
+    return tfds.features.FeaturesDict({
+        "video_id": tfds.features.Text(),
+        "timestamp": tfds.features.Scalar(np.int64),
+        "frames": tfds.features.Sequence(jpeg),
+        "scene_frames": tfds.features.Sequence(jpeg),
+        "waveform": tfds.features.Tensor(
+            shape=(None,), dtype=np.int16, encoding=tfds.features.Encoding.BYTES),
+        "has_audio": tfds.features.Scalar(np.bool_),
+        "gt_boxes": tfds.features.Tensor(shape=(None, 4), dtype=np.float32),
+        "gt_labels": tfds.features.Tensor(shape=(None, c), dtype=np.int8),
+        "proposals": tfds.features.Tensor(shape=(None, 4), dtype=np.float32),
+        "proposal_scores": tfds.features.Tensor(shape=(None,), dtype=np.float32),
+        "targets": tfds.features.Tensor(shape=(None, c), dtype=np.int8),
+        **(optional if f else {}),
+    })
+
+
+@dataclasses.dataclass
+class BuildStats:
+    """What a build wrote and what it could not use; `summary()` is what `build_dataset` returns."""
+
+    strict: bool = False
+    examples: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    skipped_videos: list[str] = dataclasses.field(default_factory=list)
+    truncated_videos: list[str] = dataclasses.field(default_factory=list)
+    keyframes_lost: int = 0
+    rows_dropped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    boxes_clipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+
+    def video_lost(self, video_id: str, reason: str, keyframes: int, *, truncated: bool) -> None:
+        """Records (and logs) a video skipped, or truncated, with the keyframes it lost."""
+        what = "truncated" if truncated else "skipped"
+        message = f"video {video_id}: {reason}; {what}, {keyframes} keyframe(s) not written"
+        if self.strict:
+            raise BadInputError(message + " (strict build)")
+        logger.warning(message)
+        (self.truncated_videos if truncated else self.skipped_videos).append(video_id)
+        self.keyframes_lost += keyframes
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "examples": dict(self.examples),
+            "videos_skipped": len(self.skipped_videos),
+            "videos_truncated": len(self.truncated_videos),
+            "skipped_video_ids": list(self.skipped_videos),
+            "truncated_video_ids": list(self.truncated_videos),
+            "keyframes_lost": self.keyframes_lost,
+            "rows_dropped": dict(self.rows_dropped),
+            "boxes_clipped": dict(self.boxes_clipped),
+        }
+
+
+class KeyframeBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Base of the dataset builders: the schema's features, split selection, the build counters.
+
+    Built with a `ClipConfig` (`config=clip_config(model_config)`); `strict` makes any video lost an
+    error; `splits` restricts the build to some of `SPLITS`. `stats` holds the counts afterwards.
+    """
+
+    VERSION = tfds.core.Version("1.0.0")
+    SPLITS: tuple[str, ...] = ()
+    # TFDS 4.9.10 finds a builder's source file (for a checksums file these builders do not have)
+    # through `importlib_resources`, which it does not install on Python >= 3.9
+    # (tensorflow/datasets#11212). Without a code path it skips the look-up.
+    code_path = None
+
+    def __init__(self, *, strict: bool = False, splits: Sequence[str] | None = None, **kwargs: Any):
+        self.stats = BuildStats(strict=strict)
+        self.splits = tuple(splits or self.SPLITS)
+        super().__init__(**kwargs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self, description=self.__doc__, features=features(self.builder_config))
+
+    def check_classes(self, label_map: dict[int, str], source: str) -> None:
+        if len(label_map) != self.builder_config.num_classes:
+            raise BadInputError(
+                f"{source} lists {len(label_map)} classes but the config's model.num_classes is "
+                f"{self.builder_config.num_classes}")
+
+    def _generate_examples(
+        self,
+        split: str,
+        keyframes: dict[str, int],
+        examples_of: Callable[[str], Iterator[tuple[str, dict[str, Any]] | None]],
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The (key, example) pairs of a split, video by video, with a progress bar and the counts.
+
+        `keyframes` gives each video's number of keyframes; `examples_of(video_id)` yields one item
+        per keyframe: a (key, example) pair, or None for a keyframe that its truncated video does
+        not reach. It raises `VideoError` for a video that cannot be read at all.
+        """
+        stats = self.stats
+        keyframes = {video_id: count for video_id, count in keyframes.items() if count}
+        with tqdm.tqdm(total=sum(keyframes.values()), desc=f"{self.name}/{split}",
+                       unit="keyframe", dynamic_ncols=True) as bar:
+            for n, (video_id, count) in enumerate(keyframes.items(), start=1):
+                bar.set_postfix_str(f"videos {n}/{len(keyframes)}, written {stats.examples[split]}")
+                done = lost = 0
+                try:
+                    for item in examples_of(video_id):
+                        done += 1
+                        bar.update(1)
+                        if item is None:
+                            lost += 1
+                        else:
+                            stats.examples[split] += 1
+                            yield item
+                except VideoError as e:
+                    bar.update(count - done)
+                    stats.video_lost(video_id, str(e), count - done, truncated=False)
+                    continue
+                if lost:
+                    stats.video_lost(video_id, f"the decoded video ends before {lost} keyframe(s)",
+                                     lost, truncated=True)
+
+
+# ----------------------------------------------------------------------------- parsing raw files
+
+
+def parse_finite(value: str) -> float:
+    """float(value), refusing NaN and infinities."""
+    x = float(value)
+    if not math.isfinite(x):
+        raise ValueError(value)
+    return x
+
+
+Column = tuple[str, Callable[[str], Any]]
+BOX_COLUMNS: list[Column] = [(c, parse_finite) for c in ("x1", "y1", "x2", "y2")]
+
+
+def read_csv(path: str, columns: Sequence[Column], optional: int = 0) -> Iterator[tuple]:
+    """Yields the typed rows of a header-less CSV; the last `optional` columns may be absent.
+
+    A row that does not parse raises `BadInputError` naming file:line, the column and the value.
+    """
+    with open(path, newline="") as f:
+        for lineno, row in enumerate(csv.reader(f), start=1):
+            if not row or not "".join(row).strip():
+                continue
+            if not len(columns) - optional <= len(row) <= len(columns):
+                raise BadInputError(
+                    f"{path}:{lineno}: expected {len(columns) - optional} to {len(columns)} "
+                    f"columns, got {len(row)}: {','.join(row)!r}")
+            values = []
+            for (name, parse), value in zip(columns, row):
+                try:
+                    values.append(parse(value.strip()))
+                except ValueError:
+                    raise BadInputError(
+                        f"{path}:{lineno}: cannot parse {name} {value!r} "
+                        f"(row {','.join(row)!r})") from None
+            yield tuple(values)
+
+
+def read_label_map(path: str) -> dict[int, str]:
+    """{id: name} in id order, from an AVA label-map pbtxt (`item { name: ".." id: N }` or
+    `label { name: ".." label_id: N }`)."""
+    label_map, name = {}, None
+    with open(path) as f:
+        for lineno, line in enumerate(f, start=1):
+            key, _, value = line.strip().partition(":")
+            if key == "name":
+                name = value.strip().strip('"')
+            elif key in ("id", "label_id"):
+                try:
+                    label_map[int(value)] = name
+                except ValueError:
+                    raise BadInputError(f"{path}:{lineno}: cannot parse id {value.strip()!r}") \
+                        from None
+    if not label_map:
+        raise BadInputError(f"{path}: no label-map entries found")
+    return dict(sorted(label_map.items()))
+
+
+def write_label_map(path: str, label_map: dict[int, str]) -> None:
+    """Writes {id: name} in the official AVA pbtxt format (what the ActivityNet evaluator reads)."""
+    with open(path, "w") as f:
+        f.writelines(f'item {{\n  name: "{name}"\n  id: {class_id}\n}}\n'
+                     for class_id, name in label_map.items())
+
+
+def read_proposals(path: str, feature_dim: int) -> dict[tuple[str, int], np.ndarray]:
+    """Detector boxes per keyframe: {(video_id, timestamp): (N, 5 + F) rows x1, y1, x2, y2, score,
+    features}, normalised.
+
+    `.pkl`: the dense-proposals dict of SlowFast / MMAction2, keys "video_id,timestamp" (any zero
+    padding), values (N, 5 + F) arrays. `.csv`: AVA-style rows video_id, timestamp, x1, y1, x2, y2,
+    (ignored), score, as SlowFast's predicted-box files (no features).
+    """
+    width = 5 + feature_dim
+    if path.endswith(".csv"):
+        if feature_dim:
+            raise BadInputError(f"{path}: a CSV carries no detector features (F={feature_dim})")
+        columns = [("video_id", str), ("timestamp", int), *BOX_COLUMNS, ("action", str),
+                   ("score", parse_finite)]
+        rows = collections.defaultdict(list)
+        for vid, ts, *box, _, score in read_csv(path, columns):
+            rows[vid, ts].append([*box, score])
+        return {k: np.asarray(v, np.float32) for k, v in rows.items()}
+    with open(path, "rb") as f:
+        raw = pickle.load(f, encoding="latin1")
+    proposals = {}
+    for key, value in raw.items():
+        vid, _, ts = str(key).rpartition(",")
+        array = np.asarray(value, np.float32)
+        if array.size == 0:
+            array = array.reshape(0, width)
+        if not vid or not ts.strip().isdigit() or array.ndim != 2 or array.shape[1] != width:
+            raise BadInputError(
+                f"{path}: entry {key!r} with shape {np.shape(value)}: expected key "
+                f"'video_id,timestamp' and rows of {width} values (x1, y1, x2, y2, score"
+                f"{', features' if feature_dim else ''})")
+        proposals[vid, int(ts)] = array
+    return proposals
+
+
+# ----------------------------------------------------------------------------- one example
+
+
+def encode_jpeg(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    return buffer.getvalue()
+
+
+def make_example(
+    spec: ClipConfig,
+    stats: BuildStats,
+    *,
+    video_id: str,
+    timestamp: int,
+    frames: list[bytes],
+    scene_frames: list[bytes],
+    waveform: np.ndarray,
+    has_audio: bool,
+    gt_boxes: np.ndarray,
+    gt_labels: np.ndarray,
+    proposals: np.ndarray | None,
+) -> dict[str, Any]:
+    """One keyframe's example: top-K proposals by score, clipped, with their Hungarian targets.
+
+    `proposals` are (N, 5 + F) detector rows or None (the keyframe is kept with no proposals).
+    """
+    rows = np.zeros((0, 5 + spec.feature_dim), np.float32) if proposals is None else proposals
+    rows = rows[np.argsort(-rows[:, 4], kind="stable")[: spec.num_proposals]]
+    boxes, clipped = box_ops.clip_boxes(rows[:, :4])
+    stats.boxes_clipped["proposals"] += clipped
+    scores = rows[:, 4].astype(np.float32)
+    gt_labels = np.asarray(gt_labels, np.int8).reshape(-1, spec.num_classes)
+    gt_boxes = np.asarray(gt_boxes, np.float32).reshape(-1, 4)
+    example = {
+        "video_id": video_id,
+        "timestamp": timestamp,
+        "frames": frames,
+        "scene_frames": scene_frames,
+        "waveform": np.asarray(waveform, np.int16),
+        "has_audio": has_audio,
+        "gt_boxes": gt_boxes,
+        "gt_labels": gt_labels,
+        "proposals": boxes,
+        "proposal_scores": scores,
+        "targets": assignment.assign_targets(
+            boxes, scores, gt_boxes, gt_labels, **spec.assignment_kwargs()),
+    }
+    if spec.feature_dim:
+        example["proposal_features"] = rows[:, 5:].astype(np.float32)
+    return example
+
+
+# ----------------------------------------------------------------------------- eval/ folder
+
+GtRow = tuple[str, int, float, float, float, float, int, int]
+
+
+def write_eval_files(
+    eval_dir: str,
+    split: str,
+    label_map: dict[int, str],
+    groundtruth: Sequence[GtRow],
+    excluded: Sequence[tuple[str, int]],
+) -> None:
+    """Writes label_map.pbtxt, {split}_groundtruth.csv, {split}_excluded_timestamps.csv (AVA)."""
+    os.makedirs(eval_dir, exist_ok=True)
+    write_label_map(os.path.join(eval_dir, "label_map.pbtxt"), label_map)
+    with open(os.path.join(eval_dir, f"{split}_groundtruth.csv"), "w") as f:
+        f.writelines(f"{vid},{ts:04d},{x1:.6f},{y1:.6f},{x2:.6f},{y2:.6f},{action},{person}\n"
+                     for vid, ts, x1, y1, x2, y2, action, person in groundtruth)
+    with open(os.path.join(eval_dir, f"{split}_excluded_timestamps.csv"), "w") as f:
+        f.writelines(f"{vid},{ts:04d}\n" for vid, ts in excluded)

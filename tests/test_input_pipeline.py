@@ -1,0 +1,412 @@
+"""jovale_jax/input_pipeline.py on tiny examples made here, with the synthetic `test` config.
+
+Most tests feed the core functions a tf.data.Dataset of encoded examples (the SCHEMA.md features,
+JPEGs undecoded, as TFDS yields them with SkipDecoding); the last ones build a tiny TFDS dataset
+with three shards to go through the builder path and the split over processes. As SCHEMA.md says,
+`proposal_features` exists only when `detector_feature_dim` > 0.
+"""
+
+import io
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from configs import synthetic
+from jovale_jax import audio_features, input_pipeline
+
+NUM_EXAMPLES = 13  # 3 batches of 4 per epoch, 1 example dropped
+BATCH = 4
+SOURCE_HW = (40, 48)  # native frame size, resized to the config's canvas
+
+
+def _config(**model_updates):
+    config = synthetic.get_config("test")
+    config.batch_size = BATCH
+    config.model.update(model_updates)
+    return config
+
+
+def _jpegs(images: np.ndarray) -> np.ndarray:
+    return np.array([tf.io.encode_jpeg(image).numpy() for image in images], dtype=object)
+
+
+def _make_example(i: int, config, *, rng, image=None) -> dict:
+    """Example i: i % 7 proposals (0 to 6, K = 4), no audio when i % 5 == 3, varied lengths."""
+    m, c = i % 7, config.model.num_classes
+    if image is None:
+        image = rng.integers(0, 256, (*SOURCE_HW, 3), dtype=np.uint8)
+    has_audio = i % 5 != 3
+    num_samples = (16000, 17600, 9000)[i % 3] if has_audio else 0
+    corners = rng.uniform(0, 0.5, (m, 2))
+    proposals = np.concatenate([corners, corners + rng.uniform(0.1, 0.5, (m, 2))], axis=1)
+    example = {
+        "video_id": f"video{i:03d}",
+        "timestamp": np.int64(900 + i),
+        "frames": _jpegs([image] * config.model.video.num_frames),
+        "scene_frames": _jpegs([image] * config.model.scene.num_frames),
+        "waveform": (rng.standard_normal(num_samples) * 3000).astype(np.int16),
+        "has_audio": has_audio,
+        "gt_boxes": proposals[:1].astype(np.float32),
+        "gt_labels": rng.integers(0, 2, (1, c)).astype(np.int8),
+        "proposals": proposals.astype(np.float32),
+        "proposal_scores": np.sort(rng.uniform(size=m))[::-1].astype(np.float32),
+        "targets": rng.integers(0, 2, (m, c)).astype(np.int8),
+    }
+    feature_dim = config.model.actor.detector_feature_dim
+    if feature_dim > 0:
+        example["proposal_features"] = rng.standard_normal((m, feature_dim)).astype(np.float32)
+    return example
+
+
+def _examples(config, n: int = NUM_EXAMPLES, **kwargs) -> list[dict]:
+    rng = np.random.default_rng(0)
+    return [_make_example(i, config, rng=rng, **kwargs) for i in range(n)]
+
+
+def _dataset(examples: list[dict]) -> tf.data.Dataset:
+    ds = tf.data.Dataset.from_tensors(examples[0])
+    for example in examples[1:]:
+        ds = ds.concatenate(tf.data.Dataset.from_tensors(example))
+    return ds
+
+
+def _train_iterator(config, examples, *, seed: int = 0, state=None):
+    ds = _dataset(examples)
+    return input_pipeline.TrainIterator(
+        lambda shuffle_seed: ds, config, batch_size=BATCH, seed=seed, state=state
+    )
+
+
+def _take(iterator, n: int) -> list[dict]:
+    return [next(iterator) for _ in range(n)]
+
+
+def _eval_batches(config, examples) -> list[dict]:
+    num_batches = -(-len(examples) // BATCH)
+    return list(
+        input_pipeline.eval_dataset(
+            _dataset(examples), config, batch_size=BATCH, num_batches=num_batches
+        ).as_numpy_iterator()
+    )
+
+
+def _assert_batches_equal(a: list[dict], b: list[dict]) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key], err_msg=key)
+
+
+@pytest.fixture(scope="module")
+def config():
+    return _config()
+
+
+@pytest.fixture(scope="module")
+def examples(config):
+    return _examples(config)
+
+
+def _expected_layout(config, batch: int, *, eval_keys: bool) -> dict:
+    m = config.model
+    k, s = m.num_proposals, m.scene.image_size
+    layout = {
+        "video": ((batch, m.video.num_frames, *m.video.image_size, 3), np.float32),
+        "scene": ((batch, m.scene.num_frames, s, s, 3), np.float32),
+        "audio": ((batch, m.audio.num_frames, m.audio.num_mel_bins), np.float32),
+        "audio_mask": ((batch,), np.bool_),
+        "boxes": ((batch, k, 4), np.float32),
+        "box_mask": ((batch, k), np.bool_),
+        "proposal_scores": ((batch, k), np.float32),
+        "targets": ((batch, k, m.num_classes), np.float32),
+        "example_mask": ((batch,), np.bool_),
+    }
+    if eval_keys:
+        layout.update(video_id=((batch,), np.object_), timestamp=((batch,), np.int64))
+    return layout
+
+
+def _assert_layout(batch: dict, layout: dict) -> None:
+    assert set(batch) == set(layout)
+    for key, (shape, dtype) in layout.items():
+        assert batch[key].shape == shape and batch[key].dtype == dtype, key
+
+
+def test_train_batch_keys_shapes_dtypes(config, examples):
+    batch = next(_train_iterator(config, examples))
+    _assert_layout(batch, _expected_layout(config, BATCH, eval_keys=False))
+    assert batch["example_mask"].all()
+
+
+def test_eval_batches_padded_masked_and_complete(config, examples):
+    batches = _eval_batches(config, examples)
+    assert len(batches) == 4
+    for batch in batches:
+        _assert_layout(batch, _expected_layout(config, BATCH, eval_keys=True))
+    np.testing.assert_array_equal(batches[-1]["example_mask"], [True, False, False, False])
+    mask = np.concatenate([b["example_mask"] for b in batches])
+    ids = np.concatenate([b["video_id"] for b in batches])[mask]
+    assert [i.decode() for i in ids] == [e["video_id"] for e in examples]  # each once, in order
+    timestamps = np.concatenate([b["timestamp"] for b in batches])[mask]
+    np.testing.assert_array_equal(timestamps, [e["timestamp"] for e in examples])
+    last = batches[-1]
+    for key, value in last.items():  # padding is all zero
+        if key not in ("video_id", "example_mask"):
+            assert not np.any(value[1:]), key
+    assert list(last["video_id"][1:]) == [b""] * 3
+
+
+def test_eval_audio_unaugmented_and_zero_without_audio(config, examples):
+    batches = _eval_batches(config, examples)
+    audio = np.concatenate([b["audio"] for b in batches])
+    audio_mask = np.concatenate([b["audio_mask"] for b in batches])
+    a = config.model.audio
+    for i, example in enumerate(examples):
+        if example["has_audio"]:
+            assert audio_mask[i]
+            expected = audio_features.audio_features_tf(
+                tf.constant(example["waveform"]),
+                num_frames=a.num_frames,
+                num_mel_bins=a.num_mel_bins,
+            )
+            np.testing.assert_array_equal(audio[i], expected.numpy())
+        else:
+            assert not audio_mask[i] and not np.any(audio[i])
+
+
+def test_proposals_padded_and_truncated_to_k(config, examples):
+    batches = _eval_batches(config, examples)
+    k = config.model.num_proposals
+    fields = {
+        key: np.concatenate([b[key] for b in batches])
+        for key in ("boxes", "box_mask", "proposal_scores", "targets")
+    }
+    for i, example in enumerate(examples):
+        n = min(len(example["proposals"]), k)
+        np.testing.assert_array_equal(fields["box_mask"][i], np.arange(k) < n)
+        for key, source in (
+            ("boxes", "proposals"),
+            ("proposal_scores", "proposal_scores"),
+            ("targets", "targets"),
+        ):
+            np.testing.assert_array_equal(fields[key][i][:n], example[source][:n])
+            assert not np.any(fields[key][i][n:]), key
+    assert {len(e["proposals"]) for e in examples} >= {0, k, k + 2}  # covers empty, full, cut
+
+
+def test_proposal_features_only_when_configured(config):
+    with_features = _config()
+    with_features.model.actor.detector_feature_dim = 3
+    examples = _examples(with_features, n=BATCH)
+    batch = _eval_batches(with_features, examples)[0]
+    assert batch["proposal_features"].shape == (BATCH, config.model.num_proposals, 3)
+    n = len(examples[2]["proposals"])
+    np.testing.assert_array_equal(
+        batch["proposal_features"][2][:n], examples[2]["proposal_features"]
+    )
+    assert "proposal_features" not in _eval_batches(config, examples)[0]
+
+
+@pytest.mark.parametrize(
+    "modalities, absent",
+    [
+        (("video", "scene"), {"audio", "audio_mask"}),
+        (("audio",), {"video", "scene"}),
+        (("video",), {"scene", "audio", "audio_mask"}),
+    ],
+)
+def test_modality_subsets_drop_keys(examples, modalities, absent):
+    config = _config(modalities=modalities)
+    train = next(_train_iterator(config, examples))
+    evaluation = _eval_batches(config, examples[:BATCH])[0]
+    for batch, eval_keys in ((train, False), (evaluation, True)):
+        layout = _expected_layout(config, BATCH, eval_keys=eval_keys)
+        _assert_layout(batch, {k: v for k, v in layout.items() if k not in absent})
+
+
+def _unnormalise(frames: np.ndarray, mean, std) -> np.ndarray:
+    return (frames * np.array(std) + np.array(mean)).mean(axis=-1)  # grey level in [0, 1]
+
+
+@pytest.mark.parametrize("flip_prob", [0.0, 1.0])
+def test_flip_moves_boxes_with_frames(flip_prob):
+    """A bright square on black at the one proposal: it stays inside the (flipped) box."""
+    config = _config()
+    config.data.flip_prob = flip_prob
+    box = np.array([0.125, 0.25, 0.5, 0.75], np.float32)  # x1, y1, x2, y2: left of centre
+    h, w = SOURCE_HW
+    image = np.zeros((h, w, 3), np.uint8)
+    image[int(box[1] * h) : int(box[3] * h), int(box[0] * w) : int(box[2] * w)] = 255
+    examples = _examples(config, n=BATCH, image=image)
+    for e in examples:
+        e["proposals"], e["proposal_scores"] = box[None], np.ones(1, np.float32)
+        e["targets"] = np.ones((1, config.model.num_classes), np.int8)
+    batch = next(_train_iterator(config, examples))
+    expected = np.array([1 - box[2], box[1], 1 - box[0], box[3]]) if flip_prob else box
+    np.testing.assert_allclose(batch["boxes"][:, 0], np.broadcast_to(expected, (BATCH, 4)))
+    assert not np.any(batch["boxes"][:, 1:])  # padding is not flipped into a box
+    for key, (mean, std) in (
+        ("video", (input_pipeline.VIDEOMAE_MEAN, input_pipeline.VIDEOMAE_STD)),
+        ("scene", (input_pipeline.BLIP_MEAN, input_pipeline.BLIP_STD)),
+    ):
+        grey = _unnormalise(batch[key], mean, std)  # (B, T, H, W)
+        size_h, size_w = grey.shape[-2:]
+        x1, y1, x2, y2 = np.round(expected * [size_w, size_h, size_w, size_h]).astype(int)
+        inside = np.zeros((size_h, size_w), bool)
+        inside[y1 + 1 : y2 - 1, x1 + 1 : x2 - 1] = True  # 1-pixel margin for resizing blur
+        outside = np.ones((size_h, size_w), bool)
+        outside[y1 - 1 : y2 + 1, x1 - 1 : x2 + 1] = False
+        assert grey[..., inside].min() > 0.8, key
+        assert grey[..., outside].max() < 0.2, key
+
+
+def test_same_seed_same_batches_different_seed_different(config, examples):
+    run = _take(_train_iterator(config, examples, seed=0), 5)  # crosses an epoch boundary
+    _assert_batches_equal(run, _take(_train_iterator(config, examples, seed=0), 5))
+    other = _take(_train_iterator(config, examples, seed=1), 5)
+    for key in ("video", "audio", "boxes"):
+        assert not np.array_equal(
+            np.stack([b[key] for b in run]), np.stack([b[key] for b in other])
+        ), key
+    # Each epoch is a new permutation: epoch 1 does not repeat epoch 0's first batch.
+    assert not np.array_equal(run[0]["video"], run[3]["video"])
+
+
+def test_restored_iterator_continues_exactly(config, examples):
+    uninterrupted = _take(_train_iterator(config, examples, seed=3), 7)
+    first = _train_iterator(config, examples, seed=3)
+    _take(first, 4)
+    state = json.loads(json.dumps(first.get_state()))
+    assert (state["epoch"], state["batches_in_epoch"]) == (1, 1)
+    resumed = _train_iterator(config, examples, seed=3, state=state)
+    _assert_batches_equal(_take(resumed, 3), uninterrupted[4:])
+    assert resumed.get_state()["epoch"] == 2 and resumed.get_state()["batches_in_epoch"] == 1
+    with pytest.raises(ValueError, match="seed"):
+        _train_iterator(config, examples, seed=4, state=state)
+
+
+def test_spec_augment_in_training_only_masks_bands(config):
+    """All examples share one waveform: training audio differs from it only in masked bands."""
+    examples = [e for e in _examples(config, n=20) if e["has_audio"]][:12]
+    for e in examples:
+        e["waveform"] = examples[0]["waveform"]
+    base = _eval_batches(config, examples[:1])[0]["audio"][0]
+    audio = np.concatenate([b["audio"] for b in _take(_train_iterator(config, examples), 3)])
+    widths = []
+    for features in audio:
+        time_masked = np.all(features == 0, axis=1)
+        freq_masked = np.all(features == 0, axis=0)
+        changed = features != base
+        assert np.all(~changed | time_masked[:, None] | freq_masked[None, :])
+        (t,), (f,) = np.nonzero(time_masked), np.nonzero(freq_masked)
+        assert len(t) <= config.data.spec_time_mask and len(f) <= config.data.spec_freq_mask
+        widths.append((len(t), len(f)))
+    assert max(widths) > (0, 0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Through a TFDS builder: shards split over processes.
+# ------------------------------------------------------------------------------------------------
+
+
+def _fixture_builder_class(config):
+    c = config.model.num_classes
+    image = tfds.features.Sequence(
+        tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg")
+    )
+    features = tfds.features.FeaturesDict(
+        {
+            "video_id": tfds.features.Text(),
+            "timestamp": np.int64,
+            "frames": image,
+            "scene_frames": image,
+            "waveform": tfds.features.Tensor(shape=(None,), dtype=np.int16),
+            "has_audio": np.bool_,
+            "gt_boxes": tfds.features.Tensor(shape=(None, 4), dtype=np.float32),
+            "gt_labels": tfds.features.Tensor(shape=(None, c), dtype=np.int8),
+            "proposals": tfds.features.Tensor(shape=(None, 4), dtype=np.float32),
+            "proposal_scores": tfds.features.Tensor(shape=(None,), dtype=np.float32),
+            "targets": tfds.features.Tensor(shape=(None, c), dtype=np.int8),
+        }
+    )
+
+    class PipelineTestFixture(tfds.core.GeneratorBasedBuilder):
+        """13 train and 7 val examples of the SCHEMA.md features."""
+
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=features)
+
+        def _split_generators(self, dl_manager):
+            return {
+                "train": self._generate_examples(0, NUM_EXAMPLES),
+                "val": self._generate_examples(NUM_EXAMPLES, 7),
+            }
+
+        def _generate_examples(self, start, n):
+            for example in _examples(config, n=start + n)[start:]:
+                for key in ("frames", "scene_frames"):
+                    example[key] = [io.BytesIO(jpeg) for jpeg in example[key]]
+                yield example["video_id"], example
+
+    return PipelineTestFixture
+
+
+@pytest.fixture(scope="module")
+def builder(config, tmp_path_factory):
+    builder = _fixture_builder_class(config)(data_dir=str(tmp_path_factory.mktemp("tfds")))
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(num_shards=3))
+    assert builder.info.splits["train"].num_shards == 3
+    return builder
+
+
+def test_builder_train_iterator_per_process(builder):
+    config = _config()
+    config.batch_size = 4  # 2 per process: 3 batches per epoch of the 6 examples of a process
+
+    def iterator(process_index, state=None):
+        return input_pipeline.create_train_iterator(
+            config,
+            seed=0,
+            process_index=process_index,
+            process_count=2,
+            builder=builder,
+            state=state,
+        )
+
+    runs = []
+    for p in range(2):
+        it = iterator(p)
+        assert it.batches_per_epoch == (NUM_EXAMPLES // 2) // 2 == 3
+        runs.append(_take(it, 2))
+        _assert_layout(runs[p][0], _expected_layout(config, 2, eval_keys=False))
+    assert not np.array_equal(runs[0][0]["video"], runs[1][0]["video"])
+    resumed = iterator(1, state=it.get_state())
+    again = iterator(1)
+    _assert_batches_equal(_take(again, 2), runs[1])  # shuffled files, still deterministic
+    _assert_batches_equal(_take(resumed, 1), _take(again, 1))
+
+
+def test_builder_eval_iterator_covers_split_once_over_processes(config, builder):
+    iterators = [
+        input_pipeline.create_eval_iterator(
+            config, "val", batch_size=3, process_index=p, process_count=2, builder=builder
+        )
+        for p in range(2)
+    ]
+    assert [it.num_examples for it in iterators] == [4, 3]
+    assert [len(it) for it in iterators] == [2, 2]  # ceil(4 / 3) on both processes
+    ids = []
+    for it in iterators:
+        for _ in range(2):  # re-iterable: the second pass is the same
+            batches = list(it)
+            assert len(batches) == len(it)
+            mask = np.concatenate([b["example_mask"] for b in batches])
+        ids += list(np.concatenate([b["video_id"] for b in batches])[mask])
+    expected = [f"video{i:03d}".encode() for i in range(NUM_EXAMPLES, NUM_EXAMPLES + 7)]
+    assert sorted(ids) == expected
