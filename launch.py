@@ -43,7 +43,14 @@ flags.DEFINE_integer("batch_size", None, "bench: batch size (default config.batc
 flags.DEFINE_string("component", "model", "bench step/forward: model | amfn.")
 flags.DEFINE_integer("num_batches", 20, "bench input: batches to time.")
 
+flags.DEFINE_string("compare_to", None, "eval: a results.json to draw the per-class difference against.")
+flags.DEFINE_string("video", None, "detect: the video file.")
+flags.DEFINE_string("boxes", None, "detect: an AVA-style CSV of person boxes.")
+flags.DEFINE_string("detector", None, "detect: a transformers object-detection model id or folder.")
+flags.DEFINE_string("video_out", None, "detect: also write an annotated mp4 here.")
+
 FLAGS = flags.FLAGS
+BENCHES = ("step", "forward", "input", "eval")
 COMMANDS = ("train", "eval", "detect", "convert", "flops", "bench", "build-data", "ablate", "demo")
 
 
@@ -67,16 +74,117 @@ def cmd_flops(args):
         print(json.dumps(out))
 
 
-HANDLERS = {"flops": cmd_flops}
+def cmd_train(argv):
+    """Train (or resume) the config in --workdir, with periodic evaluation."""
+    from jovale_jax import train
+    from jovale_jax.evaluate import periodic_evaluator
+
+    config = _config()
+    _require("workdir")
+    train.train(config, FLAGS.workdir, init_from=FLAGS.init_from, data_dir=FLAGS.data_dir,
+                evaluate_fn=periodic_evaluator(config, FLAGS.data_dir))
+
+
+def cmd_eval(argv):
+    """Evaluate --checkpoint on the eval split."""
+    from jovale_jax.evaluate import evaluate_checkpoint
+
+    _require("checkpoint")
+    evaluate_checkpoint(_config(), FLAGS.checkpoint, split=FLAGS.split, out_dir=FLAGS.out,
+                        data_dir=FLAGS.data_dir, compare_to=FLAGS.compare_to)
+
+
+def cmd_convert(argv):
+    """Convert pretrained weights (--from KIND --src PATH, repeatable) into --out."""
+    from jovale_jax.convert import convert_main
+
+    _require("out")
+    kinds, srcs = FLAGS["from"].value, FLAGS.src
+    if not kinds or len(kinds) != len(srcs):
+        raise app.UsageError(f"give one --src per --from (got {len(kinds)} --from, {len(srcs)} --src)")
+    manifest = convert_main(list(zip(kinds, srcs)), FLAGS.out, _config())
+    print(json.dumps(manifest)[:2000])
+
+
+def cmd_build_data(argv):
+    """Write the TFRecord shards of --dataset (default: the config's) into --data_dir."""
+    from jovale_jax.datasets import build_dataset
+
+    config = _config()
+    name = FLAGS.dataset or config.dataset
+    data_dir = FLAGS.data_dir or config.data.data_dir
+    summary = build_dataset(name, config=config, raw_dir=FLAGS.raw_dir, data_dir=data_dir,
+                            strict=FLAGS.strict)
+    print(json.dumps(summary, default=str))
+
+
+def cmd_bench(argv):
+    """bench step | forward | input | eval."""
+    what = argv[2]
+    if what == "input":
+        from jovale_jax.input_bench import run_input_bench
+
+        run_input_bench(_config(), FLAGS.data_dir, FLAGS.num_batches)
+    elif what == "eval":
+        from jovale_jax.evaluation.bench import run_eval_bench
+
+        run_eval_bench()
+    else:
+        from jovale_jax import bench
+
+        fn = bench.run_step_bench if what == "step" else bench.run_forward_bench
+        fn(_config(), batch_size=FLAGS.batch_size, component=FLAGS.component)
+
+
+def cmd_detect(argv):
+    """Run a trained model on --video; write detections and drawn keyframes to --out."""
+    from jovale_jax.detect import detect
+
+    _require("video")
+    _require("out")
+    detect(_config(), video=FLAGS.video, out_dir=FLAGS.out, checkpoint=FLAGS.checkpoint,
+           boxes_csv=FLAGS.boxes, detector=FLAGS.detector, video_out=FLAGS.video_out)
+
+
+def cmd_ablate(argv):
+    """Train and evaluate every modality subset (Table 4) in --workdir."""
+    from jovale_jax.demo import ablate
+
+    _require("workdir")
+    ablate(_config(), FLAGS.workdir, data_dir=FLAGS.data_dir)
+
+
+def cmd_demo(argv):
+    """Build the synthetic set, train, evaluate, and write the report."""
+    from jovale_jax.demo import demo
+
+    demo(_config() if FLAGS.config is not None else None, FLAGS.workdir or "runs/demo",
+         data_dir=FLAGS.data_dir)
+
+
+def _require(name: str) -> None:
+    if FLAGS[name].value is None:
+        raise app.UsageError(f"--{name} is required for this command")
+
+
+HANDLERS = {"flops": cmd_flops, "train": cmd_train, "eval": cmd_eval, "convert": cmd_convert,
+            "build-data": cmd_build_data, "bench": cmd_bench, "detect": cmd_detect,
+            "ablate": cmd_ablate, "demo": cmd_demo}
 
 
 def main(argv):
-    if len(argv) != 2 or argv[1] not in COMMANDS:
+    if len(argv) < 2 or argv[1] not in COMMANDS:
         raise app.UsageError(f"expected one command of {COMMANDS}, got {argv[1:]}")
-    handler = HANDLERS.get(argv[1])
-    if handler is None:
-        raise app.UsageError(f"command {argv[1]!r} is not available yet")
-    handler(argv)
+    if argv[1] == "bench":
+        if len(argv) != 3 or argv[2] not in BENCHES:
+            raise app.UsageError(f"bench needs one of {BENCHES}, got {argv[2:]}")
+    elif len(argv) != 2:
+        raise app.UsageError(f"unexpected arguments {argv[2:]}")
+    try:
+        HANDLERS[argv[1]](argv)
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -24,8 +24,8 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                enable_async_checkpointing=async_save,
                                                cleanup_tmp_directories=True)
-        self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                             item_names=("state", "meta"))
+        handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -46,6 +46,7 @@ class Checkpointer:
             elif tuple(got.shape) != tuple(want.shape):
                 problems.append(f"{key}: checkpoint shape {tuple(got.shape)}, model shape {tuple(want.shape)}")
         problems += [f"{key}: in the checkpoint but not in the model" for key in flat_stored]
+        problems.sort(key=lambda p: "/params/" not in p)  # parameters first, optimizer state after
         if problems:
             shown = "\n  ".join(problems[:20])
             more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
@@ -58,6 +59,14 @@ class Checkpointer:
         out = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
         return out["state"], out["meta"]
+
+    def read(self, step: int) -> tuple[Any, dict[str, Any]]:
+        """Restore as saved, without a target (inspection, tests)."""
+        out = self.manager.restore(step)
+        return out["state"], out["meta"]
+
+    def read_meta(self, step: int) -> dict[str, Any]:
+        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -104,7 +104,10 @@ def setup(config, *, mesh: jax.sharding.Mesh, steps_per_epoch: int, init_from: s
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     opt_sh = optimizer_state_shardings(jax.eval_shape(tx.init, params), params, params_sh, replicated)
     opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
-    state = {"params": params, "opt_state": opt_state, "step": jnp.zeros((), jnp.int32)}
+    # Every leaf is placed exactly as the step's out_shardings say, so the second call does not
+    # recompile (a cache miss costs a full compile).
+    state = {"params": params, "opt_state": opt_state,
+             "step": jax.device_put(jnp.zeros((), jnp.int32), replicated)}
     state_sh = {"params": params_sh, "opt_state": opt_sh, "step": replicated}
     s = Setup(config=config, mesh=mesh, graphdef=graphdef, eval_graphdef=eval_graphdef, state=state,
               frozen=frozen, rng_template=rngs, state_shardings=state_sh,
@@ -160,7 +163,7 @@ def make_train_step(s: Setup) -> Callable:
 
         loss, grads = jax.value_and_grad(loss_fn)(state["params"])
         updates, opt_state = s.tx.update(grads, state["opt_state"], state["params"])
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         metrics = {"loss": loss, "grad_norm": grad_norm,
                    "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm)}
         new_state = {"params": optax.apply_updates(state["params"], updates), "opt_state": opt_state,
@@ -216,11 +219,10 @@ class _Stop:
     @classmethod
     def install(cls):
         cls.requested = False
-        if os.getpid() and hasattr(signal, "SIGTERM"):
-            try:
-                signal.signal(signal.SIGTERM, lambda *_: setattr(cls, "requested", True))
-            except ValueError:  # not the main thread (e.g. inside some test runners)
-                pass
+        try:
+            signal.signal(signal.SIGTERM, lambda *_: setattr(cls, "requested", True))
+        except ValueError:  # not the main thread: the caller handles signals
+            pass
 
 
 class MetricsWriter:
@@ -276,6 +278,8 @@ def train(config, workdir: str, *, init_from: str | None = None, data_dir: str |
     """Train (or resume) in ``workdir``; returns {"step", "params", "status", ...}."""
     from jovale_jax.input_pipeline import create_train_iterator
 
+    _Stop.install()  # from here on, SIGTERM means: save at the next step and return
+
     # --- distributed set-up and mesh ---
     if os.environ.get("JAX_COORDINATOR_ADDRESS") and jax.process_count() == 1:
         jax.distributed.initialize()
@@ -285,7 +289,7 @@ def train(config, workdir: str, *, init_from: str | None = None, data_dir: str |
     # --- checkpoint manager and the input pipeline's position ---
     ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
     latest = ckpt.latest_step()
-    meta = ckpt.manager.restore(latest, args=_meta_only())["meta"] if latest is not None else None
+    meta = ckpt.read_meta(latest) if latest is not None else None
     data = create_train_iterator(config, seed=config.seed, data_dir=data_dir,
                                  state=meta["input_state"] if meta else None)
     steps_per_epoch = data.batches_per_epoch
@@ -303,7 +307,6 @@ def train(config, workdir: str, *, init_from: str | None = None, data_dir: str |
 
     # --- loop ---
     writer = MetricsWriter(workdir, total)
-    _Stop.install()
     step = int(s.state["step"])
     pending: list[tuple[int, dict]] = []
     status = "done"
@@ -352,11 +355,6 @@ def train(config, workdir: str, *, init_from: str | None = None, data_dir: str |
     print(f"training {status} at step {step}", flush=True)
     return {"step": step, "status": status, "setup": s}
 
-
-def _meta_only():
-    import orbax.checkpoint as ocp
-
-    return ocp.args.Composite(meta=ocp.args.JsonRestore())
 
 
 def resolve_checkpoint(path: str) -> tuple[str, int]:

@@ -1,9 +1,13 @@
 """Test set-up: 8 fake CPU devices (set before jax is imported) and shared tiny fixtures."""
 
 import os
+import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# A persistent compilation cache for this run (inherited by the subprocesses tests start): tests
+# that build the same tiny model compile it once.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="jax_cache_"))
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -32,3 +36,16 @@ def random_batch(model_cfg, batch_size: int = 2, seed: int = 0) -> dict[str, np.
     if "audio" in model_cfg.modalities:
         batch["audio_mask"] = np.ones((batch_size,), bool)
     return batch
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """A tiny synthetic set (4 train videos, 2 val videos) built for the `test` config."""
+    from jovale_jax.datasets import build_dataset
+    from jovale_jax.datasets import synthetic as synthetic_data
+
+    root = tmp_path_factory.mktemp("synthetic")
+    synthetic_data.generate_raw(str(root / "raw"), num_train_videos=4, num_val_videos=2)
+    build_dataset("synthetic", config=synthetic.get_config("test"), raw_dir=str(root / "raw"),
+                  data_dir=str(root))
+    return str(root)

@@ -1,0 +1,90 @@
+"""Drawing action detections on images with PIL: person boxes with their top labels.
+
+    names = [label_map[i] for i in sorted(label_map)]
+    image = draw_detections(frame, boxes, top_labels(scores, names), title="clip.mp4 @ 3 s")
+
+`boxes` are normalised (x1, y1, x2, y2) in [0, 1], as in the detections CSV and the model's input,
+so the same call draws on a frame of any size. Used by `detect` (keyframe PNGs and the annotated
+video) and by the demo report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+# Distinct, saturated colours; box i takes PALETTE[i % len(PALETTE)].
+PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+           (70, 240, 240), (240, 50, 230), (210, 245, 60), (255, 225, 25), (0, 128, 128))
+
+LabelScore = tuple[str, float]  # a class name and its score
+LabelScores = Sequence[LabelScore]
+
+
+def top_labels(scores: np.ndarray, names: Sequence[str], k: int = 3) -> list[list[LabelScore]]:
+    """For (N, C) scores, each row's `k` best classes as (name, score), best first."""
+    scores = np.asarray(scores, np.float64).reshape(-1, len(names))
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return [[(names[c], float(row[c])) for c in top] for row, top in zip(scores, order)]
+
+
+def _text_color(fill: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Black on light colours, white on dark ones."""
+    luminance = 0.299 * fill[0] + 0.587 * fill[1] + 0.114 * fill[2]
+    return (0, 0, 0) if luminance > 140 else (255, 255, 255)
+
+
+def _label_block(draw: ImageDraw.ImageDraw, xy: tuple[float, float], lines: Sequence[str],
+                 font: ImageFont.ImageFont, fill: tuple[int, int, int]) -> None:
+    """Lines of text on a filled rectangle whose top-left corner is `xy`."""
+    x, y = xy
+    for line in lines:
+        *_, right, bottom = draw.textbbox((x + 2, y), line, font=font)
+        draw.rectangle((x, y, right + 2, bottom + 1), fill=fill)
+        draw.text((x + 2, y), line, font=font, fill=_text_color(fill))
+        y = bottom + 1
+
+
+def draw_detections(
+    image: Image.Image | np.ndarray,
+    boxes: np.ndarray,
+    labels_scores: Sequence[LabelScores],
+    *,
+    title: str | None = None,
+    min_short_side: int = 256,
+) -> Image.Image:
+    """A copy of `image` with every box outlined and its labels listed at its top-left corner.
+
+    Args:
+      image: a PIL image or an (H, W, 3) uint8 array.
+      boxes: (N, 4) normalised x1, y1, x2, y2.
+      labels_scores: per box, the (name, score) pairs to list (e.g. `top_labels(scores, names)`).
+      title: a line written at the image's top-left corner (e.g. the video and the time).
+      min_short_side: smaller images are first enlarged (bicubic) to this short side, so that the
+        text stays readable on low-resolution frames.
+    """
+    image = Image.fromarray(np.asarray(image, np.uint8)) if isinstance(image, np.ndarray) else image
+    image = image.convert("RGB")  # a copy
+    scale = min_short_side / min(image.size)
+    if scale > 1:
+        image = image.resize((round(image.width * scale), round(image.height * scale)),
+                             Image.Resampling.BICUBIC)
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    if len(boxes) != len(labels_scores):
+        raise ValueError(f"{len(boxes)} boxes but {len(labels_scores)} label lists")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=max(10, min(image.size) // 24))
+    width = max(1, min(image.size) // 160)
+    size = np.array([image.width, image.height] * 2)
+    pixels = np.clip(boxes * size, 0, size - 1)
+    for i, (x1, y1, x2, y2) in enumerate(pixels):  # outlines first: labels stay on top
+        draw.rectangle((x1, y1, max(x1, x2), max(y1, y2)), outline=PALETTE[i % len(PALETTE)],
+                       width=width)
+    for i, ((x1, y1, _, _), labels) in enumerate(zip(pixels, labels_scores)):
+        lines = [f"{name} {score:.2f}" for name, score in labels]
+        _label_block(draw, (x1, y1), lines, font, PALETTE[i % len(PALETTE)])
+    if title:
+        _label_block(draw, (0, 0), [title], font, (0, 0, 0))
+    return image

@@ -1,0 +1,380 @@
+"""`detect` (launch.py detect) on videos written here with PyAV, and the drawing of detections.
+
+The model is the synthetic `test` config with random weights, saved as a checkpoint at the start;
+one test loads it through `checkpoint=` (as the command line does), the others share the loaded
+`Setup` (`setup=`) so that the forward pass compiles once. Videos: 97 x 61 at 12 fps for 1 s with
+a 44.1 kHz stereo AAC track, the same frames without audio, 64 x 48 at 5 fps for 20 s without
+audio (Matroska), 40 x 30 for 0.5 s (shorter than the model's 1 s window). The person detector is
+a randomly initialised tiny DETR saved to a folder, biased towards its 'person' class.
+"""
+
+import csv
+import fractions
+import json
+import os
+
+import av
+import jax
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from configs import synthetic
+from jovale_jax import detect as detect_module
+from jovale_jax import input_pipeline, train, visualize
+from jovale_jax.checkpoint import Checkpointer
+from jovale_jax.datasets import common
+from jovale_jax.datasets import video as video_io
+from jovale_jax.datasets.synthetic import CLASSES
+from jovale_jax.detect import detect
+from jovale_jax.sharding import make_mesh
+
+DEVICES = jax.devices()[:1]
+CLASS_IDS = list(CLASSES)
+
+
+def write_video(path: str, *, seconds: float, size: tuple[int, int], fps: int, audio: bool,
+                container_format: str | None = None, start_frame: int = 0) -> str:
+    """A bright bar sliding over a colour ramp (H.264 4:4:4, so odd sizes work), with a 440 Hz
+    tone as 44.1 kHz stereo AAC when `audio`; the first frame's timestamp is `start_frame`."""
+    width, height = size
+    with av.open(path, "w", format=container_format) as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv444p"
+        sound = container.add_stream("aac", rate=44100, layout="stereo") if audio else None
+        for n in range(round(seconds * fps)):
+            image = np.zeros((height, width, 3), np.uint8)
+            image[..., 0] = np.linspace(0, 255, width).astype(np.uint8)
+            x = (3 * n) % width
+            image[height // 4 : 3 * height // 4, x : x + width // 5] = 255
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = start_frame + n, fractions.Fraction(1, fps)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+        if sound is not None:
+            t = np.arange(round(seconds * 44100)) / 44100
+            samples = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+            for start in range(0, len(samples), 1024):
+                chunk = samples[start : start + 1024]
+                frame = av.AudioFrame.from_ndarray(np.stack([chunk, chunk]), format="fltp",
+                                                   layout="stereo")
+                frame.sample_rate, frame.pts = 44100, start
+                container.mux(sound.encode(frame))
+            container.mux(sound.encode())
+    return path
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("videos")
+    return {
+        "odd": write_video(str(folder / "odd.mp4"), seconds=1, size=(97, 61), fps=12, audio=True),
+        "silent": write_video(str(folder / "silent.mp4"), seconds=1, size=(97, 61), fps=12,
+                              audio=False),
+        "long": write_video(str(folder / "long.mkv"), seconds=20, size=(64, 48), fps=5,
+                            audio=False),
+        "short": write_video(str(folder / "short.mp4"), seconds=0.5, size=(40, 30), fps=8,
+                             audio=True),
+    }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """XLA's persistent cache for this module, so that `load_trained` compiles nothing that the
+    `trained` fixture's `setup` already compiled (the same model, the same shapes); the process's
+    settings are restored afterwards."""
+    from jax.experimental.compilation_cache import compilation_cache as cache
+
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+             "jax_persistent_cache_min_entry_size_bytes")
+    saved = {name: getattr(jax.config, name) for name in names}
+    cache.reset_cache()
+    jax.config.update(names[0], str(tmp_path_factory.mktemp("xla_cache")))
+    jax.config.update(names[1], 0)
+    jax.config.update(names[2], 0)
+    yield
+    for name, value in saved.items():
+        jax.config.update(name, value)
+    cache.reset_cache()
+
+
+@pytest.fixture(scope="module")
+def config():
+    config = synthetic.get_config("test")
+    config.mesh_shape = (1, 1)
+    return config
+
+
+@pytest.fixture(scope="module")
+def trained(config, tmp_path_factory) -> tuple[str, train.Setup]:
+    """(workdir of a saved random-weight checkpoint, the Setup it was saved from)."""
+    workdir = str(tmp_path_factory.mktemp("run"))
+    s = train.setup(config, mesh=make_mesh((1, 1), DEVICES), steps_per_epoch=1)
+    ckpt = Checkpointer(workdir)
+    ckpt.save(0, {"state": s.state, "frozen": s.frozen},
+              {"input_state": {}, "config": config.to_json_best_effort()})
+    ckpt.close()
+    return workdir, s
+
+
+@pytest.fixture(scope="module")
+def tiny_detector(tmp_path_factory) -> str:
+    """A random DETR (ResNet backbone of 8 channels, one layer each) whose class head favours
+    'person', saved with its image processor."""
+    transformers = pytest.importorskip("transformers")
+    backbone = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 8], depths=[1, 1],
+                                         layer_type="basic", out_features=["stage2"])
+    labels = {0: "N/A", 1: "person", 2: "car"}
+    model_config = transformers.DetrConfig(
+        use_timm_backbone=False, backbone_config=backbone, use_pretrained_backbone=False,
+        d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=16, decoder_ffn_dim=16, num_queries=10,
+        id2label=labels, label2id={v: k for k, v in labels.items()})
+    model = transformers.DetrForObjectDetection(model_config)
+    bias = model.class_labels_classifier.bias.data
+    bias[:] = -4.0
+    bias[1] = 4.0
+    folder = str(tmp_path_factory.mktemp("detr"))
+    model.save_pretrained(folder)
+    transformers.DetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 96}).save_pretrained(
+        folder)
+    return folder
+
+
+def read_rows(out_dir: str) -> list[list[str]]:
+    with open(os.path.join(out_dir, "detections.csv")) as f:
+        return list(csv.reader(f))
+
+
+def scores_by_box(rows: list[list[str]]) -> dict[tuple, list[float]]:
+    """{(timestamp, x1, y1, x2, y2): scores in action-id order} of detection rows."""
+    out: dict[tuple, list[float]] = {}
+    for _, ts, *box, action, score in rows:
+        out.setdefault((ts, *map(float, box)), []).append((int(action), float(score)))
+    return {k: [s for _, s in sorted(v)] for k, v in out.items()}
+
+
+def assert_no_partial(parent) -> None:
+    """No temporary folder of `detect` left beside its output."""
+    assert not [p for p in os.listdir(parent) if ".partial-" in p or ".old-" in p]
+
+
+def test_keyframe_inputs_are_the_input_pipelines(config, videos):
+    """A keyframe's model inputs equal what the eval pipeline makes of the same clip in a built
+    dataset (frames exactly; the librosa log-mel within 1e-4 of the pipeline's TF one)."""
+    spec = common.clip_config(config)
+    with video_io.open_video(videos["odd"]) as container:
+        [(_, clip)] = list(video_io.read_clips(container, [0.5], spec, "odd"))
+    boxes = np.array([[0.1, 0.2, 0.5, 0.9]], np.float32)
+    ours = detect_module.example_inputs(config, clip, boxes)
+    example = {"frames": tf.constant(clip.frames), "scene_frames": tf.constant(clip.scene_frames),
+               "waveform": tf.constant(clip.waveform), "has_audio": tf.constant(True),
+               "proposals": tf.constant(boxes), "proposal_scores": tf.constant([1.0]),
+               "targets": tf.zeros((1, config.model.num_classes), tf.int8)}
+    reference = input_pipeline.decode_example(example, config)
+    assert set(ours) == {"video", "scene", "audio", "audio_mask", "boxes", "box_mask"}
+    for key, value in ours.items():
+        np.testing.assert_allclose(value, reference[key].numpy(), atol=1e-4, err_msg=key)
+    assert np.abs(ours["audio"]).max() > 0.5  # the tone is there
+
+
+def test_boxes_csv_on_an_odd_sized_video_with_audio(config, trained, videos, tmp_path, capsys):
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text("odd,0,0.1,0.2,0.5,0.9,0.8\n"
+                     "odd,0.0,-0.1,0.3,0.6,1.2\n"  # no score (1.0): first; clipped to the frame
+                     "other,0,0.1,0.1,0.2,0.2,0.9\n"  # another video: ignored
+                     "odd,7,0.1,0.1,0.2,0.2,0.9\n")  # no keyframe at 7 s: counted, unused
+    out = tmp_path / "out"
+    result = detect(config, video=videos["odd"], out_dir=str(out), boxes_csv=str(boxes),
+                    setup=trained[1], batch_size=4)
+    assert result["keyframes"] == 1 and result["keyframes_skipped"] == 0
+    assert result["has_audio"] and not result["audio_masked"]
+    assert result["proposals"] == "boxes_csv" and result["boxes_rows_unused"] == 1
+    rows = read_rows(str(out))
+    assert len(rows) == result["detection_rows"] == 2 * 6
+    assert {r[0] for r in rows} == {"odd"} and {r[1] for r in rows} == {"0"}
+    assert [int(r[6]) for r in rows] == CLASS_IDS * 2
+    by_box = scores_by_box(rows)
+    assert list(by_box) == [("0", 0.0, 0.3, 0.6, 1.0), ("0", 0.1, 0.2, 0.5, 0.9)]
+    assert all(0 < s < 1 for scores in by_box.values() for s in scores)
+    assert os.listdir(out / "keyframes") == ["00000_0s.png"]
+    assert min(Image.open(out / "keyframes" / "00000_0s.png").size) == 256
+    assert json.loads((out / "detect.json").read_text()) == result
+    assert_no_partial(tmp_path)
+    assert "proposals: boxes_csv" in capsys.readouterr().out
+
+
+def test_without_an_audio_track_the_audio_is_masked(config, trained, videos, tmp_path, capsys):
+    """The same frames without audio: masked audio (the note is printed), and the scores are
+    those of the model with `audio_mask` false; with the track they differ."""
+    s = trained[1]
+    silent = detect(config, video=videos["silent"], out_dir=str(tmp_path / "silent"), setup=s,
+                    batch_size=4)
+    assert silent["audio_masked"] and not silent["has_audio"]
+    assert "no audio track" in capsys.readouterr().out
+    assert any("masked" in note for note in silent["notes"])
+    with_audio = detect(config, video=videos["odd"], out_dir=str(tmp_path / "odd"), setup=s,
+                        batch_size=4)
+    assert not with_audio["audio_masked"]
+    masked = scores_by_box(read_rows(str(tmp_path / "silent")))[("0", 0.0, 0.0, 1.0, 1.0)]
+    heard = scores_by_box(read_rows(str(tmp_path / "odd")))[("0", 0.0, 0.0, 1.0, 1.0)]
+    assert not np.allclose(masked, heard, atol=1e-5)
+
+    with video_io.open_video(videos["odd"]) as container:
+        [(_, clip)] = list(video_io.read_clips(container, [0.0], common.clip_config(config), "x"))
+    inputs = detect_module.example_inputs(config, clip, detect_module.WHOLE_FRAME[:, :4])
+    inputs["audio"][:] = 0
+    inputs["audio_mask"] = np.asarray(False)
+    batch = detect_module.stack_padded([inputs], 4)
+    expected = np.asarray(s.predict(s.state["params"], s.frozen, train.global_batch(s.mesh, batch)))
+    np.testing.assert_allclose(masked, expected[0, 0], atol=2e-6)
+
+
+def test_long_video_from_the_checkpoint_with_fallback_box_and_video_out(
+        config, trained, videos, tmp_path, capsys):
+    """20 s without audio through `checkpoint=` (5 batches of 4)."""
+    annotated = tmp_path / "annotated.mp4"
+    result = detect(config, video=videos["long"], out_dir=str(tmp_path / "out"),
+                    checkpoint=trained[0], devices=DEVICES, video_out=str(annotated),
+                    batch_size=4)
+    assert result["keyframes"] == 20 and result["audio_masked"]
+    assert result["proposals"] == "whole_frame"
+    rows = read_rows(str(tmp_path / "out"))
+    assert len(rows) == 20 * 6
+    assert [r[1] for r in rows[::6]] == [str(t) for t in range(20)]
+    assert {tuple(map(float, r[2:6])) for r in rows} == {(0.0, 0.0, 1.0, 1.0)}
+    assert len(os.listdir(tmp_path / "out" / "keyframes")) == 20
+    with av.open(str(annotated)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(frames) == result["video_out_frames"] == 100
+    assert frames[0].shape[0] == 256 and frames[0].shape[1] % 2 == 0
+    captured = capsys.readouterr()
+    assert "the audio modality is masked" in captured.out
+    assert "20/20" in captured.err  # the progress bar
+
+
+def test_detector_on_a_video_shorter_than_the_window(config, trained, videos, tiny_detector,
+                                                     tmp_path):
+    result = detect(config, video=videos["short"], out_dir=str(tmp_path / "out"),
+                    detector=tiny_detector, keyframe_every=0.25, setup=trained[1], batch_size=4)
+    assert result["proposals"] == "detector" and result["keyframes"] == 2
+    rows = read_rows(str(tmp_path / "out"))
+    per_box = config.model.num_proposals * len(CLASSES)  # 10 confident persons: the top K kept
+    assert [r[1] for r in rows] == ["0"] * per_box + ["0.25"] * per_box
+    assert all(0 <= x1 <= x2 <= 1 and 0 <= y1 <= y2 <= 1
+               for x1, y1, x2, y2 in (map(float, r[2:6]) for r in rows))
+    assert sorted(os.listdir(tmp_path / "out" / "keyframes")) == ["00000_0s.png",
+                                                                   "00001_0.25s.png"]
+
+
+@pytest.mark.parametrize("container_format", [
+    "h264",  # a raw stream: no duration, no timestamps (FFmpeg reads it at 25 fps)
+    "mpegts",  # its first frame at 3 s: keyframe times count from there
+])
+def test_streams_without_duration_or_starting_late(config, trained, tmp_path, container_format):
+    path = write_video(str(tmp_path / f"clip.{container_format}"), seconds=2.4, size=(32, 24),
+                       fps=25, audio=False, container_format=container_format, start_frame=75)
+    result = detect(config, video=path, out_dir=str(tmp_path / "out"), setup=trained[1],
+                    batch_size=4)
+    assert result["keyframes"] == 3 and result["keyframes_skipped"] == 0
+    assert [r[1] for r in read_rows(str(tmp_path / "out"))[::6]] == ["0", "1", "2"]
+
+
+def bad_inputs(tmp_path, videos) -> dict[str, tuple[dict, type, str]]:
+    """Name -> (detect keywords, error type, the path the message must name)."""
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video\n")
+    other = tmp_path / "other.csv"
+    other.write_text("clip_a,0,0.1,0.1,0.5,0.5,0.9\nclip_b,1,0.1,0.1,0.5,0.5,0.9\n")
+    late = tmp_path / "late.csv"
+    late.write_text("odd,7,0.1,0.1,0.5,0.5,0.9\n")
+    audio_only = tmp_path / "sound.m4a"
+    with av.open(str(audio_only), "w") as container:
+        stream = container.add_stream("aac", rate=16000, layout="mono")
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp",
+                                           layout="mono")
+        frame.sample_rate, frame.pts = 16000, 0
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "mine.txt").write_text("keep me")
+    missing = str(tmp_path / "missing.mp4")
+    return {
+        "not_a_video": ({"video": str(text)}, common.BadInputError, str(text)),
+        "missing": ({"video": missing}, FileNotFoundError, missing),
+        "audio_only": ({"video": str(audio_only)}, common.BadInputError, str(audio_only)),
+        "csv_of_other_videos": ({"video": videos["odd"], "boxes_csv": str(other)},
+                                common.BadInputError, str(other)),
+        "csv_at_no_keyframe": ({"video": videos["odd"], "boxes_csv": str(late)},
+                               common.BadInputError, str(late)),
+        "foreign_out_dir": ({"video": videos["odd"], "out_dir": str(taken)},
+                            common.BadInputError, str(taken)),
+    }
+
+
+@pytest.mark.parametrize("case", ["not_a_video", "missing", "audio_only", "csv_of_other_videos",
+                                  "csv_at_no_keyframe", "foreign_out_dir"])
+def test_bad_input_is_a_one_line_error_and_writes_nothing(config, videos, tmp_path, case):
+    kwargs, error, path = bad_inputs(tmp_path, videos)[case]
+    out = str(tmp_path / "out")
+    kwargs = {"out_dir": out, "checkpoint": str(tmp_path / "no_checkpoint"), **kwargs}
+    before = sorted(os.listdir(tmp_path))
+    with pytest.raises(error) as info:
+        detect(config, **kwargs)
+    message = str(info.value)
+    assert path in message and "\n" not in message, message
+    assert sorted(os.listdir(tmp_path)) == before  # nothing written, nothing removed
+    if case == "csv_of_other_videos":
+        assert "clip_a, clip_b" in message
+    if case == "foreign_out_dir":
+        assert os.listdir(kwargs["out_dir"]) == ["mine.txt"]
+
+
+def test_without_a_checkpoint_it_says_to_run_the_demo(config, videos, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="make demo"):
+        detect(config, video=videos["odd"], out_dir="out")
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_failure_midway_leaves_no_output_and_keeps_the_previous_one(
+        config, trained, videos, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    run = {"config": config, "video": videos["odd"], "out_dir": str(out), "setup": trained[1],
+           "batch_size": 4}
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(detect_module, "draw_detections", broken)
+        with pytest.raises(RuntimeError):
+            detect(**run)
+    assert os.listdir(tmp_path) == []
+    first = detect(**run)
+    with monkeypatch.context() as patch:
+        patch.setattr(detect_module, "draw_detections", broken)
+        with pytest.raises(RuntimeError):
+            detect(**run, keyframe_every=0.5)
+    assert json.loads((out / "detect.json").read_text()) == first
+    assert_no_partial(tmp_path)
+    assert os.listdir(tmp_path) == ["out"]
+
+
+def test_draw_detections_and_top_labels():
+    image = np.zeros((61, 97, 3), np.uint8)
+    labels = visualize.top_labels(np.array([[0.1, 0.9, 0.5, 0.2]]), ["a", "b", "c", "d"])
+    assert labels == [[("b", 0.9), ("c", 0.5), ("d", 0.2)]]
+    drawn = visualize.draw_detections(image, np.array([[0.5, 0.5, 0.9, 0.9]]), labels,
+                                      title="t = 0 s")
+    assert drawn.size == (round(97 * 256 / 61), 256)
+    pixels = np.asarray(drawn)
+    colored = (pixels == visualize.PALETTE[0]).all(-1)
+    y1, y2 = round(0.5 * drawn.height), round(0.9 * drawn.height)
+    assert colored[y2 - 1 : y2 + 2, drawn.width * 3 // 4].any()  # the box's bottom edge
+    assert not colored[:y1 - 1].any() and not colored[y2 + 2 :].any()  # nothing outside it
+    assert pixels[: drawn.height // 3, : drawn.width // 2].any()  # the title
+    with pytest.raises(ValueError, match="1 boxes but 0 label lists"):
+        visualize.draw_detections(image, np.array([[0.5, 0.5, 0.9, 0.9]]), [])
