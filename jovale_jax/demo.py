@@ -37,8 +37,8 @@ def build_data(config, data_dir: str | None) -> str:
 
     data_dir = data_dir or config.data.data_dir
     summary = build_dataset(config.dataset, config=config, raw_dir=None, data_dir=data_dir)
-    print(f"data: {summary['examples']} examples in {summary['data_path']} "
-          f"({'reused' if summary['reused'] else f'built in {summary['seconds']:.0f} s'})", flush=True)
+    how = "reused" if summary["reused"] else f"built in {summary['seconds']:.0f} s"
+    print(f"data: {summary['examples']} examples in {summary['data_path']} ({how})", flush=True)
     return data_dir
 
 

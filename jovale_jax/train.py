@@ -75,7 +75,7 @@ class Setup:
                          self.rng_template, self.frozen)
 
 
-def make_model_and_shardings(config, mesh, init_from: str | None = None):
+def make_sharded_model(config, mesh, init_from: str | None = None):
     """Create the model sharded over the mesh; optionally load converted pretrained weights."""
     rules = sharding.rules_from_config(config)
     model, _ = sharding.create_sharded(lambda: JoVALE(config.model, rngs=nnx.Rngs(config.seed)), mesh, rules)
@@ -84,12 +84,12 @@ def make_model_and_shardings(config, mesh, init_from: str | None = None):
 
         filled = load_pretrained(model, init_from)
         log.info("initialised from %s: %s", init_from, filled)
-    return model, rules
+    return model
 
 
 def setup(config, *, mesh: jax.sharding.Mesh, steps_per_epoch: int, init_from: str | None = None) -> Setup:
     """Build the model, the sharded train state, the optimizer and the jitted functions."""
-    model, rules = make_model_and_shardings(config, mesh, init_from)
+    model = make_sharded_model(config, mesh, init_from)
     model.train()
     graphdef, params, rngs, frozen = nnx.split(model, trainable_filter(config.model), nnx.RngState, ...)
     model.eval()
@@ -247,7 +247,7 @@ class MetricsWriter:
             rate = float("nan")
         else:
             rate = (step - self.step0) / max(time.time() - self.t0, 1e-9)
-        eta = (self.total - step) / rate if rate and rate == rate else float("nan")
+        eta = (self.total - step) / rate if rate > 0 else float("nan")
         record = {"step": step, **metrics, "steps_per_s": rate}
         self.jsonl.write(json.dumps(record) + "\n")
         self.jsonl.flush()
@@ -255,7 +255,7 @@ class MetricsWriter:
             self.tb.add_scalar(k, v, step)
         self.tb.flush()
         parts = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-        eta_s = "?" if eta != eta else time.strftime("%H:%M:%S", time.gmtime(eta))
+        eta_s = "?" if math.isnan(eta) else time.strftime("%H:%M:%S", time.gmtime(eta))
         print(f"step {step}/{self.total} {parts} | {rate:.2f} steps/s | ETA {eta_s}", flush=True)
 
     def close(self):

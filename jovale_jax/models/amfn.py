@@ -5,8 +5,9 @@ K actors:
 
 * **MFE** (Multi-modal Feature Encoding, eqs. 2-3). The *temporal bottleneck* b_m = SA(mean over real
   actors of a_m) has shape T_m x D: one token per time step summarising all actors, mixed over time
-  by self-attention. Then, independently at every time step t, one post-norm transformer encoder
-  layer runs over the tokens [a_m,t (K), f_m,t (N_m), b_m,t (1)] and returns the updated action
+  by self-attention. Then, independently at every time step t, one transformer encoder layer
+  (pre-norm by default; ``norm_first=False`` gives the post-norm original) runs over the tokens
+  [a_m,t (K), f_m,t (N_m), b_m,t (1)] and returns the updated action
   embeddings â_m,t and context f_m,t. Padded actors are masked out of the attention keys and out of
   the mean, so they never influence real actors.
 * **MFA** (Multi-modal Feature Aggregation, eqs. 4-8). Each â_m is aligned to T_c = T_v time steps
@@ -71,8 +72,9 @@ class MFE(nnx.Module):
 
     def __init__(self, dim: int, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32):
         self.bottleneck_attn = Attention(dim, cfg.num_heads, rngs=rngs, dtype=dtype)
-        self.encoder = TransformerBlock(dim, cfg.num_heads, cfg.mlp_dim, rngs=rngs, norm_first=False,
-                                        layer_norm_eps=1e-5, dropout=cfg.dropout, dtype=dtype)
+        self.encoder = TransformerBlock(dim, cfg.num_heads, cfg.mlp_dim, rngs=rngs,
+                                        norm_first=cfg.norm_first, layer_norm_eps=1e-5,
+                                        dropout=cfg.dropout, dtype=dtype)
 
     def __call__(self, actors: jax.Array, context: jax.Array, actor_mask: jax.Array):
         """actors (B, K, T, D), context (B, T, N, D), actor_mask (B, K) -> (â (B, K, T, D), f (B, T, N, D))."""
