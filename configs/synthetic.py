@@ -40,15 +40,15 @@ def get_config(variant: str = ""):
     c.batch_size = 8
     c.eval_batch_size = 16
     c.num_epochs = -1
-    c.num_train_steps = 300
+    c.num_train_steps = 1200
     c.decay_epochs = ()
     c.lr = 1e-3
     c.backbone_lr = 1e-3
     c.warmup_steps = 20
     c.grad_clip_norm = 1.0
     c.log_every_steps = 20
-    c.checkpoint_every_steps = 100
-    c.eval_every_steps = 300
+    c.checkpoint_every_steps = 400
+    c.eval_every_steps = 0  # the demo evaluates the final checkpoint once
 
     if variant == "test":
         m.video.update(width=32, depth=1, num_heads=2, mlp_dim=64, image_size=(32, 32), num_frames=4)

@@ -98,7 +98,7 @@ def draw_keyframes(config, workdir: str, data_dir: str, out_dir: str, count: int
         for vid, ts, x1, y1, x2, y2, action, sc in csv.reader(f):
             by_frame.setdefault((vid, int(ts)), []).append(
                 ((float(x1), float(y1), float(x2), float(y2)), int(action), float(sc)))
-    names = {i + 1: n for i, n in enumerate(synthetic_data.CLASSES)}
+    names = synthetic_data.CLASSES
     ds, _ = load_split(config, config.data.eval_split, data_dir=data_dir)
     paths = []
     for ex in ds.take(count).as_numpy_iterator():
