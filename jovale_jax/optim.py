@@ -44,7 +44,7 @@ def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation
     groups = {name: optax.adamw(sched, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay,
                                 mask=decay_mask)
               for name, sched in schedules(config, steps_per_epoch).items()}
-    labels = lambda params: jax.tree_util.tree_map_with_path(lambda p, _: group_of(p), params)  # noqa: E731
+    labels = lambda params: jax.tree_util.tree_map_with_path(lambda p, _: group_of(p), params)
     tx = optax.multi_transform(groups, labels)
     if config.grad_clip_norm:
         tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)

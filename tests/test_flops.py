@@ -20,7 +20,7 @@ def test_mac_counter_counts_matmuls_and_convs():
 
     img = jnp.zeros((1, 8, 8, 3))
     ker = jnp.zeros((2, 2, 3, 4))
-    conv = lambda x, k: jax.lax.conv_general_dilated(  # noqa: E731
+    conv = lambda x, k: jax.lax.conv_general_dilated(
         x, k, (2, 2), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
     assert count_macs(conv, img, ker) == (4 * 4 * 4) * (2 * 2 * 3)
 

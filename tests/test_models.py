@@ -9,8 +9,18 @@ import pytest
 from conftest import random_batch
 from flax import nnx
 
-from jovale_jax.models import (AMFN, MFA, MFE, ActionHead, AudioPatchEmbed, BlipVisionEncoder,
-                               JoVALE, VideoEncoder, resample_matrix, roi_align)
+from jovale_jax.models import (
+    AMFN,
+    MFA,
+    MFE,
+    ActionHead,
+    AudioPatchEmbed,
+    BlipVisionEncoder,
+    JoVALE,
+    VideoEncoder,
+    resample_matrix,
+    roi_align,
+)
 from jovale_jax.models.amfn import resample_time
 
 
@@ -42,7 +52,6 @@ def test_encoder_shapes(tiny_config):
 
 def test_full_size_shapes_through_eval_shape():
     from configs import ava_vitb16
-
     from jovale_jax.flops import abstract_batch
 
     cfg = ava_vitb16.get_config().model

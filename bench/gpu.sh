@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The prepared GPU check of issue 8: `bench forward` and `bench step` of the AVA preset at batch 16
+# in bfloat16 on one GPU, then a summary of clips/s, MFU and peak memory. Budget: under 8 minutes
+# on one H100 (each bench is one process: set-up, compilation, 1 + 5 timed calls, the matmul).
+#
+#   bash bench/gpu.sh [OUT_DIR]        # from anywhere; runs in the repository root
+#
+# Environment: PYTHON (default python3), WHEELS (default bench/wheels: wheels to install offline
+# when a package is missing or JAX sees no GPU), BATCH (default 16). If the step runs out of
+# memory it is run again with --config.model.remat=True (ViT blocks and AMFN layers recomputed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-${OUT:-bench/out}}
+PY=${PYTHON:-python3}
+WHEELS=${WHEELS:-bench/wheels}
+BATCH=${BATCH:-16}
+mkdir -p "$OUT"
+export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.95}
+export TF_CPP_MIN_LOG_LEVEL=2
+start=$SECONDS
+
+ready() {
+  "$PY" - <<'EOF'
+import importlib.util, sys
+missing = [m for m in ("jax", "flax", "optax", "orbax.checkpoint", "ml_collections", "absl")
+           if importlib.util.find_spec(m) is None]
+if missing:
+    sys.exit(f"missing: {missing}")
+import jax
+if jax.default_backend() != "gpu":
+    sys.exit(f"JAX backend is {jax.default_backend()}, not gpu")
+EOF
+}
+
+# 1. Dependencies: the machine's own, else wheels carried along, else the CUDA extra (online).
+if ! ready; then
+  if compgen -G "$WHEELS/*.whl" >/dev/null; then
+    "$PY" -m pip install --quiet --no-index --find-links "$WHEELS" "$WHEELS"/*.whl
+  else
+    "$PY" -m pip install --quiet -e '.[cuda]'
+  fi
+  ready
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+"$PY" -c 'import jax, flax, optax; print("jax", jax.__version__, "flax", flax.__version__,
+  "optax", optax.__version__, jax.devices())'
+echo "setup took $((SECONDS - start)) s"
+
+# 2. The benches; each log's last line is its JSON.
+bench() {  # bench MODE LOG [extra flags]
+  local mode=$1 log=$2
+  shift 2
+  timeout 240 "$PY" launch.py bench "$mode" --config configs/ava_vitb16.py --batch_size "$BATCH" \
+    --config.model.dtype=bfloat16 "$@" 2>&1 | tee "$OUT/$log"
+  return "${PIPESTATUS[0]}"
+}
+bench forward forward.txt || echo "bench forward failed"
+echo "forward done at $((SECONDS - start)) s"
+if ! bench step step.txt; then
+  echo "bench step failed (out of memory?): again with remat"
+  bench step step_remat.txt --config.model.remat=True || echo "bench step with remat failed"
+fi
+echo "step done at $((SECONDS - start)) s"
+
+# 3. Summary. MFU: against this GPU's bfloat16 matmul measured in the same run (matmul_ratio), and
+# against the H100 SXM's nominal dense bfloat16 peak (989.4 TFLOP/s).
+"$PY" - "$OUT" <<'EOF'
+import json, pathlib, sys
+out = pathlib.Path(sys.argv[1])
+print(f"{'bench':<12} {'clips/s':>9} {'GMACs/clip':>11} {'TFLOP/s':>8} {'matmul TF/s':>12} "
+      f"{'MFU':>6} {'MFU(spec)':>9} {'peak GB':>8}")
+for name in ("forward", "step", "step_remat"):
+    path = out / f"{name}.txt"
+    lines = path.read_text().strip().splitlines() if path.exists() else []
+    if not lines or not lines[-1].startswith("{"):
+        continue
+    r = json.loads(lines[-1])
+    peak = r.get("peak_bytes_in_use")
+    print(f"{name:<12} {r['clips_per_s']:>9.2f} {r['gmacs_per_clip']:>11.1f} "
+          f"{r['achieved_gflops_per_s'] / 1e3:>8.1f} {r['matmul_gflops_per_s'] / 1e3:>12.1f} "
+          f"{r['matmul_ratio']:>6.1%} {r['achieved_gflops_per_s'] / 989.4e3:>9.1%} "
+          f"{'n/a' if peak is None else f'{peak / 1e9:.1f}':>8}")
+EOF
+echo "total $((SECONDS - start)) s"

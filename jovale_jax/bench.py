@@ -1,0 +1,557 @@
+"""``launch.py bench step|forward``: speed, work and memory of the compiled train step and forward.
+
+Every bench runs on synthetic inputs of the config's shapes (random arrays, boxes, masks and
+targets: no dataset), on all local devices with the config's mesh, and reports:
+
+* ``seconds`` and ``clips_per_s``: the median of ``repeats`` timed calls of the compiled function
+  (``block_until_ready`` after each), after one untimed call; compilation is timed apart;
+* ``gmacs``: the multiply-accumulates of the traced program, counted by
+  :func:`jovale_jax.flops.jaxpr_macs` (every ``dot_general`` and convolution, backward pass and
+  rematerialised recomputation included); XLA's own count of one device's share
+  (``xla_gflops_per_device``, from ``compiled.cost_analysis()``, element-wise work included) is
+  reported beside it when the backend gives one;
+* ``achieved_gflops_per_s`` = 2 x MACs / seconds, and ``matmul_ratio``: that over the FLOP/s of a
+  dense square matmul timed on the same devices in the same rounds, one matmul after each call
+  (float32 on a CPU; the config's compute dtype elsewhere, so that on a GPU in bfloat16 it is the
+  MFU against the chip's measured bfloat16 matmul);
+* ``memory``: the compiled function's ``memory_analysis()`` per device, and ``peak_bytes_in_use``
+  when the backend reports device memory (GPUs do, CPUs do not).
+
+``component='model'`` times :func:`jovale_jax.train.setup`'s jitted ``train_step`` (loss, gradients
+and the AdamW update) or ``predict``; ``component='amfn'`` times the AMFN plus the action heads
+alone on random embeddings of the shapes the encoders give (``jax.eval_shape``): for ``step``, the
+focal loss with its gradients with respect to the fusion's parameters and to its inputs (as in the
+full model, where they flow on into the encoders); no optimizer update.
+
+:func:`memory_report` compiles the train step on abstract arguments (no execution),
+:func:`run_remat_bench` measures what ``config.model.remat`` costs in step time, and
+:func:`profile_breakdown` says where a bench's program spends its time.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import gzip
+import json
+import pathlib
+import re
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from jovale_jax import sharding, train
+from jovale_jax.flops import abstract_batch, jaxpr_macs
+from jovale_jax.losses import sigmoid_focal_loss
+from jovale_jax.models.jovale import JoVALE, time_steps
+
+COMPONENTS = ("model", "amfn")
+MODES = ("step", "forward")
+MATMUL_SIZE = {"cpu": 2048}  # per platform; 8192 elsewhere
+DEFAULT_MATMUL_SIZE = 8192
+DEVICE_BYTES = 80e9  # an 80 GB accelerator
+MACS_SOURCE = "jovale_jax.flops.jaxpr_macs of the traced program (dot_general + conv)"
+
+
+def variant(config: ml_collections.ConfigDict, *, batch_size: int | None = None,
+            remat: bool | None = None) -> ml_collections.ConfigDict:
+    """A copy of ``config`` with another global batch size and/or ``model.remat``."""
+    config = config.copy_and_resolve_references()
+    if batch_size is not None:
+        config.batch_size = int(batch_size)
+    if remat is not None:
+        config.model.remat = bool(remat)
+    return config
+
+
+def batch_shapes(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, Any]:
+    """ShapeDtypeStructs of a training batch: the model's inputs, ``audio_mask`` and ``targets``."""
+    m = config.model
+    shapes = abstract_batch(m, batch_size)
+    shapes["targets"] = jax.ShapeDtypeStruct((batch_size, m.num_proposals, m.num_classes),
+                                             jnp.float32)
+    if "audio" in m.modalities:
+        shapes["audio_mask"] = jax.ShapeDtypeStruct((batch_size,), jnp.bool_)
+    return shapes
+
+
+def _random_like(rng: np.random.Generator, shape: jax.ShapeDtypeStruct) -> np.ndarray:
+    """Standard-normal floats, or all-true booleans, of ``shape``."""
+    if shape.dtype == jnp.bool_:
+        return np.ones(shape.shape, bool)
+    return rng.standard_normal(shape.shape, np.float32).astype(shape.dtype)
+
+
+def synthetic_batch(config: ml_collections.ConfigDict, batch_size: int,
+                    seed: int = 0) -> dict[str, np.ndarray]:
+    """A random training batch of the config's shapes: every proposal real, boxes valid, about 10%
+    of the targets positive."""
+    rng = np.random.default_rng(seed)
+    batch = {k: _random_like(rng, s) for k, s in batch_shapes(config, batch_size).items()}
+    corner = rng.uniform(0.0, 0.6, batch["boxes"].shape[:-1] + (2,))
+    size = rng.uniform(0.1, 0.4, corner.shape)
+    batch["boxes"] = np.concatenate([corner, corner + size], -1).astype(np.float32)
+    batch["targets"] = (rng.uniform(size=batch["targets"].shape) < 0.1).astype(np.float32)
+    return batch
+
+
+def _to_devices(mesh: jax.sharding.Mesh, tree: Any) -> Any:
+    """Host arrays -> global arrays with the leading (batch) axis over 'data'."""
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
+        sharding.batch_sharding(mesh, np.ndim(x)), x), tree)
+
+
+def _timed_rounds(calls: Sequence[Callable[[], Any]], repeats: int) -> list[list[float]]:
+    """Wall seconds of each call in ``repeats`` rounds (each call waited for), after one untimed
+    round. Interleaved, so that on a shared machine every call sees the same load."""
+    for call in calls:
+        jax.block_until_ready(call())
+    times: list[list[float]] = [[] for _ in calls]
+    for _ in range(repeats):
+        for call, seconds in zip(calls, times, strict=True):
+            start = time.perf_counter()
+            jax.block_until_ready(call())
+            seconds.append(time.perf_counter() - start)
+    return times
+
+
+def _matmul(mesh: jax.sharding.Mesh, dtype: str,
+            size: int | None) -> tuple[Callable[[], jax.Array], dict[str, Any]]:
+    """A dense square matmul on the mesh's devices, ready to call, and its size and dtype.
+
+    The left operand's rows are split over every device of the mesh and the right operand is
+    replicated, so each device multiplies a (size / devices, size) block: the practical matmul
+    rate of these devices together. ``size`` defaults to :data:`MATMUL_SIZE` of the platform.
+    """
+    size = size or MATMUL_SIZE.get(mesh.devices.flat[0].platform, DEFAULT_MATMUL_SIZE)
+    size = -(-size // mesh.size) * mesh.size
+    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh.axis_names))
+    whole = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    a = jax.jit(lambda: jnp.full((size, size), 0.5, dtype), out_shardings=rows)()
+    b = jax.jit(lambda: jnp.full((size, size), 0.25, dtype), out_shardings=whole)()
+    product = jax.jit(jnp.matmul, out_shardings=rows)
+    return (lambda: product(a, b)), {"matmul_size": size, "matmul_dtype": str(jnp.dtype(dtype))}
+
+
+def matmul_flops_per_s(mesh: jax.sharding.Mesh, dtype: str, size: int | None = None,
+                       repeats: int = 5) -> dict[str, Any]:
+    """FLOP/s (median) of the reference matmul of :func:`_matmul` on its own."""
+    call, info = _matmul(mesh, dtype, size)
+    seconds = statistics.median(_timed_rounds([call], repeats)[0])
+    return {**info, "matmul_gflops_per_s": 2 * info["matmul_size"] ** 3 / seconds / 1e9}
+
+
+def peak_bytes_in_use() -> int | None:
+    """The largest ``peak_bytes_in_use`` of the local devices, or None where none is reported."""
+    stats = [d.memory_stats() for d in jax.local_devices()]
+    peaks = [s["peak_bytes_in_use"] for s in stats if s and "peak_bytes_in_use" in s]
+    return max(peaks) if peaks else None
+
+
+def _memory_stats(compiled: jax.stages.Compiled) -> dict[str, int]:
+    """The compiled function's memory analysis per device, in bytes (empty when unavailable)."""
+    stats = compiled.memory_analysis()
+    if stats is None:
+        return {}
+    out = {"arguments": stats.argument_size_in_bytes, "outputs": stats.output_size_in_bytes,
+           "aliased": stats.alias_size_in_bytes, "temporaries": stats.temp_size_in_bytes,
+           "generated_code": stats.generated_code_size_in_bytes}
+    out["total"] = (out["arguments"] + out["outputs"] - out["aliased"] + out["temporaries"]
+                    + out["generated_code"])
+    return out
+
+
+@dataclasses.dataclass
+class _Program:
+    """A jitted function with its (device) arguments. With ``carry``, the first output replaces
+    the first argument after each call (the donated train state) and is handed to ``carry``."""
+
+    fn: Callable
+    args: tuple
+    carry: Callable[[Any], None] | None = None
+
+
+def _caller(program: _Program, compiled: jax.stages.Compiled) -> Callable[[], Any]:
+    """A no-argument call of ``compiled`` on the program's arguments, carrying the state over."""
+    args = list(program.args)
+
+    def call():
+        out = compiled(*args)
+        if program.carry is not None:
+            args[0] = out[0]
+            program.carry(out[0])
+        return out
+
+    return call
+
+
+def _measure(program: _Program, repeats: int, matmul: Callable[[], Any],
+             matmul_size: int) -> dict[str, Any]:
+    """Trace, compile and time ``program``, interleaved with the reference ``matmul``; MACs from
+    the traced jaxpr."""
+    traced = program.fn.trace(*program.args)
+    macs = jaxpr_macs(traced.jaxpr)
+    start = time.perf_counter()
+    compiled = traced.lower().compile()
+    compile_s = time.perf_counter() - start
+    times, matmul_times = _timed_rounds([_caller(program, compiled), matmul], repeats)
+    xla = (compiled.cost_analysis() or {}).get("flops")
+    return {"compile_s": compile_s, "seconds": statistics.median(times), "times_s": times,
+            "matmul_gflops_per_s": 2 * matmul_size**3 / statistics.median(matmul_times) / 1e9,
+            "gmacs": macs / 1e9, "macs_source": MACS_SOURCE,
+            "xla_gflops_per_device": None if xla is None else float(xla) / 1e9,
+            "memory": _memory_stats(compiled)}
+
+
+def _model_program(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, mode: str,
+                   prepared: train.Setup | None) -> _Program:
+    """The full model's ``train_step`` or ``predict`` on a synthetic batch."""
+    s = prepared or train.setup(config, mesh=mesh, steps_per_epoch=1)
+    batch = _to_devices(mesh, synthetic_batch(config, config.batch_size, config.seed))
+    if mode == "step":
+        return _Program(s.train_step, (s.state, s.frozen, batch),
+                        carry=lambda state: setattr(s, "state", state))
+    return _Program(s.predict, (s.state["params"], s.frozen, batch))
+
+
+def _fusion_part(model_cfg: ml_collections.ConfigDict, seed: int) -> nnx.Dict:
+    """The AMFN and the heads of a JoVALE (under jit the encoders' unused init is dropped)."""
+    model = JoVALE(model_cfg, rngs=nnx.Rngs(seed))
+    return nnx.Dict({"amfn": model.amfn, "heads": model.heads})
+
+
+def _fusion_logits(part: nnx.Dict, fusion: str, queries, context, box_mask, present) -> jax.Array:
+    """The heads' logits on the AMFN's output; with late fusion, the mean of the per-modality
+    heads (every modality present)."""
+    a_fuse, a_last = part["amfn"](queries, context, box_mask, present)
+    head_inputs = a_last if fusion == "late" else {"fused": a_fuse}
+    return sum(part["heads"][k](v) for k, v in head_inputs.items()) / len(head_inputs)
+
+
+def fusion_input_shapes(model_cfg: ml_collections.ConfigDict, batch_size: int) -> dict[str, Any]:
+    """ShapeDtypeStructs of the AMFN's inputs: queries {m: (B, K, T_m, D)}, context
+    {m: (B, T_m, N_m, D)} (from ``jax.eval_shape`` of the encoders), box_mask and present."""
+    model = nnx.eval_shape(lambda: JoVALE(model_cfg, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(model)
+    context, present, _ = jax.eval_shape(lambda s, b: nnx.merge(graphdef, s).encode(b), state,
+                                         abstract_batch(model_cfg, batch_size))
+    steps = time_steps(model_cfg)
+    k, dim = model_cfg.num_proposals, model_cfg.embed_dim
+    queries = {m: jax.ShapeDtypeStruct((batch_size, k, steps[m], dim), model.dtype)
+               for m in model.modalities}
+    return {"queries": queries, "context": context, "present": present,
+            "box_mask": jax.ShapeDtypeStruct((batch_size, k), jnp.bool_)}
+
+
+def _amfn_program(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                  mode: str) -> _Program:
+    """The AMFN plus heads: loss and gradients (``step``) or sigmoid scores (``forward``)."""
+    m = config.model
+    part, _ = sharding.create_sharded(functools.partial(_fusion_part, m, config.seed), mesh,
+                                      sharding.rules_from_config(config))
+    if mode == "step":
+        part.train()
+    else:
+        part.eval()
+    graphdef, params, rest = nnx.split(part, nnx.Param, ...)
+    params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)  # as train.setup: no Variables
+    rng = np.random.default_rng(config.seed)
+    shapes = fusion_input_shapes(m, config.batch_size)
+    inputs = jax.tree.map(functools.partial(_random_like, rng), shapes)
+    inputs["targets"] = (rng.uniform(size=(config.batch_size, m.num_proposals, m.num_classes))
+                         < 0.1).astype(np.float32)
+    inputs = _to_devices(mesh, inputs)
+
+    def logits(params, queries, context, x):
+        return _fusion_logits(nnx.merge(graphdef, params, rest), m.amfn.fusion, queries, context,
+                              x["box_mask"], x["present"])
+
+    if mode == "forward":
+        def scores(params, x):
+            return jax.nn.sigmoid(logits(params, x["queries"], x["context"], x))
+
+        return _Program(jax.jit(scores), (params, inputs))
+
+    def loss_and_grads(params, x):
+        def loss(p, queries, context):
+            return sigmoid_focal_loss(logits(p, queries, context, x), x["targets"], x["box_mask"],
+                                      alpha=config.focal_alpha, gamma=config.focal_gamma)
+
+        return jax.value_and_grad(loss, argnums=(0, 1, 2))(params, x["queries"], x["context"])
+
+    return _Program(jax.jit(loss_and_grads), (params, inputs))
+
+
+def _program(config: ml_collections.ConfigDict, mode: str, component: str,
+             prepared: train.Setup | None) -> tuple[jax.sharding.Mesh, _Program]:
+    """The config's mesh and the program a bench times (``config.batch_size`` sets the batch)."""
+    if mode not in MODES:
+        raise ValueError(f"bench mode: expected one of {MODES}, got {mode!r}")
+    if component not in COMPONENTS:
+        raise ValueError(f"bench --component: expected one of {COMPONENTS}, got {component!r}")
+    mesh = sharding.make_mesh(config.mesh_shape)
+    train.check_divisibility(config, mesh)
+    if component == "model":
+        return mesh, _model_program(config, mesh, mode, prepared)
+    return mesh, _amfn_program(config, mesh, mode)
+
+
+def _run(config: ml_collections.ConfigDict, mode: str, *, batch_size: int | None,
+         component: str, repeats: int, matmul_size: int | None,
+         prepared: train.Setup | None) -> dict[str, Any]:
+    """One bench (no printing): see the module docstring for the keys."""
+    config = variant(config, batch_size=batch_size or config.batch_size)
+    mesh, program = _program(config, mode, component, prepared)
+    platform = mesh.devices.flat[0].platform
+    matmul, info = _matmul(mesh, "float32" if platform == "cpu" else config.model.dtype,
+                           matmul_size)
+    result = {"bench": mode, "component": component, "batch_size": config.batch_size,
+              "dtype": config.model.dtype, "remat": bool(config.model.remat),
+              "devices": mesh.size, "device_kind": mesh.devices.flat[0].device_kind, **info,
+              **_measure(program, repeats, matmul, info["matmul_size"])}
+    achieved = 2 * result["gmacs"] / result["seconds"]
+    result.update(clips_per_s=config.batch_size / result["seconds"],
+                  gmacs_per_clip=result["gmacs"] / config.batch_size,
+                  achieved_gflops_per_s=achieved,
+                  matmul_ratio=achieved / result["matmul_gflops_per_s"],
+                  peak_bytes_in_use=peak_bytes_in_use())
+    return result
+
+
+def _gb(n: float | None) -> str:
+    """Bytes in GB (MB below 1 GB)."""
+    if n is None:
+        return "n/a"
+    return f"{n / 1e9:.2f} GB" if abs(n) >= 1e9 else f"{n / 1e6:.2f} MB"
+
+
+def _print_report(title: str, rows: Iterable[tuple[str, Any]], result: dict[str, Any]) -> None:
+    """A two-column table, then ``result`` as one JSON line (always the last line)."""
+    rows = list(rows)
+    width = max(len(name) for name, _ in rows)
+    print(title)
+    for name, value in rows:
+        print(f"  {name:<{width}}  {value}")
+    print(json.dumps(result), flush=True)
+
+
+def _bench_rows(r: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The human table of one bench result."""
+    mem = r["memory"]
+    return [
+        ("devices", f"{r['devices']} x {r['device_kind']}"),
+        ("batch / dtype / remat", f"{r['batch_size']} / {r['dtype']} / {r['remat']}"),
+        ("compile", f"{r['compile_s']:.1f} s"),
+        ("time (median)", f"{r['seconds'] * 1e3:.2f} ms  (runs: "
+                          + ", ".join(f"{t * 1e3:.1f}" for t in r["times_s"]) + " ms)"),
+        ("clips/s", f"{r['clips_per_s']:.3f}"),
+        ("GMACs / step, / clip", f"{r['gmacs']:.3f}, {r['gmacs_per_clip']:.3f}"),
+        ("achieved", f"{r['achieved_gflops_per_s']:.1f} GFLOP/s"),
+        (f"matmul {r['matmul_size']}^2 {r['matmul_dtype']}",
+         f"{r['matmul_gflops_per_s']:.1f} GFLOP/s"),
+        ("matmul_ratio", f"{r['matmul_ratio']:.1%}"),
+        ("memory: args/temps/total",
+         " / ".join(_gb(mem.get(k)) for k in ("arguments", "temporaries", "total"))),
+        ("peak bytes in use", _gb(r["peak_bytes_in_use"])),
+    ]
+
+
+def run_step_bench(config: ml_collections.ConfigDict, *, batch_size: int | None = None,
+                   component: str = "model", repeats: int = 5, matmul_size: int | None = None,
+                   prepared: train.Setup | None = None) -> dict[str, Any]:
+    """Time the jitted train step (``component='model'``) or the AMFN-plus-heads forward and
+    backward (``'amfn'``) at ``batch_size`` (default ``config.batch_size``); print a table and
+    a JSON line; return the numbers. ``prepared``: a :class:`train.Setup` of this config to
+    reuse (its state is stepped and donated)."""
+    r = _run(config, "step", batch_size=batch_size, component=component, repeats=repeats,
+             matmul_size=matmul_size, prepared=prepared)
+    _print_report(f"bench step ({component})", _bench_rows(r), r)
+    return r
+
+
+def run_forward_bench(config: ml_collections.ConfigDict, *, batch_size: int | None = None,
+                      component: str = "model", repeats: int = 5, matmul_size: int | None = None,
+                      prepared: train.Setup | None = None) -> dict[str, Any]:
+    """As :func:`run_step_bench`, for the eval-mode forward pass (``predict``, or the AMFN plus
+    heads alone)."""
+    r = _run(config, "forward", batch_size=batch_size, component=component, repeats=repeats,
+             matmul_size=matmul_size, prepared=prepared)
+    _print_report(f"bench forward ({component})", _bench_rows(r), r)
+    return r
+
+
+def _bytes_per_device(tree: Any, shardings: Any) -> int:
+    """Bytes of ``tree``'s arrays on one device under ``shardings`` (a tree or one prefix)."""
+    leaves = jax.tree.leaves(tree)
+    if isinstance(shardings, jax.sharding.Sharding):
+        shardings = [shardings] * len(leaves)
+    else:
+        shardings = jax.tree.leaves(shardings)
+    return sum(int(np.prod(sh.shard_shape(x.shape))) * jnp.dtype(x.dtype).itemsize
+               for x, sh in zip(leaves, shardings, strict=True))
+
+
+def _step_memory(s: train.Setup, batch_size: int) -> dict[str, int]:
+    """Per-device memory of ``s.train_step`` compiled for ``batch_size`` (nothing runs)."""
+    shapes = batch_shapes(s.config, batch_size)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                            (s.state, s.frozen, shapes))
+    traced = s.train_step.trace(*abstract)
+    compiled = traced.lower().compile()
+    return {"gmacs_per_clip": jaxpr_macs(traced.jaxpr) / 1e9 / batch_size,
+            "params": _bytes_per_device(s.state["params"], s.state_shardings["params"]),
+            "opt_state": _bytes_per_device(s.state["opt_state"], s.state_shardings["opt_state"]),
+            "frozen": _bytes_per_device(s.frozen, s.frozen_shardings),
+            "batch": _bytes_per_device(shapes, train.data_sharding(s.mesh)),
+            **_memory_stats(compiled)}
+
+
+def memory_report(config: ml_collections.ConfigDict, batch_size: int | None = None, *,
+                  remat: Sequence[bool] = (False, True),
+                  device_bytes: float = DEVICE_BYTES) -> dict[str, Any]:
+    """Per-device memory of the compiled train step at ``batch_size``, for each ``remat`` setting.
+
+    Compiles only (abstract arguments; the model is initialised, the step never runs). Each row
+    splits the arguments into parameters, optimizer state, frozen parameters and the batch, and
+    gives XLA's outputs, aliased (donated) bytes, temporaries and generated code; ``total`` =
+    arguments + outputs - aliased + temporaries + code. ``max_batch_per_device`` extrapolates the
+    total linearly from ``batch_size`` and ``2 * batch_size`` to ``device_bytes``;
+    ``gmacs_per_clip`` counts the step's MACs (recomputation included). Prints a table and a JSON
+    line.
+    """
+    config = variant(config, batch_size=batch_size or config.batch_size)
+    mesh = sharding.make_mesh(config.mesh_shape)
+    train.check_divisibility(config, mesh)
+    b, data = config.batch_size, mesh.shape["data"]
+    rows: dict[str, Any] = {}
+    for flag in remat:
+        start = time.perf_counter()
+        s = train.setup(variant(config, remat=flag), mesh=mesh, steps_per_epoch=1)
+        one, two = _step_memory(s, b), _step_memory(s, 2 * b)
+        per_clip = (two["total"] - one["total"]) / b * data  # per device, per clip on the device
+        fixed = one["total"] - per_clip * b / data
+        rows[f"remat_{str(flag).lower()}"] = {
+            **one, "bytes_per_clip": per_clip, f"total_at_batch_{2 * b}": two["total"],
+            "max_batch_per_device": int((device_bytes - fixed) // per_clip) if per_clip > 0
+            else None, "seconds": time.perf_counter() - start}
+        del s
+    result = {"bench": "memory", "batch_size": b, "devices": mesh.size,
+              "device_kind": mesh.devices.flat[0].device_kind, "dtype": config.model.dtype,
+              "device_bytes": device_bytes, "rows": rows}
+    names = ("params", "opt_state", "frozen", "batch", "arguments", "outputs", "aliased",
+             "temporaries", "generated_code", "total", "bytes_per_clip")
+    table = [("per device", "   ".join(f"{k:>12}" for k in rows))]
+    table += [(n, "   ".join(f"{_gb(r[n]):>12}" for r in rows.values())) for n in names]
+    table.append((f"max batch / {device_bytes / 1e9:.0f} GB",
+                  "   ".join(f"{r['max_batch_per_device']!s:>12}" for r in rows.values())))
+    table.append(("GMACs / clip",
+                  "   ".join(f"{r['gmacs_per_clip']:>12.1f}" for r in rows.values())))
+    _print_report(f"memory of the train step at batch {b} ({mesh.size} x "
+                  f"{result['device_kind']})", table, result)
+    return result
+
+
+def run_remat_bench(config: ml_collections.ConfigDict, *, batch_size: int | None = None,
+                    repeats: int = 5, matmul_size: int | None = None) -> dict[str, Any]:
+    """The train step with ``model.remat`` off and on: time and compiled temporaries, and their
+    ratios (on / off). Prints a table and a JSON line."""
+    runs = {f"remat_{str(flag).lower()}": _run(
+        variant(config, remat=flag), "step", batch_size=batch_size, component="model",
+        repeats=repeats, matmul_size=matmul_size, prepared=None) for flag in (False, True)}
+    off, on = runs["remat_false"], runs["remat_true"]
+    result = {"bench": "remat", "batch_size": off["batch_size"], "runs": runs,
+              "time_ratio": on["seconds"] / off["seconds"],
+              "gmacs_ratio": on["gmacs"] / off["gmacs"],
+              "temporaries_ratio": on["memory"]["temporaries"] / off["memory"]["temporaries"]}
+    table = [(name, ", ".join([f"{r['seconds'] * 1e3:.1f} ms", f"{r['gmacs']:.2f} GMACs",
+                               f"temporaries {_gb(r['memory']['temporaries'])}"]))
+             for name, r in runs.items()]
+    table += [(k, f"{result[k]:.3f}") for k in ("time_ratio", "gmacs_ratio", "temporaries_ratio")]
+    _print_report(f"remat trade-off, train step at batch {off['batch_size']}", table, result)
+    return result
+
+
+ATTENTION_SCORES = "attention scores (N x N: QK^T, softmax, their gradients)"
+MATMULS = "other matmuls (projections, MLP, attention x V)"
+OTHER = "element-wise, reductions, copies"
+_INSTRUCTION = re.compile(r"^\s+(?:ROOT )?%?([\w.\-]+) = \w+\[([\d,]*)\]\S* ")
+
+
+def _instruction_kinds(hlo: str) -> dict[str, str]:
+    """Each instruction of an optimised HLO module's text -> :data:`ATTENTION_SCORES` (its result
+    ends in a square block of at least 4 x 4, rank >= 3), :data:`MATMULS` (it is or calls a dot or
+    convolution) or :data:`OTHER`."""
+    bodies = {block.split(" ", 1)[0].lstrip("%"): block for block in re.split(r"\n(?=\S)", hlo)}
+
+    def has_product(name: str, seen: set[str]) -> bool:
+        body = bodies.get(name, "")
+        if " dot(" in body or " convolution(" in body:
+            return True
+        called = set(re.findall(r"calls=%?([\w.\-]+)", body)) - seen
+        return any(has_product(c, seen | called) for c in called)
+
+    kinds = {}
+    for line in hlo.splitlines():
+        match = _INSTRUCTION.match(line)
+        if not match:
+            continue
+        dims = [int(d) for d in match.group(2).split(",") if d]
+        called = re.findall(r"calls=%?([\w.\-]+)", line)
+        if len(dims) >= 3 and dims[-1] == dims[-2] >= 4:
+            kinds[match.group(1)] = ATTENTION_SCORES
+        elif " dot(" in line or " convolution(" in line or any(
+                has_product(c, set(called)) for c in called):
+            kinds[match.group(1)] = MATMULS
+        else:
+            kinds[match.group(1)] = OTHER
+    return kinds
+
+
+def profile_breakdown(config: ml_collections.ConfigDict, *, mode: str = "step",
+                      component: str = "amfn", batch_size: int | None = None,
+                      repeats: int = 2) -> dict[str, Any]:
+    """Where a bench's compiled program spends its time, from ``jax.profiler``'s per-instruction
+    events (the XLA runtime's ``hlo_op``), summed over threads and grouped by
+    :func:`_instruction_kinds`; ``top`` lists the ten costliest instructions. Prints a table and
+    a JSON line."""
+    config = variant(config, batch_size=batch_size or config.batch_size)
+    _, program = _program(config, mode, component, None)
+    compiled = program.fn.trace(*program.args).lower().compile()
+    call = _caller(program, compiled)
+    jax.block_until_ready(call())
+    with tempfile.TemporaryDirectory() as folder:
+        with jax.profiler.trace(folder, create_perfetto_trace=True):
+            start = time.perf_counter()
+            for _ in range(repeats):
+                jax.block_until_ready(call())
+            seconds = (time.perf_counter() - start) / repeats
+        path = next(pathlib.Path(folder).rglob("*.trace.json.gz"))
+        events = json.loads(gzip.decompress(path.read_bytes()))["traceEvents"]
+    per_op: collections.Counter[str] = collections.Counter()
+    for e in events:
+        if e.get("ph") == "X" and "hlo_op" in e.get("args", {}):
+            per_op[e["args"]["hlo_op"]] += e["dur"] / 1e6 / repeats
+    kinds = _instruction_kinds(compiled.as_text())
+    by_kind: collections.Counter[str] = collections.Counter()
+    for op, op_seconds in per_op.items():
+        by_kind[kinds.get(op, OTHER)] += op_seconds
+    total = sum(per_op.values())
+    result = {"bench": "profile", "mode": mode, "component": component,
+              "batch_size": config.batch_size, "seconds": seconds, "thunk_seconds": total,
+              "kinds": {k: {"seconds": v, "share": v / total} for k, v in by_kind.most_common()},
+              "top": [{"op": op, "seconds": v, "kind": kinds.get(op, OTHER)}
+                      for op, v in per_op.most_common(10)]}
+    table = [("wall per call", f"{seconds:.3f} s"), ("instruction time", f"{total:.3f} s")]
+    table += [(k, f"{v['seconds']:.3f} s  {v['share']:.1%}") for k, v in result["kinds"].items()]
+    table += [(t["op"], f"{t['seconds'] * 1e3:.1f} ms  {t['kind']}") for t in result["top"]]
+    _print_report(f"profile of {mode} ({component}) at batch {config.batch_size}", table, result)
+    return result
