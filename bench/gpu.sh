@@ -6,8 +6,9 @@
 #   bash bench/gpu.sh [OUT_DIR]        # from anywhere; runs in the repository root
 #
 # Environment: PYTHON (default python3), WHEELS (default bench/wheels: wheels to install offline
-# when a package is missing or JAX sees no GPU), BATCH (default 16). If the step runs out of
-# memory it is run again with --config.model.remat=True (ViT blocks and AMFN layers recomputed).
+# when a package is missing or JAX sees no GPU), BATCH (default 16). If the step fails at BATCH
+# (out of memory, say) it is run again at BATCH / 2: remat is no fallback, since with unrolled
+# layers XLA's scheduling undoes its memory saving (bench/README.md, section 3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-${OUT:-bench/out}}
@@ -47,18 +48,16 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 echo "setup took $((SECONDS - start)) s"
 
 # 2. The benches; each log's last line is its JSON.
-bench() {  # bench MODE LOG [extra flags]
-  local mode=$1 log=$2
-  shift 2
-  timeout 240 "$PY" launch.py bench "$mode" --config configs/ava_vitb16.py --batch_size "$BATCH" \
-    --config.model.dtype=bfloat16 "$@" 2>&1 | tee "$OUT/$log"
+bench() {  # bench MODE BATCH LOG
+  timeout 240 "$PY" launch.py bench "$1" --config configs/ava_vitb16.py --batch_size "$2" \
+    --config.model.dtype=bfloat16 2>&1 | tee "$OUT/$3"
   return "${PIPESTATUS[0]}"
 }
-bench forward forward.txt || echo "bench forward failed"
+bench forward "$BATCH" forward.txt || echo "bench forward failed"
 echo "forward done at $((SECONDS - start)) s"
-if ! bench step step.txt; then
-  echo "bench step failed (out of memory?): again with remat"
-  bench step step_remat.txt --config.model.remat=True || echo "bench step with remat failed"
+if ! bench step "$BATCH" step.txt; then
+  echo "bench step failed at batch $BATCH (out of memory?): again at batch $((BATCH / 2))"
+  bench step $((BATCH / 2)) step_half.txt || echo "bench step failed at batch $((BATCH / 2))"
 fi
 echo "step done at $((SECONDS - start)) s"
 
@@ -67,16 +66,16 @@ echo "step done at $((SECONDS - start)) s"
 "$PY" - "$OUT" <<'EOF'
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
-print(f"{'bench':<12} {'clips/s':>9} {'GMACs/clip':>11} {'TFLOP/s':>8} {'matmul TF/s':>12} "
-      f"{'MFU':>6} {'MFU(spec)':>9} {'peak GB':>8}")
-for name in ("forward", "step", "step_remat"):
+print(f"{'bench':<12} {'batch':>5} {'clips/s':>9} {'GMACs/clip':>11} {'TFLOP/s':>8} "
+      f"{'matmul TF/s':>12} {'MFU':>6} {'MFU(spec)':>9} {'peak GB':>8}")
+for name in ("forward", "step", "step_half"):
     path = out / f"{name}.txt"
     lines = path.read_text().strip().splitlines() if path.exists() else []
     if not lines or not lines[-1].startswith("{"):
         continue
     r = json.loads(lines[-1])
     peak = r.get("peak_bytes_in_use")
-    print(f"{name:<12} {r['clips_per_s']:>9.2f} {r['gmacs_per_clip']:>11.1f} "
+    print(f"{name:<12} {r['batch_size']:>5} {r['clips_per_s']:>9.2f} {r['gmacs_per_clip']:>11.1f} "
           f"{r['achieved_gflops_per_s'] / 1e3:>8.1f} {r['matmul_gflops_per_s'] / 1e3:>12.1f} "
           f"{r['matmul_ratio']:>6.1%} {r['achieved_gflops_per_s'] / 989.4e3:>9.1%} "
           f"{'n/a' if peak is None else f'{peak / 1e9:.1f}':>8}")

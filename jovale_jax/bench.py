@@ -194,22 +194,25 @@ def _caller(program: _Program, compiled: jax.stages.Compiled) -> Callable[[], An
     return call
 
 
-def _measure(program: _Program, repeats: int, matmul: Callable[[], Any],
-             matmul_size: int) -> dict[str, Any]:
-    """Trace, compile and time ``program``, interleaved with the reference ``matmul``; MACs from
-    the traced jaxpr."""
-    traced = program.fn.trace(*program.args)
-    macs = jaxpr_macs(traced.jaxpr)
-    start = time.perf_counter()
-    compiled = traced.lower().compile()
-    compile_s = time.perf_counter() - start
-    times, matmul_times = _timed_rounds([_caller(program, compiled), matmul], repeats)
-    xla = (compiled.cost_analysis() or {}).get("flops")
-    return {"compile_s": compile_s, "seconds": statistics.median(times), "times_s": times,
-            "matmul_gflops_per_s": 2 * matmul_size**3 / statistics.median(matmul_times) / 1e9,
-            "gmacs": macs / 1e9, "macs_source": MACS_SOURCE,
-            "xla_gflops_per_device": None if xla is None else float(xla) / 1e9,
-            "memory": _memory_stats(compiled)}
+def _measure(programs: Sequence[_Program], repeats: int, matmul: Callable[[], Any],
+             matmul_size: int) -> list[dict[str, Any]]:
+    """Trace and compile each program, then time them all and the reference ``matmul`` in the
+    same rounds; MACs from the traced jaxprs."""
+    compiled, found = [], []
+    for program in programs:
+        traced = program.fn.trace(*program.args)
+        start = time.perf_counter()
+        compiled.append(traced.lower().compile())
+        xla = (compiled[-1].cost_analysis() or {}).get("flops")
+        found.append({"compile_s": time.perf_counter() - start,
+                      "gmacs": jaxpr_macs(traced.jaxpr) / 1e9, "macs_source": MACS_SOURCE,
+                      "xla_gflops_per_device": None if xla is None else float(xla) / 1e9,
+                      "memory": _memory_stats(compiled[-1])})
+    *times, matmul_times = _timed_rounds(
+        [_caller(p, c) for p, c in zip(programs, compiled, strict=True)] + [matmul], repeats)
+    matmul_rate = 2 * matmul_size**3 / statistics.median(matmul_times) / 1e9
+    return [{**f, "seconds": statistics.median(t), "times_s": t, "matmul_gflops_per_s": matmul_rate}
+            for f, t in zip(found, times, strict=True)]
 
 
 def _model_program(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, mode: str,
@@ -305,26 +308,30 @@ def _program(config: ml_collections.ConfigDict, mode: str, component: str,
     return mesh, _amfn_program(config, mesh, mode)
 
 
-def _run(config: ml_collections.ConfigDict, mode: str, *, batch_size: int | None,
-         component: str, repeats: int, matmul_size: int | None,
-         prepared: train.Setup | None) -> dict[str, Any]:
-    """One bench (no printing): see the module docstring for the keys."""
-    config = variant(config, batch_size=batch_size or config.batch_size)
-    mesh, program = _program(config, mode, component, prepared)
+def _run(configs: Sequence[ml_collections.ConfigDict], mode: str, *, component: str,
+         repeats: int, matmul_size: int | None,
+         prepared: train.Setup | None = None) -> list[dict[str, Any]]:
+    """Benches (no printing) of configs that share a mesh and a batch size, timed in the same
+    rounds: see the module docstring for the keys. ``prepared`` serves a single config."""
+    meshes, programs = zip(*(_program(c, mode, component, prepared) for c in configs), strict=True)
+    mesh = meshes[0]
     platform = mesh.devices.flat[0].platform
-    matmul, info = _matmul(mesh, "float32" if platform == "cpu" else config.model.dtype,
+    matmul, info = _matmul(mesh, "float32" if platform == "cpu" else configs[0].model.dtype,
                            matmul_size)
-    result = {"bench": mode, "component": component, "batch_size": config.batch_size,
-              "dtype": config.model.dtype, "remat": bool(config.model.remat),
-              "devices": mesh.size, "device_kind": mesh.devices.flat[0].device_kind, **info,
-              **_measure(program, repeats, matmul, info["matmul_size"])}
-    achieved = 2 * result["gmacs"] / result["seconds"]
-    result.update(clips_per_s=config.batch_size / result["seconds"],
-                  gmacs_per_clip=result["gmacs"] / config.batch_size,
-                  achieved_gflops_per_s=achieved,
-                  matmul_ratio=achieved / result["matmul_gflops_per_s"],
-                  peak_bytes_in_use=peak_bytes_in_use())
-    return result
+    results = []
+    for config, measured in zip(configs, _measure(programs, repeats, matmul, info["matmul_size"]),
+                                strict=True):
+        achieved = 2 * measured["gmacs"] / measured["seconds"]
+        results.append({
+            "bench": mode, "component": component, "batch_size": config.batch_size,
+            "dtype": config.model.dtype, "remat": bool(config.model.remat), "devices": mesh.size,
+            "device_kind": mesh.devices.flat[0].device_kind, **info, **measured,
+            "clips_per_s": config.batch_size / measured["seconds"],
+            "gmacs_per_clip": measured["gmacs"] / config.batch_size,
+            "achieved_gflops_per_s": achieved,
+            "matmul_ratio": achieved / measured["matmul_gflops_per_s"],
+            "peak_bytes_in_use": peak_bytes_in_use()})
+    return results
 
 
 def _gb(n: float | None) -> str:
@@ -372,8 +379,9 @@ def run_step_bench(config: ml_collections.ConfigDict, *, batch_size: int | None 
     backward (``'amfn'``) at ``batch_size`` (default ``config.batch_size``); print a table and
     a JSON line; return the numbers. ``prepared``: a :class:`train.Setup` of this config to
     reuse (its state is stepped and donated)."""
-    r = _run(config, "step", batch_size=batch_size, component=component, repeats=repeats,
-             matmul_size=matmul_size, prepared=prepared)
+    config = variant(config, batch_size=batch_size or config.batch_size)
+    (r,) = _run([config], "step", component=component, repeats=repeats, matmul_size=matmul_size,
+                prepared=prepared)
     _print_report(f"bench step ({component})", _bench_rows(r), r)
     return r
 
@@ -383,8 +391,9 @@ def run_forward_bench(config: ml_collections.ConfigDict, *, batch_size: int | No
                       prepared: train.Setup | None = None) -> dict[str, Any]:
     """As :func:`run_step_bench`, for the eval-mode forward pass (``predict``, or the AMFN plus
     heads alone)."""
-    r = _run(config, "forward", batch_size=batch_size, component=component, repeats=repeats,
-             matmul_size=matmul_size, prepared=prepared)
+    config = variant(config, batch_size=batch_size or config.batch_size)
+    (r,) = _run([config], "forward", component=component, repeats=repeats,
+                matmul_size=matmul_size, prepared=prepared)
     _print_report(f"bench forward ({component})", _bench_rows(r), r)
     return r
 
@@ -462,12 +471,12 @@ def memory_report(config: ml_collections.ConfigDict, batch_size: int | None = No
 
 def run_remat_bench(config: ml_collections.ConfigDict, *, batch_size: int | None = None,
                     repeats: int = 5, matmul_size: int | None = None) -> dict[str, Any]:
-    """The train step with ``model.remat`` off and on: time and compiled temporaries, and their
-    ratios (on / off). Prints a table and a JSON line."""
-    runs = {f"remat_{str(flag).lower()}": _run(
-        variant(config, remat=flag), "step", batch_size=batch_size, component="model",
-        repeats=repeats, matmul_size=matmul_size, prepared=None) for flag in (False, True)}
-    off, on = runs["remat_false"], runs["remat_true"]
+    """The train step with ``model.remat`` off and on, timed in the same rounds: time, MACs and
+    compiled temporaries, and their ratios (on / off). Prints a table and a JSON line."""
+    config = variant(config, batch_size=batch_size or config.batch_size)
+    off, on = _run([variant(config, remat=False), variant(config, remat=True)], "step",
+                   component="model", repeats=repeats, matmul_size=matmul_size)
+    runs = {"remat_false": off, "remat_true": on}
     result = {"bench": "remat", "batch_size": off["batch_size"], "runs": runs,
               "time_ratio": on["seconds"] / off["seconds"],
               "gmacs_ratio": on["gmacs"] / off["gmacs"],

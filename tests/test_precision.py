@@ -7,7 +7,8 @@ bfloat16 runs are compiled with ``xla_allow_excess_precision=False``: by default
 evaluates bfloat16 element-wise work in float32 and drops the round trips, which hides the
 rounding a GPU does. The tolerance: the largest |bf16 logit - f32 logit| at most 10% of the
 float32 logits' standard deviation over the batch (the spread that ranks the classes; measured
-about 3%), the mean at most 2% (measured about 0.8%).
+1.5%), the mean at most 2% (measured 0.6%). With the classifier in bfloat16, as it was before
+``ActionHead`` kept it in float32, it was 33% (mean 16%).
 """
 
 import jax
@@ -86,11 +87,12 @@ def equations(jaxpr):
                     yield from equations(sub)
 
 
-def loss_and_grads(graphdef, state, batch):
+def loss_and_grads(cfg, graphdef, state, batch):
     """(loss, gradients w.r.t. every nnx.Param, the names of the primitives in the traced step)."""
     graphdef, params, rest = nnx.split(nnx.merge(graphdef, state), nnx.Param, ...)
     params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)  # no Variables across traces
-    targets = (np.random.default_rng(2).uniform(size=batch["boxes"].shape[:2] + (6,)) < 0.3)
+    shape = batch["boxes"].shape[:2] + (cfg.num_classes,)
+    targets = np.random.default_rng(2).uniform(size=shape) < 0.3
 
     def loss(p):
         logits = nnx.merge(graphdef, p, rest)(batch)
@@ -104,15 +106,14 @@ def loss_and_grads(graphdef, state, batch):
 
 @pytest.fixture(scope="module")
 def plain_grads(tiny):
-    _, graphdef, state, batch = tiny
-    return loss_and_grads(graphdef, state, batch)
+    return loss_and_grads(*tiny)
 
 
 def test_remat_gives_the_same_loss_and_gradients(tiny, plain_grads):
     cfg, _, state, batch = tiny
     loss, grads, names = plain_grads
-    remat_loss, remat_grads, remat_names = loss_and_grads(graphdef_of(cfg, remat=True), state,
-                                                          batch)
+    remat_loss, remat_grads, remat_names = loss_and_grads(cfg, graphdef_of(cfg, remat=True),
+                                                          state, batch)
     remat = jax.make_jaxpr(jax.checkpoint(jnp.sin))(1.0).eqns[0].primitive.name  # the primitive
     assert remat in remat_names and remat not in names
     assert remat_loss == pytest.approx(loss, rel=1e-6)
