@@ -126,7 +126,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.eval_every_steps = 5000
     c.eval_batch_size = 16
-    c.max_dets_per_frame = 100
+    c.max_dets_per_frame = 50  # the official AVA evaluator keeps the 50 top rows per frame
 
     # ---------------- sharding ----------------
     c.mesh_shape = (-1, 1)  # ('data', 'model'); -1 fills the rest

@@ -108,9 +108,10 @@ def score(config, preds: Mapping[str, np.ndarray], split: str, *, data_dir: str 
         dets = ava.AvaDenseDetections(video_ids=preds["video_ids"], timestamps=preds["timestamps"],
                                       boxes=preds["boxes"], scores=preds["scores"], class_ids=class_ids)
         excl = os.path.join(folder, f"{split}_excluded_timestamps.csv")
+        excl = excl if os.path.exists(excl) else None
         cap = config.max_dets_per_frame if max_dets_per_frame is None else max_dets_per_frame
-        result = ava.evaluate(gt_path, dets, names, excl if os.path.exists(excl) else None, cap)
-        uncapped = ava.evaluate(gt_path, dets, names, excl if os.path.exists(excl) else None, 0)
+        result = ava.evaluate(gt_path, dets, names, excl, cap)
+        uncapped = ava.evaluate(gt_path, dets, names, excl, 0)
         result["mAP_no_cap"] = uncapped["mAP"]
     else:
         gt = ava.read_csv(gt_path)
