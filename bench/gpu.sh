@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The prepared GPU check of issue 8: `bench forward` and `bench step` of the AVA preset at batch 16
 # in bfloat16 on one GPU, then a summary of clips/s, MFU and peak memory. Budget: under 8 minutes
-# on one H100 (each bench is one process: set-up, compilation, 1 + 5 timed calls, the matmul).
+# on one H100 (each bench is one process: set-up, compilation, 1 + 5 timed calls, the matmul;
+# the timeouts, 150 + 210 + 120 s, bound it when nothing needs installing).
 #
 #   bash bench/gpu.sh [OUT_DIR]        # from anywhere; runs in the repository root
 #
@@ -48,16 +49,16 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 echo "setup took $((SECONDS - start)) s"
 
 # 2. The benches; each log's last line is its JSON.
-bench() {  # bench MODE BATCH LOG
-  timeout 240 "$PY" launch.py bench "$1" --config configs/ava_vitb16.py --batch_size "$2" \
-    --config.model.dtype=bfloat16 2>&1 | tee "$OUT/$3"
+bench() {  # bench SECONDS MODE BATCH LOG
+  timeout "$1" "$PY" launch.py bench "$2" --config configs/ava_vitb16.py --batch_size "$3" \
+    --config.model.dtype=bfloat16 2>&1 | tee "$OUT/$4"
   return "${PIPESTATUS[0]}"
 }
-bench forward "$BATCH" forward.txt || echo "bench forward failed"
+bench 150 forward "$BATCH" forward.txt || echo "bench forward failed"
 echo "forward done at $((SECONDS - start)) s"
-if ! bench step "$BATCH" step.txt; then
+if ! bench 210 step "$BATCH" step.txt; then
   echo "bench step failed at batch $BATCH (out of memory?): again at batch $((BATCH / 2))"
-  bench step $((BATCH / 2)) step_half.txt || echo "bench step failed at batch $((BATCH / 2))"
+  bench 120 step $((BATCH / 2)) step_half.txt || echo "bench step failed at batch $((BATCH / 2))"
 fi
 echo "step done at $((SECONDS - start)) s"
 
