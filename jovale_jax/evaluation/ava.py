@@ -369,26 +369,10 @@ def evaluate(
     ignored = dict.fromkeys(
         ("unknown_class", "unknown_video", "excluded", "over_cap", "invalid_box"), 0
     )
-    if isinstance(detections, AvaDenseDetections):
-        det, gt_frames = _dense_detections(
-            detections,
-            videos,
-            class_ids,
-            gt_keys[gt_rows],
-            excluded_keys,
-            max_dets_per_frame,
-            ignored,
-        )
-    else:
-        det, gt_frames = _row_detections(
-            detections,
-            videos,
-            class_ids,
-            gt_keys[gt_rows],
-            excluded_keys,
-            max_dets_per_frame,
-            ignored,
-        )
+    gather = _dense_detections if isinstance(detections, AvaDenseDetections) else _row_detections
+    det, gt_frames = gather(
+        detections, videos, class_ids, gt_keys[gt_rows], excluded_keys, max_dets_per_frame, ignored
+    )
     if ignored["unknown_video"]:
         warnings.warn(
             f"ignored {ignored['unknown_video']} detection rows of videos absent from the "
