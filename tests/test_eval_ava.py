@@ -9,7 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from jovale_jax.evaluation import ava, bench
+from jovale_jax.bench import eval as bench
+from jovale_jax.evaluation import ava
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = {1: "bend/bow", 2: "crouch/kneel", 3: "dance", 5: "fall down"}  # 5: never in the truth
@@ -224,6 +225,8 @@ def test_mixed_seven_and_eight_columns_read_alike(tmp_path):
 def test_group_maps():
     groups = ava.group_maps({1: 0.5, 3: 1.0, 20: 0.2, 64: 0.4, 70: math.nan})
     assert groups == {"pose": 0.75, "object": pytest.approx(0.2), "interaction": 0.4}
+    mine = ava.group_maps({1: 0.5, 2: math.nan, 3: 1.0}, {"a": [1, 2], "b": [3, 4], "c": [5]})
+    assert mine["a"] == 0.5 and mine["b"] == 1.0 and math.isnan(mine["c"])
 
 
 def random_case(rng, num_frames: int = 40) -> tuple[str, str, list[tuple[str, int]]]:
@@ -308,7 +311,7 @@ def test_command_line_prints_json_last(tmp_path):
 def test_does_not_import_jax_or_tensorflow():
     code = (
         "import sys, jovale_jax.evaluation.ava, jovale_jax.evaluation.frame_map, "
-        "jovale_jax.evaluation.bench; "
+        "jovale_jax.bench.eval; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in "
         "('jax', 'jaxlib', 'flax', 'tensorflow')))"
     )

@@ -184,8 +184,15 @@ class JoVALE(nnx.Module):
         queries = {m: resample_time(actors, self.query_time_embed[m].shape[0], axis=2)
                    + self.query_time_embed[m][...].astype(actors.dtype) for m in self.modalities}
         a_fuse, a_last = self.amfn(queries, context, box_mask, present)
-        if self.cfg.amfn.fusion != "late":
-            return self.heads["fused"](a_fuse)
-        weights = {m: present[m].astype(jnp.float32)[:, None, None] for m in self.modalities}
-        total = jnp.maximum(sum(weights.values()), 1.0)
-        return sum(weights[m] * self.heads[m](a_last[m]) for m in self.modalities) / total
+        return head_logits(self.heads, self.cfg.amfn.fusion, a_fuse, a_last, present)
+
+
+def head_logits(heads: nnx.Dict, fusion: str, a_fuse: jax.Array,
+                a_last: Mapping[str, jax.Array], present: Mapping[str, jax.Array]) -> jax.Array:
+    """The action heads on the AMFN's outputs: the fused head, or with late fusion the mean of
+    the per-modality heads over the modalities present in each example."""
+    if fusion != "late":
+        return heads["fused"](a_fuse)
+    weights = {m: present[m].astype(jnp.float32)[:, None, None] for m in a_last}
+    total = jnp.maximum(sum(weights.values()), 1.0)
+    return sum(weights[m] * heads[m](a_last[m]) for m in a_last) / total
