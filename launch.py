@@ -118,15 +118,19 @@ def cmd_build_data(argv):
     """Write the TFRecord shards of --dataset (default: the config's) into --data_dir."""
     from jovale_jax.datasets import build_dataset
 
-    if FLAGS.config is None and FLAGS.dataset in DATASET_PRESETS:
-        config = importlib.import_module(f"configs.{DATASET_PRESETS[FLAGS.dataset]}").get_config()
-    else:
-        config = _config()
+    config = build_data_config()
     name = FLAGS.dataset or config.dataset
     data_dir = FLAGS.data_dir or config.data.data_dir
     summary = build_dataset(name, config=config, raw_dir=FLAGS.raw_dir, data_dir=data_dir,
                             strict=FLAGS.strict)
     print(json.dumps(summary, default=str))
+
+
+def build_data_config():
+    """--config, or without it the preset of --dataset (DATASET_PRESETS)."""
+    if FLAGS.config is None and FLAGS.dataset in DATASET_PRESETS:
+        return importlib.import_module(f"configs.{DATASET_PRESETS[FLAGS.dataset]}").get_config()
+    return _config()
 
 
 def cmd_bench(argv):
@@ -196,7 +200,8 @@ HANDLERS = {"flops": cmd_flops, "train": cmd_train, "eval": cmd_eval, "convert":
             "ablate": cmd_ablate, "demo": cmd_demo}
 
 
-def main(argv):
+def check_command(argv) -> None:
+    """The positional arguments left after the flags: one command (and a bench's kind)."""
     if len(argv) < 2 or argv[1] not in COMMANDS:
         raise app.UsageError(f"expected one command of {COMMANDS}, got {argv[1:]}")
     if argv[1] == "bench":
@@ -204,6 +209,10 @@ def main(argv):
             raise app.UsageError(f"bench needs one of {BENCHES}, got {argv[2:]}")
     elif len(argv) != 2:
         raise app.UsageError(f"unexpected arguments {argv[2:]}")
+
+
+def main(argv):
+    check_command(argv)
     try:
         HANDLERS[argv[1]](argv)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:

@@ -1,6 +1,7 @@
 """Evaluate a model on a whole eval split: detections CSV, frame mAP, per-class table and chart.
 
-    python launch.py eval --config configs/synthetic.py --checkpoint runs/demo [--split val]
+    python launch.py eval --config configs/synthetic.py --checkpoint runs/demo \
+        [--config.eval.split=val]
 
 Every example of the split is scored (the padded tail of the last batch is masked out). AVA-style
 datasets (ava, synthetic) are scored with the official AVA protocol (``evaluation/ava.py``) both with
