@@ -1,4 +1,5 @@
-"""``launch.py bench step|forward``: speed, work and memory of the compiled train step and forward.
+"""``launch.py bench step|forward|memory|remat``: speed, work and memory of the compiled train
+step and forward pass.
 
 Every bench runs on synthetic inputs of the config's shapes (random arrays, boxes, masks and
 targets: no dataset), on all local devices with the config's mesh, and reports:
@@ -23,9 +24,10 @@ alone on random embeddings of the shapes the encoders give (``jax.eval_shape``):
 focal loss with its gradients with respect to the fusion's parameters and to its inputs (as in the
 full model, where they flow on into the encoders); no optimizer update.
 
-:func:`memory_report` compiles the train step on abstract arguments (no execution) and
-:func:`run_remat_bench` measures what ``config.model.remat`` costs in step time
-(``bench/profile.py`` says where the time goes).
+:func:`memory_report` (``bench memory``) compiles the train step on abstract arguments (no
+execution) and :func:`run_remat_bench` (``bench remat``) measures what ``config.model.remat``
+costs in step time (``bench/profile.py`` says where the time goes). Late fusion is the model's
+own ``head_logits``.
 """
 
 from __future__ import annotations
