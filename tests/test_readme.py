@@ -61,8 +61,9 @@ def test_every_shown_command_parses(monkeypatch):
     """Each command is parsed by launch.py's own flags and command check, its config loaded (for
     build-data: the dataset's preset when no --config is given). Running them is the work of
     the tests of each command."""
-    import launch
     from absl import flags
+
+    import launch
 
     commands = shown_commands()
     assert len(commands) >= 20
