@@ -133,7 +133,7 @@ def _matmul(mesh: jax.sharding.Mesh, dtype: str,
     size = size or MATMUL_SIZE.get(mesh.devices.flat[0].platform, DEFAULT_MATMUL_SIZE)
     size = -(-size // mesh.size) * mesh.size
     rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh.axis_names))
-    whole = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    whole = sharding.replicated(mesh)
     a = jax.jit(lambda: jnp.full((size, size), 0.5, dtype), out_shardings=rows)()
     b = jax.jit(lambda: jnp.full((size, size), 0.25, dtype), out_shardings=whole)()
     product = jax.jit(jnp.matmul, out_shardings=rows)
