@@ -105,7 +105,7 @@ def _decoded_duration(path: str) -> float:
         stream = container.streams.video[0]
         if not stream.average_rate:
             raise common.BadInputError(f"{path} declares neither a duration nor a frame rate")
-        frames = sum(1 for _ in video_io._decode(container, stream, None, path))
+        frames = sum(1 for _ in video_io.decode_frames(container, stream, None, path))
     return frames / float(stream.average_rate)
 
 
@@ -401,7 +401,7 @@ def write_annotated_video(path: str, out: str, origin: float, shown: Sequence[Sh
         stream_in = source.streams.video[0]
         rate = stream_in.average_rate or fractions.Fraction(fallback_fps).limit_denominator(1001)
         stream, count = None, 0
-        for count, frame in enumerate(video_io._decode(source, stream_in, None, path), start=1):
+        for count, frame in enumerate(video_io.decode_frames(source, stream_in, None, path), start=1):
             t = (frame.time if frame.time is not None else (count - 1) / float(rate)) - origin
             nearest = int(np.argmin(np.abs(times - t)))
             _, boxes, labels = shown[nearest] if abs(times[nearest] - t) <= every / 2 else nothing

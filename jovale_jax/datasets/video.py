@@ -173,7 +173,7 @@ def read_clips(
 
     k = 0  # the next keyframe to yield
     prev = first = None
-    for frame in _decode(container, video, audio, name):
+    for frame in decode_frames(container, video, audio, name):
         if isinstance(frame, av.AudioFrame):
             if samples.start is None and frame.time is not None:
                 samples.start = frame.time
@@ -204,7 +204,15 @@ def read_clips(
         yield int(order[rest]), clip(rest, samples.size > 0) if covered else None
 
 
-def _decode(container, video, audio, name: str) -> Iterator[av.VideoFrame | av.AudioFrame]:
+def decode_frames(
+    container: av.container.InputContainer,
+    video: av.video.stream.VideoStream,
+    audio: av.audio.stream.AudioStream | None,
+    name: str,
+) -> Iterator[av.VideoFrame | av.AudioFrame]:
+    """The decoded frames of the video stream (and of the audio stream, when given), interleaved
+    in demuxing order. A decoding error part-way is logged (naming the video `name`) and ends
+    the stream there."""
     streams = [video] if audio is None else [video, audio]
     try:
         for packet in container.demux(*streams):
