@@ -112,10 +112,13 @@ def decode_video(
         ),
     )
     pad = tf.constant(VIDEO_PAD_VALUE, tf.uint8)
-    frames = tf.concat([frames, tf.broadcast_to(pad, [num_frames, h, canvas[1] - w, 3])], axis=2)
-    frames = tf.concat(
-        [frames, tf.broadcast_to(pad, [num_frames, canvas[0] - h, canvas[1], 3])], axis=1
-    )
+    for axis, missing in ((2, canvas[1] - w), (1, canvas[0] - h)):  # no copy when nothing misses
+        block = tf.concat([tf.shape(frames)[:axis], [missing], tf.shape(frames)[axis + 1 :]], 0)
+        frames = tf.cond(
+            missing > 0,
+            lambda f=frames, b=block, a=axis: tf.concat([f, tf.broadcast_to(pad, b)], axis=a),
+            lambda f=frames: f,
+        )
     frames = tf.ensure_shape(frames, (num_frames, *canvas, 3))
     extent = tf.stack([0.0, 0.0, tf.cast(w / canvas[1], tf.float32),
                        tf.cast(h / canvas[0], tf.float32)])
@@ -124,17 +127,24 @@ def decode_video(
 
 def decode_scene(jpegs: tf.Tensor, *, num_frames: int, size: int) -> tf.Tensor:
     """(T_s,) JPEGs -> (T_s, S, S, 3) uint8, the whole frame resized to S x S as BLIP's own test
-    transform does (``Resize((S, S))``, no crop). Shrinking uses area averaging (an antialiased
-    downscale, within a few grey levels of BLIP's PIL bicubic: tests/test_input_pipeline.py),
-    enlarging bicubic."""
+    transform does (``Resize((S, S))``, no crop). The AVA builder stores them at S x S already
+    (PIL's bicubic, BLIP's exact transform); other sizes are shrunk by area averaging (an
+    antialiased downscale, within a grey level of PIL's bicubic on average:
+    tests/test_input_pipeline.py) or enlarged bicubic."""
     frames = decode_jpegs(jpegs, num_frames=num_frames)
-    shrink = tf.reduce_all(tf.shape(frames)[1:3] >= size)
-    frames = tf.cond(
-        shrink,
-        lambda: tf.raw_ops.ResizeArea(images=frames, size=[size, size]),
-        lambda: tf.image.resize(frames, (size, size), method="bicubic"),
+    shape = tf.shape(frames)
+    frames = tf.case(
+        [
+            (tf.reduce_all(shape[1:3] == size), lambda: frames),
+            (
+                tf.reduce_all(shape[1:3] >= size),
+                lambda: _to_uint8(tf.raw_ops.ResizeArea(images=frames, size=[size, size])),
+            ),
+        ],
+        default=lambda: _to_uint8(tf.image.resize(frames, (size, size), method="bicubic")),
+        exclusive=False,
     )
-    return tf.ensure_shape(_to_uint8(frames), (num_frames, size, size, 3))
+    return tf.ensure_shape(frames, (num_frames, size, size, 3))
 
 
 def decode_images(
