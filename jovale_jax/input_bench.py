@@ -287,11 +287,13 @@ def _print_table(result: dict[str, Any]) -> None:
         if stage in result["old_examples_per_s"]:
             row += (f"{result['old_examples_per_s'][stage]:>8.1f}"
                     f"{result['old_examples_per_cpu_s'][stage]:>9.1f}"
-                    f"{result['ratio_to_old'][stage]:>7.2f}{result['ratio_to_old_cpu'][stage]:>6.2f}")
+                    f"{result['ratio_to_old'][stage]:>7.2f}"
+                    f"{result['ratio_to_old_cpu'][stage]:>6.2f}")
         print(row)
     print(f"{'pipeline first batch (s)':<28}{result['pipeline_first_batch_s']:>10.2f}")
     print(f"pipeline per core: {result['pipeline_clips_per_s_per_core']} clips per CPU second "
-          f"(wall clock / {result['cores']} cores: {result['pipeline_wall_clips_per_s_per_core']}); "
+          f"(wall clock / {result['cores']} cores: "
+          f"{result['pipeline_wall_clips_per_s_per_core']}); "
           f"one GPU at {result['gpu_clips_per_s']} clips/s needs {result['host_cores_per_gpu']} "
           f"host cores (old pipeline: {result['old_host_cores_per_gpu']}); load average "
           f"{result['load_avg_1min'][0]} -> {result['load_avg_1min'][1]}")

@@ -259,7 +259,8 @@ def test_frame_extent_places_frame_boxes_on_the_canvas(tiny_config):
     forward = make_forward(JoVALE(cfg, rngs=nnx.Rngs(0)))
     batch = random_batch(cfg, 2)
     extent = np.array([[0.0, 0.0, 1.0, 0.75], [0.25, 0.0, 1.0, 1.0]], np.float32)
-    lo, size = np.tile(extent[:, None, :2], 2), np.tile(extent[:, None, 2:] - extent[:, None, :2], 2)
+    lo = np.tile(extent[:, None, :2], 2)
+    size = np.tile(extent[:, None, 2:] - extent[:, None, :2], 2)
     mapped = forward(batch | {"boxes": lo + batch["boxes"] * size})
     np.testing.assert_allclose(forward(batch | {"frame_extent": extent}), mapped, atol=1e-6)
     assert np.abs(mapped - forward(batch)).max() > 1e-4

@@ -217,7 +217,8 @@ def write_mp4(path: str, frames: Iterable[np.ndarray], audio: np.ndarray, fps: f
     frames = iter(frames)
     first = next(frames)
     with av.open(path, "w") as container:
-        stream = container.add_stream("libx264", rate=fps, options={"crf": "20", "preset": "veryfast"})
+        stream = container.add_stream("libx264", rate=fps,
+                                      options={"crf": "20", "preset": "veryfast"})
         stream.width, stream.height, stream.pix_fmt = first.shape[1], first.shape[0], "yuv420p"
         sound = container.add_stream("aac", rate=SAMPLE_RATE, layout="mono",
                                      options={"aac_coder": "fast"})

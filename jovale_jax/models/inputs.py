@@ -20,7 +20,9 @@ BLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 BLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def normalize_frames(frames: jax.Array, mean: tuple[float, ...], std: tuple[float, ...]) -> jax.Array:
+def normalize_frames(
+    frames: jax.Array, mean: tuple[float, ...], std: tuple[float, ...]
+) -> jax.Array:
     """uint8 RGB (..., 3) -> float32 (x / 255 - mean) / std; floating input is returned as is."""
     if jnp.issubdtype(frames.dtype, jnp.floating):
         return frames

@@ -101,8 +101,10 @@ def check_batch(cfg, batch: Mapping[str, jax.Array]) -> None:
         ok = jnp.issubdtype(batch[key].dtype, jnp.floating) or (
             key in FRAME_INPUTS and batch[key].dtype == jnp.uint8)
         if want_bool != is_bool or (not want_bool and not ok):
-            kind = "bool" if want_bool else "uint8 or floating" if key in FRAME_INPUTS else "floating"
-            raise ValueError(f"batch[{key!r}]: expected a {kind} array, got dtype {batch[key].dtype}")
+            kind = ("bool" if want_bool else "uint8 or floating" if key in FRAME_INPUTS
+                    else "floating")
+            raise ValueError(f"batch[{key!r}]: expected a {kind} array, "
+                             f"got dtype {batch[key].dtype}")
     if "frame_extent" in batch and tuple(batch["frame_extent"].shape) != (batch_size, 4):
         raise ValueError(f"batch['frame_extent']: expected shape ({batch_size}, 4), "
                          f"got {tuple(batch['frame_extent'].shape)}")
@@ -197,7 +199,7 @@ class JoVALE(nnx.Module):
         context, present, feature_map = self.encode(batch)
         box_mask = jnp.asarray(batch["box_mask"], bool)
         boxes = batch["boxes"]
-        if "video" in self.modalities and "frame_extent" in batch:  # the frame fills part of the canvas
+        if "video" in self.modalities and "frame_extent" in batch:  # frame within the canvas
             boxes = frame_to_canvas(boxes, batch["frame_extent"])
         actors = self.actor_features(feature_map, boxes, batch.get("proposal_features"))
         queries = {m: resample_time(actors, self.query_time_embed[m].shape[0], axis=2)
