@@ -47,6 +47,10 @@ flags.DEFINE_string("checkpoint", None, "eval / detect: a workdir or workdir/che
 flags.DEFINE_integer("batch_size", None, "bench: batch size (default config.batch_size).")
 flags.DEFINE_string("component", "model", "bench step/forward/profile: model | amfn.")
 flags.DEFINE_integer("num_batches", 20, "bench input: batches to time.")
+flags.DEFINE_bool("fixture", False, "bench input: generate and build the tiny AVA-geometry fixture "
+                  "into --data_dir (default runs/data/ava_fixture) and time that.")
+flags.DEFINE_float("gpu_clips_per_s", None, "bench input: one GPU's training rate (default: "
+                   "an H100/H200 at 40% bf16 MFU on the config's model).")
 
 flags.DEFINE_string("compare_to", None, "eval: a results.json to draw the per-class difference against.")
 flags.DEFINE_string("video", None, "detect: the video file.")
@@ -139,7 +143,8 @@ def cmd_bench(argv):
     if what == "input":
         from jovale_jax.bench.input import run_input_bench
 
-        run_input_bench(_config(), FLAGS.data_dir, FLAGS.num_batches)
+        run_input_bench(_config(), FLAGS.data_dir, FLAGS.num_batches, fixture=FLAGS.fixture,
+                        gpu_clips_per_s=FLAGS.gpu_clips_per_s)
     elif what == "eval":
         from jovale_jax.bench.eval import run_eval_bench
 

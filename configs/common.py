@@ -57,7 +57,10 @@ def base_config() -> ml_collections.ConfigDict:
     v = m.video = vit_config(width=768, depth=12, num_heads=12, mlp_dim=3072, patch=16)
     v.num_frames = 16
     v.tubelet = 2
-    v.image_size = (224, 288)  # (H, W); the 14 x 18 patch grid reproduces Table 3's FLOPs
+    # (H, W) canvas: a 16:9 frame at short side 224 (data.short_side) is 224 x 398, padded to 400;
+    # other aspect ratios keep theirs and are padded (README "Decisions"). The paper's FLOPs
+    # (Table 3: 495 G) match a 224 x 288 canvas (`--config.model.video.image_size="(224, 288)"`).
+    v.image_size = (224, 400)
     v.layer_norm_eps = 1e-6
     v.drop_path = 0.0  # stochastic depth of the last block (linear from 0 over the blocks)
 
@@ -95,6 +98,10 @@ def base_config() -> ml_collections.ConfigDict:
     d = c.data = ml_collections.ConfigDict()
     d.data_dir = "runs/data"
     d.frame_stride = 4  # 16 frames x stride 4 = the 64-frame window around the keyframe
+    # Video frames are resized by their short side (supplementary Table 3), aspect kept, and fitted
+    # to the model.video.image_size canvas (shrunk further only if they do not fit, then padded).
+    d.short_side = 224  # training
+    d.eval_short_side = 224  # evaluation and detection
     d.fps = 30.0
     d.audio_sample_rate = 16000
     d.flip_prob = 0.5

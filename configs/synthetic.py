@@ -32,6 +32,7 @@ def get_config(variant: str = ""):
     d.data_dir = "runs/data/synthetic"
     d.fps = 8.0
     d.frame_stride = 1  # 8 frames at 8 fps: a 1 s window, matching the 101 log-mel frames
+    d.short_side = d.eval_short_side = 48  # 128 x 96 frames -> 64 x 48 on the 64 x 64 canvas
     d.spec_freq_mask = 8
     d.spec_time_mask = 16
     d.shuffle_buffer = 256
@@ -57,4 +58,5 @@ def get_config(variant: str = ""):
         m.embed_dim = 32
         m.amfn.update(num_layers=2, num_heads=2, mlp_dim=64, bottleneck_dim=8)
         c.data.frame_stride = 2  # 4 frames still span the 1 s window
+        c.data.short_side = c.data.eval_short_side = 24  # 32 x 24 on the 32 x 32 canvas
     return c

@@ -37,68 +37,136 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from jovale_jax import audio_features
+from jovale_jax.models.inputs import BLIP_MEAN, BLIP_STD, VIDEOMAE_MEAN, VIDEOMAE_STD  # noqa: F401
 
 try:  # TF must not take the accelerators that JAX uses; only possible before TF's first op.
     tf.config.set_visible_devices([], "GPU")
 except RuntimeError:
     pass
 
-# Normalisation of the video stream (VideoMAE: ImageNet statistics) and of the scene frames (BLIP).
-VIDEOMAE_MEAN = (0.485, 0.456, 0.406)
-VIDEOMAE_STD = (0.229, 0.224, 0.225)
-BLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-BLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
 Batch = dict[str, np.ndarray]
 
+# Frames leave the host as uint8; the model normalises them on the device (models/inputs.py).
+# The canvas around an aspect-preserved video frame is filled with VideoMAE's mean colour, which
+# normalises to about 0.
+VIDEO_PAD_VALUE = tuple(round(255 * m) for m in VIDEOMAE_MEAN)
+
 
 # ------------------------------------------------------------------------------------------------
-# Per-example stages: decode (+ resize, normalise, audio features, fixed shapes), then augment.
+# Per-example stages: decode (+ resize, fit to the canvas, audio features, fixed shapes), augment.
 # ------------------------------------------------------------------------------------------------
 
 
-def decode_frames(
+def fitted_size(
+    height: tf.Tensor, width: tf.Tensor, *, short_side: int, canvas: tuple[int, int]
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """(h, w), int32, of a height x width frame resized by its short side to ``short_side``, and
+    further down when that does not fit the (H, W) ``canvas``: the aspect ratio is kept."""
+    h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+    scale = tf.minimum(
+        short_side / tf.minimum(h, w), tf.minimum(canvas[0] / h, canvas[1] / w)
+    )
+    new_h = tf.clip_by_value(tf.cast(tf.round(h * scale), tf.int32), 1, canvas[0])
+    new_w = tf.clip_by_value(tf.cast(tf.round(w * scale), tf.int32), 1, canvas[1])
+    return new_h, new_w
+
+
+def decode_jpegs(jpegs: tf.Tensor, *, num_frames: int) -> tf.Tensor:
+    """(T,) JPEGs of one size -> (T, h, w, 3) uint8, each frame decoded once, at full scale.
+
+    (libjpeg's reduced-scale decoding, ``ratio=2``, was measured and not adopted: its DCT-domain
+    downscale is 4 grey levels on average from an area downscale of the full decode on a
+    detailed image, against 0.9 for the latter from PIL's bicubic.)
+    """
+    jpegs = tf.ensure_shape(jpegs, (num_frames,))
+    return tf.stack([tf.io.decode_jpeg(j, channels=3) for j in tf.unstack(jpegs, num_frames)])
+
+
+def _to_uint8(frames: tf.Tensor) -> tf.Tensor:
+    return tf.cast(tf.round(tf.clip_by_value(frames, 0.0, 255.0)), tf.uint8)
+
+
+def decode_video(
     jpegs: tf.Tensor,
     *,
     num_frames: int,
-    size: tuple[int, int],
-    mean: tuple[float, float, float],
-    std: tuple[float, float, float],
-    method: str,
-    antialias: bool,
-) -> tf.Tensor:
-    """(T,) JPEG strings -> (T, H, W, 3) float32 frames resized to ``size`` and normalised."""
-    jpegs = tf.ensure_shape(jpegs, (num_frames,))
-    frames = tf.stack([tf.io.decode_jpeg(j, channels=3) for j in tf.unstack(jpegs, num_frames)])
-    frames = tf.image.resize(frames, size, method=method, antialias=antialias)
-    frames = tf.clip_by_value(frames, 0.0, 255.0) / 255.0  # bicubic overshoots
-    return (frames - tf.constant(mean)) / tf.constant(std)
+    canvas: tuple[int, int],
+    short_side: int,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """(T,) JPEGs -> ((T, H, W, 3) uint8 canvas, (4,) ``frame_extent``).
+
+    The frames are resized by their short side (bilinear, as VideoMAE's cv2 INTER_LINEAR; no
+    antialiasing: the stored frames are at most 1.2x larger) and shrunk further if needed to fit
+    the (H, W) canvas, aspect ratio kept; the frame goes to the canvas's top-left corner, the rest
+    is ``VIDEO_PAD_VALUE``. ``frame_extent`` = (0, 0, w / W, h / H): where the frame lies,
+    normalised to the canvas, so frame-normalised boxes map onto it exactly.
+    """
+    frames = decode_jpegs(jpegs, num_frames=num_frames)
+    shape = tf.shape(frames)
+    h, w = fitted_size(shape[1], shape[2], short_side=short_side, canvas=canvas)
+    frames = tf.cond(
+        tf.reduce_all(tf.shape(frames)[1:3] == tf.stack([h, w])),
+        lambda: frames,
+        lambda: _to_uint8(
+            tf.raw_ops.ResizeBilinear(images=frames, size=tf.stack([h, w]), half_pixel_centers=True)
+        ),
+    )
+    pad = tf.constant(VIDEO_PAD_VALUE, tf.uint8)
+    for axis, missing in ((2, canvas[1] - w), (1, canvas[0] - h)):  # no copy when nothing misses
+        block = tf.concat([tf.shape(frames)[:axis], [missing], tf.shape(frames)[axis + 1 :]], 0)
+        frames = tf.cond(
+            missing > 0,
+            lambda f=frames, b=block, a=axis: tf.concat([f, tf.broadcast_to(pad, b)], axis=a),
+            lambda f=frames: f,
+        )
+    frames = tf.ensure_shape(frames, (num_frames, *canvas, 3))
+    extent = tf.stack([0.0, 0.0, tf.cast(w / canvas[1], tf.float32),
+                       tf.cast(h / canvas[0], tf.float32)])
+    return frames, extent
 
 
-def decode_images(example: dict[str, tf.Tensor], config: ml_collections.ConfigDict) -> dict:
-    """``video`` and ``scene`` of the modalities in ``config.model.modalities``."""
+def decode_scene(jpegs: tf.Tensor, *, num_frames: int, size: int) -> tf.Tensor:
+    """(T_s,) JPEGs -> (T_s, S, S, 3) uint8, the whole frame resized to S x S as BLIP's own test
+    transform does (``Resize((S, S))``, no crop). The AVA builder stores them at S x S already
+    (PIL's bicubic, BLIP's exact transform); other sizes are shrunk by area averaging (an
+    antialiased downscale, within a grey level of PIL's bicubic on average:
+    tests/test_input_pipeline.py) or enlarged bicubic."""
+    frames = decode_jpegs(jpegs, num_frames=num_frames)
+    shape = tf.shape(frames)
+    frames = tf.case(
+        [
+            (tf.reduce_all(shape[1:3] == size), lambda: frames),
+            (
+                tf.reduce_all(shape[1:3] >= size),
+                lambda: _to_uint8(tf.raw_ops.ResizeArea(images=frames, size=[size, size])),
+            ),
+        ],
+        default=lambda: _to_uint8(tf.image.resize(frames, (size, size), method="bicubic")),
+        exclusive=False,
+    )
+    return tf.ensure_shape(frames, (num_frames, size, size, 3))
+
+
+def decode_images(
+    example: dict[str, tf.Tensor], config: ml_collections.ConfigDict, *, training: bool = False
+) -> dict:
+    """uint8 ``video`` (+ ``frame_extent``) and ``scene`` of the modalities in
+    ``config.model.modalities``; the video short side is ``config.data.short_side`` when
+    ``training``, else ``config.data.eval_short_side``."""
     model = config.model
     out = {}
     if "video" in model.modalities:
-        out["video"] = decode_frames(
+        out["video"], out["frame_extent"] = decode_video(
             example["frames"],
             num_frames=model.video.num_frames,
-            size=tuple(model.video.image_size),
-            mean=VIDEOMAE_MEAN,
-            std=VIDEOMAE_STD,
-            method="bilinear",  # as VideoMAE's cv2 INTER_LINEAR; antialiasing would cost 3x
-            antialias=False,
+            canvas=tuple(model.video.image_size),
+            short_side=config.data.short_side if training else config.data.eval_short_side,
         )
     if "scene" in model.modalities:
-        size = model.scene.image_size
-        out["scene"] = decode_frames(  # BLIP's processor: PIL's bicubic, which antialiases
+        out["scene"] = decode_scene(
             example["scene_frames"],
             num_frames=model.scene.num_frames,
-            size=(size, size),
-            mean=BLIP_MEAN,
-            std=BLIP_STD,
-            method="bicubic",
-            antialias=True,
+            size=model.scene.image_size,
         )
     return out
 
@@ -140,9 +208,11 @@ def pad_proposals(example: dict[str, tf.Tensor], config: ml_collections.ConfigDi
     return out
 
 
-def decode_example(example: dict[str, tf.Tensor], config: ml_collections.ConfigDict) -> dict:
+def decode_example(
+    example: dict[str, tf.Tensor], config: ml_collections.ConfigDict, *, training: bool = False
+) -> dict:
     """All model inputs of one example, fixed shapes, no augmentation; ``example_mask`` true."""
-    out = decode_images(example, config)
+    out = decode_images(example, config, training=training)
     if "audio" in config.model.modalities:
         out.update(decode_audio(example, config))
     out.update(pad_proposals(example, config))
@@ -153,9 +223,10 @@ def decode_example(example: dict[str, tf.Tensor], config: ml_collections.ConfigD
 def augment(features: dict, config: ml_collections.ConfigDict, seed: tf.Tensor) -> dict:
     """Training augmentation of decoded features, a function of ``seed`` (stateless RNG, (2,)).
 
-    A horizontal flip (probability ``config.data.flip_prob``) of the video, the scene frames and
-    the real boxes together (x1' = 1 - x2, x2' = 1 - x1; targets do not change), and SpecAugment
-    on the audio.
+    A horizontal flip (probability ``config.data.flip_prob``) of the video canvas, the scene
+    frames, the real boxes (x1' = 1 - x2, x2' = 1 - x1, in frame coordinates; targets do not
+    change) and the ``frame_extent`` (the frame moves to the other side of the canvas) together,
+    and SpecAugment on the audio.
     """
     flip_seed, spec_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
     flip = tf.random.stateless_uniform((), flip_seed) < config.data.flip_prob
@@ -167,6 +238,10 @@ def augment(features: dict, config: ml_collections.ConfigDict, seed: tf.Tensor) 
     x1, y1, x2, y2 = tf.unstack(out["boxes"], axis=-1)
     flipped = tf.stack([1.0 - x2, y1, 1.0 - x1, y2], axis=-1)
     out["boxes"] = tf.where(tf.logical_and(flip, out["box_mask"])[:, None], flipped, out["boxes"])
+    if "frame_extent" in out:
+        x1, y1, x2, y2 = tf.unstack(out["frame_extent"])
+        out["frame_extent"] = tf.where(flip, tf.stack([1.0 - x2, y1, 1.0 - x1, y2]),
+                                       out["frame_extent"])
     if "audio" in out:
         out["audio"] = audio_features.spec_augment(
             out["audio"],
@@ -222,7 +297,7 @@ def train_dataset(
 
     def preprocess(position: tf.Tensor, example: dict) -> dict:
         example_seed = tf.stack([tf.constant(key, tf.int64), position])
-        return augment(decode_example(example, config), config, example_seed)
+        return augment(decode_example(example, config, training=True), config, example_seed)
 
     ds = parallel_map(ds, preprocess, config)
     return ds.batch(batch_size, drop_remainder=True).prefetch(config.data.prefetch)

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 def model_inputs(cfg, batch: dict[str, Any]) -> dict[str, Any]:
     """The entries of a pipeline batch that the model reads."""
-    keys = set(expected_inputs(cfg)) | {"audio_mask"}
+    keys = set(expected_inputs(cfg)) | {"audio_mask", "frame_extent"}
     return {k: v for k, v in batch.items() if k in keys}
 
 

@@ -339,7 +339,7 @@ def meta_state_dict(model_cls, config) -> dict[str, np.ndarray]:
 
 
 def test_full_size_coverage():
-    cfg = ava_vitb16.get_config().model  # video 16 x 224 x 288, BLIP 384, audio 214 x 128
+    cfg = ava_vitb16.get_config().model  # video 16 x 224 x 400, BLIP 384, audio 214 x 128
     sources = {  # JoVALE's attribute: (converter, state dict, config section, module)
         "video_encoder": (convert_videomae_v2, videomae_v2_vit_b(), cfg.video, VideoEncoder),
         "scene_encoder": (convert_hf_blip, meta_state_dict(

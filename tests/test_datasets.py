@@ -82,8 +82,8 @@ def read_all(config, split: str, data_dir: str) -> dict[tuple[str, int], dict]:
     return examples
 
 
-def assert_levels(frames: np.ndarray, frame_numbers: list[int]) -> None:
-    assert frames.shape == (len(frame_numbers), HEIGHT, WIDTH, 3)
+def assert_levels(frames: np.ndarray, frame_numbers: list[int], size=(HEIGHT, WIDTH)) -> None:
+    assert frames.shape == (len(frame_numbers), *size, 3)
     np.testing.assert_allclose(frames.reshape(len(frames), -1).mean(1),
                                [level(n) for n in frame_numbers], atol=2)
 
@@ -169,7 +169,7 @@ def test_ava_fields_round_trip(ava_build):
                                 ("vidC", 902)]
     ex = examples["vidA", 902]
     assert_levels(ex["frames"], [12, 14, 16, 18])  # 1.5, 1.75, 2.0, 2.25 s
-    assert_levels(ex["scene_frames"], [14, 18])
+    assert_levels(ex["scene_frames"], [14, 18], size=(32, 32))  # BLIP's S x S (test config)
     assert ex["has_audio"]
     np.testing.assert_array_equal(ex["waveform"], tone(5 * RATE)[int(1.5 * RATE) : int(2.5 * RATE)])
     np.testing.assert_allclose(ex["gt_boxes"], [[0.1, 0.2, 0.4, 0.9], [0.5, 0.1, 1.0, 0.8]])
@@ -397,7 +397,8 @@ def test_synthetic_builds_with_every_class_group(tmp_path, monkeypatch):
     for group, ids in synthetic.CLASS_GROUPS.items():
         assert all(positives[i - 1] > 0 for i in ids), (group, positives)
     ex = next(iter(train.values()))
-    assert ex["frames"].shape == (4, synthetic.HEIGHT, synthetic.WIDTH, 3)
+    assert ex["frames"].shape == (4, 24, 32, 3)  # 128 x 96 stored at the short side 24
+    assert ex["scene_frames"].shape == (2, 32, 32, 3)  # BLIP's S x S
     assert ex["has_audio"] and ex["waveform"].shape == (RATE,)  # the 1 s window
     assert sorted(i for ids in synthetic.CLASS_GROUPS.values() for i in ids) == list(
         synthetic.CLASSES)

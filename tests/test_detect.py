@@ -180,7 +180,8 @@ def test_keyframe_inputs_are_the_input_pipelines(config, videos):
                "proposals": tf.constant(boxes), "proposal_scores": tf.constant([1.0]),
                "targets": tf.zeros((1, config.model.num_classes), tf.int8)}
     reference = input_pipeline.decode_example(example, config)
-    assert set(ours) == {"video", "scene", "audio", "audio_mask", "boxes", "box_mask"}
+    assert set(ours) == {"video", "frame_extent", "scene", "audio", "audio_mask", "boxes",
+                         "box_mask"}
     for key, value in ours.items():
         np.testing.assert_allclose(value, reference[key].numpy(), atol=1e-4, err_msg=key)
     assert np.abs(ours["audio"]).max() > 0.5  # the tone is there

@@ -1,4 +1,5 @@
-"""`launch.py flops` reproduces Table 3 of the paper (495 / 387 / 314 GFLOPs) within 5%."""
+"""`launch.py flops` reproduces Table 3 of the paper (495 / 387 / 314 GFLOPs) within 5% at the
+224 x 288 video canvas those numbers correspond to."""
 
 import json
 import subprocess
@@ -28,7 +29,9 @@ def test_mac_counter_counts_matmuls_and_convs():
 @pytest.mark.parametrize("variant", list(PAPER_GFLOPS))
 def test_flops_command_matches_paper(variant):
     spec = "configs/ava_vitb16.py" + (f":{variant}" if variant else "")
-    out = subprocess.run([sys.executable, "launch.py", "flops", "--config", spec, "--json"],
+    # The paper's numbers are at a 224 x 288 video canvas; ours is 224 x 400 (configs/common.py).
+    out = subprocess.run([sys.executable, "launch.py", "flops", "--config", spec, "--json",
+                          "--config.model.video.image_size=(224, 288)"],
                          capture_output=True, text=True, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert abs(result["total_gmacs"] / PAPER_GFLOPS[variant] - 1) < 0.05, result["total_gmacs"]

@@ -64,8 +64,8 @@ def test_full_size_shapes_through_eval_shape():
         return model.encode(b), model(b)
 
     (context, _, fmap), out = jax.eval_shape(run, state, batch)
-    assert fmap.shape == (2, 8, 14, 18, 768)
-    assert context["video"].shape == (2, 8, 252, 256)
+    assert fmap.shape == (2, 8, 14, 25, 768)  # the 224 x 400 canvas
+    assert context["video"].shape == (2, 8, 350, 256)
     assert context["audio"].shape == (2, 20, 12, 256)
     assert context["scene"].shape == (2, 4, 577, 256)
     assert out.shape == (2, 15, 60)
@@ -230,3 +230,37 @@ def test_roi_align_gradient_reaches_features():
     feat = jnp.ones((5, 5, 2))
     g = jax.grad(lambda f: roi_align(f, jnp.array([[0.2, 0.2, 0.6, 0.6]]), 3, 2).sum())(feat)
     assert float(g.sum()) == pytest.approx(18.0)  # 3 x 3 bins x 2 channels, weights sum to one
+
+
+def test_uint8_frames_normalised_on_device_as_on_the_host(tiny_config):
+    """The pipeline's uint8 frames, normalised inside the model, give the logits of the same
+    frames normalised on the host in float32 (VideoMAE / BLIP statistics) within 1e-5."""
+    from jovale_jax.models.inputs import BLIP_MEAN, BLIP_STD, VIDEOMAE_MEAN, VIDEOMAE_STD
+
+    cfg = tiny_config.model
+    forward = make_forward(JoVALE(cfg, rngs=nnx.Rngs(0)))
+    batch = random_batch(cfg, 2)
+    rng = np.random.default_rng(1)
+    raw = {k: rng.integers(0, 256, batch[k].shape, dtype=np.uint8) for k in ("video", "scene")}
+    host = {
+        "video": ((raw["video"] / 255 - np.array(VIDEOMAE_MEAN)) / np.array(VIDEOMAE_STD)),
+        "scene": ((raw["scene"] / 255 - np.array(BLIP_MEAN)) / np.array(BLIP_STD)),
+    }
+    on_device = forward(batch | raw)
+    on_host = forward(batch | {k: v.astype(np.float32) for k, v in host.items()})
+    np.testing.assert_allclose(on_device, on_host, atol=1e-5, rtol=0)
+    assert np.abs(on_device - forward(batch)).max() > 1e-3  # the frames do matter
+
+
+def test_frame_extent_places_frame_boxes_on_the_canvas(tiny_config):
+    """Boxes normalised to the frame plus its ``frame_extent`` on the canvas give the logits of
+    the same boxes mapped onto the canvas by hand."""
+    cfg = tiny_config.model
+    forward = make_forward(JoVALE(cfg, rngs=nnx.Rngs(0)))
+    batch = random_batch(cfg, 2)
+    extent = np.array([[0.0, 0.0, 1.0, 0.75], [0.25, 0.0, 1.0, 1.0]], np.float32)
+    lo = np.tile(extent[:, None, :2], 2)
+    size = np.tile(extent[:, None, 2:] - extent[:, None, :2], 2)
+    mapped = forward(batch | {"boxes": lo + batch["boxes"] * size})
+    np.testing.assert_allclose(forward(batch | {"frame_extent": extent}), mapped, atol=1e-6)
+    assert np.abs(mapped - forward(batch)).max() > 1e-4

@@ -30,8 +30,6 @@ from jovale_jax import assignment, box_ops
 logger = logging.getLogger("jovale_jax.datasets")
 
 JPEG_QUALITY = 90
-CLIP_SHORT_SIDE = 256  # frames for the video backbone (224 x 288 canvas) are stored at most this
-SCENE_SHORT_SIDE = 384  # scene frames feed BLIP at 384 x 384
 AUDIO_SAMPLE_RATE = 16000
 
 
@@ -61,8 +59,8 @@ class ClipConfig(tfds.core.BuilderConfig):
     feature_dim: int = 0
     match: tuple[float, float, float, float] = (1.0, 5.0, 2.0, 0.0)  # class, l1, giou, iou thr
     split_index: int = 1  # JHMDB's split (1-3); recorded for every dataset, used by JHMDB only
-    clip_short_side: int = CLIP_SHORT_SIDE
-    scene_short_side: int = SCENE_SHORT_SIDE
+    clip_short_side: int = 224  # video frames: short side at most this (the config's largest)
+    scene_size: int = 384  # scene frames: resized to S x S as BLIP's test transform does
 
     def __repr__(self) -> str:  # TFDS logs the config it is given; the name says it all
         return f"ClipConfig({self.name})"
@@ -100,8 +98,8 @@ def clip_config(config: Any) -> ClipConfig:
         "feature_dim": int(m.actor.detector_feature_dim),
         "match": tuple(float(v) for v in assignment.assignment_kwargs(config).values()),
         "split_index": int(d.get("split_index", 1)),
-        "clip_short_side": CLIP_SHORT_SIDE,
-        "scene_short_side": SCENE_SHORT_SIDE,
+        "clip_short_side": int(max(d.short_side, d.eval_short_side)),
+        "scene_size": int(m.scene.image_size),
     }
     description = json.dumps(fields, sort_keys=True)
     digest = hashlib.sha1(description.encode()).hexdigest()[:8]

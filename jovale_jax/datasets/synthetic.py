@@ -34,8 +34,10 @@ import concurrent.futures
 import csv
 import dataclasses
 import functools
+import itertools
 import os
 import pickle
+from collections.abc import Iterable
 
 import av
 import numpy as np
@@ -209,17 +211,21 @@ def _proposals(rng: np.random.Generator, boxes: list[np.ndarray]) -> np.ndarray:
     return np.asarray(rows, np.float32).reshape(-1, 5)
 
 
-def _write_mp4(path: str, video: _Video) -> None:
+def write_mp4(path: str, frames: Iterable[np.ndarray], audio: np.ndarray, fps: float) -> None:
+    """An mp4 of H.264 video (the (h, w, 3) uint8 RGB `frames` at `fps`) and 16 kHz AAC audio
+    (`audio`: int16 mono)."""
+    frames = iter(frames)
+    first = next(frames)
     with av.open(path, "w") as container:
-        stream = container.add_stream("libx264", rate=FPS,
+        stream = container.add_stream("libx264", rate=fps,
                                       options={"crf": "20", "preset": "veryfast"})
-        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        stream.width, stream.height, stream.pix_fmt = first.shape[1], first.shape[0], "yuv420p"
         sound = container.add_stream("aac", rate=SAMPLE_RATE, layout="mono",
                                      options={"aac_coder": "fast"})
-        for image in video.frames:
+        for image in itertools.chain([first], frames):
             container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
         container.mux(stream.encode())
-        samples = video.audio.astype(np.float32) / 32768
+        samples = audio.astype(np.float32) / 32768
         for start in range(0, len(samples), _AAC_FRAME):
             frame = av.AudioFrame.from_ndarray(
                 samples[None, start : start + _AAC_FRAME], format="fltp", layout="mono")
@@ -241,7 +247,7 @@ def _make_video(videos_dir: str, split: str, split_id: int, seed: int, i: int) -
     video_id = f"syn_{split}_{i:04d}"
     rng = np.random.default_rng([seed, split_id, i])
     video = _render(rng, scene=i % 4)
-    _write_mp4(os.path.join(videos_dir, f"{video_id}.mp4"), video)
+    write_mp4(os.path.join(videos_dir, f"{video_id}.mp4"), video.frames, video.audio, FPS)
     out = _Annotations()
     for second in range(FIRST_KEYFRAME_S, SECONDS):
         timestamp = int(ava.TRIMMED_START_S) + second

@@ -6,8 +6,11 @@ source frame rate is resampled to the config's `data.fps`; times before the firs
 the last take the edge frame. The audio is resampled to 16 kHz mono int16 and cut to the window
 [t - W / (2 fps), t + W / (2 fps)), zero-padded where the track does not cover it.
 
-Frames are JPEG-encoded as they are chosen (each decoded frame at most once per size) and a keyframe
-is yielded as soon as its window has been decoded, so memory stays bounded for 15-minute videos.
+Clip frames are stored with their short side at most the config's largest (`clip_short_side`),
+scene frames already at BLIP's S x S, so the input pipeline decodes no more pixels than it uses
+and, for most frames, resizes nothing. Frames are JPEG-encoded as they are chosen (each decoded
+frame at most once per kind) and a keyframe is yielded as soon as its window has been decoded, so
+memory stays bounded for 15-minute videos.
 """
 
 import logging
@@ -16,6 +19,7 @@ from typing import NamedTuple
 
 import av
 import numpy as np
+from PIL import Image
 
 from jovale_jax.datasets import common
 
@@ -85,7 +89,7 @@ class _Frame(NamedTuple):
 
 
 class _Requests:
-    """Every frame that the keyframes need (time and size cap), resolved in time order.
+    """Every frame that the keyframes need (time and kind), resolved in time order.
 
     `slots[k]` are the positions of keyframe k's frames and scene frames in the time-sorted list.
     """
@@ -94,22 +98,28 @@ class _Requests:
         period = 1.0 / spec.fps
         times = np.concatenate([centres[:, None] + spec.clip_offsets() * period,
                                 centres[:, None] + spec.scene_offsets() * period], axis=1)
-        caps = ([spec.clip_short_side] * spec.num_frames
-                + [spec.scene_short_side] * spec.scene_frames)
+        kinds = [0] * spec.num_frames + [1] * spec.scene_frames  # clip or scene frame
         by_time = np.argsort(times.ravel(), kind="stable")
         self.slots = np.empty(times.size, np.int64)
         self.slots[by_time] = np.arange(times.size)
         self.slots = self.slots.reshape(times.shape)
         self.times = times.ravel()[by_time]
-        self.caps = np.broadcast_to(np.array(caps), times.shape).ravel()[by_time]
+        self.kinds = np.broadcast_to(np.array(kinds), times.shape).ravel()[by_time]
+        self._spec = spec
         self.jpegs: list[bytes | None] = [None] * len(self.times)
         self.next = 0  # requests before it are resolved
         self.freed = 0  # requests before it are no longer needed
         self._encoded: dict[tuple[int, int], bytes] = {}
         self._reformatter = av.video.reformatter.VideoReformatter()  # one scaler for all frames
 
-    def _jpeg(self, frame: av.VideoFrame, short_side: int) -> bytes:
-        scale = min(1.0, short_side / min(frame.width, frame.height))
+    def _jpeg(self, frame: av.VideoFrame, kind: int) -> bytes:
+        """A clip frame (kind 0) with its short side at most `clip_short_side`, or a scene frame
+        (kind 1) resized to `scene_size` squared by PIL's bicubic, as BLIP's test transform."""
+        if kind == 1:
+            size = self._spec.scene_size
+            image = self._reformatter.reformat(frame, format="rgb24").to_image()
+            return common.encode_jpeg(image.resize((size, size), Image.BICUBIC))
+        scale = min(1.0, self._spec.clip_short_side / min(frame.width, frame.height))
         rgb = self._reformatter.reformat(frame, format="rgb24", width=round(frame.width * scale),
                                          height=round(frame.height * scale))
         return common.encode_jpeg(rgb.to_image())
@@ -119,7 +129,7 @@ class _Requests:
         while self.next < len(self.times) and self.times[self.next] <= until:
             t = self.times[self.next]
             pick = cur if prev is None or cur.time - t < t - prev.time else prev
-            key = (pick.number, int(self.caps[self.next]))
+            key = (pick.number, int(self.kinds[self.next]))
             if key not in self._encoded:
                 self._encoded[key] = self._jpeg(pick.frame, key[1])
             self.jpegs[self.next] = self._encoded[key]
@@ -173,7 +183,7 @@ def read_clips(
 
     k = 0  # the next keyframe to yield
     prev = first = None
-    for frame in _decode(container, video, audio, name):
+    for frame in decode_frames(container, video, audio, name):
         if isinstance(frame, av.AudioFrame):
             if samples.start is None and frame.time is not None:
                 samples.start = frame.time
@@ -204,7 +214,15 @@ def read_clips(
         yield int(order[rest]), clip(rest, samples.size > 0) if covered else None
 
 
-def _decode(container, video, audio, name: str) -> Iterator[av.VideoFrame | av.AudioFrame]:
+def decode_frames(
+    container: av.container.InputContainer,
+    video: av.video.stream.VideoStream,
+    audio: av.audio.stream.AudioStream | None,
+    name: str,
+) -> Iterator[av.VideoFrame | av.AudioFrame]:
+    """The decoded frames of the video stream (and of the audio stream, when given), interleaved
+    in demuxing order. A decoding error part-way is logged (naming the video `name`) and ends
+    the stream there."""
     streams = [video] if audio is None else [video, audio]
     try:
         for packet in container.demux(*streams):

@@ -37,7 +37,7 @@ def _decoded_duration(path: str) -> float:
         stream = container.streams.video[0]
         if not stream.average_rate:
             raise common.BadInputError(f"{path} declares neither a duration nor a frame rate")
-        frames = sum(1 for _ in video_io._decode(container, stream, None, path))
+        frames = sum(1 for _ in video_io.decode_frames(container, stream, None, path))
     return frames / float(stream.average_rate)
 
 

@@ -116,7 +116,8 @@ def write_annotated_video(path: str, out: str, origin: float, shown: Sequence[Sh
         stream_in = source.streams.video[0]
         rate = stream_in.average_rate or fractions.Fraction(fallback_fps).limit_denominator(1001)
         stream, count = None, 0
-        for count, frame in enumerate(video_io._decode(source, stream_in, None, path), start=1):
+        frames = video_io.decode_frames(source, stream_in, None, path)
+        for count, frame in enumerate(frames, start=1):
             t = (frame.time if frame.time is not None else (count - 1) / float(rate)) - origin
             nearest = int(np.argmin(np.abs(times - t)))
             _, boxes, labels = shown[nearest] if abs(times[nearest] - t) <= every / 2 else nothing

@@ -1,7 +1,9 @@
 """The full JoVALE model: the three streams, actor proposal features, the AMFN and the head.
 
 ``JoVALE(config.model, rngs=...)(batch)`` maps the batch dict of ``data/SCHEMA.md`` to per-proposal
-action logits (B, K, num_classes). Which streams exist is ``config.model.modalities`` (any non-empty
+action logits (B, K, num_classes). uint8 frames are normalised here, on the device, and boxes
+(normalised to the frame) are placed on the video canvas by the optional ``frame_extent``
+(``models/inputs.py``). Which streams exist is ``config.model.modalities`` (any non-empty
 subset of video, audio, scene; Table 4 of the paper).
 
 Actor proposal features (the initial action queries) come from RoIAlign of each box on the video
@@ -23,12 +25,21 @@ from jovale_jax.models.amfn import AMFN, resample_time
 from jovale_jax.models.audio import AudioPatchEmbed, audio_grid
 from jovale_jax.models.blip import BlipVisionEncoder, blip_num_patches
 from jovale_jax.models.heads import ActionHead
+from jovale_jax.models.inputs import (
+    BLIP_MEAN,
+    BLIP_STD,
+    VIDEOMAE_MEAN,
+    VIDEOMAE_STD,
+    frame_to_canvas,
+    normalize_frames,
+)
 from jovale_jax.models.layers import Dense, LayerNorm, attention_implementation, dtype_of, param
 from jovale_jax.models.roi_align import roi_align
 from jovale_jax.models.vit import VideoEncoder, video_grid
 from jovale_jax.sharding import EMBED
 
 MODALITIES = ("video", "audio", "scene")  # canonical order of the MFA's concatenation
+FRAME_INPUTS = ("video", "scene")  # uint8 (normalised here, on the device) or normalised floats
 
 
 def modalities_of(cfg) -> tuple[str, ...]:
@@ -87,9 +98,16 @@ def check_batch(cfg, batch: Mapping[str, jax.Array]) -> None:
         batch_size = got[0]
         want_bool = key == "box_mask"
         is_bool = jnp.issubdtype(batch[key].dtype, jnp.bool_)
-        if want_bool != is_bool or (not want_bool and not jnp.issubdtype(batch[key].dtype, jnp.floating)):
-            raise ValueError(f"batch[{key!r}]: expected a {'bool' if want_bool else 'floating'} array, "
+        ok = jnp.issubdtype(batch[key].dtype, jnp.floating) or (
+            key in FRAME_INPUTS and batch[key].dtype == jnp.uint8)
+        if want_bool != is_bool or (not want_bool and not ok):
+            kind = ("bool" if want_bool else "uint8 or floating" if key in FRAME_INPUTS
+                    else "floating")
+            raise ValueError(f"batch[{key!r}]: expected a {kind} array, "
                              f"got dtype {batch[key].dtype}")
+    if "frame_extent" in batch and tuple(batch["frame_extent"].shape) != (batch_size, 4):
+        raise ValueError(f"batch['frame_extent']: expected shape ({batch_size}, 4), "
+                         f"got {tuple(batch['frame_extent'].shape)}")
 
 
 class ActorFeatures(nnx.Module):
@@ -159,13 +177,13 @@ class JoVALE(nnx.Module):
         context, present, feature_map = {}, {}, None
         b = batch["boxes"].shape[0]
         if "video" in self.modalities:
-            fv = self.video_encoder(batch["video"])
+            fv = self.video_encoder(normalize_frames(batch["video"], VIDEOMAE_MEAN, VIDEOMAE_STD))
             feature_map = fv
             ctx = self.video_proj(self.video_norm(fv))
             context["video"] = ctx.reshape(b, ctx.shape[1], -1, ctx.shape[-1])
             present["video"] = jnp.ones((b,), bool)
         if "scene" in self.modalities:
-            fs = self.scene_encoder(batch["scene"])
+            fs = self.scene_encoder(normalize_frames(batch["scene"], BLIP_MEAN, BLIP_STD))
             if self.cfg.scene.frozen:
                 fs = jax.lax.stop_gradient(fs)
             context["scene"] = self.scene_proj(fs)
@@ -182,7 +200,10 @@ class JoVALE(nnx.Module):
         check_batch(self.cfg, batch)
         context, present, feature_map = self.encode(batch)
         box_mask = jnp.asarray(batch["box_mask"], bool)
-        actors = self.actor_features(feature_map, batch["boxes"], batch.get("proposal_features"))
+        boxes = batch["boxes"]
+        if "video" in self.modalities and "frame_extent" in batch:  # frame within the canvas
+            boxes = frame_to_canvas(boxes, batch["frame_extent"])
+        actors = self.actor_features(feature_map, boxes, batch.get("proposal_features"))
         queries = {m: resample_time(actors, self.query_time_embed[m].shape[0], axis=2)
                    + self.query_time_embed[m][...].astype(actors.dtype) for m in self.modalities}
         a_fuse, a_last = self.amfn(queries, context, box_mask, present)
