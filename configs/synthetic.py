@@ -31,9 +31,9 @@ def get_config(variant: str = ""):
     d = c.data
     d.data_dir = "runs/data/synthetic"
     d.fps = 8.0
-    d.frame_stride = 1  # 8 frames at 8 fps: a 1 s window, matching the 101 log-mel frames
-    d.spec_freq_mask = 8
-    d.spec_time_mask = 16
+    d.frame_stride = 1  # 8 frames at 8 fps: a 1 s window, 98 fbank frames padded to 101
+    d.spec_freq_mask = 24  # AST's widths scaled to 64 bins x 101 frames (configs/common.py)
+    d.spec_time_mask = 19
     d.shuffle_buffer = 256
     d.eval_split = "val"
 
