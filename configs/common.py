@@ -71,8 +71,11 @@ def base_config() -> ml_collections.ConfigDict:
     s.frozen = True  # BLIP's image encoder gets no gradient and no optimizer state
 
     a = m.audio = ml_collections.ConfigDict()
-    a.num_frames = 214  # log-mel frames of a 2.13 s window (10 ms hop, centred)
+    # AST's Kaldi fbank (jovale_jax/audio_features.py): a 2.13 s window gives 211 frames, padded
+    # to 214 (neutral value); the 20 x 12 patch grid covers frames 0-205 either way.
+    a.num_frames = 214
     a.num_mel_bins = 128
+    a.window_type = "hanning"  # AST's code and weights; the paper's text says Hamming ("hamming")
     a.patch = 16
     a.stride = 10
     a.width = 768  # AST's patch-embedding width, so AST weights import
@@ -105,8 +108,10 @@ def base_config() -> ml_collections.ConfigDict:
     d.fps = 30.0
     d.audio_sample_rate = 16000
     d.flip_prob = 0.5
-    d.spec_freq_mask = 48  # SpecAugment, as AST's AudioSet recipe
-    d.spec_time_mask = 192
+    # SpecAugment as AST's AudioSet recipe (freqm 48 of 128 bins, timem 192 of 1024 frames), the
+    # time mask scaled to our frames: round(192 * 214 / 1024) = 40.
+    d.spec_freq_mask = 48
+    d.spec_time_mask = 40
     d.shuffle_buffer = 512
     d.num_parallel_calls = 2
     d.prefetch = 2

@@ -31,10 +31,10 @@ def get_config(variant: str = ""):
     d = c.data
     d.data_dir = "runs/data/synthetic"
     d.fps = 8.0
-    d.frame_stride = 1  # 8 frames at 8 fps: a 1 s window, matching the 101 log-mel frames
+    d.frame_stride = 1  # 8 frames at 8 fps: a 1 s window, 98 fbank frames padded to 101
     d.short_side = d.eval_short_side = 48  # 128 x 96 frames -> 64 x 48 on the 64 x 64 canvas
-    d.spec_freq_mask = 8
-    d.spec_time_mask = 16
+    d.spec_freq_mask = 24  # AST's widths scaled to 64 bins x 101 frames (configs/common.py)
+    d.spec_time_mask = 19
     d.shuffle_buffer = 256
     d.eval_split = "val"
 

@@ -172,7 +172,8 @@ def decode_images(
 
 
 def decode_audio(example: dict[str, tf.Tensor], config: ml_collections.ConfigDict) -> dict:
-    """``audio`` (AST-normalised log-mel, zeros without audio) and ``audio_mask``."""
+    """``audio`` (AST's normalised fbank; all 0, the neutral value, without audio) and
+    ``audio_mask``."""
     audio = config.model.audio
     shape = (audio.num_frames, audio.num_mel_bins)
     waveform = example["waveform"]
@@ -180,7 +181,10 @@ def decode_audio(example: dict[str, tf.Tensor], config: ml_collections.ConfigDic
     features = tf.cond(
         has_audio,
         lambda: audio_features.audio_features_tf(
-            waveform, num_frames=audio.num_frames, num_mel_bins=audio.num_mel_bins
+            waveform,
+            num_frames=audio.num_frames,
+            num_mel_bins=audio.num_mel_bins,
+            window_type=audio.window_type,
         ),
         lambda: tf.zeros(shape, tf.float32),
     )
@@ -226,7 +230,7 @@ def augment(features: dict, config: ml_collections.ConfigDict, seed: tf.Tensor) 
     A horizontal flip (probability ``config.data.flip_prob``) of the video canvas, the scene
     frames, the real boxes (x1' = 1 - x2, x2' = 1 - x1, in frame coordinates; targets do not
     change) and the ``frame_extent`` (the frame moves to the other side of the canvas) together,
-    and SpecAugment on the audio.
+    and SpecAugment on the audio (masks at the neutral value, ``audio_features.spec_augment``).
     """
     flip_seed, spec_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
     flip = tf.random.stateless_uniform((), flip_seed) < config.data.flip_prob
@@ -434,7 +438,7 @@ def _process_topology(
 ) -> tuple[int, int]:
     if config.data.audio_sample_rate != audio_features.SAMPLE_RATE:
         raise ValueError(
-            f"data.audio_sample_rate={config.data.audio_sample_rate}: the log-mel features are "
+            f"data.audio_sample_rate={config.data.audio_sample_rate}: the audio features are "
             f"defined at {audio_features.SAMPLE_RATE} Hz"
         )
     index = jax.process_index() if process_index is None else process_index

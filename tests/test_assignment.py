@@ -129,6 +129,21 @@ def test_iou_threshold_drops_poor_matches():
                                      iou_threshold=0.5).sum() == 0
 
 
+def test_actor_matched_at_iou_02_is_positive_at_threshold_0_only():
+    """A missed actor (its only proposal overlaps it at IoU 0.2) is a positive label on that wrong
+    box at threshold 0 (the paper's DETR matching), and not at 0.5; a good match stays."""
+    gt_boxes = np.array([[0.0, 0.0, 0.5, 0.5], [0.6, 0.2, 0.9, 0.8]])
+    labels = np.array([[1, 0, 0], [0, 1, 1]], np.int8)
+    proposals = np.array([[0.0, 0.0, 0.5, 0.1], [0.61, 0.22, 0.9, 0.79]])
+    iou = box_ops.pairwise_iou(proposals, gt_boxes)
+    assert iou[0, 0] == pytest.approx(0.2) and iou[1, 1] > 0.9
+    scores = np.array([0.9, 0.9])
+    at_0 = assignment.assign_targets(proposals, scores, gt_boxes, labels, iou_threshold=0.0)
+    at_05 = assignment.assign_targets(proposals, scores, gt_boxes, labels, iou_threshold=0.5)
+    np.testing.assert_array_equal(at_0, labels)
+    np.testing.assert_array_equal(at_05, [[0, 0, 0], [0, 1, 1]])
+
+
 def test_assignment_kwargs_read_the_config():
     config = synthetic.get_config("test")
     config.data.match_cost_l1 = 3.0

@@ -22,7 +22,7 @@ def test_input_bench_on_the_fixture(tmp_path, capsys):
     assert r["geometry"] == {"frames": 4, "frame_stride": 2, "short_side": 24,
                              "canvas": [32, 32], "scene": 32}
     stages = {"read", "decode video", "decode scene", "decode", "audio features (tf)",
-              "audio features (librosa)", "augment", "pipeline"}
+              "audio features (numpy)", "augment", "pipeline"}
     assert set(r["examples_per_s"]) == set(r["examples_per_cpu_s"]) == stages
     assert set(r["old_examples_per_s"]) == set(r["ratio_to_old"]) == {"decode", "augment",
                                                                       "pipeline"}

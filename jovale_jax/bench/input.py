@@ -9,8 +9,8 @@ tf.data start-up: graph optimisation, thread pools):
 * read: TFRecord shards -> parsed examples (files shuffled, JPEGs still encoded);
 * decode video / decode scene / decode: JPEG decoding and resizing to the uint8 canvas
   (:func:`input_pipeline.decode_images`);
-* audio features: the log-mel of :mod:`jovale_jax.audio_features` in TF (the pipeline's path),
-  and the librosa reference for comparison (one Python call per example);
+* audio features: AST's fbank of :mod:`jovale_jax.audio_features` in TF (the pipeline's path),
+  and its numpy twin for comparison (one Python call per example);
 * augment: flip and SpecAugment of already decoded examples;
 * pipeline: :func:`input_pipeline.create_train_iterator` end to end (example shuffling, numpy
   batches); the latency of its first batch (tracing, filling the shuffle buffer) is reported apart.
@@ -115,17 +115,18 @@ def _stage_rate(
     return _throughput(iter(stage), n, 1)
 
 
-def _librosa_rate(waveforms: list[np.ndarray], config: ml_collections.ConfigDict) -> Rate:
-    """Examples/s of the librosa reference features, one Python call per example."""
+def _numpy_rate(waveforms: list[np.ndarray], config: ml_collections.ConfigDict) -> Rate:
+    """Examples/s of the numpy audio features, one Python call per example."""
     audio = config.model.audio
 
     def features() -> Iterator[np.ndarray]:
         for waveform in waveforms:
             yield audio_features.audio_features_numpy(
-                waveform, num_frames=audio.num_frames, num_mel_bins=audio.num_mel_bins
+                waveform, num_frames=audio.num_frames, num_mel_bins=audio.num_mel_bins,
+                window_type=audio.window_type,
             )
 
-    return _throughput(features(), len(waveforms), 1)  # the first call compiles numba code
+    return _throughput(features(), len(waveforms), 1)
 
 
 def default_gpu_clips_per_s(config: ml_collections.ConfigDict) -> float:
@@ -210,7 +211,7 @@ def run_input_bench(
         )
         waveforms = [e["waveform"] for e in raw.as_numpy_iterator() if e["has_audio"]]
         if waveforms:
-            rates["audio features (librosa)"] = _librosa_rate(waveforms, config)
+            rates["audio features (numpy)"] = _numpy_rate(waveforms, config)
     key = tf.constant(input_pipeline.epoch_seeds(config.seed, 0, 0)[1], tf.int64)
     for rows, decode in ((rates, input_pipeline.decode_images), (old, legacy_decode_images)):
         with _legacy_frames() if decode is legacy_decode_images else contextlib.nullcontext():

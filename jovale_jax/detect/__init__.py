@@ -17,7 +17,7 @@ Inputs of a keyframe: read exactly as the dataset builders read a keyframe
 at `data.fps`, centred on the keyframe, edge frames repeated past the video's ends, stored as JPEG
 with a short side of at most 256 px; the scene frames of the same window; the window's 16 kHz mono
 audio), then resized and normalised by the input pipeline's own `decode_images` (video bilinear,
-scene bicubic antialiased), the audio turned into log-mel by `audio_features_numpy`. A file
+scene bicubic antialiased), the audio turned into AST's features by `audio_features_numpy`. A file
 without an audio track gets zero audio features with `audio_mask` false: the audio modality is
 masked, as for such examples in training, and the output says so.
 

@@ -64,7 +64,8 @@ def example_inputs(config, clip: video_io.Clip, boxes: np.ndarray) -> dict[str, 
         has_audio = clip.has_audio and clip.waveform.size > 0
         shape = (model.audio.num_frames, model.audio.num_mel_bins)
         out["audio"] = audio_features.audio_features_numpy(
-            clip.waveform, num_frames=shape[0], num_mel_bins=shape[1]
+            clip.waveform, num_frames=shape[0], num_mel_bins=shape[1],
+            window_type=model.audio.window_type,
         ) if has_audio else np.zeros(shape, np.float32)
         out["audio_mask"] = np.asarray(has_audio)
     k = model.num_proposals
