@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jovale_jax import optim, train
+from jovale_jax import optim, state
 from jovale_jax.models.jovale import JoVALE
 
 DECAYED_NAMES = {"kernel", "patch_kernel", "query_kernel", "key_kernel", "value_kernel",
@@ -18,7 +18,7 @@ UNDECAYED_NAMES = {"bias", "patch_bias", "query_bias", "key_bias", "value_bias",
 
 def _trainable(config):
     model = nnx.eval_shape(lambda: JoVALE(config.model, rngs=nnx.Rngs(0)))
-    _, params, _ = nnx.split(model, train.trainable_filter(config.model), ...)
+    _, params, _ = nnx.split(model, state.trainable_filter(config.model), ...)
     return nnx.to_pure_dict(params)
 
 
@@ -37,9 +37,9 @@ def test_tiny_model_decay_list(tiny_config):
         (decayed if decay else undecayed).add((_name(path), leaf.ndim))
     assert {n for n, _ in decayed} == DECAYED_NAMES
     assert {n for n, _ in undecayed} == UNDECAYED_NAMES
-    # The attention q/k/v biases are 2-D, (heads, head_dim), and the tables 2- or 3-D: a rank rule
-    # would decay them.
-    assert {("query_bias", 2), ("key_bias", 2), ("value_bias", 2)} <= undecayed
+    # The attention q/k/v biases are (heads, head_dim), stacked over the scanned layers (3-D), and
+    # the tables 2- or 3-D: a rank rule would decay them.
+    assert {("query_bias", 3), ("key_bias", 3), ("value_bias", 3)} <= undecayed
     assert ("position_embedding", 3) in undecayed and ("query_time_embed/audio", 2) in undecayed
     assert all(ndim >= 2 for _, ndim in decayed)
 
@@ -50,7 +50,7 @@ def test_adamw_decays_only_the_masked_parameters(tiny_config):
     c.lr = c.backbone_lr = 0.5
     c.warmup_steps, c.weight_decay, c.grad_clip_norm = 0, 0.1, 0.0
     model = JoVALE(c.model, rngs=nnx.Rngs(0))
-    _, params, _ = nnx.split(model, train.trainable_filter(c.model), ...)
+    _, params, _ = nnx.split(model, state.trainable_filter(c.model), ...)
     params = nnx.to_pure_dict(params)
     tx = optim.make_optimizer(c, steps_per_epoch=10)
     zeros = jax.tree.map(np.zeros_like, params)
