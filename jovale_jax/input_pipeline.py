@@ -84,8 +84,9 @@ def decode_images(example: dict[str, tf.Tensor], config: ml_collections.ConfigDi
             example["frames"],
             num_frames=model.video.num_frames,
             size=tuple(model.video.image_size),
-            mean=VIDEOMAE_MEAN,
-            std=VIDEOMAE_STD,
+            # a SlowFast preset sets the statistics its checkpoint was trained with
+            mean=tuple(model.video.get("pixel_mean", VIDEOMAE_MEAN)),
+            std=tuple(model.video.get("pixel_std", VIDEOMAE_STD)),
             method="bilinear",  # as VideoMAE's cv2 INTER_LINEAR; antialiasing would cost 3x
             antialias=False,
         )

@@ -38,6 +38,7 @@ from jovale_jax.convert.common import (
     flatten,
     module_variables,
 )
+from jovale_jax.convert.slowfast import convert_slowfast
 from jovale_jax.convert.videomae import convert_hf_videomae, convert_videomae_v2
 
 logger = logging.getLogger("jovale_jax.convert")
@@ -60,6 +61,8 @@ SOURCES: dict[str, Source] = {
     "hf_videomae": Source("video", convert_hf_videomae),
     "hf_blip": Source("scene", convert_hf_blip),
     "hf_ast": Source("audio", convert_hf_ast),
+    **{kind: Source("video", lambda sd, cfg, _, kind=kind: convert_slowfast(sd, cfg, kind))
+       for kind in ("pyslowfast", "acar", "pytorchvideo")},
 }
 
 
@@ -76,14 +79,15 @@ def _read_torch(path: Path) -> dict[str, np.ndarray]:
 
     with torch.serialization.safe_globals([argparse.Namespace]):
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("model", "module", "state_dict"):  # training checkpoints nest the weights
+    # training checkpoints nest the weights (PySlowFast's .pyth under "model_state")
+    for key in ("model", "module", "state_dict", "model_state"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
             break
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise ConversionError(f"{path}: entries {bad[:5]} are not tensors; expected a state dict "
-                              "(optionally under 'model' or 'module')")
+                              "(optionally under 'model', 'module', 'state_dict' or 'model_state')")
     return {k: v.detach().to(torch.float32).numpy() for k, v in obj.items()}
 
 
@@ -112,9 +116,9 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
         raise FileNotFoundError(f"{path} does not exist")
     if path.suffix == ".safetensors":
         return _read_safetensors(path), None
-    if path.suffix in (".pth", ".pt", ".bin"):
+    if path.suffix in (".pth", ".pt", ".bin", ".pyth", ".tar"):  # .pyth: PySlowFast; .pth.tar
         return _read_torch(path), None
-    raise ValueError(f"{path}: expected a .pth/.pt/.bin or .safetensors file or a transformers "
+    raise ValueError(f"{path}: expected a .pth/.pt/.bin/.pyth/.pth.tar or .safetensors file or a transformers "
                      "model directory")
 
 
