@@ -112,7 +112,8 @@ def base_config() -> ml_collections.ConfigDict:
     a.num_frames = 214  # log-mel frames of a 2.13 s window (10 ms hop, centred)
     a.num_mel_bins = 128
     a.patch = 16
-    a.stride = 10
+    a.time_stride = 10  # AST's tstride and fstride (the paper: 10 / 10)
+    a.freq_stride = 10
     a.width = 768  # AST's patch-embedding width, so AST weights import
 
     r = m.actor = ml_collections.ConfigDict()

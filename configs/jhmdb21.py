@@ -16,7 +16,8 @@ VARIANTS = ("", "sf_r101", "vitb")
 
 def get_config(variant: str = ""):
     if variant not in VARIANTS:
-        raise ValueError(f"configs/jhmdb21.py: unknown variant {variant!r}; expected one of {VARIANTS}")
+        raise ValueError(f"configs/jhmdb21.py: unknown variant {variant!r}; "
+                         f"expected one of {VARIANTS}")
     c = common.base_config()
     if variant != "vitb":
         common.use_slowfast(c, depth=101)

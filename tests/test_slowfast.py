@@ -7,6 +7,7 @@ CPU torch here, so a stand-in ``torchvision.ops`` goes into ``sys.modules`` befo
 backbone never touches it).
 """
 
+import functools
 import json
 import re
 import subprocess
@@ -58,11 +59,10 @@ def video_config(depth: int, frames: int = FRAMES, size: int = SIZE, alpha: int 
     return cfg
 
 
-@pytest.fixture(scope="module", params=[50, 101], ids=["R50", "R101"])
-def torch_slowfast(request):
+@functools.cache
+def build_torch_slowfast(depth: int):
     """pytorchvideo's SlowFast-R{depth}, detection res5 (stride 1, dilation 2), random weights
     and BatchNorm statistics / affine parameters far from their defaults."""
-    depth = request.param
     kernel, bn = VARIANTS[depth]
     pv = _pytorchvideo()
     dil = ((1, 1, 1),) * 3 + ((1, 2, 2),)
@@ -91,6 +91,11 @@ def torch_slowfast(request):
     return depth, model, state
 
 
+@pytest.fixture(scope="module", params=[50, 101], ids=["R50", "R101"])
+def torch_slowfast(request):
+    return build_torch_slowfast(request.param)
+
+
 def flax_slowfast(cfg, params) -> SlowFast:
     """A SlowFast filled with converted parameters (built abstractly: no random init)."""
     model = nnx.eval_shape(lambda: SlowFast(cfg, rngs=nnx.Rngs(0)))
@@ -110,7 +115,11 @@ def test_pathways_match_pytorchvideo(torch_slowfast):
         want = [xt[:, :, slow_indices(FRAMES, ALPHA, "linspace")], xt]
         for block in model.blocks[:5]:  # stem + res2..res5 with their fusions; not the head
             want = block(want)
-    slow, fast = flax_slowfast(cfg, converted.params).pathways(jnp.asarray(x))
+    encoder = flax_slowfast(cfg, converted.params)
+    n_params = sum(v.size for v in jax.tree.leaves(nnx.state(encoder, nnx.Param)))
+    assert n_params == sum(p.numel() for n, p in model.named_parameters()
+                           if not n.startswith("blocks.6."))  # the same network, head aside
+    slow, fast = encoder.pathways(jnp.asarray(x))
     assert slow.shape == (1, FRAMES // ALPHA, SIZE // 16, SIZE // 16, 2048)
     assert fast.shape == (1, FRAMES, SIZE // 16, SIZE // 16, 256)
     for got, ref in ((slow, want[0]), (fast, want[1])):
@@ -118,12 +127,40 @@ def test_pathways_match_pytorchvideo(torch_slowfast):
         assert np.abs(np.asarray(got) - ref).max() <= 1e-4 * np.abs(ref).max()
 
 
+def test_mac_count_matches_fvcore():
+    """`launch.py flops` counts SlowFast's convolutions as fvcore does on pytorchvideo's model."""
+    from fvcore.nn import FlopCountAnalysis
+
+    from jovale_jax.flops import count_macs
+
+    _, model, state = build_torch_slowfast(50)
+    cfg = video_config(50)
+    x = torch.zeros(1, 3, FRAMES, SIZE, SIZE)
+
+    class Backbone(torch.nn.Module):
+        def forward(self, slow, fast):
+            y = [slow, fast]
+            for block in model.blocks[:5]:
+                y = block(y)
+            return y
+
+    idx = torch.from_numpy(slow_indices(FRAMES, ALPHA, "linspace"))
+    analysis = FlopCountAnalysis(Backbone(), (x[:, :, idx], x))
+    analysis.unsupported_ops_warnings(False)
+    want = analysis.by_operator()["conv"]
+    encoder = flax_slowfast(cfg, convert_slowfast(state, cfg, "pytorchvideo").params)
+    got = count_macs(lambda v: encoder.pathways(v),
+                     jax.ShapeDtypeStruct((1, FRAMES, SIZE, SIZE, 3), jnp.float32))
+    assert got == want
+
+
 # PySlowFast and ACAR-Net names of the same tensors, from pytorchvideo's names. The test builds
 # the state dicts with these tables, independently of the converter's layout functions.
 PYSLOWFAST_NAMES = [
     (r"blocks\.0\.multipathway_blocks\.(\d)\.conv\.", r"s1.pathway\1_stem.conv."),
     (r"blocks\.0\.multipathway_blocks\.(\d)\.norm\.", r"s1.pathway\1_stem.bn."),
-    (r"blocks\.(\d)\.multipathway_fusion\.conv_fast_to_slow\.", lambda m: f"s{int(m[1]) + 1}_fuse.conv_f2s."),
+    (r"blocks\.(\d)\.multipathway_fusion\.conv_fast_to_slow\.",
+     lambda m: f"s{int(m[1]) + 1}_fuse.conv_f2s."),
     (r"blocks\.(\d)\.multipathway_fusion\.norm\.", lambda m: f"s{int(m[1]) + 1}_fuse.bn."),
     (r"blocks\.(\d)\.multipathway_blocks\.(\d)\.res_blocks\.(\d+)\.branch1_conv\.",
      lambda m: f"s{int(m[1]) + 1}.pathway{m[2]}_res{m[3]}.branch1."),
@@ -154,7 +191,8 @@ ACAR_NAMES = [
 # ACAR-Net's SLOWFAST_R50_K400 / SLOWFAST_R101_K700.pth.tar use these).
 EXPECTED_NAMES = {
     "pyslowfast": ["s1.pathway0_stem.conv.weight", "s1.pathway1_stem.bn.running_var",
-                   "s1_fuse.conv_f2s.weight", "s4_fuse.bn.weight", "s2.pathway0_res0.branch1.weight",
+                   "s1_fuse.conv_f2s.weight", "s4_fuse.bn.weight",
+                   "s2.pathway0_res0.branch1.weight",
                    "s2.pathway0_res0.branch1_bn.running_mean", "s3.pathway1_res3.branch2.a.weight",
                    "s5.pathway0_res2.branch2.c_bn.bias", "head.projection.weight"],
     "acar": ["slow_conv1.weight", "fast_bn1.running_mean", "slow_res1.0.downsample.0.weight",
@@ -230,8 +268,8 @@ def test_bad_inputs_name_the_config_field():
         nnx.eval_shape(lambda: SlowFast(video_config(50, size=8), rngs=nnx.Rngs(0)))
     cfg = video_config(50)
     cfg.slowfast.depth = 34
-    with pytest.raises(ValueError, match=r"model.video.slowfast.depth: expected one of \[50, 101\], "
-                       r"got 34"):
+    with pytest.raises(ValueError,
+                       match=r"model.video.slowfast.depth: expected one of \[50, 101\], got 34"):
         nnx.eval_shape(lambda: SlowFast(cfg, rngs=nnx.Rngs(0)))
 
 
@@ -267,7 +305,8 @@ def test_presets_follow_supplementary_table_3():
         assert c.model.modalities == ("video", "scene") and c.data.short_side == 256
         assert preset.get_config("vitb").model.video.backbone == "vit"
     for c in (r50, r101):
-        assert c.data.short_side == 256 and (c.model.video.num_frames, c.data.frame_stride) == (32, 2)
+        assert c.data.short_side == 256
+        assert (c.model.video.num_frames, c.data.frame_stride) == (32, 2)
 
 
 VIDEO_SUBSETS = [("video",), ("video", "audio"), ("video", "scene"), ("video", "audio", "scene")]
@@ -331,7 +370,8 @@ def test_slowfast_trains_on_synthetic_with_frozen_statistics(slowfast_test_confi
     stats = {jax.tree_util.keystr(p): np.asarray(v) for p, v in frozen
              if "video_encoder" in jax.tree_util.keystr(p)}
     assert stats and all(k.endswith(("['mean']", "['var']")) for k in stats)
-    assert all(np.array_equal(v, np.zeros_like(v)) for k, v in stats.items() if k.endswith("['mean']"))
+    means = [v for k, v in stats.items() if k.endswith("['mean']")]
+    assert all(np.array_equal(v, np.zeros_like(v)) for v in means)  # untouched by training
     trained = jax.tree_util.tree_flatten_with_path(run["setup"].state["params"])[0]
     assert any("video_encoder" in jax.tree_util.keystr(p) and "'bn'" in jax.tree_util.keystr(p)
                for p, _ in trained)  # BatchNorm affine trains (freeze_bn_affine=False)
@@ -344,3 +384,47 @@ def test_flops_command_covers_slowfast_presets():
     visual = result["components"]["visual"]
     assert visual["params"] == pytest.approx(34.6e6, rel=0.02)  # SlowFast-R50 without its head
     assert 0 < visual["gmacs"] < result["total_gmacs"]
+
+
+def test_convert_command_summary_and_overwrite(tmp_path):
+    """`launch.py convert` with a SlowFast source: a short summary (the manifest goes to its file),
+    a one-line error for an existing --out, and --overwrite."""
+    torch.manual_seed(0)
+    src = tmp_path / "slowfast_r50.pth"
+    torch.save(_pytorchvideo().create_slowfast(model_depth=50).state_dict(), src)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "launch.py", "convert", "--config", "configs/ava_sf_r50.py",
+           "--from", "pytorchvideo", "--src", str(src), "--out", str(out)]
+    first = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    manifest = json.loads((out / "manifest.json").read_text())
+    entry = manifest["components"]["video_encoder"]
+    assert first.stdout.splitlines()[0] == (
+        f"video_encoder <- pytorchvideo {src}: {entry['used_keys']} keys converted, "
+        f"{len(entry['unused_keys'])} unused")
+    assert entry["used_keys"] == 550 and len(first.stdout.splitlines()) == 2
+    again = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert again.returncode == 1
+    assert again.stderr.strip().splitlines()[-1] == (
+        f"error: {out} is not empty: pass --overwrite to replace it")
+    subprocess.run(cmd + ["--overwrite"], capture_output=True, text=True, check=True)
+
+
+def test_readme_slowfast_module_example_runs(tmp_path, monkeypatch, capsys):
+    """The README's "Use the modules" SlowFast block, as written, on a converted checkpoint."""
+    import pathlib
+
+    from jovale_jax.convert import convert_main
+
+    _, _, state = build_torch_slowfast(50)
+    src = tmp_path / "slowfast_r50.pth"
+    torch.save({k: torch.from_numpy(v) for k, v in state.items()}, src)
+    convert_main([("pytorchvideo", str(src))], tmp_path / "runs" / "pretrained",
+                 ava_sf_r50.get_config())
+    text = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
+    section = text.split("## Use the modules in your own JAX project", 1)[1].split("\n## ", 1)[0]
+    code = re.findall(r"```python\n(.*?)```", section, re.DOTALL)[1]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(pathlib.Path(__file__).parent.parent))
+    exec(compile(code, "README.md", "exec"), {})
+    assert capsys.readouterr().out.strip().splitlines()[-2:] == [
+        "(1, 2, 4, 4, 2048) (1, 16, 4, 4, 256)", "(1, 2, 4, 4, 2304)"]

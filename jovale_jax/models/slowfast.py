@@ -181,7 +181,7 @@ class Stem(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         y = self.conv(x)
-        return jax.lax.reduce_window(y, jnp.array(-jnp.inf, y.dtype), jax.lax.max,
+        return jax.lax.reduce_window(y, -jnp.inf, jax.lax.max,  # a scalar init: differentiable
                                      (1, 1, 3, 3, 1), (1, 1, 2, 2, 1),
                                      ((0, 0), (0, 0), (1, 1), (1, 1), (0, 0)))
 
