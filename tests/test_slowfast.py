@@ -138,9 +138,13 @@ def test_mac_count_matches_fvcore():
     x = torch.zeros(1, 3, FRAMES, SIZE, SIZE)
 
     class Backbone(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = model.blocks[:5]  # stem + res2..res5 with their fusions
+
         def forward(self, slow, fast):
             y = [slow, fast]
-            for block in model.blocks[:5]:
+            for block in self.blocks:
                 y = block(y)
             return y
 
@@ -358,7 +362,8 @@ def test_slowfast_trains_on_synthetic_with_frozen_statistics(slowfast_test_confi
     from jovale_jax.train import train
 
     c = slowfast_test_config.copy_and_resolve_references()
-    c.num_train_steps, c.log_every_steps, c.checkpoint_every_steps = 60, 10, 60
+    c.model.modalities = ("video",)  # the backbone under training; fewer streams to compile
+    c.num_train_steps, c.log_every_steps, c.checkpoint_every_steps = 40, 10, 40
     c.eval_every_steps, c.mesh_shape = 0, (1, 1)
     c.lr = c.backbone_lr = 3e-3
     c.warmup_steps = 5
@@ -428,3 +433,19 @@ def test_readme_slowfast_module_example_runs(tmp_path, monkeypatch, capsys):
     exec(compile(code, "README.md", "exec"), {})
     assert capsys.readouterr().out.strip().splitlines()[-2:] == [
         "(1, 2, 4, 4, 2048) (1, 16, 4, 4, 256)", "(1, 2, 4, 4, 2304)"]
+
+
+def test_video_frames_normalised_with_the_checkpoints_statistics():
+    """SlowFast presets normalise frames as their checkpoints were trained (not VideoMAE's)."""
+    import tensorflow as tf
+
+    from jovale_jax import input_pipeline
+
+    grey = tf.io.encode_jpeg(tf.fill((24, 32, 3), tf.constant(128, tf.uint8)), quality=100)
+    for preset, mean, std in ((ava_sf_r50, 0.45, 0.225), (ava_sf_r101, 110.63666788 / 255,
+                                                          38.7568578 / 255)):
+        config = preset.get_config()
+        config.model.modalities = ("video",)
+        config.model.video.num_frames, config.model.video.image_size = 2, (16, 16)
+        frames = input_pipeline.decode_images({"frames": tf.stack([grey, grey])}, config)["video"]
+        np.testing.assert_allclose(frames.numpy()[..., 0], (128 / 255 - mean) / std, atol=0.02)
