@@ -49,6 +49,28 @@ def use_slowfast(c: ml_collections.ConfigDict, depth: int) -> ml_collections.Con
     return c
 
 
+def video_scene_preset(name: str, variant: str) -> ml_collections.ConfigDict:
+    """UCF101-24 / JHMDB51-21 (``name``): video + scene as in Table 2, supplementary Table 3's
+    batch 32, 3 epochs, decay at epoch 1; SlowFast-R101 by default (variant ``sf_r101``), ViT-B
+    for variant ``vitb`` (short side 224)."""
+    variants = ("", "sf_r101", "vitb")
+    if variant not in variants:
+        raise ValueError(f"configs/{name}.py: unknown variant {variant!r}; expected one of "
+                         f"{variants}")
+    c = base_config()
+    if variant == "vitb":
+        c.data.short_side = 224
+    else:
+        use_slowfast(c, depth=101)
+    c.dataset = name
+    c.model.modalities = ("video", "scene")
+    c.data.eval_split = "test"
+    c.batch_size = 32
+    c.num_epochs = 3
+    c.decay_epochs = (1,)
+    return c
+
+
 def vit_config(*, width: int, depth: int, num_heads: int, mlp_dim: int, patch: int) -> ml_collections.ConfigDict:
     """Sizes of a plain ViT encoder (shared by the video and the scene stream)."""
     return ml_collections.ConfigDict(

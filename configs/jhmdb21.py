@@ -11,25 +11,10 @@ side 256.
 
 from configs import common
 
-VARIANTS = ("", "sf_r101", "vitb")
-
 
 def get_config(variant: str = ""):
-    if variant not in VARIANTS:
-        raise ValueError(f"configs/jhmdb21.py: unknown variant {variant!r}; "
-                         f"expected one of {VARIANTS}")
-    c = common.base_config()
-    if variant != "vitb":
-        common.use_slowfast(c, depth=101)
-    else:
-        c.data.short_side = 224
-    c.dataset = "jhmdb21"
-    c.model.modalities = ("video", "scene")
+    c = common.video_scene_preset("jhmdb21", variant)
     c.model.num_classes = 21
     c.data.fps = 30.0
     c.data.split_index = 1
-    c.data.eval_split = "test"
-    c.batch_size = 32
-    c.num_epochs = 3
-    c.decay_epochs = (1,)
     return c

@@ -12,24 +12,9 @@ side 224 for training and 256 for testing (`data.short_side` is the test side).
 
 from configs import common
 
-VARIANTS = ("", "sf_r101", "vitb")
-
 
 def get_config(variant: str = ""):
-    if variant not in VARIANTS:
-        raise ValueError(f"configs/ucf24.py: unknown variant {variant!r}; "
-                         f"expected one of {VARIANTS}")
-    c = common.base_config()
-    if variant != "vitb":
-        common.use_slowfast(c, depth=101)
-    else:
-        c.data.short_side = 224
-    c.dataset = "ucf24"
-    c.model.modalities = ("video", "scene")
+    c = common.video_scene_preset("ucf24", variant)
     c.model.num_classes = 24
     c.data.fps = 25.0
-    c.data.eval_split = "test"
-    c.batch_size = 32
-    c.num_epochs = 3
-    c.decay_epochs = (1,)
     return c

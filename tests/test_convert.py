@@ -440,7 +440,7 @@ def test_bad_checkpoint_fails_before_writing(tmp_path, ast_dir, fault, message):
     out = tmp_path / "out"
     sources = [("hf_ast", str(ast_dir)), ("videomae_v2", str(tmp_path / "v2.safetensors"))]
     with pytest.raises(ConversionError, match=message):
-        convert_main(sources, out, tiny_config())
+        convert_main(sources, out, tiny_config(), source_grid=(2, 2, 3))
     assert not out.exists()
 
 
