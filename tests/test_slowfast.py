@@ -338,6 +338,7 @@ def test_sharded_forward_equals_single_device(slowfast_test_config):
     config = slowfast_test_config.copy_and_resolve_references()
     config.fsdp = True
     cfg = config.model
+    cfg.modalities = ("video",)  # the backbone's sharding; the other streams are test_sharding's
     batch = random_batch(cfg, batch_size=4, seed=1)
 
     def make():
