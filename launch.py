@@ -42,6 +42,8 @@ flags.DEFINE_bool("strict", False, "build-data: a corrupt video is an error inst
 flags.DEFINE_multi_string("from", [], "convert: source kind, repeat with --src.")
 flags.DEFINE_multi_string("src", [], "convert: source path, one per --from.")
 flags.DEFINE_string("out", None, "convert / detect: output folder.")
+flags.DEFINE_bool("overwrite", False, "convert: replace an earlier converted --out.")
+flags.DEFINE_list("source_grid", None, "convert: T,H,W token grid of a VideoMAE checkpoint.")
 flags.DEFINE_string("init_from", None, "train: converted pretrained weights (launch.py convert).")
 flags.DEFINE_string("checkpoint", None, "eval / detect: a workdir or workdir/checkpoints/STEP.")
 flags.DEFINE_integer("batch_size", None, "bench: batch size (default config.batch_size).")
@@ -109,13 +111,16 @@ def cmd_eval(argv):
 def cmd_convert(argv):
     """Convert pretrained weights (--from KIND --src PATH, repeatable) into --out."""
     from jovale_jax.convert import convert_main
+    from jovale_jax.convert.io import summary
 
     _require("out")
     kinds, srcs = FLAGS["from"].value, FLAGS.src
     if not kinds or len(kinds) != len(srcs):
         raise app.UsageError(f"give one --src per --from (got {len(kinds)} --from, {len(srcs)} --src)")
-    manifest = convert_main(list(zip(kinds, srcs)), FLAGS.out, _config())
-    print(json.dumps(manifest)[:2000])
+    grid = None if FLAGS.source_grid is None else tuple(int(n) for n in FLAGS.source_grid)
+    manifest = convert_main(list(zip(kinds, srcs)), FLAGS.out, _config(), overwrite=FLAGS.overwrite,
+                            source_grid=grid)
+    print(summary(manifest, FLAGS.out))
 
 
 def cmd_build_data(argv):
@@ -220,7 +225,7 @@ def main(argv):
     check_command(argv)
     try:
         HANDLERS[argv[1]](argv)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 

@@ -24,12 +24,81 @@ SHARDING_RULES = (
 )
 
 
+def use_slowfast(c: ml_collections.ConfigDict, depth: int) -> ml_collections.ConfigDict:
+    """Switch a preset's video stream to SlowFast-R``depth``, the paper's 3D-CNN rows: 32 x 2
+    input, short side 256 (supplementary Table 3) on a 256 x 464 canvas (a 16:9 frame at
+    short side 256 is 455 x 256), T_v = 32 / alpha = 4.
+
+    R50 takes the K400 weights of PySlowFast / ACAR-Net (fusion kernel 7 with BatchNorm + ReLU,
+    frames normalised by 0.45 / 0.225), R101 ACAR-Net's K700 weights (fusion kernel 5, convolution
+    only, ACAR-Net's statistics of its K700 training: mean 110.6, 103.2, 96.3 / 255, std 38.8,
+    37.9, 40.0 / 255).
+    """
+    v = c.model.video
+    v.backbone = "slowfast"
+    v.slowfast = slowfast_config(depth=depth)
+    v.pixel_mean, v.pixel_std = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)
+    if depth == 101:
+        v.slowfast.update(fusion_kernel=5, fusion_bn_relu=False)
+        v.pixel_mean = tuple(x / 255 for x in (110.63666788, 103.16065604, 96.29023126))
+        v.pixel_std = tuple(x / 255 for x in (38.7568578, 37.88248729, 40.02898126))
+    v.num_frames = 32
+    v.image_size = (256, 464)  # (H, W); the 1/16 map is 16 x 29
+    c.data.frame_stride = 2
+    c.data.short_side = c.data.eval_short_side = 256
+    return c
+
+
+def video_scene_preset(name: str, variant: str) -> ml_collections.ConfigDict:
+    """UCF101-24 / JHMDB51-21 (``name``): video + scene as in Table 2, supplementary Table 3's
+    batch 32, 3 epochs, decay at epoch 1; SlowFast-R101 by default (variant ``sf_r101``), ViT-B
+    for variant ``vitb`` (short side 224)."""
+    variants = ("", "sf_r101", "vitb")
+    if variant not in variants:
+        raise ValueError(f"configs/{name}.py: unknown variant {variant!r}; expected one of "
+                         f"{variants}")
+    c = base_config()
+    if variant == "vitb":
+        c.data.short_side = c.data.eval_short_side = 224
+    else:
+        use_slowfast(c, depth=101)
+    c.dataset = name
+    c.model.modalities = ("video", "scene")
+    c.data.eval_split = "test"
+    c.batch_size = 32
+    c.num_epochs = 3
+    c.decay_epochs = (1,)
+    return c
+
+
 def vit_config(*, width: int, depth: int, num_heads: int, mlp_dim: int,
                patch: int) -> ml_collections.ConfigDict:
     """Sizes of a plain ViT encoder (shared by the video and the scene stream)."""
     return ml_collections.ConfigDict(
         {"width": width, "depth": depth, "num_heads": num_heads, "mlp_dim": mlp_dim, "patch": patch}
     )
+
+
+def slowfast_config(*, depth: int) -> ml_collections.ConfigDict:
+    """SlowFast sizes (``model.video.slowfast``), detection variant: res5 stride 1, dilation 2."""
+    s = ml_collections.ConfigDict()
+    s.depth = depth  # 50 (3, 4, 6, 3 blocks) | 101 (3, 4, 23, 3)
+    s.stage_blocks = ()  # blocks of res2..res5 overriding depth (tiny test models); () = depth
+    s.alpha = 8  # frame-rate ratio: the Slow pathway sees num_frames / alpha frames (= T_v)
+    s.beta_inv = 8  # the Fast pathway has 1 / beta_inv of the Slow pathway's channels
+    s.width = 64  # channels of the Slow stem; stage outputs 4, 8, 16, 32 x width
+    s.fusion_kernel = 7  # temporal kernel of the Fast -> Slow lateral convolutions
+    s.fusion_channel_ratio = 2  # lateral output channels = ratio x Fast channels
+    s.fusion_bn_relu = True  # lateral conv followed by BatchNorm + ReLU (False: conv only)
+    s.slow_temporal_kernels = (1, 1, 1, 3, 3)  # stem, res2..res5 of the Slow pathway
+    s.fast_temporal_kernels = (5, 3, 3, 3, 3)  # stem, res2..res5 of the Fast pathway
+    s.temporal_kernel_blocks = ()  # per stage, blocks with the temporal kernel; () = all
+    s.res5_stride = 1  # 1 and dilation 2: the detection res5 (maps at 1/16)
+    s.res5_dilation = 2
+    s.bn_eps = 1e-5
+    s.freeze_bn_affine = False  # BatchNorm statistics are always frozen; this freezes scale/bias
+    s.slow_sampling = "linspace"  # Slow frames: linspace (PySlowFast) | stride (every alpha-th)
+    return s
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -63,6 +132,8 @@ def base_config() -> ml_collections.ConfigDict:
     v.image_size = (224, 400)
     v.layer_norm_eps = 1e-6
     v.drop_path = 0.0  # stochastic depth of the last block (linear from 0 over the blocks)
+    v.backbone = "vit"  # vit (VideoMAE v2 ViT-B) | slowfast (the `slowfast` section below)
+    v.slowfast = slowfast_config(depth=50)
 
     s = m.scene = vit_config(width=768, depth=12, num_heads=12, mlp_dim=3072, patch=16)
     s.num_frames = 4  # T_s
@@ -77,7 +148,8 @@ def base_config() -> ml_collections.ConfigDict:
     a.num_mel_bins = 128
     a.window_type = "hanning"  # AST's code and weights; the paper's text says Hamming ("hamming")
     a.patch = 16
-    a.stride = 10
+    a.time_stride = 10  # AST's tstride and fstride (the paper: 10 / 10)
+    a.freq_stride = 10
     a.width = 768  # AST's patch-embedding width, so AST weights import
 
     r = m.actor = ml_collections.ConfigDict()

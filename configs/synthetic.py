@@ -1,6 +1,8 @@
 """A tiny JoVALE on the embedded synthetic audio-visual set: trains on a 2-core CPU in minutes.
 
-`make demo` runs it end to end. Variant `test` shrinks it further for the test suite.
+`make demo` runs it end to end. Variant `test` shrinks it further for the test suite; `slowfast`
+and `slowfast_test` are the same with a tiny SlowFast video backbone (one block per stage, 8
+channels, alpha 4 and 2) instead of the tiny ViT.
 
     python launch.py build-data --dataset synthetic --data_dir runs/data/synthetic
     python launch.py train --config configs/synthetic.py --workdir runs/demo
@@ -8,7 +10,7 @@
 
 from configs import common
 
-VARIANTS = ("", "test")
+VARIANTS = ("", "test", "slowfast", "slowfast_test")
 
 
 def get_config(variant: str = ""):
@@ -51,7 +53,7 @@ def get_config(variant: str = ""):
     c.checkpoint_every_steps = 400
     c.eval_every_steps = 0  # the demo evaluates the final checkpoint once
 
-    if variant == "test":
+    if variant.endswith("test"):
         m.video.update(width=32, depth=1, num_heads=2, mlp_dim=64, image_size=(32, 32), num_frames=4)
         m.scene.update(width=32, depth=1, num_heads=2, mlp_dim=64, image_size=32)
         m.audio.update(width=32)
@@ -59,4 +61,11 @@ def get_config(variant: str = ""):
         m.amfn.update(num_layers=2, num_heads=2, mlp_dim=64, bottleneck_dim=8)
         c.data.frame_stride = 2  # 4 frames still span the 1 s window
         c.data.short_side = c.data.eval_short_side = 24  # 32 x 24 on the 32 x 32 canvas
+    if variant.startswith("slowfast"):
+        m.video.backbone = "slowfast"
+        # T_v = num_frames / alpha: 8 / 4 (demo) or 4 / 2 (test) = 2 steps on a 4 x 4 or 2 x 2 map
+        m.video.slowfast.update(stage_blocks=(1, 1, 1, 1), width=16, beta_inv=4, fusion_kernel=5,
+                                alpha=4)
+        if variant == "slowfast_test":
+            m.video.slowfast.update(width=8, alpha=2, fusion_kernel=3)
     return c

@@ -38,6 +38,7 @@ import tensorflow_datasets as tfds
 
 from jovale_jax import audio_features
 from jovale_jax.models.inputs import BLIP_MEAN, BLIP_STD, VIDEOMAE_MEAN, VIDEOMAE_STD  # noqa: F401
+from jovale_jax.models.inputs import video_statistics
 
 try:  # TF must not take the accelerators that JAX uses; only possible before TF's first op.
     tf.config.set_visible_devices([], "GPU")
@@ -47,9 +48,14 @@ except RuntimeError:
 Batch = dict[str, np.ndarray]
 
 # Frames leave the host as uint8; the model normalises them on the device (models/inputs.py).
-# The canvas around an aspect-preserved video frame is filled with VideoMAE's mean colour, which
-# normalises to about 0.
+# The canvas around an aspect-preserved video frame is filled with the video encoder's mean colour
+# (VideoMAE's by default), which normalises to about 0.
 VIDEO_PAD_VALUE = tuple(round(255 * m) for m in VIDEOMAE_MEAN)
+
+
+def video_pad_value(video_cfg) -> tuple[int, ...]:
+    """The uint8 colour of the canvas padding: the mean the video encoder normalises with."""
+    return tuple(round(255 * m) for m in video_statistics(video_cfg)[0])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -92,13 +98,14 @@ def decode_video(
     num_frames: int,
     canvas: tuple[int, int],
     short_side: int,
+    pad_value: tuple[int, ...] = VIDEO_PAD_VALUE,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """(T,) JPEGs -> ((T, H, W, 3) uint8 canvas, (4,) ``frame_extent``).
 
     The frames are resized by their short side (bilinear, as VideoMAE's cv2 INTER_LINEAR; no
     antialiasing: the stored frames are at most 1.2x larger) and shrunk further if needed to fit
     the (H, W) canvas, aspect ratio kept; the frame goes to the canvas's top-left corner, the rest
-    is ``VIDEO_PAD_VALUE``. ``frame_extent`` = (0, 0, w / W, h / H): where the frame lies,
+    is ``pad_value``. ``frame_extent`` = (0, 0, w / W, h / H): where the frame lies,
     normalised to the canvas, so frame-normalised boxes map onto it exactly.
     """
     frames = decode_jpegs(jpegs, num_frames=num_frames)
@@ -111,7 +118,7 @@ def decode_video(
             tf.raw_ops.ResizeBilinear(images=frames, size=tf.stack([h, w]), half_pixel_centers=True)
         ),
     )
-    pad = tf.constant(VIDEO_PAD_VALUE, tf.uint8)
+    pad = tf.constant(pad_value, tf.uint8)
     for axis, missing in ((2, canvas[1] - w), (1, canvas[0] - h)):  # no copy when nothing misses
         block = tf.concat([tf.shape(frames)[:axis], [missing], tf.shape(frames)[axis + 1 :]], 0)
         frames = tf.cond(
@@ -161,6 +168,7 @@ def decode_images(
             num_frames=model.video.num_frames,
             canvas=tuple(model.video.image_size),
             short_side=config.data.short_side if training else config.data.eval_short_side,
+            pad_value=video_pad_value(model.video),
         )
     if "scene" in model.modalities:
         out["scene"] = decode_scene(

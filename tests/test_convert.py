@@ -169,7 +169,11 @@ def test_hf_videomae_parity(tmp_path):
     assert any(k.endswith(".q_bias") for k in sd)  # the on-disk names
     cfg = tiny_config().model.video
     converted = convert_hf_videomae(sd, cfg, hf_config)
-    in_memory = convert_hf_videomae(numpy_state(tm), cfg, hf_config)  # query.bias, value.bias
+    in_memory = convert_hf_videomae(numpy_state(tm), cfg, source_grid=(2, 2, 3))  # query.bias
+    with pytest.raises(ConversionError, match="no config.json beside the weights"):
+        convert_hf_videomae(numpy_state(tm), cfg)  # the grid cannot be known
+    with pytest.raises(ConversionError, match=r"\(8, 14, 14\) differs from the grid \(2, 2, 3\)"):
+        convert_hf_videomae(sd, cfg, hf_config, source_grid=(8, 14, 14))
     for path, value in flatten(converted.params).items():
         np.testing.assert_array_equal(value, flatten(in_memory.params)[path])
     model = VideoEncoder(cfg, rngs=nnx.Rngs(0))
@@ -198,7 +202,10 @@ def test_videomae_v2_pth_parity_through_convert_main(tmp_path):
     torch.save({"module": {k: torch.from_numpy(v) for k, v in v2.items()}}, pth)
     config = tiny_config(num_frames=16, image_size=(224, 224))
     config.model.modalities = ("video",)
-    manifest = convert_main([("videomae_v2", str(pth))], tmp_path / "out", config)
+    with pytest.raises(ConversionError, match="--source_grid T,H,W"):
+        convert_main([("videomae_v2", str(pth))], tmp_path / "out", config)
+    manifest = convert_main([("videomae_v2", str(pth))], tmp_path / "out", config,
+                            source_grid=(8, 14, 14))
     entry = manifest["components"]["video_encoder"]
     assert entry["used_keys"] + len(entry["unused_keys"]) == len(v2)
     assert sorted(entry["unused_keys"]) == ["fc_norm.bias", "fc_norm.weight", "head.bias",
@@ -220,7 +227,7 @@ def test_videomae_v2_table_resized_like_videomae_v2_finetuning():
     """At 224 x 288 the table is VideoMAE v2's fine-tuning recipe (bicubic per frame), widened."""
     cfg = tiny_config(num_frames=16, image_size=(224, 288)).model.video
     sd = to_videomae_v2(numpy_state(hf_videomae(num_frames=16, image_size=224)), DEPTH)
-    converted = convert_videomae_v2(sd, cfg)
+    converted = convert_videomae_v2(sd, cfg, (8, 14, 14))
     table = torch.from_numpy(sincos_table(1568, W)).reshape(8, 14, 14, W).permute(0, 3, 1, 2)
     want = F.interpolate(table, size=(14, 18), mode="bicubic", align_corners=False)
     want = want.permute(0, 2, 3, 1).reshape(-1, W).numpy()
@@ -228,7 +235,7 @@ def test_videomae_v2_table_resized_like_videomae_v2_finetuning():
     load_component(VideoEncoder(cfg, rngs=nnx.Rngs(0)), converted.params)
     # Linear in time when the clip length changes (8 -> 4 tubelets).
     cfg.num_frames = 8
-    short = convert_videomae_v2(sd, cfg).params["pos_embed"].reshape(4, 14, 18, W)
+    short = convert_videomae_v2(sd, cfg, (8, 14, 14)).params["pos_embed"].reshape(4, 14, 18, W)
     np.testing.assert_allclose(short, resize_grid(want.reshape(8, 14, 18, W), (4, 14, 18),
                                                   ("linear", "cubic", "cubic")), atol=1e-6)
 
@@ -284,6 +291,25 @@ def test_hf_blip_config_mismatch_is_named(blip_dir):
         convert_hf_blip(sd, cfg, hf_config)
 
 
+def test_config_json_sizes_are_read_and_differences_named(blip_dir, tmp_path):
+    """A checkpoint of another size converts in one command: the sizes come from config.json,
+    and the manifest / summary name the overrides that build the matching model."""
+    from jovale_jax.convert.io import summary
+
+    config = tiny_config()
+    config.model.scene.update(width=64, depth=3, num_heads=2, mlp_dim=128)  # not the checkpoint's
+    manifest = convert_main([("hf_blip", str(blip_dir))], tmp_path / "out", config)
+    assert manifest["components"]["scene_encoder"]["differs_from_preset"] == {
+        "model.scene.width": [64, W], "model.scene.depth": [3, DEPTH],
+        "model.scene.num_heads": [2, HEADS], "model.scene.mlp_dim": [128, MLP]}
+    assert (f"train with --config.model.scene.width={W} --config.model.scene.depth={DEPTH} "
+            f"--config.model.scene.num_heads={HEADS} --config.model.scene.mlp_dim={MLP}"
+            ) in summary(manifest, tmp_path / "out")
+    config.model.scene.update(width=W, depth=DEPTH, num_heads=HEADS, mlp_dim=MLP)
+    encoder = nnx.eval_shape(lambda: BlipVisionEncoder(config.model.scene, rngs=nnx.Rngs(0)))
+    load_component(encoder, read_checkpoint(tmp_path / "out")["scene_encoder"])
+
+
 def test_hf_ast_parity(ast_dir):
     tm = transformers.ASTModel.from_pretrained(ast_dir).eval()
     sd, hf_config = read_state_dict(ast_dir)
@@ -309,6 +335,26 @@ def test_hf_ast_parity(ast_dir):
     grown = F.interpolate(table.permute(2, 0, 1)[None], size=(4, 9), mode="bilinear",
                           align_corners=False)[0].permute(2, 1, 0).numpy()
     np.testing.assert_allclose(got, grown, atol=1e-6)  # AST's growth: bilinear
+
+
+def test_hf_ast_separate_time_and_frequency_strides():
+    """AST's tstride and fstride may differ: model.audio.time_stride / freq_stride."""
+    hf = transformers.ASTConfig(
+        hidden_size=W, num_hidden_layers=1, num_attention_heads=HEADS, intermediate_size=MLP,
+        patch_size=16, frequency_stride=8, time_stride=12, num_mel_bins=48, max_length=64)
+    tm = randomise(transformers.ASTModel(hf), 3)
+    cfg = tiny_config().model.audio
+    cfg.update(time_stride=12, freq_stride=8)  # (64 - 16) // 12 + 1 = 5 x (48 - 16) // 8 + 1 = 5
+    model = AudioPatchEmbed(cfg, rngs=nnx.Rngs(0))
+    load_component(model, convert_hf_ast(numpy_state(tm), cfg, hf.to_dict()).params)
+    spec = np.random.default_rng(4).normal(size=(2, 64, 48)).astype(np.float32)
+    with torch.no_grad():
+        tokens = tm.embeddings(torch.from_numpy(spec))[:, 2:]
+    want = tokens.reshape(2, 5, 5, W).permute(0, 2, 1, 3)  # (freq, time) -> (time, freq)
+    assert max_diff(model(spec), want) <= TOL
+    cfg.update(time_stride=8, freq_stride=12)  # swapped: refused, naming both fields
+    with pytest.raises(ConversionError, match="time_stride = 12, the config needs 8"):
+        convert_hf_ast(numpy_state(tm), cfg, hf.to_dict())
 
 
 # ----------------------------------------------------------------------------- full size
@@ -355,7 +401,8 @@ def test_full_size_coverage():
                                        "audio_spectrogram_transformer.layers.",
                                        "audio_spectrogram_transformer.layernorm.", "classifier.")}
     for component, (convert, sd, section, module_cls) in sources.items():
-        converted = convert(sd, section)
+        grid = {"source_grid": (8, 14, 14)} if component == "video_encoder" else {}
+        converted = convert(sd, section, **grid)
         assert converted.component == component
         used, unused = set(converted.used_keys), set(converted.unused_keys)
         assert not used & unused and used | unused == set(sd), component
@@ -393,7 +440,7 @@ def test_bad_checkpoint_fails_before_writing(tmp_path, ast_dir, fault, message):
     out = tmp_path / "out"
     sources = [("hf_ast", str(ast_dir)), ("videomae_v2", str(tmp_path / "v2.safetensors"))]
     with pytest.raises(ConversionError, match=message):
-        convert_main(sources, out, tiny_config())
+        convert_main(sources, out, tiny_config(), source_grid=(2, 2, 3))
     assert not out.exists()
 
 
@@ -405,7 +452,7 @@ def test_combined_sources_load_partially(tmp_path, blip_dir, ast_dir):
     assert manifest["components"]["scene_encoder"]["position_table"]["methods"] == "identity"
     with pytest.raises(ValueError, match="both convert scene_encoder"):
         convert_main([("hf_blip", str(blip_dir))] * 2, tmp_path / "twice", config)
-    with pytest.raises(FileExistsError, match="not empty"):
+    with pytest.raises(FileExistsError, match="not empty: pass --overwrite"):
         convert_main([("hf_ast", str(ast_dir))], out, config)
     with pytest.raises(FileExistsError, match="not a converted checkpoint"):
         convert_main([("hf_ast", str(ast_dir))], tmp_path, config, overwrite=True)

@@ -71,7 +71,8 @@ def convert_hf_ast(state_dict: Mapping[str, np.ndarray], cfg,
     """
     if hf_config is not None:
         check_hf_config(hf_config, {"hidden_size": cfg.width, "patch_size": cfg.patch,
-                                    "time_stride": cfg.stride, "frequency_stride": cfg.stride},
+                                    "time_stride": cfg.time_stride,
+                                    "frequency_stride": cfg.freq_stride},
                         "hf_ast")
     source_grid, grid = ast_grid(hf_config), audio_grid(cfg)
     rules = [*conv_rules("embeddings.patch_embeddings.projection", (cfg.patch, cfg.patch), 1,

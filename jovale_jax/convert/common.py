@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
+from jovale_jax.models.slowfast import FrozenParam
 from jovale_jax.models.vit import PositionTable
 
 Shape = tuple[int, ...]
@@ -109,9 +110,10 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def module_variables(module: nnx.Module) -> tuple[nnx.State, dict[str, nnx.Variable]]:
-    """The state of a module's parameters and fixed position tables, and its variables by
-    ``/``-joined path (setting one and ``nnx.update(module, state)`` changes the module)."""
-    state = nnx.state(module, (nnx.Param, PositionTable))
+    """The state of a module's parameters, fixed position tables and BatchNorm statistics, and its
+    variables by ``/``-joined path (setting one and ``nnx.update(module, state)`` changes the
+    module)."""
+    state = nnx.state(module, (nnx.Param, PositionTable, nnx.BatchStat, FrozenParam))
     return state, {"/".join(map(str, path)): var for path, var in nnx.to_flat_state(state)}
 
 

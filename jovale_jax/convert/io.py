@@ -1,8 +1,10 @@
 """Reading source checkpoints, writing the converted orbax checkpoint, loading it into a model.
 
-Sources: a ``.pth``/``.pt``/``.bin`` file (read with torch, which is then required), a
-``.safetensors`` file, or a transformers model directory (``config.json`` plus ``model.safetensors``
-or its sharded index; ``pytorch_model.bin`` only as a fallback). Safetensors are read with
+Sources: a ``.pth``/``.pt``/``.bin`` file, PySlowFast's ``.pyth`` or ACAR-Net's ``.pth.tar`` (read
+with torch, which is then required; weights nested under ``model``, ``module``, ``state_dict`` or
+``model_state`` are found), a ``.safetensors`` file, or a transformers model directory
+(``config.json`` plus ``model.safetensors`` or its sharded index; ``pytorch_model.bin`` only as a
+fallback). Safetensors are read with
 ``safetensors.numpy``: torch is never imported for them.
 
 The output directory holds ``params/`` (an orbax PyTree checkpoint of ``{component: params}``,
@@ -38,6 +40,7 @@ from jovale_jax.convert.common import (
     flatten,
     module_variables,
 )
+from jovale_jax.convert.slowfast import convert_slowfast
 from jovale_jax.convert.videomae import convert_hf_videomae, convert_videomae_v2
 
 logger = logging.getLogger("jovale_jax.convert")
@@ -49,17 +52,22 @@ PARAMS = "params"
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-    """A ``--from`` choice: the config section it is sized by and its converter."""
+    """A ``--from`` choice: the config section it is sized by, its converter
+    ``(state_dict, section, config.json or None, **options)`` and the options it takes."""
 
     section: str
-    convert: Callable[[Mapping[str, np.ndarray], Any, Mapping[str, Any] | None], Converted]
+    convert: Callable[..., Converted]
+    options: tuple[str, ...] = ()
 
 
 SOURCES: dict[str, Source] = {
-    "videomae_v2": Source("video", lambda sd, cfg, _: convert_videomae_v2(sd, cfg)),
-    "hf_videomae": Source("video", convert_hf_videomae),
+    "videomae_v2": Source("video", lambda sd, cfg, _, source_grid: convert_videomae_v2(
+        sd, cfg, source_grid), ("source_grid",)),
+    "hf_videomae": Source("video", convert_hf_videomae, ("source_grid",)),
     "hf_blip": Source("scene", convert_hf_blip),
     "hf_ast": Source("audio", convert_hf_ast),
+    **{kind: Source("video", lambda sd, cfg, _, kind=kind: convert_slowfast(sd, cfg, kind))
+       for kind in ("pyslowfast", "acar", "pytorchvideo")},
 }
 
 
@@ -76,14 +84,15 @@ def _read_torch(path: Path) -> dict[str, np.ndarray]:
 
     with torch.serialization.safe_globals([argparse.Namespace]):
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("model", "module", "state_dict"):  # training checkpoints nest the weights
+    # training checkpoints nest the weights (PySlowFast's .pyth under "model_state")
+    for key in ("model", "module", "state_dict", "model_state"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
             break
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise ConversionError(f"{path}: entries {bad[:5]} are not tensors; expected a state dict "
-                              "(optionally under 'model' or 'module')")
+                              "(optionally under 'model', 'module', 'state_dict' or 'model_state')")
     return {k: v.detach().to(torch.float32).numpy() for k, v in obj.items()}
 
 
@@ -112,45 +121,90 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
         raise FileNotFoundError(f"{path} does not exist")
     if path.suffix == ".safetensors":
         return _read_safetensors(path), None
-    if path.suffix in (".pth", ".pt", ".bin"):
+    if path.suffix in (".pth", ".pt", ".bin", ".pyth", ".tar"):  # .pyth: PySlowFast; .pth.tar
         return _read_torch(path), None
-    raise ValueError(f"{path}: expected a .pth/.pt/.bin or .safetensors file or a transformers "
+    raise ValueError(f"{path}: expected a .pth/.pt/.bin/.pyth/.pth.tar or .safetensors file or a transformers "
                      "model directory")
 
 
-def convert_source(kind: str, path: str | os.PathLike, model_cfg) -> Converted:
-    """Read and convert one ``--from KIND --src PATH`` source for a ``config.model``."""
+# The sizes a transformers config.json holds: its field -> the field of the config section.
+_VIT_SIZES = {"hidden_size": "width", "num_hidden_layers": "depth",
+              "num_attention_heads": "num_heads", "intermediate_size": "mlp_dim",
+              "patch_size": "patch", "layer_norm_eps": "layer_norm_eps"}
+CONFIG_JSON_SIZES = {
+    "hf_videomae": {**_VIT_SIZES, "tubelet_size": "tubelet"},
+    "hf_blip": _VIT_SIZES,
+    "hf_ast": {"hidden_size": "width", "patch_size": "patch", "time_stride": "time_stride",
+               "frequency_stride": "freq_stride"},
+}
+
+
+def sized_by_config_json(kind: str, section, hf_config: Mapping[str, Any] | None):
+    """A copy of a config section with the sizes of a transformers ``config.json``, and what
+    differs from the preset: ``{field: [preset, checkpoint]}``."""
+    if hf_config is None or kind not in CONFIG_JSON_SIZES:
+        return section, {}
+    sizes = hf_config.get("vision_config", hf_config) if kind == "hf_blip" else hf_config
+    section = section.copy_and_resolve_references()
+    differs = {}
+    for name, field in CONFIG_JSON_SIZES[kind].items():
+        if name in sizes and field in section and sizes[name] != section[field]:
+            differs[field] = [section[field], sizes[name]]
+            section[field] = type(section[field])(sizes[name])
+    return section, differs
+
+
+def convert_source(kind: str, path: str | os.PathLike, model_cfg, **options: Any) -> Converted:
+    """Read and convert one ``--from KIND --src PATH`` source for a ``config.model``; ``options``
+    (``source_grid``) go to the kinds that take them.
+
+    A transformers directory is converted at the sizes of its ``config.json``; where they differ
+    from the preset, ``notes["differs_from_preset"]`` names the ``--config.model.*`` overrides
+    that build a model of the checkpoint's size.
+    """
     if kind not in SOURCES:
         raise ValueError(f"unknown source {kind!r}; expected one of {sorted(SOURCES)}")
-    state_dict, hf_config = read_state_dict(path)
     source = SOURCES[kind]
-    return source.convert(state_dict, model_cfg[source.section], hf_config)
+    state_dict, hf_config = read_state_dict(path)
+    section, differs = sized_by_config_json(kind, model_cfg[source.section], hf_config)
+    converted = source.convert(state_dict, section, hf_config,
+                               **{k: options.get(k) for k in source.options})
+    if not differs:
+        return converted
+    note = {f"model.{source.section}.{field}": v for field, v in differs.items()}
+    logger.warning("%s: config.json differs from the preset: %s", kind, note)
+    return dataclasses.replace(converted, notes={**converted.notes, "differs_from_preset": note})
 
 
 # ----------------------------------------------------------------------------- writing
 
 
 def convert_main(sources: Sequence[tuple[str, str]], out_dir: str | os.PathLike, config,
-                 *, overwrite: bool = False) -> dict[str, Any]:
+                 *, overwrite: bool = False,
+                 source_grid: Sequence[int] | None = None) -> dict[str, Any]:
     """Convert every ``(kind, path)`` source for ``config.model`` and write one checkpoint.
 
     ``config`` is a full preset config (``config.model`` sizes every component). Every source is
     converted and checked before anything is written; two sources for the same component are an
-    error. ``overwrite`` replaces an earlier output of this function. Returns the manifest (also
+    error. ``overwrite`` replaces an earlier output of this function; ``source_grid`` is the
+    token grid of a VideoMAE checkpoint that does not record it. Returns the manifest (also
     written as ``OUT/manifest.json``).
     """
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
-            raise FileExistsError(f"{out} is not empty (pass overwrite=True to replace it)")
+            raise FileExistsError(f"{out} is not empty: pass --overwrite to replace it")
         if not (out / MANIFEST).exists():
             raise FileExistsError(f"{out} is not a converted checkpoint: not replacing it")
     if not sources:
         raise ValueError("no source to convert")
+    takes_grid = [k for k, s in SOURCES.items() if "source_grid" in s.options]
+    if source_grid is not None and not {k for k, _ in sources} & set(takes_grid):
+        raise ValueError(f"--source_grid applies to --from {' / '.join(takes_grid)} only")
     converted: dict[str, Converted] = {}
     paths: dict[str, str] = {}
     for kind, path in sources:
-        result = convert_source(kind, path, config.model)
+        result = convert_source(kind, path, config.model, source_grid=source_grid)
         if result.component in converted:
             raise ValueError(f"{kind} {path} and {converted[result.component].source} "
                              f"{paths[result.component]} both convert {result.component}")
@@ -168,6 +222,21 @@ def convert_main(sources: Sequence[tuple[str, str]], out_dir: str | os.PathLike,
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
     logger.info("wrote %s to %s", sorted(converted), out)
     return manifest
+
+
+def summary(manifest: Mapping[str, Any], out_dir: str | os.PathLike) -> str:
+    """A few lines for the terminal: each component's source and key counts, and where the whole
+    manifest is."""
+    lines = []
+    for name, entry in manifest["components"].items():
+        lines.append(f"{name} <- {entry['source']} {entry['path']}: {entry['used_keys']} keys "
+                     f"converted, {len(entry['unused_keys'])} unused")
+        if entry.get("differs_from_preset"):
+            flags = " ".join(f"--config.{field}={new}"
+                             for field, (_, new) in entry["differs_from_preset"].items())
+            lines.append(f"  sized by its config.json, not the preset: train with {flags}")
+    out = Path(out_dir)
+    return "\n".join([*lines, f"wrote {out / PARAMS}; manifest: {out / MANIFEST}"])
 
 
 # ----------------------------------------------------------------------------- loading

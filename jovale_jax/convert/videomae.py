@@ -14,8 +14,10 @@ Two layouts of the same ViT-B:
   a final ``layernorm`` present in the checkpoint is unused.
 
 Neither checkpoint holds the position table: both models use the fixed 1D sine-cosine table over
-the flattened (t, h, w) tokens of their pretraining grid (8 x 14 x 14 for 16 frames at 224). The
-converter rebuilds it on that grid and resizes it to the configured grid as VideoMAE v2's
+the flattened (t, h, w) tokens of their pretraining grid (8 x 14 x 14 for 16 frames at 224), which
+the weights do not reveal: it comes from transformers' ``config.json`` or is given
+(``source_grid``, ``launch.py convert --source_grid T,H,W``); without either the conversion stops.
+The converter rebuilds the table on that grid and resizes it to the configured grid as VideoMAE v2's
 fine-tuning script does when the input size changes: bicubic per frame in space, linear in time
 (align_corners=False), generalised here to non-square canvases such as 224 x 288.
 """
@@ -29,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from jovale_jax.convert.common import (
+    ConversionError,
     Converted,
     KeySpec,
     Rule,
@@ -45,6 +48,8 @@ from jovale_jax.convert.common import (
 from jovale_jax.models.vit import VideoEncoder, sincos_table, video_grid
 
 VIDEOMAE_V2_GRID = (8, 14, 14)  # vit_base_patch16_224 at 16 frames, tubelet 2
+GRID_HELP = ("give the token grid it was trained on as --source_grid T,H,W (source_grid=...; "
+             "8,14,14 for VideoMAE v2's vit_*_patch16_224 at 16 frames)")
 TABLE_METHODS = ("linear", "cubic", "cubic")
 
 
@@ -71,13 +76,17 @@ def _video_spec(source: str, cfg, layer_rules: Callable[[int, str], list[Rule]],
 
 
 def convert_videomae_v2(state_dict: Mapping[str, np.ndarray], cfg,
-                        source_grid: Sequence[int] = VIDEOMAE_V2_GRID) -> Converted:
+                        source_grid: Sequence[int] | None = None) -> Converted:
     """A VideoMAE v2 ``vit_*_patch16_224`` state dict -> ``VideoEncoder(cfg)`` parameters.
 
     ``cfg`` is a ``config.model.video`` section; ``source_grid`` the token grid the checkpoint
-    was trained on (its position table is rebuilt there, then resized to ``cfg``'s grid). The
-    head count cannot be read from a ``.pth``: it is taken from ``cfg``.
+    was trained on (its position table is rebuilt there, then resized to ``cfg``'s grid; a
+    ``.pth`` does not record it, so it is required). The head count cannot be read from a
+    ``.pth``: it is taken from ``cfg``.
     """
+    if source_grid is None:
+        raise ConversionError(f"videomae_v2: the checkpoint does not record its token grid; "
+                              f"{GRID_HELP}")
     w, h = cfg.width, cfg.num_heads
 
     def layer(i: int, dst: str):
@@ -95,18 +104,27 @@ def convert_videomae_v2(state_dict: Mapping[str, np.ndarray], cfg,
     return convert_state_dict(state_dict, spec, component_shapes(VideoEncoder, cfg))
 
 
-def hf_videomae_grid(hf_config: Mapping[str, Any] | None) -> tuple[int, int, int]:
-    """The token grid of a transformers VideoMAE config (VideoMAE's default without one)."""
+def hf_videomae_grid(hf_config: Mapping[str, Any] | None,
+                     source_grid: Sequence[int] | None = None) -> tuple[int, int, int]:
+    """The token grid of a transformers VideoMAE checkpoint: from its config, else
+    ``source_grid``; both given must agree, neither is an error."""
     if hf_config is None:
-        return VIDEOMAE_V2_GRID
+        if source_grid is None:
+            raise ConversionError(f"hf_videomae: no config.json beside the weights; {GRID_HELP}")
+        return tuple(source_grid)
     size = hf_config.get("image_size", 224)
     hh, ww = (size, size) if isinstance(size, int) else size
     p = hf_config.get("patch_size", 16)
-    return (hf_config.get("num_frames", 16) // hf_config.get("tubelet_size", 2), hh // p, ww // p)
+    grid = (hf_config.get("num_frames", 16) // hf_config.get("tubelet_size", 2), hh // p, ww // p)
+    if source_grid is not None and tuple(source_grid) != grid:
+        raise ConversionError(f"hf_videomae: --source_grid {tuple(source_grid)} differs from the "
+                              f"grid {grid} of the checkpoint's config.json")
+    return grid
 
 
 def convert_hf_videomae(state_dict: Mapping[str, np.ndarray], cfg,
-                        hf_config: Mapping[str, Any] | None = None) -> Converted:
+                        hf_config: Mapping[str, Any] | None = None,
+                        source_grid: Sequence[int] | None = None) -> Converted:
     """A transformers VideoMAE state dict -> ``VideoEncoder(cfg)`` parameters.
 
     ``hf_config`` (the checkpoint's ``config.json``), when given, sets the source grid and is
@@ -131,7 +149,7 @@ def convert_hf_videomae(state_dict: Mapping[str, np.ndarray], cfg,
                              out=f"{p}.attention.output.dense", fc1=f"{p}.intermediate.dense",
                              fc2=f"{p}.output.dense")]
 
-    spec = _video_spec("hf_videomae", cfg, layer, hf_videomae_grid(hf_config),
+    spec = _video_spec("hf_videomae", cfg, layer, hf_videomae_grid(hf_config, source_grid),
                        "embeddings.patch_embeddings.projection", eps_note(hf_config, cfg),
                        strip=("videomae.",),
                        renames=((r"\.q_bias$", ".query.bias"), (r"\.v_bias$", ".value.bias")),

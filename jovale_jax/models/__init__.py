@@ -6,9 +6,10 @@ from jovale_jax.models.blip import BlipVisionEncoder
 from jovale_jax.models.heads import ActionHead
 from jovale_jax.models.jovale import ActorFeatures, JoVALE
 from jovale_jax.models.roi_align import roi_align
+from jovale_jax.models.slowfast import SlowFast
 from jovale_jax.models.vit import VideoEncoder
 
 __all__ = [
     "AMFN", "MFA", "MFE", "ActionHead", "ActorFeatures", "AudioPatchEmbed", "BlipVisionEncoder",
-    "JoVALE", "VideoEncoder", "resample_matrix", "roi_align",
+    "JoVALE", "SlowFast", "VideoEncoder", "resample_matrix", "roi_align",
 ]

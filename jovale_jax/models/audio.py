@@ -1,9 +1,11 @@
 """The audio stream's embedding: AST's patch embedding on the log-mel spectrogram.
 
-A 16 x 16 convolution with stride 10 over (time, frequency), to AST's width 768 so AST weights can be
+A 16 x 16 convolution with strides (10, 10) over (time, frequency) (``time_stride``,
+``freq_stride``: AST's ``tstride`` and ``fstride``), to AST's width 768 so AST weights can be
 imported, plus a learned position table on the (time, frequency) patch grid. There is no audio
 transformer: the AMFN encodes the audio (SPEC.md section 1). Output (B, T_a, N_a, width) with
-T_a = (frames - 16) // 10 + 1 and N_a = (mel bins - 16) // 10 + 1 (20 x 12 for 214 x 128).
+T_a = (frames - 16) // time_stride + 1 and N_a = (mel bins - 16) // freq_stride + 1 (20 x 12 for
+214 x 128).
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from jovale_jax.sharding import CONV_IN, EMBED
 
 def audio_grid(cfg) -> tuple[int, int]:
     """The patch grid (T_a, N_a) of a ``model.audio`` config."""
-    t = (cfg.num_frames - cfg.patch) // cfg.stride + 1
-    f = (cfg.num_mel_bins - cfg.patch) // cfg.stride + 1
+    t = (cfg.num_frames - cfg.patch) // cfg.time_stride + 1
+    f = (cfg.num_mel_bins - cfg.patch) // cfg.freq_stride + 1
     if t < 1 or f < 1:
         raise ValueError(f"model.audio: a {cfg.num_frames} x {cfg.num_mel_bins} spectrogram is smaller "
                          f"than one {cfg.patch} x {cfg.patch} patch")
@@ -39,8 +41,7 @@ class AudioPatchEmbed(nnx.Module):
                                         audio_grid(cfg) + (cfg.width,), (None, None, EMBED))
 
     def __call__(self, spectrogram: jax.Array) -> jax.Array:
-        s = self.cfg.stride
         x = jax.lax.conv_general_dilated(
             spectrogram[..., None].astype(self.dtype), self.patch_kernel[...].astype(self.dtype),
-            window_strides=(s, s), padding="VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            window_strides=(self.cfg.time_stride, self.cfg.freq_stride), padding="VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
         return x + self.patch_bias[...].astype(self.dtype) + self.position_embedding[...].astype(self.dtype)

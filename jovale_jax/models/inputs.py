@@ -20,6 +20,13 @@ BLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 BLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+def video_statistics(video_cfg) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) the video encoder's weights were trained with: ``model.video.pixel_mean``
+    / ``pixel_std`` where the preset sets them (SlowFast checkpoints), VideoMAE's otherwise."""
+    return (tuple(video_cfg.get("pixel_mean", VIDEOMAE_MEAN)),
+            tuple(video_cfg.get("pixel_std", VIDEOMAE_STD)))
+
+
 def normalize_frames(
     frames: jax.Array, mean: tuple[float, ...], std: tuple[float, ...]
 ) -> jax.Array:

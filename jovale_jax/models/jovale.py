@@ -28,13 +28,13 @@ from jovale_jax.models.heads import ActionHead
 from jovale_jax.models.inputs import (
     BLIP_MEAN,
     BLIP_STD,
-    VIDEOMAE_MEAN,
-    VIDEOMAE_STD,
     frame_to_canvas,
     normalize_frames,
+    video_statistics,
 )
 from jovale_jax.models.layers import Dense, LayerNorm, attention_implementation, dtype_of, param
 from jovale_jax.models.roi_align import roi_align
+from jovale_jax.models.slowfast import SlowFast, is_slowfast, slowfast_grid, slowfast_widths
 from jovale_jax.models.vit import VideoEncoder, video_grid
 from jovale_jax.sharding import EMBED
 
@@ -54,7 +54,8 @@ def modalities_of(cfg) -> tuple[str, ...]:
 
 def time_steps(cfg) -> dict[str, int]:
     """T_m of every modality's embeddings for a ``config.model``."""
-    return {"video": video_grid(cfg.video)[0], "audio": audio_grid(cfg.audio)[0],
+    grid = slowfast_grid if is_slowfast(cfg.video) else video_grid
+    return {"video": grid(cfg.video)[0], "audio": audio_grid(cfg.audio)[0],
             "scene": cfg.scene.num_frames}
 
 
@@ -149,10 +150,13 @@ class JoVALE(nnx.Module):
                   "attention_impl": attention_implementation(cfg.attention_impl, dtype)}
         source_width = 0
         if "video" in self.modalities:
-            self.video_encoder = VideoEncoder(cfg.video, rngs=rngs, dtype=dtype.name, **layers)
-            self.video_norm = LayerNorm(cfg.video.width, rngs=rngs, dtype=dtype)
-            self.video_proj = Dense(cfg.video.width, dim, rngs=rngs, dtype=dtype)
-            source_width = cfg.video.width
+            # SlowFast: the Slow map and the time-pooled Fast map, concatenated (2048 + 256).
+            encoder, width = ((SlowFast, sum(slowfast_widths(cfg.video))) if is_slowfast(cfg.video)
+                              else (VideoEncoder, cfg.video.width))
+            self.video_encoder = encoder(cfg.video, rngs=rngs, dtype=dtype.name, **layers)
+            self.video_norm = LayerNorm(width, rngs=rngs, dtype=dtype)
+            self.video_proj = Dense(width, dim, rngs=rngs, dtype=dtype)
+            source_width = width
         if "scene" in self.modalities:
             blip_num_patches(cfg.scene)
             self.scene_encoder = BlipVisionEncoder(cfg.scene, rngs=rngs, dtype=dtype.name, **layers)
@@ -177,7 +181,7 @@ class JoVALE(nnx.Module):
         context, present, feature_map = {}, {}, None
         b = batch["boxes"].shape[0]
         if "video" in self.modalities:
-            fv = self.video_encoder(normalize_frames(batch["video"], VIDEOMAE_MEAN, VIDEOMAE_STD))
+            fv = self.video_encoder(normalize_frames(batch["video"], *video_statistics(self.cfg.video)))
             feature_map = fv
             ctx = self.video_proj(self.video_norm(fv))
             context["video"] = ctx.reshape(b, ctx.shape[1], -1, ctx.shape[-1])
