@@ -37,8 +37,13 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from jovale_jax import audio_features
-from jovale_jax.models.inputs import BLIP_MEAN, BLIP_STD, VIDEOMAE_MEAN, VIDEOMAE_STD  # noqa: F401
-from jovale_jax.models.inputs import video_statistics
+from jovale_jax.models.inputs import (  # noqa: F401
+    BLIP_MEAN,
+    BLIP_STD,
+    VIDEOMAE_MEAN,
+    VIDEOMAE_STD,
+    video_statistics,
+)
 
 try:  # TF must not take the accelerators that JAX uses; only possible before TF's first op.
     tf.config.set_visible_devices([], "GPU")

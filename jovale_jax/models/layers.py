@@ -35,12 +35,15 @@ def exact_gelu(x: jax.Array) -> jax.Array:
     return jax.nn.gelu(x, approximate=False)
 
 
+XAVIER_UNIFORM = nnx.initializers.xavier_uniform()
+
+
 class Dense(nnx.Module):
     """``y = x @ kernel + bias`` over the last axis, with sharding names for both dimensions."""
 
     def __init__(self, in_features: int, out_features: int, *, rngs: nnx.Rngs,
                  axes: Axes = (EMBED, EMBED), use_bias: bool = True, dtype=jnp.float32,
-                 kernel_init=nnx.initializers.xavier_uniform(), bias_init=nnx.initializers.zeros):
+                 kernel_init=XAVIER_UNIFORM, bias_init=nnx.initializers.zeros):
         self.kernel = param(rngs, kernel_init, (in_features, out_features), axes)
         self.bias = param(rngs, bias_init, (out_features,), axes[1:]) if use_bias else None
         self.dtype = dtype
