@@ -19,11 +19,10 @@ class _FileOnly(logging.FileHandler):
     """The run's log file handler (a type of its own, so that a second call replaces it)."""
 
 
-def log_to_file(workdir: str) -> str:
+def log_to_file(workdir: str) -> str | None:
     """Library INFO lines go to ``workdir/log.txt``; the console keeps warnings and errors (and
-    what the program prints: progress and results). Returns the log file's path."""
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, LOG_FILE)
+    what the program prints: progress and results). Returns the log file's path; None on processes
+    other than 0, which write no log file."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         if isinstance(handler, _FileOnly):
@@ -35,6 +34,10 @@ def log_to_file(workdir: str) -> str:
         root.addHandler(console[0])
     for handler in console:
         handler.setLevel(logging.WARNING)
+    if jax.process_index() != 0:
+        return None
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, LOG_FILE)
     to_file = _FileOnly(path)
     to_file.setLevel(logging.INFO)
     to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

@@ -157,8 +157,8 @@ def to_host(x: jax.Array) -> np.ndarray:
     """This process's rows of a batch-sharded global array, in local batch order."""
     if jax.process_count() == 1:
         return np.asarray(x)
-    shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
-    return np.concatenate([np.asarray(s.data) for s in shards])
+    rows = {s.index[0].start or 0: s for s in x.addressable_shards}  # replicas over 'model': once
+    return np.concatenate([np.asarray(rows[start].data) for start in sorted(rows)])
 
 
 def predict_batch(s: ModelState, local: dict[str, np.ndarray]) -> np.ndarray:
