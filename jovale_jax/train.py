@@ -100,10 +100,12 @@ def carry_input_state(meta: dict[str, Any], config) -> dict[str, Any]:
     """The checkpoint's input position for this run. On the same process count it is exact (the
     next batch is the one an uninterrupted run would read). On another process count the epoch and
     the number of global batches into it carry over, so no epoch is cut short or repeated, but the
-    rest of that epoch is drawn from the new per-process shards in a new order."""
+    rest of that epoch is drawn from the new per-process shards in a new order. A changed global
+    batch size is not carried over (the pipeline names the field)."""
     saved = meta["input_state"]
     count = jax.process_count()
-    if saved["process_count"] == count:
+    if (saved["process_count"] == count
+            or saved["per_process_batch_size"] * saved["process_count"] != config.batch_size):
         return saved
     print(f"input pipeline: checkpoint written on {saved['process_count']} processes, resuming on "
           f"{count}: epoch {saved['epoch']} continues after {saved['batches_in_epoch']} batches, "

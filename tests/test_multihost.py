@@ -3,13 +3,17 @@ checkpoints moving between topologies: (4, 2) mesh -> 2 processes -> 1 device.
 
 One module-scoped run does the expensive part once and every test reads it:
   1. in this process (8 devices), 2 training steps on the (4, 2) mesh, checkpoint at step 2;
-  2. `launch.py train` on 2 processes resumes that checkpoint (another topology), checkpoints
-     every 2 steps and is SIGKILLed once step 6 is written;
-  3. `launch.py train` on 2 processes resumes the killed run's step 4 up to step 6.
+  2. the README's `srun` command (SLURM's variables set as srun sets them, 2 tasks) trains on 2
+     processes from that checkpoint (another topology), checkpoints every 2 steps and is
+     SIGKILLed once step 6 is written;
+  3. the README's two-machine commands (here both on localhost) resume the killed run's step 4
+     up to step 6.
 """
 
 import json
 import os
+import pathlib
+import re
 import shutil
 import signal
 import socket
@@ -55,6 +59,39 @@ def launch(command, *args, num_processes=2, env=TWO_DEVICES, port=None, per_proc
     return procs
 
 
+def readme_commands(workdir, port, extra):
+    """The README's "Scale" commands with this test's values: (the two-machine commands, the
+    srun command's launch.py part). host0:8476 -> localhost:PORT, the synthetic preset's `test`
+    variant, the workdir; ``extra`` flags appended."""
+    text = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = re.sub(r"\\\n\s*", "", text.split("## Scale", 1)[1].split("\n## ", 1)[0])
+    lines = [line.strip() for line in section.splitlines()]
+
+    def argv(line):
+        line = line.replace("host0:8476", f"localhost:{port}").replace(
+            "configs/synthetic.py", "configs/synthetic.py:test").replace(
+            "/shared/runs/multi", str(workdir))
+        words = line.split()
+        return [sys.executable, *words[words.index("launch.py"):], *extra]
+
+    hosts = [argv(line) for line in lines if line.startswith("python launch.py train")]
+    srun = [argv(line) for line in lines if line.startswith("srun ")]
+    assert len(hosts) == 2 and len(srun) == 1, lines
+    return hosts, srun[0]
+
+
+def start(argvs, envs):
+    return [subprocess.Popen(a, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for a, e in zip(argvs, envs)]
+
+
+def slurm_env(task, port):
+    """What `srun --ntasks 2` on one node gives task ``task`` (JAX reads these itself)."""
+    return dict(TWO_DEVICES, SLURM_JOB_ID="4242", SLURM_STEP_NODELIST="localhost",
+                SLURM_NTASKS="2", SLURM_PROCID=str(task), SLURM_LOCALID=str(task),
+                JAX_COORDINATOR_PORT=str(port))
+
+
 def finish(procs, timeout=900):
     outs = [p.communicate(timeout=timeout)[0] for p in procs]
     for p, out in zip(procs, outs):
@@ -96,7 +133,9 @@ def runs(tiny_data, tmp_path_factory):
     # 2. two processes resume it, until SIGKILL after step 6
     killed = root / "killed"
     shutil.copytree(root / "mesh42" / "checkpoints", killed / "checkpoints")
-    procs = launch("train", *train_args(killed, tiny_data, 1000))
+    port = free_port()
+    _, srun = readme_commands(killed, port, train_args(killed, tiny_data, 1000)[2:])
+    procs = start([srun, srun], [slurm_env(i, port) for i in range(2)])
     deadline = time.time() + 900
     while not (killed / "checkpoints" / "6").is_dir():
         assert time.time() < deadline and all(p.poll() is None for p in procs), (
@@ -112,7 +151,8 @@ def runs(tiny_data, tmp_path_factory):
         if not later.name.isdigit() or int(later.name) > 4:
             shutil.rmtree(later)
     # 3. two processes resume step 4 to step 6
-    resume_outs = finish(launch("train", *train_args(killed, tiny_data, 6)))
+    hosts, _ = readme_commands(killed, free_port(), train_args(killed, tiny_data, 6)[2:])
+    resume_outs = finish(start(hosts, [TWO_DEVICES] * 2))
     return {"root": root, "data": tiny_data, "first_out": first_out, "resume_outs": resume_outs,
             "seconds": time.time() - t0}
 
