@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import os
 import sys
 import threading
 
 CONFIG_KEY = "jovale/config/{}"  # the coordinator's key-value store: one config per process
+_BARRIERS = itertools.count()  # every process passes the same barriers in the same order
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,3 +154,22 @@ def start(config, coordinator_address: str | None = None, num_processes: int | N
                                    initialization_timeout=int(timeout_s) + 60)
         _check_same_config(config, topology, timeout_s)
     return topology
+
+
+def sync(name: str, timeout_s: float = 1800.0) -> None:
+    """Wait until every process gets here (a barrier of the coordinator, not a collective); no-op
+    on one process. Call it after compiling and before the first collective: gloo gives up on a
+    peer after 30 s, and one process may compile for longer than that."""
+    from jax._src import distributed as jax_distributed
+
+    client = jax_distributed.global_state.client
+    if client is not None:
+        client.wait_at_barrier(f"jovale/{name}/{next(_BARRIERS)}", int(timeout_s * 1000))
+
+
+def compile_synced(jitted, *args):
+    """``jitted`` compiled for ``args`` (ahead of time), returned once every process has compiled
+    it (:func:`sync`); call the result like ``jitted``."""
+    compiled = jitted.lower(*args).compile()
+    sync("compiled")
+    return compiled

@@ -19,6 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jovale_jax import distributed
 from jovale_jax.evaluation import ava, frame_map
 from jovale_jax.evaluation.detections_csv import write_detections_csv
 
@@ -32,6 +33,7 @@ def _allgather(tree: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return tree
     from jax.experimental import multihost_utils
 
+    distributed.sync("gather")
     return {k: np.asarray(v) for k, v in multihost_utils.process_allgather(tree, tiled=True).items()}
 
 
@@ -54,7 +56,7 @@ def predict_split(s, config, split: str, *, data_dir: str | None = None) -> dict
     from tqdm import tqdm
 
     from jovale_jax.input_pipeline import create_eval_iterator
-    from jovale_jax.state import predict_batch
+    from jovale_jax.state import global_batch, predict_batch
 
     per_process = max(1, config.eval_batch_size // jax.process_count())
     data = s.mesh.shape["data"] // jax.process_count() or 1
@@ -63,6 +65,9 @@ def predict_split(s, config, split: str, *, data_dir: str | None = None) -> dict
     dense: dict[str, list] = {"video_ids": [], "timestamps": [], "boxes": [], "scores": [],
                               "keep": []}
     for batch in tqdm(it, total=len(it), desc=f"eval {split}", disable=jax.process_index() != 0):
+        if not dense["scores"]:  # every process compiles before any runs (multi-process: gloo)
+            s = s.replace(predict=distributed.compile_synced(
+                s.predict, s.state["params"], s.frozen, global_batch(s.mesh, batch)))
         dense["scores"].append(predict_batch(s, batch))
         dense["keep"].append(batch["box_mask"] & batch["example_mask"][:, None])
         dense["video_ids"].append(_encode_ids(batch["video_id"]))

@@ -125,7 +125,7 @@ def create(config, *, mesh: jax.sharding.Mesh, steps_per_epoch: int,
     # Every leaf is placed exactly as the step's out_shardings say, so the second call does not
     # recompile (a cache miss costs a full compile).
     state = {"params": params, "opt_state": opt_state,
-             "step": jax.device_put(jnp.zeros((), jnp.int32), replicated)}
+             "step": jax.jit(lambda: jnp.zeros((), jnp.int32), out_shardings=replicated)()}
     state_sh = {"params": params_sh, "opt_state": opt_sh, "step": replicated}
     frozen_sh = shardings_of(frozen)
     predict = _make_predict(config, mesh, eval_graphdef, rngs, params_sh, frozen_sh)

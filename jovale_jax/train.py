@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jovale_jax import optim, run_log, sharding
+from jovale_jax import distributed, optim, run_log, sharding
 from jovale_jax.checkpoint import Checkpointer
 from jovale_jax.losses import sigmoid_focal_loss
 from jovale_jax.state import (
@@ -160,6 +160,7 @@ def train(config, workdir: str, *, init_from: str | None = None, data_dir: str |
     state, frozen = s.state, s.frozen
     step = int(state["step"])
     pending: list[tuple[int, dict]] = []
+    pending_compile = True
     status = "done"
 
     def flush_pending() -> bool:
@@ -178,6 +179,9 @@ def train(config, workdir: str, *, init_from: str | None = None, data_dir: str |
 
     while step < total:
         batch = global_batch(mesh, next(data))
+        if pending_compile:  # every process compiles before any runs (multi-process: gloo)
+            train_step, pending_compile = distributed.compile_synced(train_step, state, frozen,
+                                                                     batch), False
         state, metrics = train_step(state, frozen, batch)
         step += 1
         pending.append((step, metrics))

@@ -226,6 +226,7 @@ import jax
 from jax.experimental import multihost_utils
 from jovale_jax.state import load_trained
 params = load_trained(config, path).state["params"]
+distributed.sync("restored")  # the gather below compiles: start together
 full = multihost_utils.process_allgather(params, tiled=True)
 if jax.process_index() == 0:
     np.savez(out, **{jax.tree_util.keystr(p): np.asarray(v)
