@@ -19,10 +19,18 @@ class _FileOnly(logging.FileHandler):
     """The run's log file handler (a type of its own, so that a second call replaces it)."""
 
 
+def _for_the_console(record: logging.LogRecord) -> bool:
+    """Errors, and this package's warnings; libraries' notes (TFDS's "Load dataset info",
+    TensorFlow's deprecations of its own internals) only go to the file."""
+    return record.levelno >= logging.ERROR or (
+        record.levelno >= logging.WARNING and record.name.startswith("jovale_jax"))
+
+
 def log_to_file(workdir: str) -> str | None:
-    """Library INFO lines go to ``workdir/log.txt``; the console keeps warnings and errors (and
-    what the program prints: progress and results). Returns the log file's path; None on processes
-    other than 0, which write no log file."""
+    """Log records go to ``workdir/log.txt`` (INFO and above); the console keeps errors and this
+    package's warnings, besides what the program prints (progress, results) and Python's
+    ``warnings``. Returns the log file's path; None on processes other than 0, which write no log
+    file (their console is filtered alike)."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         if isinstance(handler, _FileOnly):
@@ -34,6 +42,8 @@ def log_to_file(workdir: str) -> str | None:
         root.addHandler(console[0])
     for handler in console:
         handler.setLevel(logging.WARNING)
+        if _for_the_console not in handler.filters:
+            handler.addFilter(_for_the_console)
     if jax.process_index() != 0:
         return None
     os.makedirs(workdir, exist_ok=True)
