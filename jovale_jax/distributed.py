@@ -1,7 +1,7 @@
 """Multi-process start-up: ``jax.distributed.initialize`` before anything touches JAX's backend.
 
     python launch.py train --config C --workdir W \
-        --coordinator_address HOST:PORT --num_processes N --process_id I
+        --coordinator_address HOST:PORT --num_processes 2 --process_id 0
 
 ``launch.py`` calls :func:`start` first for the commands that run on several processes (train,
 eval). Without the three flags, JAX's own cluster detection (SLURM, Open MPI, Kubernetes, Cloud
