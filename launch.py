@@ -15,6 +15,9 @@ Commands:
 
 Options that are configuration live in the config (`--config.eval.split=val`,
 `--config.detect.keyframe_every=0.5`, configs/common.py lists them); flags name files and folders.
+train and eval run on several processes (one per host, README "Scale") with
+`--coordinator_address HOST:PORT --num_processes N --process_id I`; under SLURM or Open MPI JAX
+reads these from the environment.
 `build-data --dataset NAME` without --config uses the dataset's own preset (DATASET_PRESETS).
 """
 
@@ -55,6 +58,12 @@ flags.DEFINE_float("gpu_clips_per_s", None, "bench input: one GPU's training rat
                    "an H100/H200 at 40% bf16 MFU on the config's model).")
 
 flags.DEFINE_string("compare_to", None, "eval: a results.json to draw the per-class difference against.")
+flags.DEFINE_string("coordinator_address", None, "train / eval on several processes: HOST:PORT of "
+                    "process 0's coordinator (with --num_processes, --process_id).")
+flags.DEFINE_integer("num_processes", None, "train / eval: the number of processes.")
+flags.DEFINE_integer("process_id", None, "train / eval: this process's id in [0, num_processes).")
+flags.DEFINE_float("coordinator_timeout_s", 300.0, "train / eval: seconds to wait for all "
+                   "processes to reach the coordinator before failing.")
 flags.DEFINE_string("video", None, "detect: the video file.")
 flags.DEFINE_string("boxes", None, "detect: an AVA-style CSV of person boxes.")
 flags.DEFINE_string("video_out", None, "detect: also write an annotated mp4 here.")
@@ -63,6 +72,7 @@ FLAGS = flags.FLAGS
 BENCHES = ("step", "forward", "memory", "remat", "profile", "input", "eval")
 DATASET_PRESETS = {"synthetic": "synthetic", "ava": "ava_vitb16", "ucf24": "ucf24",
                    "jhmdb21": "jhmdb21"}  # build-data --dataset NAME without --config
+DISTRIBUTED_COMMANDS = ("train", "eval")  # the commands that run on several processes
 COMMANDS = ("train", "eval", "detect", "convert", "flops", "bench", "build-data", "ablate", "demo")
 
 
@@ -221,9 +231,26 @@ def check_command(argv) -> None:
         raise app.UsageError(f"unexpected arguments {argv[2:]}")
 
 
+def start_processes(command: str) -> None:
+    """Join the other processes (jax.distributed) before anything touches JAX; see
+    jovale_jax/distributed.py."""
+    from jovale_jax import distributed
+
+    names = ("coordinator_address", "num_processes", "process_id")
+    if command not in DISTRIBUTED_COMMANDS:
+        given = [f"--{n}" for n in names if FLAGS[n].value is not None]
+        if given:
+            raise app.UsageError(f"{', '.join(given)}: only {DISTRIBUTED_COMMANDS} run on several "
+                                 f"processes, not {command}")
+        return
+    distributed.start(_config(), *(FLAGS[n].value for n in names),
+                      timeout_s=FLAGS.coordinator_timeout_s)
+
+
 def main(argv):
     check_command(argv)
     try:
+        start_processes(argv[1])
         HANDLERS[argv[1]](argv)
     except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as e:
         print(f"error: {e}", file=sys.stderr)

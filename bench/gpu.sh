@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The prepared GPU check of issue 8: `bench forward` and `bench step` of the AVA preset at batch 16
-# in bfloat16 on one GPU, then a summary of clips/s, MFU and peak memory. Budget: under 8 minutes
-# on one H100 (each bench is one process: set-up, compilation, 1 + 5 timed calls, the matmul;
-# the timeouts, 150 + 210 + 120 s, bound it when nothing needs installing).
+# The prepared GPU check of issues 8 and 14: `bench forward` and `bench step` of the AVA preset at
+# batch 16 and `bench memory` at batch 4 (MEM_BATCH), in bfloat16 on one GPU, then a summary of
+# clips/s, MFU, peak memory and the compiled memory per device with and without remat. Budget:
+# under 12 minutes on one H100 (each bench is one process: set-up, compilation, 1 + 5 timed calls,
+# the matmul; the timeouts, 150 + 210 + 120 + 240 s, bound it when nothing needs installing).
 #
 #   bash bench/gpu.sh [OUT_DIR]        # from anywhere; runs in the repository root
 #
@@ -16,6 +17,7 @@ OUT=${1:-${OUT:-bench/out}}
 PY=${PYTHON:-python3}
 WHEELS=${WHEELS:-bench/wheels}
 BATCH=${BATCH:-16}
+MEM_BATCH=${MEM_BATCH:-4}
 mkdir -p "$OUT"
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.95}
 export TF_CPP_MIN_LOG_LEVEL=2
@@ -61,6 +63,10 @@ if ! bench 210 step "$BATCH" step.txt; then
   bench 120 step $((BATCH / 2)) step_half.txt || echo "bench step failed at batch $((BATCH / 2))"
 fi
 echo "step done at $((SECONDS - start)) s"
+# Compiled memory (issue 14): the train step at MEM_BATCH per device, with and without remat.
+timeout 240 "$PY" launch.py bench memory --config configs/ava_vitb16.py --batch_size "$MEM_BATCH" \
+  --config.model.dtype=bfloat16 2>&1 | tee "$OUT/memory.txt" || echo "bench memory failed"
+echo "memory done at $((SECONDS - start)) s"
 
 # 3. Summary. MFU: against this GPU's bfloat16 matmul measured in the same run (matmul_ratio), and
 # against the H100 SXM's nominal dense bfloat16 peak (989.4 TFLOP/s).
@@ -80,5 +86,15 @@ for name in ("forward", "step", "step_half"):
           f"{r['achieved_gflops_per_s'] / 1e3:>8.1f} {r['matmul_gflops_per_s'] / 1e3:>12.1f} "
           f"{r['matmul_ratio']:>6.1%} {r['achieved_gflops_per_s'] / 989.4e3:>9.1%} "
           f"{'n/a' if peak is None else f'{peak / 1e9:.1f}':>8}")
+path = out / "memory.txt"
+lines = path.read_text().strip().splitlines() if path.exists() else []
+if lines and lines[-1].startswith("{"):
+    r = json.loads(lines[-1])
+    print(f"memory at batch {r.get('batch_size')} ({r.get('dtype')}), GB per device:")
+    for name, row in r.items():
+        if isinstance(row, dict):
+            sizes = {k: v / 1e9 for k, v in row.items()
+                     if isinstance(v, (int, float)) and ("bytes" in k or "total" in k)}
+            print(f"  {name:<14} " + " ".join(f"{k} {v:.2f}" for k, v in sizes.items()))
 EOF
 echo "total $((SECONDS - start)) s"

@@ -19,6 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jovale_jax import distributed
 from jovale_jax.evaluation import ava, frame_map
 from jovale_jax.evaluation.detections_csv import write_detections_csv
 
@@ -26,49 +27,59 @@ AVA_STYLE = ("ava", "synthetic")
 VIDEO_ID_BYTES = 96
 
 
-def _allgather(x: np.ndarray) -> np.ndarray:
+def _allgather(tree: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every process's arrays (equal shapes), concatenated in process order: one gather."""
     if jax.process_count() == 1:
-        return x
+        return tree
     from jax.experimental import multihost_utils
 
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    distributed.sync("gather")
+    return {k: np.asarray(v) for k, v in multihost_utils.process_allgather(tree, tiled=True).items()}
+
+
+def _encode_ids(ids) -> np.ndarray:
+    """Video ids -> (B, VIDEO_ID_BYTES) uint8 rows (numbers travel between processes)."""
+    raw = [v if isinstance(v, bytes) else str(v).encode() for v in ids]
+    too_long = [v for v in raw if len(v) > VIDEO_ID_BYTES]
+    if too_long:
+        raise ValueError(f"video id {too_long[0].decode()!r} is longer than {VIDEO_ID_BYTES} bytes")
+    return np.asarray(raw, f"S{VIDEO_ID_BYTES}").view(np.uint8).reshape(len(raw), VIDEO_ID_BYTES)
 
 
 def predict_split(s, config, split: str, *, data_dir: str | None = None) -> dict[str, np.ndarray]:
     """Scores of every real proposal of every example of ``split``.
 
-    Returns {"video_ids": (N,) str, "timestamps": (N,), "boxes": (N, 4), "scores": (N, C)}, one row
-    per real proposal, gathered from all processes.
+    Every process scores its share of the split; the padded batches (the same shapes on every
+    process) are gathered once, then the real proposals kept. Returns {"video_ids": (N,) str,
+    "timestamps": (N,), "boxes": (N, 4), "scores": (N, C)}, one row per real proposal.
     """
     from tqdm import tqdm
 
     from jovale_jax.input_pipeline import create_eval_iterator
-    from jovale_jax.state import predict_batch
+    from jovale_jax.state import global_batch, predict_batch
 
     per_process = max(1, config.eval_batch_size // jax.process_count())
     data = s.mesh.shape["data"] // jax.process_count() or 1
     per_process = -(-per_process // data) * data
     it = create_eval_iterator(config, split, batch_size=per_process, data_dir=data_dir)
-    rows: dict[str, list] = {"video_ids": [], "timestamps": [], "boxes": [], "scores": []}
+    dense: dict[str, list] = {"video_ids": [], "timestamps": [], "boxes": [], "scores": [],
+                              "keep": []}
     for batch in tqdm(it, total=len(it), desc=f"eval {split}", disable=jax.process_index() != 0):
-        scores = predict_batch(s, batch)
-        keep = batch["box_mask"] & batch["example_mask"][:, None]
-        ex, box = np.nonzero(keep)
-        ids = np.asarray([v.decode() if isinstance(v, bytes) else str(v) for v in batch["video_id"]])
-        rows["video_ids"].append(ids[ex])
-        rows["timestamps"].append(np.asarray(batch["timestamp"])[ex])
-        rows["boxes"].append(batch["boxes"][ex, box])
-        rows["scores"].append(scores[ex, box])
-    out = {k: np.concatenate(v) if v else np.zeros((0,)) for k, v in rows.items()}
-    if jax.process_count() > 1:
-        encoded = np.zeros((len(out["video_ids"]), VIDEO_ID_BYTES), np.uint8)
-        for i, v in enumerate(out["video_ids"]):
-            b = v.encode()[:VIDEO_ID_BYTES]
-            encoded[i, :len(b)] = np.frombuffer(b, np.uint8)
-        encoded = _allgather(encoded)
-        out = {k: _allgather(v) for k, v in out.items() if k != "video_ids"} | {
-            "video_ids": np.asarray([bytes(r).rstrip(b"\0").decode() for r in encoded])}
-    return out
+        if not dense["scores"]:  # every process compiles before any runs (multi-process: gloo)
+            s = s.replace(predict=distributed.compile_synced(
+                s.predict, s.state["params"], s.frozen, global_batch(s.mesh, batch)))
+        dense["scores"].append(predict_batch(s, batch))
+        dense["keep"].append(batch["box_mask"] & batch["example_mask"][:, None])
+        dense["video_ids"].append(_encode_ids(batch["video_id"]))
+        dense["timestamps"].append(np.asarray(batch["timestamp"]))
+        dense["boxes"].append(np.asarray(batch["boxes"]))
+    if not dense["scores"]:
+        return {k: np.zeros((0,)) for k in ("video_ids", "timestamps", "boxes", "scores")}
+    out = _allgather({k: np.concatenate(v) for k, v in dense.items()})
+    ex, box = np.nonzero(out["keep"])
+    ids = out["video_ids"][ex].view(f"S{VIDEO_ID_BYTES}").ravel()
+    return {"video_ids": np.asarray([v.decode() for v in ids]), "timestamps": out["timestamps"][ex],
+            "boxes": out["boxes"][ex, box], "scores": out["scores"][ex, box]}
 
 
 def score(config, preds: Mapping[str, np.ndarray], split: str, *, data_dir: str | None = None,
@@ -184,12 +195,12 @@ def evaluate_checkpoint(config, checkpoint: str, *, split: str | None = None, ou
     split = split or config.data.eval_split
     workdir, step = resolve_checkpoint(checkpoint)
     out_dir = out_dir or os.path.join(workdir, f"eval_{split}_{step}")
-    os.makedirs(out_dir, exist_ok=True)
     s = load_trained(config, checkpoint, devices=devices)
     preds = predict_split(s, config, split, data_dir=data_dir)
     result = score(config, preds, split, data_dir=data_dir)
-    if jax.process_index() != 0:
+    if jax.process_index() != 0:  # every process scored and gathered; process 0 writes
         return result
+    os.makedirs(out_dir, exist_ok=True)
     class_ids = sorted(result["names"])
     n_rows = write_detections_csv(os.path.join(out_dir, "detections.csv"), preds, class_ids)
     if config.dataset in AVA_STYLE:

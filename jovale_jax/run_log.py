@@ -26,12 +26,11 @@ def _for_the_console(record: logging.LogRecord) -> bool:
         record.levelno >= logging.WARNING and record.name.startswith("jovale_jax"))
 
 
-def log_to_file(workdir: str) -> str:
+def log_to_file(workdir: str) -> str | None:
     """Log records go to ``workdir/log.txt`` (INFO and above); the console keeps errors and this
     package's warnings, besides what the program prints (progress, results) and Python's
-    ``warnings``. Returns the log file's path."""
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, LOG_FILE)
+    ``warnings``. Returns the log file's path; None on processes other than 0, which write no log
+    file (their console is filtered alike)."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         if isinstance(handler, _FileOnly):
@@ -45,6 +44,10 @@ def log_to_file(workdir: str) -> str:
         handler.setLevel(logging.WARNING)
         if _for_the_console not in handler.filters:
             handler.addFilter(_for_the_console)
+    if jax.process_index() != 0:
+        return None
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, LOG_FILE)
     to_file = _FileOnly(path)
     to_file.setLevel(logging.INFO)
     to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

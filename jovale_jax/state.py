@@ -125,7 +125,7 @@ def create(config, *, mesh: jax.sharding.Mesh, steps_per_epoch: int,
     # Every leaf is placed exactly as the step's out_shardings say, so the second call does not
     # recompile (a cache miss costs a full compile).
     state = {"params": params, "opt_state": opt_state,
-             "step": jax.device_put(jnp.zeros((), jnp.int32), replicated)}
+             "step": jax.jit(lambda: jnp.zeros((), jnp.int32), out_shardings=replicated)()}
     state_sh = {"params": params_sh, "opt_state": opt_sh, "step": replicated}
     frozen_sh = shardings_of(frozen)
     predict = _make_predict(config, mesh, eval_graphdef, rngs, params_sh, frozen_sh)
@@ -157,8 +157,8 @@ def to_host(x: jax.Array) -> np.ndarray:
     """This process's rows of a batch-sharded global array, in local batch order."""
     if jax.process_count() == 1:
         return np.asarray(x)
-    shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
-    return np.concatenate([np.asarray(s.data) for s in shards])
+    rows = {s.index[0].start or 0: s for s in x.addressable_shards}  # replicas over 'model': once
+    return np.concatenate([np.asarray(rows[start].data) for start in sorted(rows)])
 
 
 def predict_batch(s: ModelState, local: dict[str, np.ndarray]) -> np.ndarray:

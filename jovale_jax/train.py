@@ -12,7 +12,6 @@ Dropout keys are derived from (seed, step), so a resumed run is bit-identical.
 from __future__ import annotations
 
 import math
-import os
 import signal
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -22,7 +21,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jovale_jax import optim, run_log, sharding
+from jovale_jax import distributed, optim, run_log, sharding
 from jovale_jax.checkpoint import Checkpointer
 from jovale_jax.losses import sigmoid_focal_loss
 from jovale_jax.state import (
@@ -93,6 +92,28 @@ class _Stop:
             pass
 
 
+def topology(mesh) -> dict[str, Any]:
+    """Where a checkpoint was written: process count and mesh axes (stored in its meta)."""
+    return {"process_count": jax.process_count(), "mesh": dict(mesh.shape)}
+
+
+def carry_input_state(meta: dict[str, Any], config) -> dict[str, Any]:
+    """The checkpoint's input position for this run. On the same process count it is exact (the
+    next batch is the one an uninterrupted run would read). On another process count the epoch and
+    the number of global batches into it carry over, so no epoch is cut short or repeated, but the
+    rest of that epoch is drawn from the new per-process shards in a new order. A changed global
+    batch size is not carried over (the pipeline names the field)."""
+    saved = meta["input_state"]
+    count = jax.process_count()
+    if (saved["process_count"] == count
+            or saved["per_process_batch_size"] * saved["process_count"] != config.batch_size):
+        return saved
+    print(f"input pipeline: checkpoint written on {saved['process_count']} processes, resuming on "
+          f"{count}: epoch {saved['epoch']} continues after {saved['batches_in_epoch']} batches, "
+          f"in a new order", flush=True)
+    return dict(saved, process_count=count, per_process_batch_size=config.batch_size // count)
+
+
 def num_train_steps(config, steps_per_epoch: int) -> int:
     if config.num_train_steps > 0:
         return int(config.num_train_steps)
@@ -110,9 +131,7 @@ def train(config, workdir: str, *, init_from: str | None = None, data_dir: str |
 
     _Stop.install()  # from here on, SIGTERM means: save at the next step and return
 
-    # --- distributed set-up and mesh ---
-    if os.environ.get("JAX_COORDINATOR_ADDRESS") and jax.process_count() == 1:
-        jax.distributed.initialize()
+    # --- mesh (several processes: launch.py has run jax.distributed.initialize) ---
     mesh = sharding.make_mesh(config.mesh_shape, devices)
     check_divisibility(config, mesh)
 
@@ -121,7 +140,7 @@ def train(config, workdir: str, *, init_from: str | None = None, data_dir: str |
     latest = ckpt.latest_step()
     meta = ckpt.read_meta(latest) if latest is not None else None
     data = create_train_iterator(config, seed=config.seed, data_dir=data_dir,
-                                 state=meta["input_state"] if meta else None)
+                                 state=carry_input_state(meta, config) if meta else None)
     steps_per_epoch = data.batches_per_epoch
     total = num_train_steps(config, steps_per_epoch)
 
@@ -130,7 +149,10 @@ def train(config, workdir: str, *, init_from: str | None = None, data_dir: str |
                init_from=None if latest is not None else init_from)
     if latest is not None:
         s = restore(s, ckpt, latest)
-        print(f"resumed from {ckpt.directory}/{latest}", flush=True)
+        saved = meta.get("topology", {})
+        print(f"resumed from {ckpt.directory}/{latest}" + (
+            f" (written on {saved}, now {topology(mesh)})" if saved != topology(mesh) else ""),
+            flush=True)
     train_step = make_train_step(s)
     schedules = optim.schedules(config, steps_per_epoch)
 
@@ -139,6 +161,7 @@ def train(config, workdir: str, *, init_from: str | None = None, data_dir: str |
     state, frozen = s.state, s.frozen
     step = int(state["step"])
     pending: list[tuple[int, dict]] = []
+    pending_compile = True
     status = "done"
 
     def flush_pending() -> bool:
@@ -152,10 +175,14 @@ def train(config, workdir: str, *, init_from: str | None = None, data_dir: str |
 
     def save(step_now: int) -> None:
         ckpt.save(step_now, {"state": state, "frozen": frozen},
-                  {"input_state": data.get_state(), "config": config.to_json_best_effort()})
+                  {"input_state": data.get_state(), "config": config.to_json_best_effort(),
+                   "topology": topology(mesh)})
 
     while step < total:
         batch = global_batch(mesh, next(data))
+        if pending_compile:  # every process compiles before any runs (multi-process: gloo)
+            train_step, pending_compile = distributed.compile_synced(train_step, state, frozen,
+                                                                     batch), False
         state, metrics = train_step(state, frozen, batch)
         step += 1
         pending.append((step, metrics))
