@@ -248,7 +248,10 @@ def start_processes(command: str) -> None:
 
 
 def main(argv):
+    from jovale_jax.runtime import configure_jax
+
     check_command(argv)
+    configure_jax()  # before anything is traced (part of the compilation cache key)
     try:
         start_processes(argv[1])
         HANDLERS[argv[1]](argv)

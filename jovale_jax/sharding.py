@@ -133,6 +133,22 @@ def activation_sharding(mesh: Mesh, rules) -> Iterator[None]:
         yield
 
 
+class TracedInMesh:
+    """A jitted function that is traced (called or lowered) inside :func:`activation_sharding`,
+    so that the model's batch constraints apply: the trainer's step and ``predict`` are these."""
+
+    def __init__(self, jitted: Callable, mesh: Mesh, rules) -> None:
+        self.jitted, self.mesh, self.rules = jitted, mesh, rules
+
+    def __call__(self, *args):
+        with activation_sharding(self.mesh, self.rules):
+            return self.jitted(*args)
+
+    def lower(self, *args):
+        with activation_sharding(self.mesh, self.rules):
+            return self.jitted.lower(*args)
+
+
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
     """``x`` constrained to the logical ``axes`` under :func:`activation_sharding`, else ``x``."""
     rules = spmd.get_logical_axis_rules()

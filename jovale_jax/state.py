@@ -142,7 +142,8 @@ def _make_predict(config, mesh, eval_graphdef, rng_template, params_sh, frozen_s
         model = nnx.merge(eval_graphdef, params, rng_template, frozen)
         return jax.nn.sigmoid(model(model_inputs(config.model, batch)))
 
-    return jax.jit(predict, in_shardings=(params_sh, frozen_sh, sharding.data_sharding(mesh)))
+    jitted = jax.jit(predict, in_shardings=(params_sh, frozen_sh, sharding.data_sharding(mesh)))
+    return sharding.TracedInMesh(jitted, mesh, sharding.rules_from_config(config))
 
 
 def global_batch(mesh, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:

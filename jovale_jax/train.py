@@ -72,10 +72,11 @@ def make_train_step(s: ModelState) -> Callable:
                      "step": state["step"] + 1}
         return new_state, metrics
 
-    return jax.jit(train_step, donate_argnums=0,
-                   in_shardings=(s.state_shardings, s.frozen_shardings,
-                                 sharding.data_sharding(s.mesh)),
-                   out_shardings=(s.state_shardings, sharding.replicated(s.mesh)))
+    jitted = jax.jit(train_step, donate_argnums=0,
+                     in_shardings=(s.state_shardings, s.frozen_shardings,
+                                   sharding.data_sharding(s.mesh)),
+                     out_shardings=(s.state_shardings, sharding.replicated(s.mesh)))
+    return sharding.TracedInMesh(jitted, s.mesh, sharding.rules_from_config(cfg))
 
 
 class _Stop:
