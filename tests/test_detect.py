@@ -169,7 +169,7 @@ def assert_no_partial(parent) -> None:
 
 def test_keyframe_inputs_are_the_input_pipelines(config, videos):
     """A keyframe's model inputs equal what the eval pipeline makes of the same clip in a built
-    dataset (frames exactly; the numpy fbank within 1e-4 of the pipeline's TF one)."""
+    dataset (frames exactly; the numpy fbank features within 1e-4 of the pipeline's TF ones)."""
     spec = common.clip_config(config)
     with video_io.open_video(videos["odd"]) as container:
         [(_, clip)] = list(video_io.read_clips(container, [0.5], spec, "odd"))
