@@ -123,8 +123,8 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
         return _read_safetensors(path), None
     if path.suffix in (".pth", ".pt", ".bin", ".pyth", ".tar"):  # .pyth: PySlowFast; .pth.tar
         return _read_torch(path), None
-    raise ValueError(f"{path}: expected a .pth/.pt/.bin/.pyth/.pth.tar or .safetensors file or a transformers "
-                     "model directory")
+    raise ValueError(f"{path}: expected a .pth/.pt/.bin/.pyth/.pth.tar or .safetensors file or a "
+                     "transformers model directory")
 
 
 # The sizes a transformers config.json holds: its field -> the field of the config section.
