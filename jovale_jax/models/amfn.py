@@ -28,7 +28,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jovale_jax.models.layers import Attention, Dense, TransformerBlock
+from jovale_jax.models.layers import (
+    Attention,
+    Dense,
+    TransformerBlock,
+    check_remat_policy,
+    scan_layers,
+    stack_layers,
+)
 from jovale_jax.sharding import EMBED, MLP
 
 FUSIONS = ("gated", "uniform", "late")
@@ -70,11 +77,14 @@ def masked_mean(x: jax.Array, mask: jax.Array, axis: int) -> jax.Array:
 class MFE(nnx.Module):
     """Multi-modal Feature Encoding for one modality (eqs. 2-3)."""
 
-    def __init__(self, dim: int, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32):
-        self.bottleneck_attn = Attention(dim, cfg.num_heads, rngs=rngs, dtype=dtype)
+    def __init__(self, dim: int, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32,
+                 attention_impl: str = "xla"):
+        self.bottleneck_attn = Attention(dim, cfg.num_heads, rngs=rngs, dtype=dtype,
+                                         implementation=attention_impl)
         self.encoder = TransformerBlock(dim, cfg.num_heads, cfg.mlp_dim, rngs=rngs,
                                         norm_first=cfg.norm_first, layer_norm_eps=1e-5,
-                                        dropout=cfg.dropout, dtype=dtype)
+                                        dropout=cfg.dropout, dtype=dtype,
+                                        attention_impl=attention_impl)
 
     def __call__(self, actors: jax.Array, context: jax.Array, actor_mask: jax.Array):
         """actors (B, K, T, D), context (B, T, N, D), actor_mask (B, K) -> (â (B, K, T, D), f (B, T, N, D))."""
@@ -133,8 +143,9 @@ class AMFNLayer(nnx.Module):
     """One AMFN layer: an MFE per modality, then the MFA."""
 
     def __init__(self, dim: int, modalities: tuple[str, ...], t_common: int, cfg, *,
-                 rngs: nnx.Rngs, dtype=jnp.float32):
-        self.mfe = nnx.Dict({m: MFE(dim, cfg, rngs=rngs, dtype=dtype) for m in modalities})
+                 rngs: nnx.Rngs, dtype=jnp.float32, attention_impl: str = "xla"):
+        self.mfe = nnx.Dict({m: MFE(dim, cfg, rngs=rngs, dtype=dtype, attention_impl=attention_impl)
+                             for m in modalities})
         self.mfa = MFA(dim, modalities, t_common, cfg, rngs=rngs, dtype=dtype)
 
     def __call__(self, queries, context, actor_mask, present):
@@ -146,22 +157,29 @@ class AMFNLayer(nnx.Module):
 
 
 class AMFN(nnx.Module):
-    """L AMFN layers. Returns the last layer's a_fuse (B, K, T_c, D) and action embeddings {m: â_m}."""
+    """L AMFN layers under ``nnx.scan`` (parameters stacked on a leading layer axis; each layer
+    rematerialised as ``remat_policy`` says). Returns the last layer's a_fuse (B, K, T_c, D) and
+    action embeddings {m: â_m}."""
 
     def __init__(self, dim: int, modalities: tuple[str, ...], t_common: int, cfg, *,
-                 rngs: nnx.Rngs, dtype=jnp.float32, remat: bool = False):
-        self.layers = nnx.List([AMFNLayer(dim, modalities, t_common, cfg, rngs=rngs, dtype=dtype)
-                                for _ in range(cfg.num_layers)])
-        self.remat = remat
+                 rngs: nnx.Rngs, dtype=jnp.float32, remat_policy: str = "none",
+                 attention_impl: str = "xla"):
+        self.t_common = t_common
+        self.remat_policy = check_remat_policy(remat_policy)
+        self.layers = stack_layers(
+            lambda r: AMFNLayer(dim, modalities, t_common, cfg, rngs=r, dtype=dtype,
+                                attention_impl=attention_impl),
+            cfg.num_layers, rngs)
 
     def __call__(self, queries: Mapping[str, jax.Array], context: Mapping[str, jax.Array],
                  actor_mask: jax.Array, present: Mapping[str, jax.Array]):
-        queries, context = dict(queries), dict(context)
-        a_fuse = None
-        for layer in self.layers:
-            if self.remat:
-                queries, context, a_fuse = nnx.remat(lambda lyr, *a: lyr(*a))(
-                    layer, queries, context, actor_mask, present)
-            else:
-                queries, context, a_fuse = layer(queries, context, actor_mask, present)
+        some = next(iter(queries.values()))
+        b, k, _, d = some.shape
+        a_fuse = jnp.zeros((b, k, self.t_common, d), some.dtype)  # replaced by every layer
+
+        def body(layer, carry, _):
+            return layer(carry[0], carry[1], actor_mask, present)
+
+        queries, _, a_fuse = scan_layers(self.layers, body, (dict(queries), dict(context), a_fuse),
+                                         remat_policy=self.remat_policy)
         return a_fuse, queries

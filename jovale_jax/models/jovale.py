@@ -23,7 +23,7 @@ from jovale_jax.models.amfn import AMFN, resample_time
 from jovale_jax.models.audio import AudioPatchEmbed, audio_grid
 from jovale_jax.models.blip import BlipVisionEncoder, blip_num_patches
 from jovale_jax.models.heads import ActionHead
-from jovale_jax.models.layers import Dense, LayerNorm, dtype_of, param
+from jovale_jax.models.layers import Dense, LayerNorm, attention_implementation, dtype_of, param
 from jovale_jax.models.roi_align import roi_align
 from jovale_jax.models.vit import VideoEncoder, video_grid
 from jovale_jax.sharding import EMBED
@@ -127,26 +127,28 @@ class JoVALE(nnx.Module):
         dim = cfg.embed_dim
         steps = time_steps(cfg)
         self.dtype = dtype
+        layers = {"remat_policy": cfg.remat_policy,
+                  "attention_impl": attention_implementation(cfg.attention_impl, dtype)}
         source_width = 0
         if "video" in self.modalities:
-            self.video_encoder = VideoEncoder(cfg.video, rngs=rngs, dtype=cfg.dtype, remat=cfg.remat)
+            self.video_encoder = VideoEncoder(cfg.video, rngs=rngs, dtype=dtype.name, **layers)
             self.video_norm = LayerNorm(cfg.video.width, rngs=rngs, dtype=dtype)
             self.video_proj = Dense(cfg.video.width, dim, rngs=rngs, dtype=dtype)
             source_width = cfg.video.width
         if "scene" in self.modalities:
             blip_num_patches(cfg.scene)
-            self.scene_encoder = BlipVisionEncoder(cfg.scene, rngs=rngs, dtype=cfg.dtype, remat=cfg.remat)
+            self.scene_encoder = BlipVisionEncoder(cfg.scene, rngs=rngs, dtype=dtype.name, **layers)
             self.scene_proj = Dense(cfg.scene.width, dim, rngs=rngs, dtype=dtype)
             source_width = source_width or cfg.scene.width
         if "audio" in self.modalities:
-            self.audio_embed = AudioPatchEmbed(cfg.audio, rngs=rngs, dtype=cfg.dtype)
+            self.audio_embed = AudioPatchEmbed(cfg.audio, rngs=rngs, dtype=dtype.name)
             self.audio_proj = Dense(cfg.audio.width, dim, rngs=rngs, dtype=dtype)
         self.actor_features = ActorFeatures(source_width, dim, cfg.actor, rngs=rngs, dtype=dtype)
         self.query_time_embed = nnx.Dict({
             m: param(rngs, nnx.initializers.normal(0.02), (steps[m], dim), (None, EMBED))
             for m in self.modalities})
         self.amfn = AMFN(dim, self.modalities, steps["video"], cfg.amfn, rngs=rngs, dtype=dtype,
-                         remat=cfg.remat)
+                         **layers)
         head_names = self.modalities if cfg.amfn.fusion == "late" else ("fused",)
         self.heads = nnx.Dict({n: ActionHead(dim, cfg.num_classes, rngs=rngs, dropout=cfg.head_dropout,
                                              dtype=dtype) for n in head_names})
