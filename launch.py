@@ -33,6 +33,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags
 from ml_collections import config_flags
 
+from jovale_jax import runtime
+
 config_flags.DEFINE_config_file("config", None, "Config preset: configs/NAME.py[:variant].",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Run folder: checkpoints, logs, results.")
@@ -172,12 +174,26 @@ def cmd_bench(argv):
         from jovale_jax.bench import step
 
         if what == "memory":
-            step.memory_report(_config(), FLAGS.batch_size)
+            print_memory(_config(), FLAGS.batch_size or _config().batch_size)
         elif what == "remat":
             step.run_remat_bench(_config(), batch_size=FLAGS.batch_size)
         else:
             fn = step.run_step_bench if what == "step" else step.run_forward_bench
             fn(_config(), batch_size=FLAGS.batch_size, component=FLAGS.component)
+
+
+def print_memory(config, batch_size: int) -> None:
+    """``bench memory``: jovale_jax.memory.memory_report as a table (GB) and one JSON line."""
+    from jovale_jax.memory import memory_report
+
+    r = memory_report(config, batch_size)
+    print(f"train step, batch {r['batch_size']} on one {r['backend']} device, {r['dtype']}, "
+          f"remat_policy {r['remat_policy']}:")
+    for key in ("params", "opt_state", "frozen", "batch", "arguments", "outputs", "aliased",
+                "temporaries", "generated_code", "total", "per_clip"):
+        print(f"  {key:<15} {r[key] / 1e9:10.3f} GB")
+    print(f"  {'GMACs per clip':<15} {r['gmacs_per_clip']:10.1f}")
+    print(json.dumps({"bench": "memory", **r}))
 
 
 def cmd_detect(argv):
@@ -248,10 +264,8 @@ def start_processes(command: str) -> None:
 
 
 def main(argv):
-    from jovale_jax.runtime import configure_jax
-
     check_command(argv)
-    configure_jax()  # before anything is traced (part of the compilation cache key)
+    runtime.configure_jax()  # settings only: the backend is still untouched
     try:
         start_processes(argv[1])
         HANDLERS[argv[1]](argv)

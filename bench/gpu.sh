@@ -3,7 +3,7 @@
 # batch 16 and `bench memory` at batch 4 (MEM_BATCH), in bfloat16 on one GPU, then a summary of
 # clips/s, MFU, peak memory and the compiled memory per device with and without remat. Budget:
 # under 12 minutes on one H100 (each bench is one process: set-up, compilation, 1 + 5 timed calls,
-# the matmul; the timeouts, 150 + 210 + 120 + 240 s, bound it when nothing needs installing).
+# the matmul; the timeouts, 150 + 210 + 120 + 2 x 120 s, bound it when nothing needs installing).
 #
 #   bash bench/gpu.sh [OUT_DIR]        # from anywhere; runs in the repository root
 #
@@ -63,9 +63,13 @@ if ! bench 210 step "$BATCH" step.txt; then
   bench 120 step $((BATCH / 2)) step_half.txt || echo "bench step failed at batch $((BATCH / 2))"
 fi
 echo "step done at $((SECONDS - start)) s"
-# Compiled memory (issue 14): the train step at MEM_BATCH per device, with and without remat.
-timeout 240 "$PY" launch.py bench memory --config configs/ava_vitb16.py --batch_size "$MEM_BATCH" \
-  --config.model.dtype=bfloat16 2>&1 | tee "$OUT/memory.txt" || echo "bench memory failed"
+# Compiled memory (issue 14): MEM_BATCH clips with remat, BATCH clips without.
+memory() {  # memory BATCH POLICY LOG
+  timeout 120 "$PY" launch.py bench memory --config configs/ava_vitb16.py --batch_size "$1" \
+    --config.model.dtype=bfloat16 --config.model.remat_policy="$2" 2>&1 | tee "$OUT/$3"
+}
+memory "$MEM_BATCH" full memory_remat.txt || echo "bench memory (remat) failed"
+memory "$BATCH" none memory_none.txt || echo "bench memory (no remat) failed"
 echo "memory done at $((SECONDS - start)) s"
 
 # 3. Summary. MFU: against this GPU's bfloat16 matmul measured in the same run (matmul_ratio), and
@@ -86,15 +90,17 @@ for name in ("forward", "step", "step_half"):
           f"{r['achieved_gflops_per_s'] / 1e3:>8.1f} {r['matmul_gflops_per_s'] / 1e3:>12.1f} "
           f"{r['matmul_ratio']:>6.1%} {r['achieved_gflops_per_s'] / 989.4e3:>9.1%} "
           f"{'n/a' if peak is None else f'{peak / 1e9:.1f}':>8}")
-path = out / "memory.txt"
-lines = path.read_text().strip().splitlines() if path.exists() else []
-if lines and lines[-1].startswith("{"):
+print(f"{'memory':<12} {'batch':>5} {'remat':>6} {'params':>7} {'opt':>7} {'temp':>8} "
+      f"{'total':>8} {'per clip':>9} (GB per device) {'GMACs/clip':>11}")
+for name in ("memory_remat", "memory_none"):
+    path = out / f"{name}.txt"
+    lines = path.read_text().strip().splitlines() if path.exists() else []
+    if not lines or not lines[-1].startswith("{"):
+        continue
     r = json.loads(lines[-1])
-    print(f"memory at batch {r.get('batch_size')} ({r.get('dtype')}), GB per device:")
-    for name, row in r.items():
-        if isinstance(row, dict):
-            sizes = {k: v / 1e9 for k, v in row.items()
-                     if isinstance(v, (int, float)) and ("bytes" in k or "total" in k)}
-            print(f"  {name:<14} " + " ".join(f"{k} {v:.2f}" for k, v in sizes.items()))
+    gb = {k: r[k] / 1e9 for k in ("params", "opt_state", "temporaries", "total", "per_clip")}
+    print(f"{name:<12} {r['batch_size']:>5} {r['remat_policy']:>6} {gb['params']:>7.2f} "
+          f"{gb['opt_state']:>7.2f} {gb['temporaries']:>8.2f} {gb['total']:>8.2f} "
+          f"{gb['per_clip']:>9.2f}                {r['gmacs_per_clip']:>11.1f}")
 EOF
 echo "total $((SECONDS - start)) s"

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jovale_jax import sharding, train
+from jovale_jax import sharding, state, train
 from jovale_jax.flops import abstract_batch, jaxpr_macs
 
 
@@ -51,11 +51,11 @@ def memory_report(config: ml_collections.ConfigDict, batch_size: int) -> dict[st
     config.batch_size = int(batch_size)
     config.mesh_shape = (1, 1)
     mesh = sharding.make_mesh(config.mesh_shape, jax.devices()[:1])
-    s = train.setup(config, mesh=mesh, steps_per_epoch=1)
+    s = state.create(config, mesh=mesh, steps_per_epoch=1)
     shapes = train_batch_shapes(config.model, batch_size)
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                             (s.state, s.frozen, shapes))
-    traced = s.train_step.trace(*abstract)
+    traced = train.make_train_step(s).trace(*abstract)
     stats = traced.lower().compile().memory_analysis()
     if stats is None:
         raise RuntimeError(f"the {jax.default_backend()} backend reports no memory analysis")

@@ -32,3 +32,20 @@ def test_memory_report_accounts_for_state_and_clips():
 
     forward = component_costs(config.model, 1)["total"]["gmacs"]
     assert 2.0 * forward < r["gmacs_per_clip"] < 4.0 * forward
+
+
+def test_bench_memory_command_prints_the_report(capsys):
+    """`launch.py bench memory` prints memory_report as a table (GB) and one JSON line."""
+    import json
+
+    import launch
+
+    config = synthetic.get_config("test")
+    config.model.modalities = ("video",)
+    config.model.amfn.num_layers = 1
+    launch.print_memory(config, 2)
+    lines = capsys.readouterr().out.strip().splitlines()
+    r = json.loads(lines[-1])
+    assert r["bench"] == "memory" and r["batch_size"] == 2 and r["remat_policy"] == "none"
+    assert f"  per_clip        {r['per_clip'] / 1e9:10.3f} GB" in lines
+    assert r["per_clip"] == r["total"] / 2 > 0

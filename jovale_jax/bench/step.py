@@ -25,7 +25,7 @@ focal loss with its gradients with respect to the fusion's parameters and to its
 full model, where they flow on into the encoders); no optimizer update.
 
 :func:`memory_report` (``bench memory``) compiles the train step on abstract arguments (no
-execution) and :func:`run_remat_bench` (``bench remat``) measures what
+execution) for each remat setting and :func:`run_remat_bench` (``bench remat``) measures what
 ``config.model.remat_policy`` costs in step time (``bench/profile.py`` says where the time goes).
 Late fusion is the model's own ``head_logits``.
 """
