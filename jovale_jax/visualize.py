@@ -65,8 +65,8 @@ def place_labels(anchors: np.ndarray, sizes: np.ndarray, image_size: tuple[int, 
     """Top-left corners for label blocks that do not overlap each other (nor `taken` rectangles).
 
     Block i (width, height `sizes[i]`) goes at its anchor (a box's top-left corner, in pixels)
-    when that spot is free; otherwise just below the block it collides with, then (out of room
-    below) just right of it, always inside the image where it fits.
+    when that spot is free; otherwise just below the block it collides with, or (out of room
+    below) just right of it, or (out of room on the right) just left of it.
     """
     width, height = image_size
     placed = [tuple(map(float, r)) for r in taken]
@@ -80,7 +80,8 @@ def place_labels(anchors: np.ndarray, sizes: np.ndarray, image_size: tuple[int, 
             if hit[3] + h <= height:
                 y = hit[3]
             else:
-                x, y = hit[2], min(max(ay, 0.0), max(height - h, 0.0))
+                x = hit[2] if hit[2] + w <= width else max(hit[0] - w, 0.0)
+                y = min(max(ay, 0.0), max(height - h, 0.0))
         placed.append((x, y, x + w, y + h))
         corners.append((x, y))
     return corners

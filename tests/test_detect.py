@@ -405,3 +405,6 @@ def test_label_blocks_of_close_actors_do_not_overlap():
     corners = visualize.place_labels(np.array([[10.0, 50.0], [12.0, 52.0]]),
                                      np.array([[30.0, 40.0], [30.0, 40.0]]), (100, 80))
     assert corners == [(10.0, 40.0), (40.0, 40.0)]
+    corners = visualize.place_labels(np.array([[40.0, 50.0], [42.0, 52.0]]),
+                                     np.array([[30.0, 40.0], [30.0, 40.0]]), (80, 80))
+    assert corners == [(40.0, 40.0), (10.0, 40.0)]  # no room on the right either: on the left
