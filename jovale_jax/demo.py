@@ -108,9 +108,60 @@ def draw_keyframes(config, workdir: str, data_dir: str, out_dir: str, count: int
     return paths
 
 
+def gates_by_class(scores: np.ndarray, gates: np.ndarray,
+                   targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean MFA gate per modality over the actors predicted as each class.
+
+    Args:
+      scores: (N, C) per-proposal class scores; gates: (N, M) per-proposal gate (channel mean of
+        each w_m); targets: (N, C) the proposals' 0/1 training targets.
+    Returns:
+      (C, M) mean gates and (C,) actor counts. The actors "predicted as class c" are the R_c
+      proposals scored highest for c, R_c = the number of proposals whose target has c (a
+      threshold-free choice: sigmoid scores under the focal loss are not calibrated); a class
+      without positives gets NaN gates.
+    """
+    scores, gates, targets = (np.asarray(x, np.float64) for x in (scores, gates, targets))
+    counts = targets.sum(0).astype(int)
+    means = np.full((scores.shape[1], gates.shape[1]), np.nan)
+    for c, r in enumerate(counts):
+        if r:
+            means[c] = gates[np.argsort(-scores[:, c], kind="stable")[:r]].mean(0)
+    return means, counts
+
+
+def predict_gates(config, workdir: str, data_dir: str) -> dict[str, np.ndarray]:
+    """Scores, last-layer MFA gates and targets of every real proposal of the eval split."""
+    import jax
+    from flax import nnx
+
+    from jovale_jax.input_pipeline import create_eval_iterator
+    from jovale_jax.state import global_batch, load_trained, model_inputs, to_host
+
+    s = load_trained(config, workdir)
+
+    def forward(params, frozen, batch):
+        model = nnx.merge(s.eval_graphdef, params, s.rng_template, frozen)
+        logits, gates = model.logits_and_gates(model_inputs(config.model, batch))
+        return jax.nn.sigmoid(logits), gates
+
+    forward = jax.jit(forward)
+    data = s.mesh.shape["data"]
+    it = create_eval_iterator(config, config.data.eval_split, data_dir=data_dir,
+                              batch_size=-(-config.eval_batch_size // data) * data)
+    out: dict[str, list] = {"scores": [], "gates": [], "targets": []}
+    for batch in it:
+        scores, gates = (to_host(x) for x in forward(s.state["params"], s.frozen,
+                                                     global_batch(s.mesh, batch)))
+        keep = batch["box_mask"] & batch["example_mask"][:, None]
+        for key, value in (("scores", scores), ("gates", gates), ("targets", batch["targets"])):
+            out[key].append(value[keep])
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
 def demo(config, workdir: str, *, data_dir: str | None = None) -> dict[str, Any]:
     """The whole system on the synthetic set; returns the report's numbers."""
-    from jovale_jax.evaluate import class_prior_baseline
+    from jovale_jax.evaluate import class_prior_baseline, plot_per_class
 
     start = time.time()
     config = config or default_config()
@@ -120,20 +171,33 @@ def demo(config, workdir: str, *, data_dir: str | None = None) -> dict[str, Any]
     report = os.path.join(workdir, "report")
     os.makedirs(report, exist_ok=True)
     plot_loss(workdir, os.path.join(report, "loss.png"))
-    os.replace(os.path.join(workdir, "eval", "per_class_ap.png"), os.path.join(report, "per_class_ap.png"))
+    plot_per_class(result, os.path.join(report, "per_class_ap.png"),
+                   f"{config.dataset} {config.data.eval_split}", prior=baseline["per_class"])
     keyframes = draw_keyframes(config, workdir, data_dir, report)
     groups = ava.group_maps(result["per_class"], synthetic_data.CLASS_GROUPS)
+    prior_groups = ava.group_maps(baseline["per_class"], synthetic_data.CLASS_GROUPS)
+    predicted = predict_gates(config, workdir, data_dir)
+    gates, counts = gates_by_class(**predicted)
+    mods = [SHORT[m] for m in config.model.modalities]
     lines = ["# JoVALE demo on the synthetic audio-visual set", "",
              f"Eval split `{config.data.eval_split}`; frame mAP @ IoU 0.5 with the AVA protocol.", "",
              "| | mAP |", "|---|---|",
              f"| JoVALE ({'+'.join(config.model.modalities)}) | {result['mAP']:.4f} |",
              f"| class-prior baseline (ignores the input) | {baseline['mAP']:.4f} |", "",
-             "| id | class | group | AP | prior AP |", "|---|---|---|---|---|"]
+             ("Per class: AP, the class-prior AP, and the last AMFN layer's MFA gate per modality "
+              "(the channel mean of w_m) averaged over the actors predicted as the class (its "
+              "`actors` proposals scored highest for it, as many as it has positives)."), "",
+             "| id | class | group | AP | prior AP | " + " | ".join(f"w_{m}" for m in mods)
+             + " | actors |", "|---" * (6 + len(mods)) + "|"]
     group_of = {c: g for g, ids in synthetic_data.CLASS_GROUPS.items() for c in ids}
-    for c, ap in result["per_class"].items():
+    for i, (c, ap) in enumerate(result["per_class"].items()):
         lines.append(f"| {c} | {result['names'].get(c, '')} | {group_of.get(c, '')} | {ap:.4f} | "
-                     f"{baseline['per_class'].get(c, float('nan')):.4f} |")
-    lines += ["", "Group mAP: " + ", ".join(f"{g} {v:.4f}" for g, v in groups.items()), "",
+                     f"{baseline['per_class'].get(c, float('nan')):.4f} | "
+                     + " | ".join(f"{g:.3f}" for g in gates[i]) + f" | {counts[i]} |")
+    lines += ["", "| group | mAP | prior mAP | gain |", "|---|---|---|---|"]
+    lines += [f"| {g} | {v:.4f} | {prior_groups[g]:.4f} | {v - prior_groups[g]:+.4f} |"
+              for g, v in groups.items()]
+    lines += ["",
               "![loss](loss.png)", "", "![per-class AP](per_class_ap.png)", ""]
     lines += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in keyframes]
     minutes = (time.time() - start) / 60
@@ -141,6 +205,9 @@ def demo(config, workdir: str, *, data_dir: str | None = None) -> dict[str, Any]
     with open(os.path.join(report, "report.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     summary = {"mAP": result["mAP"], "prior_mAP": baseline["mAP"], "groups": groups,
+               "prior_groups": prior_groups,
+               "gates": {str(c): dict(zip(mods, map(float, g)))
+                         for c, g in zip(result["per_class"], gates)},
                "minutes": minutes, "report": os.path.abspath(report)}
     with open(os.path.join(report, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)

@@ -115,18 +115,32 @@ def score(config, preds: Mapping[str, np.ndarray], split: str, *, data_dir: str 
     return result
 
 
-def plot_per_class(result: Mapping[str, Any], path: str, title: str) -> None:
-    """Horizontal bar chart of per-class AP."""
+def plot_per_class(result: Mapping[str, Any], path: str, title: str,
+                   prior: Mapping[int, float] | None = None) -> list[tuple[str, float, float]]:
+    """Horizontal bar chart of per-class AP, with each class's prior AP (e.g. of
+    :func:`class_prior_baseline`) as a grey bar under it when given. Returns the rows drawn:
+    (label, AP, prior AP or NaN)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def value(x):
+        return 0.0 if x is None or np.isnan(x) else float(x)
+
     names = result["names"]
     ids = list(result["per_class"])
-    aps = [0.0 if np.isnan(result["per_class"][c]) else result["per_class"][c] for c in ids]
-    fig, ax = plt.subplots(figsize=(7, 0.28 * len(ids) + 1.2))
-    ax.barh([f"{c} {names.get(c, '')}"[:40] for c in ids], aps, color="tab:blue")
+    rows = [(f"{c} {names.get(c, '')}"[:40], value(result["per_class"][c]),
+             value(prior.get(c)) if prior is not None else float("nan")) for c in ids]
+    fig, ax = plt.subplots(figsize=(7, 0.28 * len(ids) * (2 if prior else 1) + 1.2))
+    y = np.arange(len(rows))
+    height = 0.4 if prior is not None else 0.8
+    ax.barh(y - (height / 2 if prior is not None else 0), [r[1] for r in rows], height,
+            color="tab:blue", label="AP")
+    if prior is not None:
+        ax.barh(y + height / 2, [r[2] for r in rows], height, color="tab:gray", label="prior AP")
+        ax.legend(loc="lower right")
+    ax.set_yticks(y, [r[0] for r in rows])
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     ax.set_xlabel("AP @ IoU 0.5")
@@ -134,6 +148,7 @@ def plot_per_class(result: Mapping[str, Any], path: str, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return rows
 
 
 def plot_difference(a: Mapping[str, Any], b: Mapping[str, Any], path: str, labels=("A", "B")) -> None:

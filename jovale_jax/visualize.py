@@ -36,15 +36,55 @@ def _text_color(fill: tuple[int, int, int]) -> tuple[int, int, int]:
     return (0, 0, 0) if luminance > 140 else (255, 255, 255)
 
 
+def _line_boxes(draw: ImageDraw.ImageDraw, xy: tuple[float, float], lines: Sequence[str],
+                font: ImageFont.ImageFont) -> list[tuple[float, float, float, float]]:
+    """The filled rectangle behind each line of a label block whose top-left corner is `xy`."""
+    x, y = xy
+    rects = []
+    for line in lines:
+        *_, right, bottom = draw.textbbox((x + 2, y), line, font=font)
+        rects.append((x, y, right + 2, bottom + 1))
+        y = bottom + 1
+    return rects
+
+
 def _label_block(draw: ImageDraw.ImageDraw, xy: tuple[float, float], lines: Sequence[str],
                  font: ImageFont.ImageFont, fill: tuple[int, int, int]) -> None:
     """Lines of text on a filled rectangle whose top-left corner is `xy`."""
-    x, y = xy
-    for line in lines:
-        *_, right, bottom = draw.textbbox((x + 2, y), line, font=font)
-        draw.rectangle((x, y, right + 2, bottom + 1), fill=fill)
-        draw.text((x + 2, y), line, font=font, fill=_text_color(fill))
-        y = bottom + 1
+    for line, rect in zip(lines, _line_boxes(draw, xy, lines, font)):
+        draw.rectangle(rect, fill=fill)
+        draw.text((rect[0] + 2, rect[1]), line, font=font, fill=_text_color(fill))
+
+
+def _overlaps(a: Sequence[float], b: Sequence[float]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def place_labels(anchors: np.ndarray, sizes: np.ndarray, image_size: tuple[int, int],
+                 taken: Sequence[Sequence[float]] = ()) -> list[tuple[float, float]]:
+    """Top-left corners for label blocks that do not overlap each other (nor `taken` rectangles).
+
+    Block i (width, height `sizes[i]`) goes at its anchor (a box's top-left corner, in pixels)
+    when that spot is free; otherwise just below the block it collides with, or (out of room
+    below) just right of it, or (out of room on the right) just left of it.
+    """
+    width, height = image_size
+    placed = [tuple(map(float, r)) for r in taken]
+    corners = []
+    for (ax, ay), (w, h) in zip(np.asarray(anchors, float), np.asarray(sizes, float)):
+        x, y = min(max(ax, 0.0), max(width - w, 0.0)), min(max(ay, 0.0), max(height - h, 0.0))
+        for _ in range(4 * len(placed) + 1):
+            hit = next((r for r in placed if _overlaps((x, y, x + w, y + h), r)), None)
+            if hit is None:
+                break
+            if hit[3] + h <= height:
+                y = hit[3]
+            else:
+                x = hit[2] if hit[2] + w <= width else max(hit[0] - w, 0.0)
+                y = min(max(ay, 0.0), max(height - h, 0.0))
+        placed.append((x, y, x + w, y + h))
+        corners.append((x, y))
+    return corners
 
 
 def draw_detections(
@@ -55,7 +95,8 @@ def draw_detections(
     title: str | None = None,
     min_short_side: int = 256,
 ) -> Image.Image:
-    """A copy of `image` with every box outlined and its labels listed at its top-left corner.
+    """A copy of `image` with every box outlined and its labels listed at its top-left corner
+    (or, when that spot is taken by another box's labels, the nearest free place below or right).
 
     Args:
       image: a PIL image or an (H, W, 3) uint8 array.
@@ -82,9 +123,15 @@ def draw_detections(
     for i, (x1, y1, x2, y2) in enumerate(pixels):  # outlines first: labels stay on top
         draw.rectangle((x1, y1, max(x1, x2), max(y1, y2)), outline=PALETTE[i % len(PALETTE)],
                        width=width)
-    for i, ((x1, y1, _, _), labels) in enumerate(zip(pixels, labels_scores)):
-        lines = [f"{name} {score:.2f}" for name, score in labels]
-        _label_block(draw, (x1, y1), lines, font, PALETTE[i % len(PALETTE)])
+    blocks = [[f"{name} {score:.2f}" for name, score in labels] for labels in labels_scores]
+    taken = _line_boxes(draw, (0, 0), [title], font) if title else []
+    sizes = []
+    for lines in blocks:
+        rects = _line_boxes(draw, (0, 0), lines, font) or [(0, 0, 0, 0)]
+        sizes.append((max(r[2] for r in rects), rects[-1][3]))
+    corners = place_labels(pixels[:, :2], np.asarray(sizes).reshape(-1, 2), image.size, taken)
+    for i, (lines, xy) in enumerate(zip(blocks, corners)):
+        _label_block(draw, xy, lines, font, PALETTE[i % len(PALETTE)])
     if title:
         _label_block(draw, (0, 0), [title], font, (0, 0, 0))
     return image

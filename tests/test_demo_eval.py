@@ -32,6 +32,12 @@ def test_demo_report_and_eval_outputs(short, tiny_data, tmp_path, monkeypatch):
         assert (report / name).stat().st_size > 1000
     assert len(list(report.glob("keyframe_*.png"))) >= 1
     assert 0.0 <= summary["mAP"] <= 1.0 and 0.0 <= summary["prior_mAP"] <= 1.0
+    # The per-class table lists the MFA gates of the three modalities, each in (0, 1).
+    assert "| id | class | group | AP | prior AP | w_v | w_a | w_s | actors |" in text
+    assert set(summary["gates"]) == {"1", "2", "3", "4", "5", "6"}
+    gates = [g for row in summary["gates"].values() for g in row.values() if not np.isnan(g)]
+    assert gates and all(0.0 < g < 1.0 for g in gates)
+    assert set(summary["prior_groups"]) == {"motion", "sound", "scene"}
 
     # The evaluation wrote every real proposal of every val example, scored for every class.
     eval_dir = tmp_path / "demo" / "eval"
@@ -79,3 +85,21 @@ def test_ablation_table(short, tiny_data, tmp_path, monkeypatch):
     saved = json.loads((tmp_path / "ablation.json").read_text())
     assert set(saved[0]) == {"modalities", "mAP", "motion", "sound", "scene"}
     assert all(np.isfinite(r["mAP"]) for r in saved)
+
+
+def test_gates_by_class_and_prior_chart(tmp_path):
+    scores = np.array([[0.9, 0.1], [0.8, 0.7], [0.1, 0.9], [0.2, 0.3]])
+    gates = np.array([[0.9, 0.1, 0.2], [0.7, 0.3, 0.4], [0.1, 0.8, 0.5], [0.5, 0.5, 0.5]])
+    targets = np.array([[1, 0], [1, 0], [0, 1], [0, 0]])
+    means, counts = demo.gates_by_class(scores, gates, targets)
+    assert counts.tolist() == [2, 1]
+    np.testing.assert_allclose(means, [[0.8, 0.2, 0.3], [0.1, 0.8, 0.5]])
+    means, counts = demo.gates_by_class(scores, gates, np.zeros((4, 2)))
+    assert counts.tolist() == [0, 0] and np.isnan(means).all()
+
+    result = {"mAP": 0.5, "per_class": {1: 0.6, 2: float("nan")}, "names": {1: "walk", 2: "jump"}}
+    rows = evaluate.plot_per_class(result, str(tmp_path / "c.png"), "t", prior={1: 0.3, 2: 0.2})
+    assert rows == [("1 walk", 0.6, 0.3), ("2 jump", 0.0, 0.2)]
+    assert (tmp_path / "c.png").stat().st_size > 1000
+    rows = evaluate.plot_per_class(result, str(tmp_path / "d.png"), "t")
+    assert all(np.isnan(r[2]) for r in rows)

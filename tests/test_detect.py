@@ -10,6 +10,7 @@ a randomly initialised tiny DETR saved to a folder, biased towards its 'person' 
 
 import csv
 import fractions
+import itertools
 import json
 import os
 
@@ -382,3 +383,29 @@ def test_draw_detections_and_top_labels():
     assert pixels[: drawn.height // 3, : drawn.width // 2].any()  # the title
     with pytest.raises(ValueError, match="1 boxes but 0 label lists"):
         visualize.draw_detections(image, np.array([[0.5, 0.5, 0.9, 0.9]]), [])
+
+
+def test_label_blocks_of_close_actors_do_not_overlap():
+    # Three actors side by side, boxes overlapping (the demo's keyframes at 341 x 256).
+    boxes = np.array([[0.40, 0.30, 0.48, 0.70], [0.43, 0.32, 0.51, 0.72], [0.45, 0.29, 0.53, 0.69]])
+    labels = [[("walk", 0.9), ("tiled_room", 0.8), ("near_ball", 0.1)]] * 3
+    drawn = visualize.draw_detections(np.zeros((96, 128, 3), np.uint8), boxes, labels,
+                                      title="video @ 3 s")
+    pixels = np.asarray(drawn)
+    for i in range(3):  # every block's colour is visible: none is painted over by another
+        assert (pixels == visualize.PALETTE[i]).all(-1).sum() > 1200
+    sizes = np.array([[60.0, 36.0]] * 3)
+    corners = visualize.place_labels(boxes[:, :2] * [341, 256], sizes, (341, 256),
+                                     taken=[(0, 0, 80, 12)])
+    rects = [(x, y, x + w, y + h) for (x, y), (w, h) in zip(corners, sizes)]
+    assert corners[0] == (0.40 * 341, 0.30 * 256)  # a free anchor keeps its place
+    for a, b in itertools.combinations(rects + [(0, 0, 80, 12)], 2):
+        assert not visualize._overlaps(a, b), (a, b)
+    assert all(0 <= r[0] and r[2] <= 341 and 0 <= r[1] and r[3] <= 256 for r in rects)
+    # Out of room below: the next block moves right of the one it hits, still inside the image.
+    corners = visualize.place_labels(np.array([[10.0, 50.0], [12.0, 52.0]]),
+                                     np.array([[30.0, 40.0], [30.0, 40.0]]), (100, 80))
+    assert corners == [(10.0, 40.0), (40.0, 40.0)]
+    corners = visualize.place_labels(np.array([[40.0, 50.0], [42.0, 52.0]]),
+                                     np.array([[30.0, 40.0], [30.0, 40.0]]), (80, 80))
+    assert corners == [(40.0, 40.0), (10.0, 40.0)]  # no room on the right either: on the left

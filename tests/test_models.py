@@ -125,6 +125,34 @@ def test_masking_and_equivariance(tiny_config, fusion):
     assert np.abs(forward(changed)[:, 1] - base[:, 1]).max() > 1e-6
 
 
+@pytest.mark.parametrize("fusion", ["gated", "uniform"])
+def test_logits_and_gates_of_the_last_mfa(tiny_config, fusion):
+    """The gates are the last layer's w_m, channel-averaged per actor; the logits are unchanged."""
+    cfg = tiny_config.model
+    cfg.amfn.fusion = fusion
+    model = JoVALE(cfg, rngs=nnx.Rngs(2))
+    model.eval()
+    batch = random_batch(cfg, batch_size=2, seed=4)
+    seen = []
+    for layer in model.amfn.layers:  # record every layer's weights, eagerly
+        def weights(*args, _orig=layer.mfa.weights):
+            seen.append(_orig(*args))
+            return seen[-1]
+        object.__setattr__(layer.mfa, "weights", weights)
+    logits, gates = model.logits_and_gates(batch)
+    assert gates.shape == (2, cfg.num_proposals, 3) and len(seen) == len(model.amfn.layers)
+    want = np.stack([np.asarray(seen[-1][m]).mean(-1) for m in ("video", "audio", "scene")], -1)
+    np.testing.assert_allclose(gates, want, atol=1e-6)
+    np.testing.assert_allclose(logits, model(batch), atol=1e-6)
+    if fusion == "gated":
+        assert 0 < gates.min() and gates.max() < 1
+        first = np.stack([np.asarray(seen[0][m]).mean(-1) for m in ("video", "audio", "scene")], -1)
+        assert np.abs(first - want).max() > 1e-6  # the last layer's, not the first's
+    else:
+        np.testing.assert_array_equal(gates, 1.0)
+    assert not nnx.state(model, nnx.Intermediate)  # nothing left on the model
+
+
 def test_resample_hand_checked():
     x = np.arange(20, dtype=np.float32)
     # 20 -> 8: PyTorch adaptive pooling bins [0,3) [2,5) [5,8) [7,10) [10,13) [12,15) [15,18) [17,20)

@@ -109,6 +109,7 @@ class MFA(nnx.Module):
         self.modalities = tuple(modalities)
         self.t_common = t_common
         self.fusion = cfg.fusion
+        self.sow_gates = False  # True: sow the gates (see `JoVALE.gates`) under nnx.capture
         if cfg.fusion == "gated":
             width = dim * len(modalities)
             self.fc1 = Dense(width, cfg.bottleneck_dim, rngs=rngs, axes=(EMBED, MLP), dtype=dtype)
@@ -129,6 +130,9 @@ class MFA(nnx.Module):
         present = {m: present[m].astype(dtype) for m in self.modalities}
         aligned = {m: resample_time(a_hat[m], self.t_common, axis=2) for m in self.modalities}
         w = self.weights(aligned, present)
+        if self.sow_gates:  # per actor, the channel mean of each w_m: (B, K, M)
+            gates = jnp.stack([w[m].mean(-1) for m in self.modalities], -1)
+            self.sow(nnx.Intermediate, "gates", gates)
         total = sum(present[m] for m in self.modalities)[:, None, None, None]
         a_fuse = sum(present[m][:, None, None, None] * w[m][:, :, None] * aligned[m]
                      for m in self.modalities) / jnp.maximum(total, 1.0)

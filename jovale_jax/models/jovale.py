@@ -213,6 +213,18 @@ class JoVALE(nnx.Module):
         a_fuse, a_last = self.amfn(queries, context, box_mask, present)
         return head_logits(self.heads, self.cfg.amfn.fusion, a_fuse, a_last, present)
 
+    def logits_and_gates(self, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        """The logits and the last AMFN layer's MFA gates (B, K, M): per actor, the mean over
+        channels of w_m for each modality of ``self.modalities`` (ones unless fusion is gated)."""
+        mfa = self.amfn.layers[-1].mfa
+        mfa.sow_gates = True
+        try:
+            logits, sown = nnx.capture(self, nnx.Intermediate)(batch)
+        finally:
+            mfa.sow_gates = False
+        (gates,) = jax.tree.leaves(sown)
+        return logits, gates
+
 
 def head_logits(heads: nnx.Dict, fusion: str, a_fuse: jax.Array,
                 a_last: Mapping[str, jax.Array], present: Mapping[str, jax.Array]) -> jax.Array:
