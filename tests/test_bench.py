@@ -94,15 +94,3 @@ def test_remat_bench(one_stream):
     assert not off["remat"] and on["remat"]
     assert r["gmacs_ratio"] > 1  # the recomputed forward
     assert r["time_ratio"] == pytest.approx(on["seconds"] / off["seconds"])
-
-
-def test_memory_report(one_stream, capsys):
-    # remat off, after test_remat_bench: its compilations come from the persistent cache.
-    r = bench.memory_report(one_stream, BATCH, remat=(False,))
-    assert last_json(capsys)["rows"].keys() == {"remat_false"}
-    row = r["rows"]["remat_false"]
-    parts = row["params"] + row["opt_state"] + row["frozen"] + row["batch"]
-    assert row["arguments"] == parts + 4  # and the step counter
-    assert row["total"] < row[f"total_at_batch_{2 * BATCH}"]
-    assert row["bytes_per_clip"] > 0 and row["max_batch_per_device"] > BATCH
-    assert row["gmacs_per_clip"] > 0

@@ -306,10 +306,13 @@ def test_presets_follow_supplementary_table_3():
     for preset in (ucf24, jhmdb21):
         c = preset.get_config()
         assert c.model.video.backbone == "slowfast" and c.model.video.slowfast.depth == 101
-        assert c.model.modalities == ("video", "scene") and c.data.short_side == 256
+        assert c.model.modalities == ("video", "scene") and c.data.eval_short_side == 256
         assert preset.get_config("vitb").model.video.backbone == "vit"
+    # Table 3: UCF101-24 trains at short side 224 and tests at 256; JHMDB51-21 256 for both
+    assert (ucf24.get_config().data.short_side, jhmdb21.get_config().data.short_side) == (224, 256)
     for c in (r50, r101):
-        assert c.data.short_side == 256
+        assert c.data.short_side == c.data.eval_short_side == 256
+        assert tuple(c.model.video.image_size) == (256, 464)  # a 16:9 frame at 256 is 455 wide
         assert (c.model.video.num_frames, c.data.frame_stride) == (32, 2)
 
 

@@ -1,4 +1,4 @@
-"""``launch.py bench step|forward|memory|remat``: speed, work and memory of the compiled train
+"""``launch.py bench step|forward|remat``: speed, work and memory of the compiled train
 step and forward pass.
 
 Every bench runs on synthetic inputs of the config's shapes (random arrays, boxes, masks and
@@ -24,8 +24,7 @@ alone on random embeddings of the shapes the encoders give (``jax.eval_shape``):
 focal loss with its gradients with respect to the fusion's parameters and to its inputs (as in the
 full model, where they flow on into the encoders); no optimizer update.
 
-:func:`memory_report` (``bench memory``) compiles the train step on abstract arguments (no
-execution) for each remat setting and :func:`run_remat_bench` (``bench remat``) measures what
+:func:`run_remat_bench` (``bench remat``) measures what
 ``config.model.remat_policy`` costs in step time (``bench/profile.py`` says where the time goes).
 Late fusion is the model's own ``head_logits``.
 """
@@ -56,7 +55,6 @@ COMPONENTS = ("model", "amfn")
 MODES = ("step", "forward")
 MATMUL_SIZE = {"cpu": 2048}  # per platform; 8192 elsewhere
 DEFAULT_MATMUL_SIZE = 8192
-DEVICE_BYTES = 80e9  # an 80 GB accelerator
 MACS_SOURCE = "jovale_jax.flops.jaxpr_macs of the traced program (dot_general + conv)"
 
 
@@ -388,77 +386,6 @@ def run_forward_bench(config: ml_collections.ConfigDict, *, batch_size: int | No
                 matmul_size=matmul_size, prepared=prepared)
     _print_report(f"bench forward ({component})", _bench_rows(r), r)
     return r
-
-
-def _bytes_per_device(tree: Any, shardings: Any) -> int:
-    """Bytes of ``tree``'s arrays on one device under ``shardings`` (a tree or one prefix)."""
-    leaves = jax.tree.leaves(tree)
-    if isinstance(shardings, jax.sharding.Sharding):
-        shardings = [shardings] * len(leaves)
-    else:
-        shardings = jax.tree.leaves(shardings)
-    return sum(int(np.prod(sh.shard_shape(x.shape))) * jnp.dtype(x.dtype).itemsize
-               for x, sh in zip(leaves, shardings, strict=True))
-
-
-def _step_memory(s: ModelState, batch_size: int) -> dict[str, int]:
-    """Per-device memory of the train step of ``s`` compiled for ``batch_size`` (nothing runs)."""
-    shapes = batch_shapes(s.config, batch_size)
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                            (s.state, s.frozen, shapes))
-    traced = train.make_train_step(s).trace(*abstract)
-    compiled = traced.lower().compile()
-    return {"gmacs_per_clip": jaxpr_macs(traced.jaxpr) / 1e9 / batch_size,
-            "params": _bytes_per_device(s.state["params"], s.state_shardings["params"]),
-            "opt_state": _bytes_per_device(s.state["opt_state"], s.state_shardings["opt_state"]),
-            "frozen": _bytes_per_device(s.frozen, s.frozen_shardings),
-            "batch": _bytes_per_device(shapes, sharding.data_sharding(s.mesh)),
-            **_memory_stats(compiled)}
-
-
-def memory_report(config: ml_collections.ConfigDict, batch_size: int | None = None, *,
-                  remat: Sequence[bool] = (False, True),
-                  device_bytes: float = DEVICE_BYTES) -> dict[str, Any]:
-    """Per-device memory of the compiled train step at ``batch_size``, for each ``remat`` setting.
-
-    Compiles only (abstract arguments; the model is initialised, the step never runs). Each row
-    splits the arguments into parameters, optimizer state, frozen parameters and the batch, and
-    gives XLA's outputs, aliased (donated) bytes, temporaries and generated code; ``total`` =
-    arguments + outputs - aliased + temporaries + code. ``max_batch_per_device`` extrapolates the
-    total linearly from ``batch_size`` and ``2 * batch_size`` to ``device_bytes``;
-    ``gmacs_per_clip`` counts the step's MACs (recomputation included). Prints a table and a JSON
-    line.
-    """
-    config = variant(config, batch_size=batch_size or config.batch_size)
-    mesh = sharding.make_mesh(config.mesh_shape)
-    check_divisibility(config, mesh)
-    b, data = config.batch_size, mesh.shape["data"]
-    rows: dict[str, Any] = {}
-    for flag in remat:
-        start = time.perf_counter()
-        s = create(variant(config, remat=flag), mesh=mesh, steps_per_epoch=1)
-        one, two = _step_memory(s, b), _step_memory(s, 2 * b)
-        per_clip = (two["total"] - one["total"]) / b * data  # per device, per clip on the device
-        fixed = one["total"] - per_clip * b / data
-        rows[f"remat_{str(flag).lower()}"] = {
-            **one, "bytes_per_clip": per_clip, f"total_at_batch_{2 * b}": two["total"],
-            "max_batch_per_device": int((device_bytes - fixed) // per_clip) if per_clip > 0
-            else None, "seconds": time.perf_counter() - start}
-        del s
-    result = {"bench": "memory", "batch_size": b, "devices": mesh.size,
-              "device_kind": mesh.devices.flat[0].device_kind, "dtype": config.model.dtype,
-              "device_bytes": device_bytes, "rows": rows}
-    names = ("params", "opt_state", "frozen", "batch", "arguments", "outputs", "aliased",
-             "temporaries", "generated_code", "total", "bytes_per_clip")
-    table = [("per device", "   ".join(f"{k:>12}" for k in rows))]
-    table += [(n, "   ".join(f"{_gb(r[n]):>12}" for r in rows.values())) for n in names]
-    table.append((f"max batch / {device_bytes / 1e9:.0f} GB",
-                  "   ".join(f"{r['max_batch_per_device']!s:>12}" for r in rows.values())))
-    table.append(("GMACs / clip",
-                  "   ".join(f"{r['gmacs_per_clip']:>12.1f}" for r in rows.values())))
-    _print_report(f"memory of the train step at batch {b} ({mesh.size} x "
-                  f"{result['device_kind']})", table, result)
-    return result
 
 
 def run_remat_bench(config: ml_collections.ConfigDict, *, batch_size: int | None = None,

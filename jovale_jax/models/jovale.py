@@ -151,9 +151,13 @@ class JoVALE(nnx.Module):
         source_width = 0
         if "video" in self.modalities:
             # SlowFast: the Slow map and the time-pooled Fast map, concatenated (2048 + 256).
-            encoder, width = ((SlowFast, sum(slowfast_widths(cfg.video))) if is_slowfast(cfg.video)
-                              else (VideoEncoder, cfg.video.width))
-            self.video_encoder = encoder(cfg.video, rngs=rngs, dtype=dtype.name, **layers)
+            if is_slowfast(cfg.video):
+                width = sum(slowfast_widths(cfg.video))
+                self.video_encoder = SlowFast(cfg.video, rngs=rngs, dtype=dtype.name,
+                                              remat_policy=cfg.remat_policy)
+            else:
+                width = cfg.video.width
+                self.video_encoder = VideoEncoder(cfg.video, rngs=rngs, dtype=dtype.name, **layers)
             self.video_norm = LayerNorm(width, rngs=rngs, dtype=dtype)
             self.video_proj = Dense(width, dim, rngs=rngs, dtype=dtype)
             source_width = width

@@ -30,7 +30,7 @@ import numpy as np
 from flax import nnx
 
 from jovale_jax.models.amfn import resample_time
-from jovale_jax.models.layers import dtype_of, param
+from jovale_jax.models.layers import REMAT_POLICIES, check_remat_policy, dtype_of, param
 from jovale_jax.sharding import CONV_IN, EMBED
 
 STAGE_DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
@@ -207,7 +207,8 @@ class Fusion(nnx.Module):
 class SlowFast(nnx.Module):
     """SlowFast encoder: (B, T, H, W, 3) -> (B, T / alpha, H / 16, W / 16, C_slow + C_fast)."""
 
-    def __init__(self, cfg, *, rngs: nnx.Rngs, dtype: str = "float32", remat: bool = False):
+    def __init__(self, cfg, *, rngs: nnx.Rngs, dtype: str = "float32",
+                 remat_policy: str = "none"):
         self.cfg = cfg
         self.dtype = dtype_of(dtype)
         sf = _sf(cfg)
@@ -243,11 +244,15 @@ class SlowFast(nnx.Module):
                 self.fusions.append(Fusion(out // beta_inv, cfg, **kw))
             c_slow, c_fast = out + out // beta_inv * ratio, out // beta_inv
         self.slow_stages, self.fast_stages = nnx.List(slow_stages), nnx.List(fast_stages)
-        self.remat = remat
+        self.remat_policy = check_remat_policy(remat_policy)
 
     def _stage(self, blocks, x: jax.Array) -> jax.Array:
         for block in blocks:
-            x = nnx.remat(lambda blk, h: blk(h))(block, x) if self.remat else block(x)
+            if self.remat_policy == "none":
+                x = block(x)
+            else:  # each bottleneck's activations recomputed in the backward pass
+                policy = REMAT_POLICIES[self.remat_policy]
+                x = nnx.remat(lambda blk, h: blk(h), policy=policy)(block, x)
         return x
 
     def pathways(self, video: jax.Array) -> tuple[jax.Array, jax.Array]:
