@@ -148,6 +148,10 @@ class TracedInMesh:
         with activation_sharding(self.mesh, self.rules):
             return self.jitted.lower(*args)
 
+    def trace(self, *args):
+        with activation_sharding(self.mesh, self.rules):
+            return self.jitted.trace(*args)
+
 
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
     """``x`` constrained to the logical ``axes`` under :func:`activation_sharding`, else ``x``."""

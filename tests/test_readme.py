@@ -2,6 +2,7 @@
 
 import pathlib
 import re
+import shlex
 import sys
 
 
@@ -54,7 +55,7 @@ def as_argv(command: str) -> list[list[str]]:
     choices = re.search(r"\{([\w,-]+)\}", command)
     variants = ([command.replace(choices.group(0), c) for c in choices.group(1).split(",")]
                 if choices else [command])
-    return [[PLACEHOLDERS.get(word, word) for word in v.split()[2:]] for v in variants]
+    return [[PLACEHOLDERS.get(word, word) for word in shlex.split(v)[2:]] for v in variants]
 
 
 def test_every_shown_command_parses(monkeypatch):

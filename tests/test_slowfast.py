@@ -294,8 +294,8 @@ def test_full_size_through_eval_shape(preset, depth):
         return m.encode(b), m(b)
 
     (context, _, fmap), out = jax.eval_shape(run, state, abstract_batch(cfg, 2))
-    assert fmap.shape == (2, 4, 16, 20, 2048 + 256)  # T_v = 32 / 8, 256 x 320 canvas / 16
-    assert context["video"].shape == (2, 4, 320, 256)
+    assert fmap.shape == (2, 4, 16, 29, 2048 + 256)  # T_v = 32 / 8, 256 x 464 canvas / 16
+    assert context["video"].shape == (2, 4, 16 * 29, 256)
     assert out.shape == (2, 15, 60)
 
 

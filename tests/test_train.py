@@ -205,7 +205,7 @@ def test_checkpoint_of_another_config_is_named(tiny_config, tiny_data, tmp_path)
     other = small(tiny_config.copy_and_resolve_references(), 2, mesh_shape=(1, 1))
     other.model.amfn.mlp_dim = 48
     with pytest.raises(ValueError, match=r"(?s)does not fit this config.*mfe.*fc1.*kernel.*checkpoint shape "
-                                         r"\(32, 64\), model shape \(32, 48\)"):
+                                         r"\(2, 32, 64\), model shape \(2, 32, 48\)"):
         train(other, str(tmp_path / "w"), data_dir=tiny_data, devices=jax.devices()[:1])
 
 
