@@ -15,8 +15,11 @@ K actors:
   over time, and a bottleneck MLP (M D -> 48 -> M D, ReLU) with a sigmoid gives per-actor,
   per-channel weights w_m. a_fuse = mean over present modalities of w_m * â_m, and the next layer's
   queries are a_m = dealign_m(a_fuse) + w_m * â_m, the residual kept at the modality's own sampling.
-  ``fusion='uniform'`` fixes w_m = 1 and ``'late'`` keeps the modalities apart until the heads (the
-  rows of the paper's Table 7).
+  ``fusion='uniform'`` fixes every w_m to the constant :data:`UNIFORM_WEIGHT` = 0.5 = sigmoid(0), the
+  gate's output at a zero logit (at initialisation its outputs average 0.5, test_models checks it),
+  so that the row measures the gating and not a scale: with w_m = 1 each layer would add the whole
+  residual to the whole fused embedding, doubling the queries' scale per layer (2^L). ``'late'``
+  keeps the modalities apart until the heads (the rows of the paper's Table 7).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from jovale_jax.models.layers import Attention, Dense, TransformerBlock
 from jovale_jax.sharding import EMBED, MLP
 
 FUSIONS = ("gated", "uniform", "late")
+UNIFORM_WEIGHT = 0.5  # sigmoid(0): the adaptive gate's scale (Table 7's fair "uniform" row)
 
 
 def resample_matrix(t_in: int, t_out: int) -> np.ndarray:
@@ -105,9 +109,10 @@ class MFA(nnx.Module):
             self.fc2 = Dense(cfg.bottleneck_dim, width, rngs=rngs, axes=(MLP, EMBED), dtype=dtype)
 
     def weights(self, aligned: Mapping[str, jax.Array], present: Mapping[str, jax.Array]):
-        """Per-actor, per-channel weights w_m (B, K, D) of eqs. 5-6 (ones unless gated)."""
+        """Per-actor, per-channel weights w_m (B, K, D) of eqs. 5-6 (:data:`UNIFORM_WEIGHT` unless
+        gated)."""
         if self.fusion != "gated":
-            return {m: jnp.ones_like(aligned[m][:, :, 0]) for m in self.modalities}
+            return {m: jnp.full_like(aligned[m][:, :, 0], UNIFORM_WEIGHT) for m in self.modalities}
         pooled = jnp.concatenate(
             [aligned[m].mean(2) * present[m][:, None, None] for m in self.modalities], axis=-1)
         w = jax.nn.sigmoid(self.fc2(jax.nn.relu(self.fc1(pooled))))
