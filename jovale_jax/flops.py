@@ -72,7 +72,8 @@ def component_costs(cfg, batch_size: int = 1) -> dict[str, dict[str, float]]:
     """{component: {"params": int, "gmacs": float}} plus "total" for one forward pass.
 
     Components: visual (video ViT + projection), scene (BLIP + projection), audio (patch embedding +
-    projection), actor (RoIAlign + projections + query embeddings), amfn, heads. A component that
+    projection), actor (RoIAlign + projections + query embeddings), amfn (the fusion stage of
+    ``model.fusion_strategy``: the AMFN by default), heads. A component that
     the config's modalities leave out is absent.
     """
     model = nnx.eval_shape(lambda: JoVALE(cfg, rngs=nnx.Rngs(0)))
@@ -113,11 +114,10 @@ def component_costs(cfg, batch_size: int = 1) -> dict[str, dict[str, float]]:
 
     add("actor", [model.actor_features, model.query_time_embed], actor, (feature_map, batch))
     queries = jax.eval_shape(run(actor), state, (feature_map, batch))
-    add("amfn", [model.amfn], lambda m, x: m.amfn(*x),
-        (queries, context, batch["box_mask"], present))
-    a_fuse, a_last = jax.eval_shape(run(lambda m, x: m.amfn(*x)), state,
-                                    (queries, context, batch["box_mask"], present))
-    head_inputs = a_last if cfg.amfn.fusion == "late" else {"fused": a_fuse}
+    fusion = model.amfn if model.fusion_strategy == "amfn" else model.fusion
+    fuse_inputs = (queries, context, batch["box_mask"], present, batch["boxes"])
+    add("amfn", [fusion], lambda m, x: m.fuse(*x), fuse_inputs)
+    head_inputs = jax.eval_shape(run(lambda m, x: m.fuse(*x)), state, fuse_inputs)
     add("heads", [model.heads], lambda m, x: {k: m.heads[k](v) for k, v in x.items()}, head_inputs)
 
     total_macs = count_macs(run(lambda m, b: m(b)), state, batch) / 1e9

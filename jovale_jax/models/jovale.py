@@ -22,6 +22,7 @@ from flax import nnx
 from jovale_jax.models.amfn import AMFN, resample_time
 from jovale_jax.models.audio import AudioPatchEmbed, audio_grid
 from jovale_jax.models.blip import BlipVisionEncoder, blip_num_patches
+from jovale_jax.models.fusion import GlobalRelation, RoIFeatureFusion, RoIRelation, check_strategy
 from jovale_jax.models.heads import ActionHead
 from jovale_jax.models.layers import Dense, LayerNorm, dtype_of, param
 from jovale_jax.models.roi_align import roi_align
@@ -145,11 +146,26 @@ class JoVALE(nnx.Module):
         self.query_time_embed = nnx.Dict({
             m: param(rngs, nnx.initializers.normal(0.02), (steps[m], dim), (None, EMBED))
             for m in self.modalities})
-        self.amfn = AMFN(dim, self.modalities, steps["video"], cfg.amfn, rngs=rngs, dtype=dtype,
-                         remat=cfg.remat)
-        head_names = self.modalities if cfg.amfn.fusion == "late" else ("fused",)
-        self.heads = nnx.Dict({n: ActionHead(dim, cfg.num_classes, rngs=rngs, dropout=cfg.head_dropout,
-                                             dtype=dtype) for n in head_names})
+        self.fusion_strategy = check_strategy(cfg, self.modalities)
+        head_dim = dim
+        if self.fusion_strategy == "amfn":
+            self.amfn = AMFN(dim, self.modalities, steps["video"], cfg.amfn, rngs=rngs, dtype=dtype,
+                             remat=cfg.remat)
+        elif self.fusion_strategy == "global_relation":
+            self.fusion = GlobalRelation(dim, self.modalities, steps["video"], cfg, rngs=rngs,
+                                         dtype=dtype)
+        else:
+            grids = {"video": video_grid(cfg.video)[1:],
+                     "scene": (cfg.scene.image_size // cfg.scene.patch,) * 2}
+            make = RoIFeatureFusion if self.fusion_strategy == "roi_feature_fusion" else RoIRelation
+            self.fusion = make(dim, {m: grids[m] for m in self.modalities}, cfg, rngs=rngs,
+                               dtype=dtype)
+            head_dim = self.fusion.out_dim
+        late = self.fusion_strategy == "amfn" and cfg.amfn.fusion == "late"
+        head_names = self.modalities if late else ("fused",)
+        self.heads = nnx.Dict({n: ActionHead(head_dim, cfg.num_classes, rngs=rngs,
+                                             dropout=cfg.head_dropout, dtype=dtype)
+                               for n in head_names})
 
     def encode(self, batch: Mapping[str, jax.Array]):
         """The streams: context embeddings {m: (B, T_m, N_m, D)}, modality presence {m: (B,)} and
@@ -183,9 +199,17 @@ class JoVALE(nnx.Module):
         actors = self.actor_features(feature_map, batch["boxes"], batch.get("proposal_features"))
         queries = {m: resample_time(actors, self.query_time_embed[m].shape[0], axis=2)
                    + self.query_time_embed[m][...].astype(actors.dtype) for m in self.modalities}
-        a_fuse, a_last = self.amfn(queries, context, box_mask, present)
-        if self.cfg.amfn.fusion != "late":
-            return self.heads["fused"](a_fuse)
+        inputs = self.fuse(queries, context, box_mask, present, batch["boxes"])
+        if "fused" in inputs:
+            return self.heads["fused"](inputs["fused"])
         weights = {m: present[m].astype(jnp.float32)[:, None, None] for m in self.modalities}
         total = jnp.maximum(sum(weights.values()), 1.0)
-        return sum(weights[m] * self.heads[m](a_last[m]) for m in self.modalities) / total
+        return sum(weights[m] * self.heads[m](inputs[m]) for m in self.modalities) / total
+
+    def fuse(self, queries, context, box_mask, present, boxes) -> dict[str, jax.Array]:
+        """The fusion stage (``model.fusion_strategy``): {head name: its input (B, K, T, D')};
+        one ``fused`` head, or one per modality for the AMFN's late score fusion."""
+        if self.fusion_strategy != "amfn":
+            return {"fused": self.fusion(queries, context, box_mask, present, boxes)}
+        a_fuse, a_last = self.amfn(queries, context, box_mask, present)
+        return dict(a_last) if "fused" not in self.heads else {"fused": a_fuse}
