@@ -88,3 +88,36 @@ def test_roi_relation_is_not_roi_feature_fusion(tiny_config):
     changed = dict(batch, boxes=batch["boxes"].copy())
     changed["boxes"][:, 0] = [0.0, 0.0, 1.0, 1.0]
     assert np.abs(forward(changed)[:, 1] - forward(batch)[:, 1]).max() > 1e-6
+
+
+ENCODERS = ("joint", "factorized", "divided", "cross_frame")
+
+
+@pytest.mark.parametrize("encoder", ENCODERS)
+def test_mfe_structure_masking_and_equivariance(tiny_config, encoder):
+    cfg = tiny_config.model
+    cfg.amfn.encoder = encoder
+    check_masking_and_equivariance(cfg)
+
+
+def test_mfe_structure_layers(tiny_config):
+    """Each encoder's AMFN holds the layers its definition says (factorized: L - L_t spatial +
+    L_t temporal; cross-frame: one message token per time step and modality)."""
+    from jovale_jax.models.amfn import AMFN
+    from jovale_jax.models.mfe_variants import SpatialEncoder, TemporalEncoder
+
+    cfg = tiny_config.model.amfn
+    cfg.num_layers, cfg.temporal_layers, cfg.encoder = 3, 1, "factorized"
+    mods, steps = ("video", "audio"), {"video": 4, "audio": 9}
+    amfn = AMFN(16, mods, 4, cfg, rngs=nnx.Rngs(0), time_steps=steps)
+    assert len(amfn.layers) == 2 and len(amfn.temporal_layers) == 1
+    assert isinstance(amfn.layers[0].mfe["video"], SpatialEncoder)
+    assert isinstance(amfn.temporal_layers[0].mfe["audio"], TemporalEncoder)
+    cfg.encoder = "cross_frame"
+    amfn = AMFN(16, mods, 4, cfg, rngs=nnx.Rngs(0), time_steps=steps)
+    assert {m: amfn.messages[m].shape for m in mods} == {"video": (4, 16), "audio": (9, 16)}
+    queries = {m: jnp.ones((2, 3, t, 16)) for m, t in steps.items()}
+    context = {"video": jnp.ones((2, 4, 5, 16)), "audio": jnp.ones((2, 9, 2, 16))}
+    a_fuse, last = nnx.jit(lambda mod, *a: mod(*a))(amfn, queries, context, jnp.ones((2, 3), bool), {m: jnp.ones((2,), bool) for m in mods})
+    assert a_fuse.shape == (2, 3, 4, 16) and {m: v.shape for m, v in last.items()} == {
+        m: v.shape for m, v in queries.items()}

@@ -31,7 +31,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jovale_jax.models.layers import Attention, Dense, TransformerBlock
+from jovale_jax.models.layers import Attention, Dense, param
+from jovale_jax.models.mfe_variants import (
+    LAYER_CLASSES,
+    check_encoder,
+    encoder_block,
+    frame_tokens,
+    layer_kinds,
+    split_frame_tokens,
+)
 from jovale_jax.sharding import EMBED, MLP
 
 FUSIONS = ("gated", "uniform", "late")
@@ -76,21 +84,13 @@ class MFE(nnx.Module):
 
     def __init__(self, dim: int, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32):
         self.bottleneck_attn = Attention(dim, cfg.num_heads, rngs=rngs, dtype=dtype)
-        self.encoder = TransformerBlock(dim, cfg.num_heads, cfg.mlp_dim, rngs=rngs,
-                                        norm_first=cfg.norm_first, layer_norm_eps=1e-5,
-                                        dropout=cfg.dropout, dtype=dtype)
+        self.encoder = encoder_block(dim, cfg, rngs=rngs, dtype=dtype)
 
     def __call__(self, actors: jax.Array, context: jax.Array, actor_mask: jax.Array):
         """actors (B, K, T, D), context (B, T, N, D), actor_mask (B, K) -> (â (B, K, T, D), f (B, T, N, D))."""
-        b, k, t, _ = actors.shape
         bottleneck = self.bottleneck_attn(masked_mean(actors, actor_mask[:, :, None, None], axis=1))
-        tokens = jnp.concatenate(
-            [jnp.swapaxes(actors, 1, 2), context.astype(actors.dtype), bottleneck[:, :, None]], axis=2)
-        key_mask = jnp.concatenate(
-            [jnp.broadcast_to(actor_mask[:, None, :], (b, t, k)),
-             jnp.ones((b, t, tokens.shape[2] - k), bool)], axis=2)
-        out = self.encoder(tokens, key_mask)
-        return jnp.swapaxes(out[:, :, :k], 1, 2), out[:, :, k:-1]
+        tokens, key_mask = frame_tokens(actors, context, actor_mask, bottleneck[:, :, None])
+        return split_frame_tokens(self.encoder(tokens, key_mask), actors.shape[1], context.shape[2])
 
 
 class MFA(nnx.Module):
@@ -135,11 +135,12 @@ class MFA(nnx.Module):
 
 
 class AMFNLayer(nnx.Module):
-    """One AMFN layer: an MFE per modality, then the MFA."""
+    """One AMFN layer: an MFE per modality (or the Table 6 encoder ``kind``), then the MFA."""
 
     def __init__(self, dim: int, modalities: tuple[str, ...], t_common: int, cfg, *,
-                 rngs: nnx.Rngs, dtype=jnp.float32):
-        self.mfe = nnx.Dict({m: MFE(dim, cfg, rngs=rngs, dtype=dtype) for m in modalities})
+                 rngs: nnx.Rngs, dtype=jnp.float32, kind: str = "mfe"):
+        make = MFE if kind == "mfe" else LAYER_CLASSES[kind]
+        self.mfe = nnx.Dict({m: make(dim, cfg, rngs=rngs, dtype=dtype) for m in modalities})
         self.mfa = MFA(dim, modalities, t_common, cfg, rngs=rngs, dtype=dtype)
 
     def __call__(self, queries, context, actor_mask, present):
@@ -151,19 +152,46 @@ class AMFNLayer(nnx.Module):
 
 
 class AMFN(nnx.Module):
-    """L AMFN layers. Returns the last layer's a_fuse (B, K, T_c, D) and action embeddings {m: â_m}."""
+    """L AMFN layers. Returns the last layer's a_fuse (B, K, T_c, D) and action embeddings {m: â_m}.
+
+    ``cfg.encoder`` picks each layer's spatio-temporal encoder (Table 6,
+    :mod:`jovale_jax.models.mfe_variants`): ``factorized`` splits the stack into spatial
+    ``layers`` and ``temporal_layers``; ``cross_frame`` appends its learned message token per time
+    step (``messages[m]``, (T_m, D), N(0, 0.02)) to every modality's context for the whole stack.
+    """
 
     def __init__(self, dim: int, modalities: tuple[str, ...], t_common: int, cfg, *,
-                 rngs: nnx.Rngs, dtype=jnp.float32, remat: bool = False):
-        self.layers = nnx.List([AMFNLayer(dim, modalities, t_common, cfg, rngs=rngs, dtype=dtype)
-                                for _ in range(cfg.num_layers)])
+                 rngs: nnx.Rngs, dtype=jnp.float32, remat: bool = False,
+                 time_steps: Mapping[str, int] | None = None):
+        self.encoder = check_encoder(cfg)
+        (kind, depth), *rest = layer_kinds(cfg)
+        self.layers = nnx.List([AMFNLayer(dim, modalities, t_common, cfg, rngs=rngs, dtype=dtype,
+                                          kind=kind) for _ in range(depth)])
+        if rest:
+            (kind, depth), = rest
+            self.temporal_layers = nnx.List([
+                AMFNLayer(dim, modalities, t_common, cfg, rngs=rngs, dtype=dtype, kind=kind)
+                for _ in range(depth)])
+        if self.encoder == "cross_frame":
+            if time_steps is None:
+                raise ValueError("AMFN: the cross_frame encoder needs time_steps {modality: T_m}")
+            self.messages = nnx.Dict({
+                m: param(rngs, nnx.initializers.normal(0.02), (time_steps[m], dim), (None, EMBED))
+                for m in modalities})
         self.remat = remat
 
     def __call__(self, queries: Mapping[str, jax.Array], context: Mapping[str, jax.Array],
                  actor_mask: jax.Array, present: Mapping[str, jax.Array]):
         queries, context = dict(queries), dict(context)
+        if self.encoder == "cross_frame":
+            for m, ctx in context.items():
+                b, t, _, d = ctx.shape
+                msg = jnp.broadcast_to(self.messages[m][...].astype(ctx.dtype)[None, :, None],
+                                       (b, t, 1, d))
+                context[m] = jnp.concatenate([ctx, msg], axis=2)
         a_fuse = None
-        for layer in self.layers:
+        layers = list(self.layers) + list(getattr(self, "temporal_layers", []))
+        for layer in layers:
             if self.remat:
                 queries, context, a_fuse = nnx.remat(lambda lyr, *a: lyr(*a))(
                     layer, queries, context, actor_mask, present)

@@ -150,7 +150,7 @@ class JoVALE(nnx.Module):
         head_dim = dim
         if self.fusion_strategy == "amfn":
             self.amfn = AMFN(dim, self.modalities, steps["video"], cfg.amfn, rngs=rngs, dtype=dtype,
-                             remat=cfg.remat)
+                             remat=cfg.remat, time_steps=steps)
         elif self.fusion_strategy == "global_relation":
             self.fusion = GlobalRelation(dim, self.modalities, steps["video"], cfg, rngs=rngs,
                                          dtype=dtype)
