@@ -18,8 +18,11 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -n 2 --durations=15 tests
 
+LINTED := jovale_jax configs tests launch.py bench
+
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check jovale_jax configs tests launch.py bench
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
 
 clean:
 	rm -rf $(VENV) runs

@@ -8,14 +8,19 @@ Commands:
   detect      run a trained model on any video file
   convert     import pretrained VideoMAE v2 / BLIP / AST weights (--from KIND --src PATH, repeatable)
   flops       parameters and multiply-accumulates per component (no execution)
-  bench       step | forward | input | eval timings
+  bench       step | forward | memory | remat | profile | input | eval measurements
   build-data  write the TFRecord shards of a dataset
   ablate      train and evaluate every modality subset (Table 4)
   demo        build the synthetic set, train, evaluate and write a report (what `make demo` runs)
+
+Options that are configuration live in the config (`--config.eval.split=val`,
+`--config.detect.keyframe_every=0.5`, configs/common.py lists them); flags name files and folders.
+`build-data --dataset NAME` without --config uses the dataset's own preset (DATASET_PRESETS).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -31,26 +36,27 @@ flags.DEFINE_string("workdir", None, "Run folder: checkpoints, logs, results.")
 flags.DEFINE_bool("json", False, "flops: end with one JSON line.")
 flags.DEFINE_string("data_dir", None, "Where the TFRecord shards are (default config.data.data_dir).")
 flags.DEFINE_string("raw_dir", None, "build-data: the raw dataset folder.")
-flags.DEFINE_string("dataset", None, "build-data: synthetic | ava | ucf24 | jhmdb21.")
+flags.DEFINE_string("dataset", None, "build-data: synthetic | ava | ucf24 | jhmdb21 (without "
+                    "--config: that dataset's preset).")
 flags.DEFINE_bool("strict", False, "build-data: a corrupt video is an error instead of skipped.")
 flags.DEFINE_multi_string("from", [], "convert: source kind, repeat with --src.")
 flags.DEFINE_multi_string("src", [], "convert: source path, one per --from.")
 flags.DEFINE_string("out", None, "convert / detect: output folder.")
 flags.DEFINE_string("init_from", None, "train: converted pretrained weights (launch.py convert).")
 flags.DEFINE_string("checkpoint", None, "eval / detect: a workdir or workdir/checkpoints/STEP.")
-flags.DEFINE_string("split", None, "eval: split (default config.data.eval_split).")
 flags.DEFINE_integer("batch_size", None, "bench: batch size (default config.batch_size).")
-flags.DEFINE_string("component", "model", "bench step/forward: model | amfn.")
+flags.DEFINE_string("component", "model", "bench step/forward/profile: model | amfn.")
 flags.DEFINE_integer("num_batches", 20, "bench input: batches to time.")
 
 flags.DEFINE_string("compare_to", None, "eval: a results.json to draw the per-class difference against.")
 flags.DEFINE_string("video", None, "detect: the video file.")
 flags.DEFINE_string("boxes", None, "detect: an AVA-style CSV of person boxes.")
-flags.DEFINE_string("detector", None, "detect: a transformers object-detection model id or folder.")
 flags.DEFINE_string("video_out", None, "detect: also write an annotated mp4 here.")
 
 FLAGS = flags.FLAGS
-BENCHES = ("step", "forward", "input", "eval")
+BENCHES = ("step", "forward", "memory", "remat", "profile", "input", "eval")
+DATASET_PRESETS = {"synthetic": "synthetic", "ava": "ava_vitb16", "ucf24": "ucf24",
+                   "jhmdb21": "jhmdb21"}  # build-data --dataset NAME without --config
 COMMANDS = ("train", "eval", "detect", "convert", "flops", "bench", "build-data", "ablate", "demo")
 
 
@@ -76,11 +82,12 @@ def cmd_flops(args):
 
 def cmd_train(argv):
     """Train (or resume) the config in --workdir, with periodic evaluation."""
-    from jovale_jax import train
+    from jovale_jax import run_log, train
     from jovale_jax.evaluate import periodic_evaluator
 
     config = _config()
     _require("workdir")
+    run_log.log_to_file(FLAGS.workdir)
     train.train(config, FLAGS.workdir, init_from=FLAGS.init_from, data_dir=FLAGS.data_dir,
                 evaluate_fn=periodic_evaluator(config, FLAGS.data_dir))
 
@@ -90,8 +97,9 @@ def cmd_eval(argv):
     from jovale_jax.evaluate import evaluate_checkpoint
 
     _require("checkpoint")
-    evaluate_checkpoint(_config(), FLAGS.checkpoint, split=FLAGS.split, out_dir=FLAGS.out,
-                        data_dir=FLAGS.data_dir, compare_to=FLAGS.compare_to)
+    config = _config()
+    evaluate_checkpoint(config, FLAGS.checkpoint, split=config.eval.split or None,
+                        out_dir=FLAGS.out, data_dir=FLAGS.data_dir, compare_to=FLAGS.compare_to)
 
 
 def cmd_convert(argv):
@@ -110,7 +118,7 @@ def cmd_build_data(argv):
     """Write the TFRecord shards of --dataset (default: the config's) into --data_dir."""
     from jovale_jax.datasets import build_dataset
 
-    config = _config()
+    config = build_data_config()
     name = FLAGS.dataset or config.dataset
     data_dir = FLAGS.data_dir or config.data.data_dir
     summary = build_dataset(name, config=config, raw_dir=FLAGS.raw_dir, data_dir=data_dir,
@@ -118,22 +126,38 @@ def cmd_build_data(argv):
     print(json.dumps(summary, default=str))
 
 
+def build_data_config():
+    """--config, or without it the preset of --dataset (DATASET_PRESETS)."""
+    if FLAGS.config is None and FLAGS.dataset in DATASET_PRESETS:
+        return importlib.import_module(f"configs.{DATASET_PRESETS[FLAGS.dataset]}").get_config()
+    return _config()
+
+
 def cmd_bench(argv):
-    """bench step | forward | input | eval."""
+    """bench step | forward | memory | remat | profile | input | eval (bench/README.md)."""
     what = argv[2]
     if what == "input":
-        from jovale_jax.input_bench import run_input_bench
+        from jovale_jax.bench.input import run_input_bench
 
         run_input_bench(_config(), FLAGS.data_dir, FLAGS.num_batches)
     elif what == "eval":
-        from jovale_jax.evaluation.bench import run_eval_bench
+        from jovale_jax.bench.eval import run_eval_bench
 
         run_eval_bench()
-    else:
-        from jovale_jax import bench
+    elif what == "profile":
+        from jovale_jax.bench.profile import profile_breakdown
 
-        fn = bench.run_step_bench if what == "step" else bench.run_forward_bench
-        fn(_config(), batch_size=FLAGS.batch_size, component=FLAGS.component)
+        profile_breakdown(_config(), component=FLAGS.component, batch_size=FLAGS.batch_size)
+    else:
+        from jovale_jax.bench import step
+
+        if what == "memory":
+            step.memory_report(_config(), FLAGS.batch_size)
+        elif what == "remat":
+            step.run_remat_bench(_config(), batch_size=FLAGS.batch_size)
+        else:
+            fn = step.run_step_bench if what == "step" else step.run_forward_bench
+            fn(_config(), batch_size=FLAGS.batch_size, component=FLAGS.component)
 
 
 def cmd_detect(argv):
@@ -143,23 +167,27 @@ def cmd_detect(argv):
     _require("video")
     _require("out")
     detect(_config(), video=FLAGS.video, out_dir=FLAGS.out, checkpoint=FLAGS.checkpoint,
-           boxes_csv=FLAGS.boxes, detector=FLAGS.detector, video_out=FLAGS.video_out)
+           boxes_csv=FLAGS.boxes, video_out=FLAGS.video_out)
 
 
 def cmd_ablate(argv):
     """Train and evaluate every modality subset (Table 4) in --workdir."""
+    from jovale_jax import run_log
     from jovale_jax.demo import ablate
 
     _require("workdir")
+    run_log.log_to_file(FLAGS.workdir)
     ablate(_config(), FLAGS.workdir, data_dir=FLAGS.data_dir)
 
 
 def cmd_demo(argv):
     """Build the synthetic set, train, evaluate, and write the report."""
+    from jovale_jax import run_log
     from jovale_jax.demo import demo
 
-    demo(_config() if FLAGS.config is not None else None, FLAGS.workdir or "runs/demo",
-         data_dir=FLAGS.data_dir)
+    workdir = FLAGS.workdir or "runs/demo"
+    run_log.log_to_file(workdir)
+    demo(_config() if FLAGS.config is not None else None, workdir, data_dir=FLAGS.data_dir)
 
 
 def _require(name: str) -> None:
@@ -172,7 +200,8 @@ HANDLERS = {"flops": cmd_flops, "train": cmd_train, "eval": cmd_eval, "convert":
             "ablate": cmd_ablate, "demo": cmd_demo}
 
 
-def main(argv):
+def check_command(argv) -> None:
+    """The positional arguments left after the flags: one command (and a bench's kind)."""
     if len(argv) < 2 or argv[1] not in COMMANDS:
         raise app.UsageError(f"expected one command of {COMMANDS}, got {argv[1:]}")
     if argv[1] == "bench":
@@ -180,6 +209,10 @@ def main(argv):
             raise app.UsageError(f"bench needs one of {BENCHES}, got {argv[2:]}")
     elif len(argv) != 2:
         raise app.UsageError(f"unexpected arguments {argv[2:]}")
+
+
+def main(argv):
+    check_command(argv)
     try:
         HANDLERS[argv[1]](argv)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:

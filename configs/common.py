@@ -25,10 +25,11 @@ SHARDING_RULES = (
 )
 
 
-def vit_config(*, width: int, depth: int, num_heads: int, mlp_dim: int, patch: int) -> ml_collections.ConfigDict:
+def vit_config(*, width: int, depth: int, num_heads: int, mlp_dim: int,
+               patch: int) -> ml_collections.ConfigDict:
     """Sizes of a plain ViT encoder (shared by the video and the scene stream)."""
     return ml_collections.ConfigDict(
-        dict(width=width, depth=depth, num_heads=num_heads, mlp_dim=mlp_dim, patch=patch)
+        {"width": width, "depth": depth, "num_heads": num_heads, "mlp_dim": mlp_dim, "patch": patch}
     )
 
 
@@ -135,6 +136,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_every_steps = 5000
     c.eval_batch_size = 16
     c.max_dets_per_frame = 50  # the official AVA evaluator keeps the 50 top rows per frame
+
+    # ---------------- evaluation and detection (launch.py eval / detect) ----------------
+    e = c.eval = ml_collections.ConfigDict()
+    e.split = ""  # "": data.eval_split
+
+    t = c.detect = ml_collections.ConfigDict()
+    t.keyframe_every = 1.0  # seconds between keyframes, from the first frame
+    t.detector = ""  # a transformers object-detection model (hub id or folder); "": no detector
+    t.detector_threshold = 0.5  # the detector's minimum person score
+    t.batch_size = 0  # keyframes per forward pass; 0: eval_batch_size, at most the keyframes
 
     # ---------------- sharding ----------------
     c.mesh_shape = (-1, 1)  # ('data', 'model'); -1 fills the rest

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from jovale_jax.datasets import synthetic as synthetic_data
+from jovale_jax.evaluation import ava
 
 SHORT = {"video": "v", "audio": "a", "scene": "s"}
 
@@ -50,15 +51,6 @@ def train_and_evaluate(config, workdir: str, data_dir: str) -> dict[str, Any]:
     train(config, workdir, data_dir=data_dir)
     return evaluate_checkpoint(config, workdir, data_dir=data_dir,
                                out_dir=os.path.join(workdir, "eval"))
-
-
-def group_maps(per_class: dict[int, float]) -> dict[str, float]:
-    """mAP of the synthetic set's motion / sound / scene class groups (ids are 1-based)."""
-    out = {}
-    for group, ids in synthetic_data.CLASS_GROUPS.items():
-        aps = [per_class[c] for c in ids if c in per_class and not np.isnan(per_class[c])]
-        out[group] = float(np.mean(aps)) if aps else float("nan")
-    return out
 
 
 def plot_loss(workdir: str, path: str) -> None:
@@ -130,7 +122,7 @@ def demo(config, workdir: str, *, data_dir: str | None = None) -> dict[str, Any]
     plot_loss(workdir, os.path.join(report, "loss.png"))
     os.replace(os.path.join(workdir, "eval", "per_class_ap.png"), os.path.join(report, "per_class_ap.png"))
     keyframes = draw_keyframes(config, workdir, data_dir, report)
-    groups = group_maps(result["per_class"])
+    groups = ava.group_maps(result["per_class"], synthetic_data.CLASS_GROUPS)
     lines = ["# JoVALE demo on the synthetic audio-visual set", "",
              f"Eval split `{config.data.eval_split}`; frame mAP @ IoU 0.5 with the AVA protocol.", "",
              "| | mAP |", "|---|---|",
@@ -171,7 +163,8 @@ def ablate(config, workdir: str, *, data_dir: str | None = None,
         cfg.model.modalities = subset
         print(f"=== modalities {name} ===", flush=True)
         result = train_and_evaluate(cfg, os.path.join(workdir, name), data_dir)
-        rows.append({"modalities": name, "mAP": result["mAP"], **group_maps(result["per_class"])})
+        groups = ava.group_maps(result["per_class"], synthetic_data.CLASS_GROUPS)
+        rows.append({"modalities": name, "mAP": result["mAP"], **groups})
     header = "| modalities | mAP | motion | sound | scene |\n|---|---|---|---|---|"
     table = [header] + [f"| {r['modalities']} | {r['mAP']:.4f} | {r['motion']:.4f} | {r['sound']:.4f} | "
                         f"{r['scene']:.4f} |" for r in rows]

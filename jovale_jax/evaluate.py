@@ -1,6 +1,7 @@
 """Evaluate a model on a whole eval split: detections CSV, frame mAP, per-class table and chart.
 
-    python launch.py eval --config configs/synthetic.py --checkpoint runs/demo [--split val]
+    python launch.py eval --config configs/synthetic.py --checkpoint runs/demo \
+        [--config.eval.split=val]
 
 Every example of the split is scored (the padded tail of the last batch is masked out). AVA-style
 datasets (ava, synthetic) are scored with the official AVA protocol (``evaluation/ava.py``) both with
@@ -10,27 +11,19 @@ from either; UCF101-24 and JHMDB51-21 with VOC frame mAP (``evaluation/frame_map
 
 from __future__ import annotations
 
-import csv
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import numpy as np
 
 from jovale_jax.evaluation import ava, frame_map
+from jovale_jax.evaluation.detections_csv import write_detections_csv
 
 AVA_STYLE = ("ava", "synthetic")
 VIDEO_ID_BYTES = 96
-
-
-def _to_host(x: jax.Array) -> np.ndarray:
-    """This process's rows of a batch-sharded global array, in local batch order."""
-    if jax.process_count() == 1:
-        return np.asarray(x)
-    shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
-    return np.concatenate([np.asarray(s.data) for s in shards])
 
 
 def _allgather(x: np.ndarray) -> np.ndarray:
@@ -50,7 +43,7 @@ def predict_split(s, config, split: str, *, data_dir: str | None = None) -> dict
     from tqdm import tqdm
 
     from jovale_jax.input_pipeline import create_eval_iterator
-    from jovale_jax.train import global_batch
+    from jovale_jax.state import predict_batch
 
     per_process = max(1, config.eval_batch_size // jax.process_count())
     data = s.mesh.shape["data"] // jax.process_count() or 1
@@ -58,7 +51,7 @@ def predict_split(s, config, split: str, *, data_dir: str | None = None) -> dict
     it = create_eval_iterator(config, split, batch_size=per_process, data_dir=data_dir)
     rows: dict[str, list] = {"video_ids": [], "timestamps": [], "boxes": [], "scores": []}
     for batch in tqdm(it, total=len(it), desc=f"eval {split}", disable=jax.process_index() != 0):
-        scores = _to_host(s.predict(s.state["params"], s.frozen, global_batch(s.mesh, batch)))
+        scores = predict_batch(s, batch)
         keep = batch["box_mask"] & batch["example_mask"][:, None]
         ex, box = np.nonzero(keep)
         ids = np.asarray([v.decode() if isinstance(v, bytes) else str(v) for v in batch["video_id"]])
@@ -76,23 +69,6 @@ def predict_split(s, config, split: str, *, data_dir: str | None = None) -> dict
         out = {k: _allgather(v) for k, v in out.items() if k != "video_ids"} | {
             "video_ids": np.asarray([bytes(r).rstrip(b"\0").decode() for r in encoded])}
     return out
-
-
-def write_detections_csv(path: str, preds: Mapping[str, np.ndarray], class_ids: Sequence[int],
-                         min_score: float = 0.0) -> int:
-    """AVA-format rows (video_id, timestamp, x1, y1, x2, y2, action_id, score); returns the count."""
-    n = 0
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        for vid, ts, box, scores in zip(preds["video_ids"], preds["timestamps"], preds["boxes"],
-                                        preds["scores"], strict=True):
-            for cid, sc in zip(class_ids, scores, strict=True):
-                if sc >= min_score:
-                    w.writerow([vid, int(ts), *(f"{v:.4f}" for v in box), int(cid), f"{sc:.6f}"])
-                    n += 1
-    os.replace(tmp, path)
-    return n
 
 
 def score(config, preds: Mapping[str, np.ndarray], split: str, *, data_dir: str | None = None,
@@ -203,7 +179,7 @@ def load_results(path: str) -> dict[str, Any]:
 def evaluate_checkpoint(config, checkpoint: str, *, split: str | None = None, out_dir: str | None = None,
                         data_dir: str | None = None, devices=None, compare_to: str | None = None) -> dict:
     """Run the model of ``checkpoint`` on ``split``; write detections.csv, results.json and charts."""
-    from jovale_jax.train import load_trained, resolve_checkpoint
+    from jovale_jax.state import load_trained, resolve_checkpoint
 
     split = split or config.data.eval_split
     workdir, step = resolve_checkpoint(checkpoint)

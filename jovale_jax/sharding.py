@@ -112,3 +112,13 @@ def create_sharded(make_model: Callable[[], nnx.Module], mesh: Mesh, rules):
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
     """Batch-major arrays: the first axis over 'data', the rest replicated."""
     return NamedSharding(mesh, PartitionSpec("data", *([None] * (ndim - 1))))
+
+
+def data_sharding(mesh: Mesh) -> NamedSharding:
+    """Every batch entry: the leading axis over 'data' (a prefix for the whole batch dict)."""
+    return NamedSharding(mesh, PartitionSpec("data"))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """The same copy on every device of the mesh (scalars, metrics, the step counter)."""
+    return NamedSharding(mesh, PartitionSpec())

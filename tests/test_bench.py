@@ -1,7 +1,7 @@
 """The step, forward, memory and remat benches run on tiny configs and report sane numbers.
 
 No timing assertions: only keys, units and relations that hold on any machine. Compiling is most
-of the cost on a CPU, so one Setup serves the step and forward benches of the `test` variant, and
+of the cost on a CPU, so one ModelState serves the step and forward benches of the `test` variant, and
 the AMFN, memory and remat benches run on a one-stream, one-layer copy of it.
 """
 
@@ -10,7 +10,9 @@ import json
 import pytest
 
 from configs import synthetic
-from jovale_jax import bench, sharding, train
+from jovale_jax import sharding, state
+from jovale_jax.bench import profile
+from jovale_jax.bench import step as bench
 
 BATCH = 8
 MATMUL = 256  # a small reference matmul: the tests check the plumbing, not the machine
@@ -19,7 +21,7 @@ MATMUL = 256  # a small reference matmul: the tests check the plumbing, not the 
 @pytest.fixture(scope="module")
 def prepared():
     config = synthetic.get_config("test")
-    return train.setup(config, mesh=sharding.make_mesh(config.mesh_shape), steps_per_epoch=1)
+    return state.create(config, mesh=sharding.make_mesh(config.mesh_shape), steps_per_epoch=1)
 
 
 def check_bench(r, *, bench_name, component, batch=BATCH):
@@ -46,7 +48,7 @@ def test_model_step_and_forward(tiny_config, prepared, capsys):
                                 prepared=prepared)
     check_bench(step, bench_name="step", component="model")
     assert last_json(capsys) == json.loads(json.dumps(step))
-    assert int(prepared.state["step"]) == 2  # one untimed and one timed step, state carried over
+    assert int(prepared.state["step"]) == 0  # the step ran on a copy: prepared stays usable
     forward = bench.run_forward_bench(tiny_config, batch_size=BATCH, repeats=1,
                                       matmul_size=MATMUL, prepared=prepared)
     check_bench(forward, bench_name="forward", component="model")
@@ -79,11 +81,11 @@ def test_amfn_step(one_stream):
 
 
 def test_profile_breakdown(one_stream):
-    r = bench.profile_breakdown(one_stream, mode="forward", batch_size=BATCH, repeats=1)
+    r = profile.profile_breakdown(one_stream, mode="forward", batch_size=BATCH, repeats=1)
     assert r["thunk_seconds"] > 0 and r["seconds"] > 0
     assert sum(k["share"] for k in r["kinds"].values()) == pytest.approx(1.0)
-    assert set(r["kinds"]) <= {bench.ATTENTION_SCORES, bench.MATMULS, bench.OTHER}
-    assert r["kinds"][bench.MATMULS]["seconds"] > 0 and len(r["top"]) == 10
+    assert set(r["kinds"]) <= {profile.ATTENTION_SCORES, profile.MATMULS, profile.OTHER}
+    assert r["kinds"][profile.MATMULS]["seconds"] > 0 and len(r["top"]) == 10
 
 
 def test_remat_bench(one_stream):

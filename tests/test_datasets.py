@@ -27,6 +27,7 @@ from configs import synthetic as synthetic_preset
 from configs import ucf24 as ucf_preset
 from jovale_jax import assignment, datasets
 from jovale_jax.datasets import common, synthetic, video
+from jovale_jax.evaluation.ava import read_labelmap
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FPS, HEIGHT, WIDTH, RATE = 8, 24, 32, 16000
@@ -194,7 +195,7 @@ def test_ava_video_without_audio_and_window_past_the_end(ava_build):
 
 def test_ava_eval_folder(ava_build):
     folder = datasets.eval_dir(ava_config(), ava_build[1])
-    assert common.read_label_map(os.path.join(folder, "label_map.pbtxt")) == LABEL_IDS
+    assert read_labelmap(os.path.join(folder, "label_map.pbtxt")) == LABEL_IDS
     with open(os.path.join(folder, "train_groundtruth.csv")) as f:
         rows = [line.split(",") for line in f.read().splitlines()]
     assert len(rows) == 11  # 14 rows - 3 dropped
@@ -346,7 +347,7 @@ def test_ucf_layout_builds(frames_raw, tmp_path):
     np.testing.assert_allclose(test["ClassB/v2", 2]["gt_boxes"], [[0.25, 4 / 24, 1.0, 20 / 24]])
     assert_levels(test["ClassB/v2", 6]["frames"], [2, 4, 6, 6])  # clamped to the last frame
     folder = datasets.eval_dir(config, str(tmp_path))
-    assert common.read_label_map(os.path.join(folder, "label_map.pbtxt")) == {
+    assert read_labelmap(os.path.join(folder, "label_map.pbtxt")) == {
         1: "ClassA", 2: "ClassB"}
     with open(os.path.join(folder, "test_groundtruth.csv")) as f:
         assert f.read().splitlines()[0] == "ClassB/v2,0002,0.250000,0.166667,1.000000,0.833333,2,0"

@@ -43,7 +43,7 @@ def test_demo_report_and_eval_outputs(short, tiny_data, tmp_path, monkeypatch):
     want = {(ex["video_id"].decode(), int(ex["timestamp"])): min(len(ex["proposals"]), 4)
             for ex in ds.as_numpy_iterator()}
     assert len(want) == n
-    rows = list(csv.reader(open(eval_dir / "detections.csv")))
+    rows = list(csv.reader((eval_dir / "detections.csv").read_text().splitlines()))
     got: dict = {}
     for r in rows:
         got.setdefault((r[0], int(r[1])), set()).add(tuple(r[2:6]))

@@ -2,7 +2,7 @@
 
 The model is the synthetic `test` config with random weights, saved as a checkpoint at the start;
 one test loads it through `checkpoint=` (as the command line does), the others share the loaded
-`Setup` (`setup=`) so that the forward pass compiles once. Videos: 97 x 61 at 12 fps for 1 s with
+`ModelState` (`model_state=`) so that the forward pass compiles once. Videos: 97 x 61 at 12 fps for 1 s with
 a 44.1 kHz stereo AAC track, the same frames without audio, 64 x 48 at 5 fps for 20 s without
 audio (Matroska), 40 x 30 for 0.5 s (shorter than the model's 1 s window). The person detector is
 a randomly initialised tiny DETR saved to a folder, biased towards its 'person' class.
@@ -21,13 +21,12 @@ import tensorflow as tf
 from PIL import Image
 
 from configs import synthetic
-from jovale_jax import detect as detect_module
-from jovale_jax import input_pipeline, train, visualize
+from jovale_jax import input_pipeline, state, visualize
 from jovale_jax.checkpoint import Checkpointer
 from jovale_jax.datasets import common
 from jovale_jax.datasets import video as video_io
 from jovale_jax.datasets.synthetic import CLASSES
-from jovale_jax.detect import detect
+from jovale_jax.detect import detect, driver, outputs, proposals
 from jovale_jax.sharding import make_mesh
 
 DEVICES = jax.devices()[:1]
@@ -82,7 +81,7 @@ def videos(tmp_path_factory) -> dict[str, str]:
 @pytest.fixture(scope="module", autouse=True)
 def compilation_cache(tmp_path_factory):
     """XLA's persistent cache for this module, so that `load_trained` compiles nothing that the
-    `trained` fixture's `setup` already compiled (the same model, the same shapes); the process's
+    `trained` fixture's `state.create` already compiled (the same model, the same shapes); the process's
     settings are restored afterwards."""
     from jax.experimental.compilation_cache import compilation_cache as cache
 
@@ -103,14 +102,22 @@ def compilation_cache(tmp_path_factory):
 def config():
     config = synthetic.get_config("test")
     config.mesh_shape = (1, 1)
+    config.detect.batch_size = 4
+    return config
+
+
+def with_detect(config, **options):
+    """A copy of `config` with other `config.detect` options."""
+    config = config.copy_and_resolve_references()
+    config.detect.update(options)
     return config
 
 
 @pytest.fixture(scope="module")
-def trained(config, tmp_path_factory) -> tuple[str, train.Setup]:
-    """(workdir of a saved random-weight checkpoint, the Setup it was saved from)."""
+def trained(config, tmp_path_factory) -> tuple[str, state.ModelState]:
+    """(workdir of a saved random-weight checkpoint, the ModelState it was saved from)."""
     workdir = str(tmp_path_factory.mktemp("run"))
-    s = train.setup(config, mesh=make_mesh((1, 1), DEVICES), steps_per_epoch=1)
+    s = state.create(config, mesh=make_mesh((1, 1), DEVICES), steps_per_epoch=1)
     ckpt = Checkpointer(workdir)
     ckpt.save(0, {"state": s.state, "frozen": s.frozen},
               {"input_state": {}, "config": config.to_json_best_effort()})
@@ -167,7 +174,7 @@ def test_keyframe_inputs_are_the_input_pipelines(config, videos):
     with video_io.open_video(videos["odd"]) as container:
         [(_, clip)] = list(video_io.read_clips(container, [0.5], spec, "odd"))
     boxes = np.array([[0.1, 0.2, 0.5, 0.9]], np.float32)
-    ours = detect_module.example_inputs(config, clip, boxes)
+    ours = driver.example_inputs(config, clip, boxes)
     example = {"frames": tf.constant(clip.frames), "scene_frames": tf.constant(clip.scene_frames),
                "waveform": tf.constant(clip.waveform), "has_audio": tf.constant(True),
                "proposals": tf.constant(boxes), "proposal_scores": tf.constant([1.0]),
@@ -187,7 +194,7 @@ def test_boxes_csv_on_an_odd_sized_video_with_audio(config, trained, videos, tmp
                      "odd,7,0.1,0.1,0.2,0.2,0.9\n")  # no keyframe at 7 s: counted, unused
     out = tmp_path / "out"
     result = detect(config, video=videos["odd"], out_dir=str(out), boxes_csv=str(boxes),
-                    setup=trained[1], batch_size=4)
+                    model_state=trained[1])
     assert result["keyframes"] == 1 and result["keyframes_skipped"] == 0
     assert result["has_audio"] and not result["audio_masked"]
     assert result["proposals"] == "boxes_csv" and result["boxes_rows_unused"] == 1
@@ -209,13 +216,13 @@ def test_without_an_audio_track_the_audio_is_masked(config, trained, videos, tmp
     """The same frames without audio: masked audio (the note is printed), and the scores are
     those of the model with `audio_mask` false; with the track they differ."""
     s = trained[1]
-    silent = detect(config, video=videos["silent"], out_dir=str(tmp_path / "silent"), setup=s,
-                    batch_size=4)
+    silent = detect(config, video=videos["silent"], out_dir=str(tmp_path / "silent"),
+                    model_state=s)
     assert silent["audio_masked"] and not silent["has_audio"]
     assert "no audio track" in capsys.readouterr().out
     assert any("masked" in note for note in silent["notes"])
-    with_audio = detect(config, video=videos["odd"], out_dir=str(tmp_path / "odd"), setup=s,
-                        batch_size=4)
+    with_audio = detect(config, video=videos["odd"], out_dir=str(tmp_path / "odd"),
+                        model_state=s)
     assert not with_audio["audio_masked"]
     masked = scores_by_box(read_rows(str(tmp_path / "silent")))[("0", 0.0, 0.0, 1.0, 1.0)]
     heard = scores_by_box(read_rows(str(tmp_path / "odd")))[("0", 0.0, 0.0, 1.0, 1.0)]
@@ -223,11 +230,10 @@ def test_without_an_audio_track_the_audio_is_masked(config, trained, videos, tmp
 
     with video_io.open_video(videos["odd"]) as container:
         [(_, clip)] = list(video_io.read_clips(container, [0.0], common.clip_config(config), "x"))
-    inputs = detect_module.example_inputs(config, clip, detect_module.WHOLE_FRAME[:, :4])
+    inputs = driver.example_inputs(config, clip, proposals.WHOLE_FRAME[:, :4])
     inputs["audio"][:] = 0
     inputs["audio_mask"] = np.asarray(False)
-    batch = detect_module.stack_padded([inputs], 4)
-    expected = np.asarray(s.predict(s.state["params"], s.frozen, train.global_batch(s.mesh, batch)))
+    expected = state.predict_batch(s, driver.stack_padded([inputs], 4))
     np.testing.assert_allclose(masked, expected[0, 0], atol=2e-6)
 
 
@@ -236,8 +242,7 @@ def test_long_video_from_the_checkpoint_with_fallback_box_and_video_out(
     """20 s without audio through `checkpoint=` (5 batches of 4)."""
     annotated = tmp_path / "annotated.mp4"
     result = detect(config, video=videos["long"], out_dir=str(tmp_path / "out"),
-                    checkpoint=trained[0], devices=DEVICES, video_out=str(annotated),
-                    batch_size=4)
+                    checkpoint=trained[0], devices=DEVICES, video_out=str(annotated))
     assert result["keyframes"] == 20 and result["audio_masked"]
     assert result["proposals"] == "whole_frame"
     rows = read_rows(str(tmp_path / "out"))
@@ -256,8 +261,8 @@ def test_long_video_from_the_checkpoint_with_fallback_box_and_video_out(
 
 def test_detector_on_a_video_shorter_than_the_window(config, trained, videos, tiny_detector,
                                                      tmp_path):
-    result = detect(config, video=videos["short"], out_dir=str(tmp_path / "out"),
-                    detector=tiny_detector, keyframe_every=0.25, setup=trained[1], batch_size=4)
+    result = detect(with_detect(config, detector=tiny_detector, keyframe_every=0.25),
+                    video=videos["short"], out_dir=str(tmp_path / "out"), model_state=trained[1])
     assert result["proposals"] == "detector" and result["keyframes"] == 2
     rows = read_rows(str(tmp_path / "out"))
     per_box = config.model.num_proposals * len(CLASSES)  # 10 confident persons: the top K kept
@@ -275,8 +280,7 @@ def test_detector_on_a_video_shorter_than_the_window(config, trained, videos, ti
 def test_streams_without_duration_or_starting_late(config, trained, tmp_path, container_format):
     path = write_video(str(tmp_path / f"clip.{container_format}"), seconds=2.4, size=(32, 24),
                        fps=25, audio=False, container_format=container_format, start_frame=75)
-    result = detect(config, video=path, out_dir=str(tmp_path / "out"), setup=trained[1],
-                    batch_size=4)
+    result = detect(config, video=path, out_dir=str(tmp_path / "out"), model_state=trained[1])
     assert result["keyframes"] == 3 and result["keyframes_skipped"] == 0
     assert [r[1] for r in read_rows(str(tmp_path / "out"))[::6]] == ["0", "1", "2"]
 
@@ -342,22 +346,21 @@ def test_without_a_checkpoint_it_says_to_run_the_demo(config, videos, tmp_path, 
 def test_a_failure_midway_leaves_no_output_and_keeps_the_previous_one(
         config, trained, videos, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    run = {"config": config, "video": videos["odd"], "out_dir": str(out), "setup": trained[1],
-           "batch_size": 4}
+    run = {"video": videos["odd"], "out_dir": str(out), "model_state": trained[1]}
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
     with monkeypatch.context() as patch:
-        patch.setattr(detect_module, "draw_detections", broken)
+        patch.setattr(outputs, "draw_detections", broken)
         with pytest.raises(RuntimeError):
-            detect(**run)
+            detect(config, **run)
     assert os.listdir(tmp_path) == []
-    first = detect(**run)
+    first = detect(config, **run)
     with monkeypatch.context() as patch:
-        patch.setattr(detect_module, "draw_detections", broken)
+        patch.setattr(outputs, "draw_detections", broken)
         with pytest.raises(RuntimeError):
-            detect(**run, keyframe_every=0.5)
+            detect(with_detect(config, keyframe_every=0.5), **run)
     assert json.loads((out / "detect.json").read_text()) == first
     assert_no_partial(tmp_path)
     assert os.listdir(tmp_path) == ["out"]

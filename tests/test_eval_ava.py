@@ -1,5 +1,6 @@
 """AVA evaluator: hand-computed protocol cases, the loop baseline, bad input, CLI, no jax."""
 
+import csv
 import json
 import math
 import os
@@ -9,7 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from jovale_jax.evaluation import ava, bench
+from jovale_jax.bench import eval as bench
+from jovale_jax.evaluation import ava
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = {1: "bend/bow", 2: "crouch/kneel", 3: "dance", 5: "fall down"}  # 5: never in the truth
@@ -224,6 +226,8 @@ def test_mixed_seven_and_eight_columns_read_alike(tmp_path):
 def test_group_maps():
     groups = ava.group_maps({1: 0.5, 3: 1.0, 20: 0.2, 64: 0.4, 70: math.nan})
     assert groups == {"pose": 0.75, "object": pytest.approx(0.2), "interaction": 0.4}
+    mine = ava.group_maps({1: 0.5, 2: math.nan, 3: 1.0}, {"a": [1, 2], "b": [3, 4], "c": [5]})
+    assert mine["a"] == 0.5 and mine["b"] == 1.0 and math.isnan(mine["c"])
 
 
 def random_case(rng, num_frames: int = 40) -> tuple[str, str, list[tuple[str, int]]]:
@@ -308,7 +312,7 @@ def test_command_line_prints_json_last(tmp_path):
 def test_does_not_import_jax_or_tensorflow():
     code = (
         "import sys, jovale_jax.evaluation.ava, jovale_jax.evaluation.frame_map, "
-        "jovale_jax.evaluation.bench; "
+        "jovale_jax.bench.eval; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in "
         "('jax', 'jaxlib', 'flax', 'tensorflow')))"
     )
@@ -316,3 +320,34 @@ def test_does_not_import_jax_or_tensorflow():
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False
     )
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
+
+
+def loop_rows(preds, class_ids, min_score=0.0):
+    """The writer as it was: a Python loop over boxes x classes (the reference)."""
+    for vid, ts, box, scores in zip(preds["video_ids"], preds["timestamps"], preds["boxes"],
+                                    preds["scores"], strict=True):
+        for cid, sc in zip(class_ids, scores, strict=True):
+            if sc >= min_score:
+                yield [vid, f"{float(ts):.3f}".rstrip("0").rstrip("."),
+                       *(f"{v:.4f}" for v in box), str(int(cid)), f"{sc:.6f}"]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bulk_detections_csv_equals_the_loop(tmp_path, dtype):
+    from jovale_jax.evaluation.detections_csv import CHUNK_BOXES, write_detections_csv
+
+    rng = np.random.default_rng(0)
+    n, ids = CHUNK_BOXES + 37, [1, 2, 9, 10, 64, 80, 12]  # two chunks; ids of 1 and 2 digits
+    preds = {"video_ids": np.array([f"vid{i % 13}" + "x" * (i % 3) for i in range(n)]),
+             "timestamps": np.where(np.arange(n) % 5, rng.integers(902, 1799, n), 2.25),
+             "boxes": rng.uniform(-0.1, 1.1, (n, 4)).astype(np.float32),
+             "scores": rng.uniform(0, 1, (n, len(ids))).astype(dtype)}
+    # exact ties of the 6th decimal (1/128 = 0.0078125), the ends, values that round up to 1
+    preds["scores"][0] = [0, 1, 1 / 128, 0.5, 0.9999996, 1e-7, 3 / 128]
+    for min_score in (0.0, 0.4):
+        path = str(tmp_path / "det.csv")
+        count = write_detections_csv(path, preds, ids, min_score)
+        want = list(loop_rows(preds, ids, min_score))
+        with open(path, newline="") as f:
+            got = list(csv.reader(f))
+        assert count == len(want) == len(got) and got == want

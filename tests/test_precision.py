@@ -127,7 +127,7 @@ def test_remat_gives_the_same_loss_and_gradients(tiny, plain_grads):
 
 
 def test_blip_gets_no_gradient_when_frozen(tiny, plain_grads):
-    from jovale_jax.train import trainable_filter
+    from jovale_jax.state import trainable_filter
 
     cfg, graphdef, state, _ = tiny
     assert cfg.scene.frozen

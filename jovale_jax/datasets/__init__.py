@@ -34,7 +34,7 @@ from typing import Any
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from jovale_jax.datasets import common, synthetic
+from jovale_jax.datasets import ava, common, synthetic, ucf_jhmdb
 from jovale_jax.datasets.ava import AvaBuilder
 from jovale_jax.datasets.synthetic import SyntheticBuilder
 from jovale_jax.datasets.ucf_jhmdb import Jhmdb21Builder, Ucf24Builder
@@ -91,6 +91,27 @@ def eval_dir(config: Any, data_dir: str | None = None) -> str:
     return os.path.join(get_builder(config, data_dir).data_dir, "eval")
 
 
+RAW_FILES = {
+    "ava": f"{ava.LABEL_MAP}, ava_<split>_v2.2.csv, ava_<split>_excluded_timestamps_v2.2.csv, "
+           "the person proposals and videos/",
+    "ucf24": f"{Ucf24Builder.PICKLE}, {ucf_jhmdb.PROPOSALS} and {ucf_jhmdb.FRAMES}/",
+    "jhmdb21": f"{Jhmdb21Builder.PICKLE}, {ucf_jhmdb.PROPOSALS} and {ucf_jhmdb.FRAMES}/",
+}
+"""What each dataset's raw folder holds (data/<dataset>/README.md says where to get it)."""
+
+
+def check_raw_dir(name: str, raw_dir: str | None) -> None:
+    """A one-line error unless `raw_dir` is a folder with something in it."""
+    expected = RAW_FILES.get(name, "the raw files")
+    hint = f"{name} expects {expected} there (data/{name}/README.md)"
+    if raw_dir is None:
+        raise ValueError(f"building {name} needs --raw_dir: {hint}")
+    if not os.path.isdir(raw_dir):
+        raise FileNotFoundError(f"raw_dir {raw_dir}: no such folder; {hint}")
+    if not os.listdir(raw_dir):
+        raise FileNotFoundError(f"raw_dir {raw_dir} is empty; {hint}")
+
+
 def build_dataset(
     name: str,
     *,
@@ -105,8 +126,9 @@ def build_dataset(
     Args:
       name: synthetic | ava | ucf24 | jhmdb21 (must equal `config.dataset`).
       config: the model config whose clip geometry the examples follow.
-      raw_dir: the raw files (data/<dataset>/README.md). For `synthetic`, None generates them
-        (again: they are deterministic) into `<data_dir>/raw` when the dataset is not built yet.
+      raw_dir: the raw files (data/<dataset>/README.md). For `synthetic`, the raw set is
+        generated there (default `<data_dir>/raw`) when the folder does not hold it yet and the
+        dataset is not built yet (it is deterministic).
       data_dir: where the shards go.
       strict: any video skipped or truncated is an error (nothing is written).
       split: build only this split (default: all of the dataset's splits).
@@ -135,11 +157,11 @@ def build_dataset(
         for leftover in builder.data_path.parent.glob(f"{prefix}*_{builder.data_path.name}"):
             logger.warning("removing %s, left by an interrupted build", leftover)
             shutil.rmtree(leftover)
-        if name == "synthetic" and raw_dir is None:
-            raw_dir = os.path.join(data_dir, "raw")
-            synthetic.generate_raw(raw_dir)
-        if raw_dir is None:
-            raise ValueError(f"building {name} needs raw_dir (see data/{name}/README.md)")
+        if name == "synthetic":
+            raw_dir = raw_dir or os.path.join(data_dir, "raw")
+            if not os.path.isfile(os.path.join(raw_dir, ava.LABEL_MAP)):
+                synthetic.generate_raw(raw_dir)
+        check_raw_dir(name, raw_dir)
         tfds.display_progress_bar(False)  # the builders show their own (videos, examples, ETA)
         try:
             with tempfile.TemporaryDirectory() as downloads:  # TFDS wants one; nothing goes there

@@ -24,6 +24,7 @@ import tensorflow_datasets as tfds
 
 from jovale_jax import box_ops
 from jovale_jax.datasets import common, video
+from jovale_jax.evaluation.ava import read_labelmap
 
 KEYFRAMES = range(902, 1799)
 TRIMMED_START_S = 900.0  # AVA's 15-minute cuts begin at this second of the movie
@@ -115,7 +116,7 @@ class AvaBuilder(common.KeyframeBuilder):
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
         raw = os.fspath(dl_manager.manual_dir)
         spec = self.builder_config
-        label_map = common.read_label_map(os.path.join(raw, LABEL_MAP))
+        label_map = read_labelmap(os.path.join(raw, LABEL_MAP))
         self.check_classes(label_map, os.path.join(raw, LABEL_MAP))
         videos = video_files(os.path.join(raw, "videos"))
         generators = {}

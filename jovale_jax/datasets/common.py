@@ -43,6 +43,11 @@ class VideoError(Exception):
     """A video (file or frame folder) that cannot be read at all."""
 
 
+def one_line(error: BaseException) -> str:
+    """The error's message with its line breaks and runs of spaces collapsed."""
+    return " ".join(str(error).split())
+
+
 @dataclasses.dataclass(eq=False)
 class ClipConfig(tfds.core.BuilderConfig):
     """The clip geometry and label assignment that one build writes (see `clip_config`)."""
@@ -270,26 +275,6 @@ def read_csv(path: str, columns: Sequence[Column], optional: int = 0) -> Iterato
                         f"{path}:{lineno}: cannot parse {name} {value!r} "
                         f"(row {','.join(row)!r})") from None
             yield tuple(values)
-
-
-def read_label_map(path: str) -> dict[int, str]:
-    """{id: name} in id order, from an AVA label-map pbtxt (`item { name: ".." id: N }` or
-    `label { name: ".." label_id: N }`)."""
-    label_map, name = {}, None
-    with open(path) as f:
-        for lineno, line in enumerate(f, start=1):
-            key, _, value = line.strip().partition(":")
-            if key == "name":
-                name = value.strip().strip('"')
-            elif key in ("id", "label_id"):
-                try:
-                    label_map[int(value)] = name
-                except ValueError:
-                    raise BadInputError(f"{path}:{lineno}: cannot parse id {value.strip()!r}") \
-                        from None
-    if not label_map:
-        raise BadInputError(f"{path}: no label-map entries found")
-    return dict(sorted(label_map.items()))
 
 
 def write_label_map(path: str, label_map: dict[int, str]) -> None:

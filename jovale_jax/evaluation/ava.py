@@ -153,7 +153,7 @@ def read_labelmap(path: PathLike) -> dict[int, str]:
     """Reads a pbtxt label map (`item`/`label` blocks with `name` and `id`/`label_id`).
 
     Returns:
-      {class id: name} in file order.
+      {class id: name} in id order (the order of the model's outputs).
 
     Raises:
       ValueError: naming `file:line` for anything that does not parse, a block without an id, a
@@ -200,7 +200,7 @@ def read_labelmap(path: PathLike) -> dict[int, str]:
         raise ValueError(f"{block['line']}: label map block is not closed")
     if not labelmap:
         raise ValueError(f"{path}: label map has no items")
-    return labelmap
+    return dict(sorted(labelmap.items()))
 
 
 _FIELDS = ("timestamp", "x1", "y1", "x2", "y2", "action id", "score")
@@ -366,12 +366,10 @@ def evaluate(
     gt_keys = _frame_keys(_video_codes(groundtruth.video_ids, videos), groundtruth.timestamps)
     gt_rows = np.flatnonzero(np.isin(gt_labels, class_ids) & ~np.isin(gt_keys, excluded_keys))
 
-    ignored = dict.fromkeys(
-        ("unknown_class", "unknown_video", "excluded", "over_cap", "invalid_box"), 0
-    )
     gather = _dense_detections if isinstance(detections, AvaDenseDetections) else _row_detections
-    det, gt_frames = gather(
-        detections, videos, class_ids, gt_keys[gt_rows], excluded_keys, max_dets_per_frame, ignored
+    det, gt_frames, ignored = gather(
+        detections,
+        _Filter(videos, class_ids, gt_keys[gt_rows], excluded_keys, max_dets_per_frame),
     )
     if ignored["unknown_video"]:
         warnings.warn(
@@ -423,16 +421,31 @@ def _frame_numbers(det_keys: np.ndarray, gt_keys: np.ndarray) -> tuple[np.ndarra
     return frames[: det_keys.size], frames[det_keys.size :]
 
 
+IGNORED_REASONS = ("unknown_class", "unknown_video", "excluded", "over_cap", "invalid_box")
+"""Why detection rows are left out of the evaluation, in the order the filters apply."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Filter:
+    """What the detections are filtered against: the ground truth's videos {id: code}, the
+    evaluated class ids, the ground truth's frame keys, the excluded frames' keys, and the
+    per-frame cap ``k`` (0: none)."""
+
+    videos: dict[str, int]
+    class_ids: np.ndarray
+    gt_keys: np.ndarray
+    excluded_keys: np.ndarray
+    k: int
+
+
 def _row_detections(
-    det: AvaBoxes,
-    videos: dict[str, int],
-    class_ids: np.ndarray,
-    gt_keys: np.ndarray,
-    excluded_keys: np.ndarray,
-    k: int,
-    ignored: dict[str, int],
-) -> tuple[FrameBoxes, np.ndarray]:
-    """Detection rows filtered and capped, and the ground-truth frame ids in the same numbering."""
+    det: AvaBoxes, where: _Filter
+) -> tuple[FrameBoxes, np.ndarray, dict[str, int]]:
+    """Detection rows filtered and capped, the ground-truth frame ids in the same numbering, and
+    the number of rows dropped per reason (:data:`IGNORED_REASONS`)."""
+    videos, class_ids, k = where.videos, where.class_ids, where.k
+    gt_keys, excluded_keys = where.gt_keys, where.excluded_keys
+    ignored = dict.fromkeys(IGNORED_REASONS, 0)
     labels = np.asarray(det.labels, dtype=np.int64)
     known_class = np.isin(labels, class_ids)
     video_codes = _video_codes(det.video_ids, videos)
@@ -454,19 +467,17 @@ def _row_detections(
     rows = rows[keep]
     boxes = np.asarray(det.boxes, dtype=np.float64)[rows]
     ignored["invalid_box"] += int(np.count_nonzero(~valid_boxes(boxes)))
-    return FrameBoxes(frames[keep], boxes, labels[rows], scores[rows]), gt_frames
+    return FrameBoxes(frames[keep], boxes, labels[rows], scores[rows]), gt_frames, ignored
 
 
 def _dense_detections(
-    det: AvaDenseDetections,
-    videos: dict[str, int],
-    class_ids: np.ndarray,
-    gt_keys: np.ndarray,
-    excluded_keys: np.ndarray,
-    k: int,
-    ignored: dict[str, int],
-) -> tuple[FrameBoxes | DenseDetections, np.ndarray]:
-    """Dense detections filtered (and capped, to rows), and the ground-truth frame ids."""
+    det: AvaDenseDetections, where: _Filter
+) -> tuple[FrameBoxes | DenseDetections, np.ndarray, dict[str, int]]:
+    """Dense detections filtered (and capped, to rows), the ground-truth frame ids, and the
+    number of (box, class) rows dropped per reason."""
+    videos, class_ids, k = where.videos, where.class_ids, where.k
+    gt_keys, excluded_keys = where.gt_keys, where.excluded_keys
+    ignored = dict.fromkeys(IGNORED_REASONS, 0)
     column_ids = np.asarray(det.class_ids, dtype=np.int64)
     if np.unique(column_ids).size != column_ids.size:
         raise ValueError("dense detections: class_ids must be distinct")
@@ -498,7 +509,7 @@ def _dense_detections(
         rows = FrameBoxes(
             row_frames[box], boxes[box], column_ids[col], scores[box, col].astype(np.float64)
         )
-        return rows, gt_frames
+        return rows, gt_frames, ignored
     kept = known[~excluded]
     ignored["invalid_box"] += int(np.count_nonzero(~valid_boxes(boxes[kept]))) * columns.size
     # Dropped boxes are given NaN coordinates, which the core skips as invalid: no score copy.
@@ -506,7 +517,7 @@ def _dense_detections(
     marked[kept] = boxes[kept]
     all_frames = np.full(num_boxes, -1, dtype=np.int64)
     all_frames[known] = frames
-    return DenseDetections(all_frames, marked, scores, column_ids), gt_frames
+    return DenseDetections(all_frames, marked, scores, column_ids), gt_frames, ignored
 
 
 def _top_k_per_frame(
@@ -556,11 +567,16 @@ def _top_k_per_frame(
     return item[order], col[order]
 
 
-def group_maps(per_class: Mapping[int, float]) -> dict[str, float]:
-    """mAP of each AVA action group (`ACTION_GROUPS`) over its classes with an AP (not NaN)."""
+def group_maps(
+    per_class: Mapping[int, float], groups: Mapping[str, Iterable[int]] | None = None
+) -> dict[str, float]:
+    """mAP of each class group over its classes with an AP (not NaN); NaN for a group without
+    any. ``groups``: {group: class ids}, default AVA's action groups (`ACTION_GROUPS`)."""
+    if groups is None:
+        groups = {key: range(first, last + 1) for key, (_, first, last) in ACTION_GROUPS.items()}
     result = {}
-    for key, (_, first, last) in ACTION_GROUPS.items():
-        aps = [ap for c, ap in per_class.items() if first <= c <= last and not np.isnan(ap)]
+    for key, ids in groups.items():
+        aps = [per_class[c] for c in ids if c in per_class and not np.isnan(per_class[c])]
         result[key] = float(np.mean(aps)) if aps else float("nan")
     return result
 

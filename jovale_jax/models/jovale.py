@@ -202,9 +202,7 @@ class JoVALE(nnx.Module):
         inputs = self.fuse(queries, context, box_mask, present, batch["boxes"])
         if "fused" in inputs:
             return self.heads["fused"](inputs["fused"])
-        weights = {m: present[m].astype(jnp.float32)[:, None, None] for m in self.modalities}
-        total = jnp.maximum(sum(weights.values()), 1.0)
-        return sum(weights[m] * self.heads[m](inputs[m]) for m in self.modalities) / total
+        return head_logits(self.heads, "late", None, inputs, present)
 
     def fuse(self, queries, context, box_mask, present, boxes) -> dict[str, jax.Array]:
         """The fusion stage (``model.fusion_strategy``): {head name: its input (B, K, T, D')};
@@ -213,3 +211,14 @@ class JoVALE(nnx.Module):
             return {"fused": self.fusion(queries, context, box_mask, present, boxes)}
         a_fuse, a_last = self.amfn(queries, context, box_mask, present)
         return dict(a_last) if "fused" not in self.heads else {"fused": a_fuse}
+
+
+def head_logits(heads: nnx.Dict, fusion: str, a_fuse: jax.Array | None,
+                a_last: Mapping[str, jax.Array], present: Mapping[str, jax.Array]) -> jax.Array:
+    """The action heads on the AMFN's outputs: the fused head, or with late fusion the mean of
+    the per-modality heads over the modalities present in each example."""
+    if fusion != "late":
+        return heads["fused"](a_fuse)
+    weights = {m: present[m].astype(jnp.float32)[:, None, None] for m in a_last}
+    total = jnp.maximum(sum(weights.values()), 1.0)
+    return sum(weights[m] * heads[m](a_last[m]) for m in a_last) / total

@@ -9,7 +9,10 @@ per keyframe, each scored for the 60 evaluated classes), then
    keyframes only because the loop is slow, checks that they agree, and reports the ratio;
 2. times `ava.evaluate` alone on the full size: in memory on the dense (boxes x classes) scores,
    with the cap and without, and end to end from a CSV holding each keyframe's 20 best rows
-   (about 1.15 million rows).
+   (about 1.15 million rows);
+3. times the detections CSV that `launch.py eval` writes at that size (every box x class: about
+   51.8 million rows, `evaluation.detections_csv.write_detections_csv`); with the two in-memory
+   evaluations it is eval's output cost at AVA val size (`eval_output_s`).
 
 It prints a table and, as its last line, one JSON object.
 """
@@ -27,6 +30,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from jovale_jax.evaluation import ava
+from jovale_jax.evaluation.detections_csv import write_detections_csv
 
 AVA_60_IDS = (
     1, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 17, 20, 22, 24, 26, 27, 28, 29, 30, 34, 36, 37,
@@ -410,6 +414,15 @@ def run_eval_bench(
         for name, args in runs.items():
             result, wall, cpu = _timed(ava.evaluate, *args)
             full[name] = {"wall_s": round(wall, 3), "cpu_s": round(cpu, 3), "mAP": result["mAP"]}
+        # What `launch.py eval` adds on top of the two evaluations: every box x class as CSV.
+        preds = {"video_ids": det.video_ids, "timestamps": det.timestamps, "boxes": det.boxes,
+                 "scores": det.scores}
+        rows, wall, cpu = _timed(write_detections_csv, os.path.join(tmp, "all.csv"), preds,
+                                 det.class_ids)
+        full[f"detections CSV ({rows} rows)"] = {"wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
+                                                 "mAP": math.nan}
+    eval_output_s = sum(row["wall_s"] for name, row in full.items()
+                        if name.startswith(("dense", "detections CSV")))
 
     end_to_end = baseline[f"CSV end to end, cap {caps[0]}"]
     summary = {
@@ -423,6 +436,7 @@ def run_eval_bench(
         "full": full,
         "ratio": end_to_end["ratio"],
         "ratio_eval_only": baseline[f"parsed rows, evaluation only, cap {caps[0]}"]["ratio"],
+        "eval_output_s": round(eval_output_s, 3),
         "max_abs_diff": max(diffs),
         "agree": max(diffs) <= 1e-6,
     }
@@ -440,6 +454,8 @@ def run_eval_bench(
     print(f"{'run':<44} {'wall s':>8} {'CPU s':>8} {'mAP':>7}")
     for name, row in full.items():
         print(f"{name:<44} {row['wall_s']:>8.3f} {row['cpu_s']:>8.3f} {row['mAP']:>7.4f}")
+    print(f"launch.py eval's share at this size (CSV of every box x class, mAP with and without "
+          f"the cap): {eval_output_s:.1f} s")
     print(f"fast vs loop: max |AP difference| {summary['max_abs_diff']:.1e}")
     print(json.dumps(summary))
     return summary

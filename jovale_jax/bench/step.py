@@ -17,28 +17,23 @@ targets: no dataset), on all local devices with the config's mesh, and reports:
 * ``memory``: the compiled function's ``memory_analysis()`` per device, and ``peak_bytes_in_use``
   when the backend reports device memory (GPUs do, CPUs do not).
 
-``component='model'`` times :func:`jovale_jax.train.setup`'s jitted ``train_step`` (loss, gradients
+``component='model'`` times :func:`jovale_jax.train.make_train_step` (loss, gradients
 and the AdamW update) or ``predict``; ``component='amfn'`` times the AMFN plus the action heads
 alone on random embeddings of the shapes the encoders give (``jax.eval_shape``): for ``step``, the
 focal loss with its gradients with respect to the fusion's parameters and to its inputs (as in the
 full model, where they flow on into the encoders); no optimizer update.
 
-:func:`memory_report` compiles the train step on abstract arguments (no execution),
-:func:`run_remat_bench` measures what ``config.model.remat`` costs in step time, and
-:func:`profile_breakdown` says where a bench's program spends its time.
+:func:`memory_report` compiles the train step on abstract arguments (no execution) and
+:func:`run_remat_bench` measures what ``config.model.remat`` costs in step time
+(``bench/profile.py`` says where the time goes).
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
-import gzip
 import json
-import pathlib
-import re
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -52,7 +47,8 @@ from flax import nnx
 from jovale_jax import sharding, train
 from jovale_jax.flops import abstract_batch, jaxpr_macs
 from jovale_jax.losses import sigmoid_focal_loss
-from jovale_jax.models.jovale import JoVALE, time_steps
+from jovale_jax.models.jovale import JoVALE, head_logits, time_steps
+from jovale_jax.state import ModelState, check_divisibility, create, global_batch
 
 COMPONENTS = ("model", "amfn")
 MODES = ("step", "forward")
@@ -173,11 +169,11 @@ def _memory_stats(compiled: jax.stages.Compiled) -> dict[str, int]:
 @dataclasses.dataclass
 class _Program:
     """A jitted function with its (device) arguments. With ``carry``, the first output replaces
-    the first argument after each call (the donated train state) and is handed to ``carry``."""
+    the first argument after each call (the donated train state)."""
 
     fn: Callable
     args: tuple
-    carry: Callable[[Any], None] | None = None
+    carry: bool = False
 
 
 def _caller(program: _Program, compiled: jax.stages.Compiled) -> Callable[[], Any]:
@@ -186,9 +182,8 @@ def _caller(program: _Program, compiled: jax.stages.Compiled) -> Callable[[], An
 
     def call():
         out = compiled(*args)
-        if program.carry is not None:
+        if program.carry:
             args[0] = out[0]
-            program.carry(out[0])
         return out
 
     return call
@@ -216,13 +211,13 @@ def _measure(programs: Sequence[_Program], repeats: int, matmul: Callable[[], An
 
 
 def _model_program(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, mode: str,
-                   prepared: train.Setup | None) -> _Program:
-    """The full model's ``train_step`` or ``predict`` on a synthetic batch."""
-    s = prepared or train.setup(config, mesh=mesh, steps_per_epoch=1)
-    batch = _to_devices(mesh, synthetic_batch(config, config.batch_size, config.seed))
+                   prepared: ModelState | None) -> _Program:
+    """The full model's train step or ``predict`` on a synthetic batch."""
+    s = prepared or create(config, mesh=mesh, steps_per_epoch=1)
+    batch = global_batch(mesh, synthetic_batch(config, config.batch_size, config.seed))
     if mode == "step":
-        return _Program(s.train_step, (s.state, s.frozen, batch),
-                        carry=lambda state: setattr(s, "state", state))
+        state = jax.tree.map(jnp.copy, s.state) if prepared else s.state  # prepared stays valid
+        return _Program(train.make_train_step(s), (state, s.frozen, batch), carry=True)
     return _Program(s.predict, (s.state["params"], s.frozen, batch))
 
 
@@ -230,14 +225,6 @@ def _fusion_part(model_cfg: ml_collections.ConfigDict, seed: int) -> nnx.Dict:
     """The AMFN and the heads of a JoVALE (under jit the encoders' unused init is dropped)."""
     model = JoVALE(model_cfg, rngs=nnx.Rngs(seed))
     return nnx.Dict({"amfn": model.amfn, "heads": model.heads})
-
-
-def _fusion_logits(part: nnx.Dict, fusion: str, queries, context, box_mask, present) -> jax.Array:
-    """The heads' logits on the AMFN's output; with late fusion, the mean of the per-modality
-    heads (every modality present)."""
-    a_fuse, a_last = part["amfn"](queries, context, box_mask, present)
-    head_inputs = a_last if fusion == "late" else {"fused": a_fuse}
-    return sum(part["heads"][k](v) for k, v in head_inputs.items()) / len(head_inputs)
 
 
 def fusion_input_shapes(model_cfg: ml_collections.ConfigDict, batch_size: int) -> dict[str, Any]:
@@ -266,7 +253,7 @@ def _amfn_program(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
     else:
         part.eval()
     graphdef, params, rest = nnx.split(part, nnx.Param, ...)
-    params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)  # as train.setup: no Variables
+    params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)  # as state.create: no Variables
     rng = np.random.default_rng(config.seed)
     shapes = fusion_input_shapes(m, config.batch_size)
     inputs = jax.tree.map(functools.partial(_random_like, rng), shapes)
@@ -275,8 +262,9 @@ def _amfn_program(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
     inputs = _to_devices(mesh, inputs)
 
     def logits(params, queries, context, x):
-        return _fusion_logits(nnx.merge(graphdef, params, rest), m.amfn.fusion, queries, context,
-                              x["box_mask"], x["present"])
+        part = nnx.merge(graphdef, params, rest)
+        a_fuse, a_last = part["amfn"](queries, context, x["box_mask"], x["present"])
+        return head_logits(part["heads"], m.amfn.fusion, a_fuse, a_last, x["present"])
 
     if mode == "forward":
         def scores(params, x):
@@ -295,14 +283,14 @@ def _amfn_program(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
 
 
 def _program(config: ml_collections.ConfigDict, mode: str, component: str,
-             prepared: train.Setup | None) -> tuple[jax.sharding.Mesh, _Program]:
+             prepared: ModelState | None) -> tuple[jax.sharding.Mesh, _Program]:
     """The config's mesh and the program a bench times (``config.batch_size`` sets the batch)."""
     if mode not in MODES:
         raise ValueError(f"bench mode: expected one of {MODES}, got {mode!r}")
     if component not in COMPONENTS:
         raise ValueError(f"bench --component: expected one of {COMPONENTS}, got {component!r}")
     mesh = sharding.make_mesh(config.mesh_shape)
-    train.check_divisibility(config, mesh)
+    check_divisibility(config, mesh)
     if component == "model":
         return mesh, _model_program(config, mesh, mode, prepared)
     return mesh, _amfn_program(config, mesh, mode)
@@ -310,7 +298,7 @@ def _program(config: ml_collections.ConfigDict, mode: str, component: str,
 
 def _run(configs: Sequence[ml_collections.ConfigDict], mode: str, *, component: str,
          repeats: int, matmul_size: int | None,
-         prepared: train.Setup | None = None) -> list[dict[str, Any]]:
+         prepared: ModelState | None = None) -> list[dict[str, Any]]:
     """Benches (no printing) of configs that share a mesh and a batch size, timed in the same
     rounds: see the module docstring for the keys. ``prepared`` serves a single config."""
     meshes, programs = zip(*(_program(c, mode, component, prepared) for c in configs), strict=True)
@@ -374,11 +362,11 @@ def _bench_rows(r: dict[str, Any]) -> list[tuple[str, Any]]:
 
 def run_step_bench(config: ml_collections.ConfigDict, *, batch_size: int | None = None,
                    component: str = "model", repeats: int = 5, matmul_size: int | None = None,
-                   prepared: train.Setup | None = None) -> dict[str, Any]:
+                   prepared: ModelState | None = None) -> dict[str, Any]:
     """Time the jitted train step (``component='model'``) or the AMFN-plus-heads forward and
     backward (``'amfn'``) at ``batch_size`` (default ``config.batch_size``); print a table and
-    a JSON line; return the numbers. ``prepared``: a :class:`train.Setup` of this config to
-    reuse (its state is stepped and donated)."""
+    a JSON line; return the numbers. ``prepared``: a :class:`~jovale_jax.state.ModelState` of
+    this config to reuse (the step runs on a copy of its state)."""
     config = variant(config, batch_size=batch_size or config.batch_size)
     (r,) = _run([config], "step", component=component, repeats=repeats, matmul_size=matmul_size,
                 prepared=prepared)
@@ -388,7 +376,7 @@ def run_step_bench(config: ml_collections.ConfigDict, *, batch_size: int | None 
 
 def run_forward_bench(config: ml_collections.ConfigDict, *, batch_size: int | None = None,
                       component: str = "model", repeats: int = 5, matmul_size: int | None = None,
-                      prepared: train.Setup | None = None) -> dict[str, Any]:
+                      prepared: ModelState | None = None) -> dict[str, Any]:
     """As :func:`run_step_bench`, for the eval-mode forward pass (``predict``, or the AMFN plus
     heads alone)."""
     config = variant(config, batch_size=batch_size or config.batch_size)
@@ -409,18 +397,18 @@ def _bytes_per_device(tree: Any, shardings: Any) -> int:
                for x, sh in zip(leaves, shardings, strict=True))
 
 
-def _step_memory(s: train.Setup, batch_size: int) -> dict[str, int]:
-    """Per-device memory of ``s.train_step`` compiled for ``batch_size`` (nothing runs)."""
+def _step_memory(s: ModelState, batch_size: int) -> dict[str, int]:
+    """Per-device memory of the train step of ``s`` compiled for ``batch_size`` (nothing runs)."""
     shapes = batch_shapes(s.config, batch_size)
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                             (s.state, s.frozen, shapes))
-    traced = s.train_step.trace(*abstract)
+    traced = train.make_train_step(s).trace(*abstract)
     compiled = traced.lower().compile()
     return {"gmacs_per_clip": jaxpr_macs(traced.jaxpr) / 1e9 / batch_size,
             "params": _bytes_per_device(s.state["params"], s.state_shardings["params"]),
             "opt_state": _bytes_per_device(s.state["opt_state"], s.state_shardings["opt_state"]),
             "frozen": _bytes_per_device(s.frozen, s.frozen_shardings),
-            "batch": _bytes_per_device(shapes, train.data_sharding(s.mesh)),
+            "batch": _bytes_per_device(shapes, sharding.data_sharding(s.mesh)),
             **_memory_stats(compiled)}
 
 
@@ -439,12 +427,12 @@ def memory_report(config: ml_collections.ConfigDict, batch_size: int | None = No
     """
     config = variant(config, batch_size=batch_size or config.batch_size)
     mesh = sharding.make_mesh(config.mesh_shape)
-    train.check_divisibility(config, mesh)
+    check_divisibility(config, mesh)
     b, data = config.batch_size, mesh.shape["data"]
     rows: dict[str, Any] = {}
     for flag in remat:
         start = time.perf_counter()
-        s = train.setup(variant(config, remat=flag), mesh=mesh, steps_per_epoch=1)
+        s = create(variant(config, remat=flag), mesh=mesh, steps_per_epoch=1)
         one, two = _step_memory(s, b), _step_memory(s, 2 * b)
         per_clip = (two["total"] - one["total"]) / b * data  # per device, per clip on the device
         fixed = one["total"] - per_clip * b / data
@@ -486,81 +474,4 @@ def run_remat_bench(config: ml_collections.ConfigDict, *, batch_size: int | None
              for name, r in runs.items()]
     table += [(k, f"{result[k]:.3f}") for k in ("time_ratio", "gmacs_ratio", "temporaries_ratio")]
     _print_report(f"remat trade-off, train step at batch {off['batch_size']}", table, result)
-    return result
-
-
-ATTENTION_SCORES = "attention scores (N x N: QK^T, softmax, their gradients)"
-MATMULS = "other matmuls (projections, MLP, attention x V)"
-OTHER = "element-wise, reductions, copies"
-_INSTRUCTION = re.compile(r"^\s+(?:ROOT )?%?([\w.\-]+) = \w+\[([\d,]*)\]\S* ")
-
-
-def _instruction_kinds(hlo: str) -> dict[str, str]:
-    """Each instruction of an optimised HLO module's text -> :data:`ATTENTION_SCORES` (its result
-    ends in a square block of at least 4 x 4, rank >= 3), :data:`MATMULS` (it is or calls a dot or
-    convolution) or :data:`OTHER`."""
-    bodies = {block.split(" ", 1)[0].lstrip("%"): block for block in re.split(r"\n(?=\S)", hlo)}
-
-    def has_product(name: str, seen: set[str]) -> bool:
-        body = bodies.get(name, "")
-        if " dot(" in body or " convolution(" in body:
-            return True
-        called = set(re.findall(r"calls=%?([\w.\-]+)", body)) - seen
-        return any(has_product(c, seen | called) for c in called)
-
-    kinds = {}
-    for line in hlo.splitlines():
-        match = _INSTRUCTION.match(line)
-        if not match:
-            continue
-        dims = [int(d) for d in match.group(2).split(",") if d]
-        called = re.findall(r"calls=%?([\w.\-]+)", line)
-        if len(dims) >= 3 and dims[-1] == dims[-2] >= 4:
-            kinds[match.group(1)] = ATTENTION_SCORES
-        elif " dot(" in line or " convolution(" in line or any(
-                has_product(c, set(called)) for c in called):
-            kinds[match.group(1)] = MATMULS
-        else:
-            kinds[match.group(1)] = OTHER
-    return kinds
-
-
-def profile_breakdown(config: ml_collections.ConfigDict, *, mode: str = "step",
-                      component: str = "amfn", batch_size: int | None = None,
-                      repeats: int = 2) -> dict[str, Any]:
-    """Where a bench's compiled program spends its time, from ``jax.profiler``'s per-instruction
-    events (the XLA runtime's ``hlo_op``), summed over threads and grouped by
-    :func:`_instruction_kinds`; ``top`` lists the ten costliest instructions. Prints a table and
-    a JSON line."""
-    config = variant(config, batch_size=batch_size or config.batch_size)
-    _, program = _program(config, mode, component, None)
-    compiled = program.fn.trace(*program.args).lower().compile()
-    call = _caller(program, compiled)
-    jax.block_until_ready(call())
-    with tempfile.TemporaryDirectory() as folder:
-        with jax.profiler.trace(folder, create_perfetto_trace=True):
-            start = time.perf_counter()
-            for _ in range(repeats):
-                jax.block_until_ready(call())
-            seconds = (time.perf_counter() - start) / repeats
-        path = next(pathlib.Path(folder).rglob("*.trace.json.gz"))
-        events = json.loads(gzip.decompress(path.read_bytes()))["traceEvents"]
-    per_op: collections.Counter[str] = collections.Counter()
-    for e in events:
-        if e.get("ph") == "X" and "hlo_op" in e.get("args", {}):
-            per_op[e["args"]["hlo_op"]] += e["dur"] / 1e6 / repeats
-    kinds = _instruction_kinds(compiled.as_text())
-    by_kind: collections.Counter[str] = collections.Counter()
-    for op, op_seconds in per_op.items():
-        by_kind[kinds.get(op, OTHER)] += op_seconds
-    total = sum(per_op.values())
-    result = {"bench": "profile", "mode": mode, "component": component,
-              "batch_size": config.batch_size, "seconds": seconds, "thunk_seconds": total,
-              "kinds": {k: {"seconds": v, "share": v / total} for k, v in by_kind.most_common()},
-              "top": [{"op": op, "seconds": v, "kind": kinds.get(op, OTHER)}
-                      for op, v in per_op.most_common(10)]}
-    table = [("wall per call", f"{seconds:.3f} s"), ("instruction time", f"{total:.3f} s")]
-    table += [(k, f"{v['seconds']:.3f} s  {v['share']:.1%}") for k, v in result["kinds"].items()]
-    table += [(t["op"], f"{t['seconds'] * 1e3:.1f} ms  {t['kind']}") for t in result["top"]]
-    _print_report(f"profile of {mode} ({component}) at batch {config.batch_size}", table, result)
     return result

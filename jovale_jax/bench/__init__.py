@@ -1,0 +1,11 @@
+"""Measurements, each reachable as ``python launch.py bench KIND`` (bench/README.md has the numbers).
+
+* ``step.py``: the compiled train step and forward pass (time, MACs, matmul ratio), the train
+  step's memory per device (``bench memory``) and the cost of ``model.remat`` (``bench remat``);
+* ``profile.py``: where a program's time goes, from ``jax.profiler`` events (``bench profile``);
+* ``input.py``: examples per second through the input pipeline, whole and by stage;
+* ``eval.py``: the AVA evaluator against a plain loop, and the detections CSV plus mAP at
+  AVA-val size (``bench eval``).
+
+Importing this package imports nothing heavy: each module loads what it measures.
+"""

@@ -1,0 +1,84 @@
+"""What a run shows and where: the progress line on the console, ``metrics.jsonl`` and
+TensorBoard events in the workdir, and library INFO logs (TFDS, absl) in the workdir's ``log.txt``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+
+import jax
+
+LOG_FILE = "log.txt"
+
+
+class _FileOnly(logging.FileHandler):
+    """The run's log file handler (a type of its own, so that a second call replaces it)."""
+
+
+def log_to_file(workdir: str) -> str:
+    """Library INFO lines go to ``workdir/log.txt``; the console keeps warnings and errors (and
+    what the program prints: progress and results). Returns the log file's path."""
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, LOG_FILE)
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, _FileOnly):
+            root.removeHandler(handler)
+            handler.close()
+    console = [h for h in root.handlers]
+    if not console:  # without any handler Python prints warnings itself; keep that
+        console = [logging.StreamHandler()]
+        root.addHandler(console[0])
+    for handler in console:
+        handler.setLevel(logging.WARNING)
+    to_file = _FileOnly(path)
+    to_file.setLevel(logging.INFO)
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(to_file)
+    root.setLevel(logging.INFO)
+    logging.getLogger("absl").setLevel(logging.INFO)
+    return path
+
+
+class MetricsWriter:
+    """Console progress, ``metrics.jsonl`` and TensorBoard events; only process 0 writes."""
+
+    def __init__(self, workdir: str, total_steps: int):
+        self.enabled = jax.process_index() == 0
+        self.total = total_steps
+        self.t0, self.step0 = time.time(), None
+        if self.enabled:
+            os.makedirs(workdir, exist_ok=True)
+            # closed in close(), like the TensorBoard writer
+            self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
+            from tensorboardX import SummaryWriter
+
+            self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        if self.step0 is None:
+            self.step0, self.t0 = step, time.time()
+            rate = float("nan")
+        else:
+            rate = (step - self.step0) / max(time.time() - self.t0, 1e-9)
+        eta = (self.total - step) / rate if rate > 0 else float("nan")
+        record = {"step": step, **metrics, "steps_per_s": rate}
+        self.jsonl.write(json.dumps(record) + "\n")
+        self.jsonl.flush()
+        for k, v in metrics.items():
+            self.tb.add_scalar(k, v, step)
+        self.tb.flush()
+        parts = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+        eta_s = "?" if math.isnan(eta) else time.strftime("%H:%M:%S", time.gmtime(eta))
+        print(f"step {step}/{self.total} {parts} | {rate:.2f} steps/s | ETA {eta_s}", flush=True)
+
+    def close(self):
+        if self.enabled:
+            self.jsonl.close()
+            self.tb.close()

@@ -1,0 +1,211 @@
+"""The model and its optimizer state on a mesh, built once; inference on a host batch.
+
+:func:`create` builds a :class:`ModelState` (the sharded parameters, frozen parameters, optimizer
+state and the jitted eval-mode ``predict``); :func:`load_trained` builds one holding a checkpoint's
+parameters. :func:`predict_batch` is the one way to score a per-process numpy batch: evaluation,
+``detect`` and the benches all call it. The trainer (``train.py``) adds its jitted step on top and
+replaces ``state`` as it steps (``dataclasses.replace``); nothing assigns fields afterwards.
+
+The train state is a dict of pure pytrees: ``params`` (trainable), ``opt_state`` and ``step``.
+Frozen parameters (BLIP, fixed position tables) live in ``frozen`` and get neither gradients nor
+optimizer state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jovale_jax import optim, sharding
+from jovale_jax.checkpoint import Checkpointer, abstract_like
+from jovale_jax.models.jovale import JoVALE, expected_inputs
+
+log = logging.getLogger(__name__)
+
+
+def model_inputs(cfg, batch: dict[str, Any]) -> dict[str, Any]:
+    """The entries of a pipeline batch that the model reads."""
+    keys = set(expected_inputs(cfg)) | {"audio_mask"}
+    return {k: v for k, v in batch.items() if k in keys}
+
+
+def trainable_filter(cfg):
+    """Parameters that train: every nnx.Param except BLIP's when it is frozen."""
+    if "scene" in cfg.modalities and cfg.scene.frozen:
+        return nnx.All(nnx.Param, nnx.Not(nnx.PathContains("scene_encoder")))
+    return nnx.Param
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelState:
+    """Everything the loop, the evaluator, ``detect`` and the benchmarks need, built once."""
+
+    config: Any
+    mesh: jax.sharding.Mesh
+    graphdef: Any  # train mode (dropout on)
+    eval_graphdef: Any
+    state: dict[str, Any]  # params, opt_state, step
+    frozen: Any
+    rng_template: Any
+    state_shardings: Any
+    frozen_shardings: Any
+    tx: optax.GradientTransformation
+    steps_per_epoch: int
+    predict: Callable  # jitted (params, frozen, global batch) -> sigmoid scores (B, K, C)
+
+    def model(self, train: bool = False) -> JoVALE:
+        """The model with the current parameters (for inspection and export)."""
+        return nnx.merge(self.graphdef if train else self.eval_graphdef, self.state["params"],
+                         self.rng_template, self.frozen)
+
+    def replace(self, **changes) -> ModelState:
+        """A copy with some fields replaced (the trainer's new ``state``, restored parameters)."""
+        return dataclasses.replace(self, **changes)
+
+
+def make_sharded_model(config, mesh, init_from: str | None = None) -> JoVALE:
+    """Create the model sharded over the mesh; optionally load converted pretrained weights."""
+    rules = sharding.rules_from_config(config)
+    model, _ = sharding.create_sharded(lambda: JoVALE(config.model, rngs=nnx.Rngs(config.seed)),
+                                       mesh, rules)
+    if init_from:
+        from jovale_jax.convert import load_pretrained
+
+        filled = load_pretrained(model, init_from)
+        log.info("initialised from %s: %s", init_from, filled)
+    return model
+
+
+def optimizer_state_shardings(opt_shapes, params, params_sh, default):
+    """Each optimizer-state leaf mirroring a parameter (Adam's moments) takes that parameter's
+    sharding; the rest (counts) gets ``default``."""
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    by_path = {tuple(path): (leaf.shape, sh)
+               for (path, leaf), sh in zip(flat, jax.tree.leaves(params_sh))}
+
+    def pick(path, leaf):
+        for start in range(len(path)):
+            shape, sh = by_path.get(tuple(path[start:]), (None, None))
+            if sh is not None and shape == leaf.shape:
+                return sh
+        return default
+
+    return jax.tree_util.tree_map_with_path(pick, opt_shapes)
+
+
+def create(config, *, mesh: jax.sharding.Mesh, steps_per_epoch: int,
+           init_from: str | None = None) -> ModelState:
+    """Build the model, the sharded train state, the optimizer and the jitted ``predict``."""
+    model = make_sharded_model(config, mesh, init_from)
+    model.train()
+    graphdef, params, rngs, frozen = nnx.split(model, trainable_filter(config.model),
+                                               nnx.RngState, ...)
+    model.eval()
+    eval_graphdef = nnx.graphdef(model)
+    params, rngs, frozen = (nnx.to_pure_dict(s) for s in (params, rngs, frozen))
+
+    def shardings_of(tree):
+        return jax.tree.map(lambda x: x.sharding, tree)
+
+    tx = optim.make_optimizer(config, steps_per_epoch)
+    params_sh = shardings_of(params)
+    replicated = sharding.replicated(mesh)
+    opt_sh = optimizer_state_shardings(jax.eval_shape(tx.init, params), params, params_sh,
+                                       replicated)
+    opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
+    # Every leaf is placed exactly as the step's out_shardings say, so the second call does not
+    # recompile (a cache miss costs a full compile).
+    state = {"params": params, "opt_state": opt_state,
+             "step": jax.device_put(jnp.zeros((), jnp.int32), replicated)}
+    state_sh = {"params": params_sh, "opt_state": opt_sh, "step": replicated}
+    frozen_sh = shardings_of(frozen)
+    predict = _make_predict(config, mesh, eval_graphdef, rngs, params_sh, frozen_sh)
+    return ModelState(config=config, mesh=mesh, graphdef=graphdef, eval_graphdef=eval_graphdef,
+                      state=state, frozen=frozen, rng_template=rngs, state_shardings=state_sh,
+                      frozen_shardings=frozen_sh, tx=tx, steps_per_epoch=steps_per_epoch,
+                      predict=predict)
+
+
+def _make_predict(config, mesh, eval_graphdef, rng_template, params_sh, frozen_sh) -> Callable:
+    """The jitted eval-mode forward ``(params, frozen, batch) -> sigmoid scores (B, K, C)``."""
+
+    def predict(params, frozen, batch):
+        model = nnx.merge(eval_graphdef, params, rng_template, frozen)
+        return jax.nn.sigmoid(model(model_inputs(config.model, batch)))
+
+    return jax.jit(predict, in_shardings=(params_sh, frozen_sh, sharding.data_sharding(mesh)))
+
+
+def global_batch(mesh, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """Per-process numpy batch -> global arrays sharded over 'data' (multi-host safe); entries
+    that are not numbers (video ids) are left out."""
+    arrays = {k: v for k, v in local.items() if np.asarray(v).dtype.kind in "biuf"}
+    return {k: jax.make_array_from_process_local_data(sharding.batch_sharding(mesh, np.ndim(v)), v)
+            for k, v in arrays.items()}
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+    """This process's rows of a batch-sharded global array, in local batch order."""
+    if jax.process_count() == 1:
+        return np.asarray(x)
+    shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+    return np.concatenate([np.asarray(s.data) for s in shards])
+
+
+def predict_batch(s: ModelState, local: dict[str, np.ndarray]) -> np.ndarray:
+    """Sigmoid scores (B, K, C) of a per-process numpy batch, as numpy (this process's rows)."""
+    return to_host(s.predict(s.state["params"], s.frozen, global_batch(s.mesh, local)))
+
+
+def check_divisibility(config, mesh) -> None:
+    """Batch and mesh sizes must agree; fail before compiling, with the numbers."""
+    data = mesh.shape["data"]
+    if config.batch_size % data:
+        raise ValueError(f"config.batch_size {config.batch_size} does not divide over the 'data' "
+                         f"mesh axis of size {data} (config.mesh_shape "
+                         f"{tuple(config.mesh_shape)} -> {dict(mesh.shape)})")
+    if config.batch_size % jax.process_count():
+        raise ValueError(f"config.batch_size {config.batch_size} does not divide over "
+                         f"{jax.process_count()} processes")
+
+
+def restore(s: ModelState, ckpt: Checkpointer, step: int) -> ModelState:
+    """``s`` with the train state and frozen parameters of checkpoint ``step``."""
+    restored, _ = ckpt.restore(step, abstract_like(
+        {"state": s.state, "frozen": s.frozen},
+        {"state": s.state_shardings, "frozen": s.frozen_shardings}))
+    return s.replace(state=restored["state"], frozen=restored["frozen"])
+
+
+def resolve_checkpoint(path: str) -> tuple[str, int]:
+    """``W`` (newest step) or ``W/checkpoints/STEP`` -> (workdir, step)."""
+    path = os.path.abspath(path)
+    parent, last = os.path.split(path)
+    if last.isdigit() and os.path.basename(parent) == "checkpoints":
+        return os.path.dirname(parent), int(last)
+    step = Checkpointer(path).latest_step()
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {path}/checkpoints (train first: "
+                                f"python launch.py train --config ... --workdir {path})")
+    return path, step
+
+
+def load_trained(config, checkpoint: str, *,
+                 devices: Sequence[jax.Device] | None = None) -> ModelState:
+    """A ModelState holding a trained checkpoint's parameters, for evaluation and inference."""
+    workdir, step = resolve_checkpoint(checkpoint)
+    s = create(config, mesh=sharding.make_mesh(config.mesh_shape, devices), steps_per_epoch=1)
+    ckpt = Checkpointer(workdir)
+    try:
+        return restore(s, ckpt, step)
+    finally:
+        ckpt.close()
