@@ -1,6 +1,8 @@
 """The ablation variants at tiny sizes: Table 7's fair uniform fusion, Table 5's fusion strategies,
 Table 6's MFE structures, supplementary Table 4's scene encoders."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -121,3 +123,33 @@ def test_mfe_structure_layers(tiny_config):
     a_fuse, last = nnx.jit(lambda mod, *a: mod(*a))(amfn, queries, context, jnp.ones((2, 3), bool), {m: jnp.ones((2,), bool) for m in mods})
     assert a_fuse.shape == (2, 3, 4, 16) and {m: v.shape for m, v in last.items()} == {
         m: v.shape for m, v in queries.items()}
+
+
+@pytest.mark.parametrize("strategy", ("amfn", "global_relation"))
+def test_fusion_gmacs_equals_the_component_count(tiny_config, strategy):
+    from jovale_jax.flops import component_costs, fusion_gmacs
+
+    cfg = tiny_config.model
+    cfg.fusion_strategy = strategy
+    assert fusion_gmacs(cfg) == pytest.approx(component_costs(cfg)["amfn"]["gmacs"], rel=1e-9)
+
+
+# The AMFN's input geometry of the paper's SlowFast-R50 ablations: T_v = 4 and a 16 x 16 grid.
+TABLE6_COMMAND = ("launch.py flops --config configs/ava_vitb16.py --table 6 --json "
+                  "--config.model.video.num_frames=8 --config.model.video.image_size=(256,256)")
+
+
+def test_table6_flops_ratios_match_the_paper():
+    """`launch.py flops --table 6` (the README's command): each MFE structure's AMFN GMACs over
+    the MFE's lands within 15% of the paper's GFLOPs ratio."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, *TABLE6_COMMAND.split()], capture_output=True, text=True,
+                         check=True)
+    rows = {r["row"]: r for r in json.loads(out.stdout.strip().splitlines()[-1])}
+    assert set(rows) == {"joint", "factorized", "divided", "cross_frame", "mfe"}
+    for name, r in rows.items():
+        assert abs(r["ratio"] / r["paper_ratio"] - 1) < 0.15, (name, r)
+    assert rows["mfe"]["fusion_gmacs"] == pytest.approx(25.4, rel=0.1)  # the paper's MFE row
+    assert rows["joint"]["ratio"] > rows["divided"]["ratio"] > 1 > rows["factorized"]["ratio"]

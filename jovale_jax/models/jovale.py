@@ -48,6 +48,13 @@ def time_steps(cfg) -> dict[str, int]:
             "scene": cfg.scene.num_frames}
 
 
+def context_grid(cfg) -> dict[str, tuple[int, int]]:
+    """(T_m, N_m) of every modality's context embeddings f_m for a ``config.model``."""
+    _, h, w = video_grid(cfg.video)
+    return {"video": (time_steps(cfg)["video"], h * w), "audio": audio_grid(cfg.audio),
+            "scene": (cfg.scene.num_frames, 1 + blip_num_patches(cfg.scene))}
+
+
 def expected_inputs(cfg) -> dict[str, tuple[tuple[int, ...], str]]:
     """Per-example shape and the config fields behind it, for every input the config needs."""
     k = cfg.num_proposals
@@ -91,6 +98,31 @@ def check_batch(cfg, batch: Mapping[str, jax.Array]) -> None:
         if want_bool != is_bool or (not want_bool and not jnp.issubdtype(batch[key].dtype, jnp.floating)):
             raise ValueError(f"batch[{key!r}]: expected a {'bool' if want_bool else 'floating'} array, "
                              f"got dtype {batch[key].dtype}")
+
+
+def build_fusion(cfg, modalities: tuple[str, ...], *, rngs: nnx.Rngs, dtype=jnp.float32,
+                 **layer_kwargs) -> nnx.Module:
+    """The fusion stage of ``cfg.fusion_strategy``: the AMFN, or a Table 5 alternative
+    (:mod:`jovale_jax.models.fusion`, whose ``out_dim`` is its head's width)."""
+    strategy = check_strategy(cfg, modalities)
+    dim, steps = cfg.embed_dim, time_steps(cfg)
+    if strategy == "amfn":
+        return AMFN(dim, modalities, steps["video"], cfg.amfn, rngs=rngs, dtype=dtype,
+                    time_steps=steps, **layer_kwargs)
+    if strategy == "global_relation":
+        return GlobalRelation(dim, modalities, steps["video"], cfg, rngs=rngs, dtype=dtype)
+    grids = {"video": video_grid(cfg.video)[1:],
+             "scene": (cfg.scene.image_size // cfg.scene.patch,) * 2}
+    make = RoIFeatureFusion if strategy == "roi_feature_fusion" else RoIRelation
+    return make(dim, {m: grids[m] for m in modalities}, cfg, rngs=rngs, dtype=dtype)
+
+
+def run_fusion(fusion: nnx.Module, queries, context, box_mask, present, boxes):
+    """Call a :func:`build_fusion` module: the AMFN returns (a_fuse, {m: â_m}), the others the
+    head's input."""
+    if isinstance(fusion, AMFN):
+        return fusion(queries, context, box_mask, present)
+    return fusion(queries, context, box_mask, present, boxes)
 
 
 class ActorFeatures(nnx.Module):
@@ -147,20 +179,12 @@ class JoVALE(nnx.Module):
             m: param(rngs, nnx.initializers.normal(0.02), (steps[m], dim), (None, EMBED))
             for m in self.modalities})
         self.fusion_strategy = check_strategy(cfg, self.modalities)
-        head_dim = dim
+        fusion = build_fusion(cfg, self.modalities, rngs=rngs, dtype=dtype, remat=cfg.remat)
         if self.fusion_strategy == "amfn":
-            self.amfn = AMFN(dim, self.modalities, steps["video"], cfg.amfn, rngs=rngs, dtype=dtype,
-                             remat=cfg.remat, time_steps=steps)
-        elif self.fusion_strategy == "global_relation":
-            self.fusion = GlobalRelation(dim, self.modalities, steps["video"], cfg, rngs=rngs,
-                                         dtype=dtype)
+            self.amfn = fusion
         else:
-            grids = {"video": video_grid(cfg.video)[1:],
-                     "scene": (cfg.scene.image_size // cfg.scene.patch,) * 2}
-            make = RoIFeatureFusion if self.fusion_strategy == "roi_feature_fusion" else RoIRelation
-            self.fusion = make(dim, {m: grids[m] for m in self.modalities}, cfg, rngs=rngs,
-                               dtype=dtype)
-            head_dim = self.fusion.out_dim
+            self.fusion = fusion
+        head_dim = getattr(fusion, "out_dim", dim)
         late = self.fusion_strategy == "amfn" and cfg.amfn.fusion == "late"
         head_names = self.modalities if late else ("fused",)
         self.heads = nnx.Dict({n: ActionHead(head_dim, cfg.num_classes, rngs=rngs,
@@ -208,8 +232,8 @@ class JoVALE(nnx.Module):
         """The fusion stage (``model.fusion_strategy``): {head name: its input (B, K, T, D')};
         one ``fused`` head, or one per modality for the AMFN's late score fusion."""
         if self.fusion_strategy != "amfn":
-            return {"fused": self.fusion(queries, context, box_mask, present, boxes)}
-        a_fuse, a_last = self.amfn(queries, context, box_mask, present)
+            return {"fused": run_fusion(self.fusion, queries, context, box_mask, present, boxes)}
+        a_fuse, a_last = run_fusion(self.amfn, queries, context, box_mask, present, boxes)
         return dict(a_last) if "fused" not in self.heads else {"fused": a_fuse}
 
 
