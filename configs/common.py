@@ -11,7 +11,8 @@ override any field with ``--config.field=value`` (unknown fields are an error).
 import ml_collections
 
 # Mesh axes and the rules that map the model's logical axis names onto them (SPEC.md section 2).
-# 'embed' is replicated unless `fsdp` is set, in which case it is sharded over 'data'.
+# 'embed' is replicated unless `fsdp` is set, in which case it is sharded over 'data'. 'batch'
+# names the activations' batch axis (constrained at every layer boundary).
 SHARDING_RULES = (
     ("batch", "data"),
     ("heads", "model"),
@@ -20,8 +21,6 @@ SHARDING_RULES = (
     ("kv", None),
     ("classes", None),
     ("conv_in", None),
-    ("time", None),
-    ("length", None),
 )
 
 
@@ -45,15 +44,22 @@ def base_config() -> ml_collections.ConfigDict:
     m.num_classes = 60
     m.num_proposals = 15  # K
     m.embed_dim = 256  # D
-    m.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
-    m.remat = False  # jax.checkpoint each ViT block and AMFN layer
+    # Compute dtype: float32 | bfloat16 | auto (bfloat16 on a GPU, float32 elsewhere); parameters
+    # stay float32.
+    m.dtype = "auto"
+    # Rematerialisation of each scanned ViT block and AMFN layer in the backward pass:
+    # none | full (keep only layer inputs) | dots_saveable | dots_with_no_batch_dims_saveable.
+    m.remat_policy = "none"
+    # Attention kernel: xla | cudnn (fused, NVIDIA GPU, bfloat16/float16) | auto (cudnn where it
+    # applies, xla elsewhere).
+    m.attention_impl = "auto"
 
     v = m.video = vit_config(width=768, depth=12, num_heads=12, mlp_dim=3072, patch=16)
     v.num_frames = 16
     v.tubelet = 2
     v.image_size = (224, 288)  # (H, W); the 14 x 18 patch grid reproduces Table 3's FLOPs
     v.layer_norm_eps = 1e-6
-    v.drop_path = 0.0
+    v.drop_path = 0.0  # stochastic depth of the last block (linear from 0 over the blocks)
 
     s = m.scene = vit_config(width=768, depth=12, num_heads=12, mlp_dim=3072, patch=16)
     s.num_frames = 4  # T_s

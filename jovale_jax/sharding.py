@@ -8,15 +8,17 @@ parallel). The same code runs on one CPU, on fake CPU devices and on GPUs.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import jax
 import numpy as np
 from flax import nnx
+from flax.core import spmd
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-# Logical axis names used by parameters and activations.
+# Logical axis names used by parameters and (BATCH) activations.
 BATCH = "batch"
 EMBED = "embed"
 MLP = "mlp"
@@ -24,8 +26,6 @@ HEADS = "heads"
 KV = "kv"
 CLASSES = "classes"
 CONV_IN = "conv_in"
-TIME = "time"
-LENGTH = "length"
 
 MESH_AXES = ("data", "model")
 
@@ -122,3 +122,21 @@ def data_sharding(mesh: Mesh) -> NamedSharding:
 def replicated(mesh: Mesh) -> NamedSharding:
     """The same copy on every device of the mesh (scalars, metrics, the step counter)."""
     return NamedSharding(mesh, PartitionSpec())
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, rules) -> Iterator[None]:
+    """Trace (first-call) a model inside this context to apply its activation constraints:
+    layer inputs and outputs keep ``BATCH`` on the mesh axis the rules give it (MaxText's
+    pattern); outside it the constraints are no-ops."""
+    with jax.set_mesh(mesh), spmd.logical_axis_rules(rules):
+        yield
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+    """``x`` constrained to the logical ``axes`` under :func:`activation_sharding`, else ``x``."""
+    rules = spmd.get_logical_axis_rules()
+    mesh = jax.sharding.get_abstract_mesh()
+    if not rules or mesh.empty:
+        return x
+    return jax.lax.with_sharding_constraint(x, logical_to_spec(axes, rules, x.shape, mesh))

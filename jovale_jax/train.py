@@ -36,13 +36,14 @@ from jovale_jax.state import (
 
 
 def step_rngs(template, seed: int, step: jax.Array):
-    """Dropout keys for one step: a function of (seed, step, position), never carried over."""
+    """Dropout keys for one step: a function of (seed, step, position), never carried over; a
+    stacked (scanned) layer's key array keeps its shape, one key per layer."""
     base = jax.random.fold_in(jax.random.key(seed), step)
     leaves, treedef = jax.tree.flatten(template)
     out = []
     for i, leaf in enumerate(leaves):
         if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-            out.append(jax.random.fold_in(base, i))
+            out.append(jax.random.split(jax.random.fold_in(base, i), leaf.shape))
         else:
             out.append(jnp.zeros_like(leaf))
     return jax.tree.unflatten(treedef, out)

@@ -13,6 +13,9 @@ import numpy as np
 import pytest
 
 from configs import synthetic
+from jovale_jax.runtime import configure_jax
+
+configure_jax()  # as launch.py: JAX's custom softmax derivative
 
 
 @pytest.fixture

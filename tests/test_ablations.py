@@ -112,9 +112,11 @@ def test_mfe_structure_layers(tiny_config):
     cfg.num_layers, cfg.temporal_layers, cfg.encoder = 3, 1, "factorized"
     mods, steps = ("video", "audio"), {"video": 4, "audio": 9}
     amfn = AMFN(16, mods, 4, cfg, rngs=nnx.Rngs(0), time_steps=steps)
-    assert len(amfn.layers) == 2 and len(amfn.temporal_layers) == 1
-    assert isinstance(amfn.layers[0].mfe["video"], SpatialEncoder)
-    assert isinstance(amfn.temporal_layers[0].mfe["audio"], TemporalEncoder)
+    assert isinstance(amfn.layers.mfe["video"], SpatialEncoder)
+    assert isinstance(amfn.temporal_layers.mfe["audio"], TemporalEncoder)
+    # stacked for nnx.scan: a leading layer axis of L - L_t and L_t
+    assert amfn.layers.mfe["video"].encoder.attn.query_kernel.shape[0] == 2
+    assert amfn.temporal_layers.mfe["audio"].encoder.attn.query_kernel.shape[0] == 1
     cfg.encoder = "cross_frame"
     amfn = AMFN(16, mods, 4, cfg, rngs=nnx.Rngs(0), time_steps=steps)
     assert {m: amfn.messages[m].shape for m in mods} == {"video": (4, 16), "audio": (9, 16)}

@@ -182,12 +182,12 @@ def test_hf_videomae_parity(tmp_path):
     print(f"hf_videomae max abs diff {diff:.2e}")
     assert diff <= TOL
     # Checked directly: a key bias or an epsilon would hide in the outputs.
-    layer = model.encoder.layers[1]
-    assert layer.attn.key_bias is None and layer.norm1.epsilon == tm.config.layer_norm_eps
+    layers = model.encoder.layers  # stacked: layer 1 is index 1 of the leading axis
+    assert layers.attn.key_bias is None and layers.norm1.epsilon == tm.config.layer_norm_eps
     ref = tm.encoder.layer[1].attention.attention
-    np.testing.assert_array_equal(np.asarray(layer.attn.key_kernel[...]).reshape(W, W).T,
+    np.testing.assert_array_equal(np.asarray(layers.attn.key_kernel[...][1]).reshape(W, W).T,
                                   ref.key.weight.detach().numpy())
-    np.testing.assert_array_equal(np.asarray(layer.attn.value_bias[...]).ravel(),
+    np.testing.assert_array_equal(np.asarray(layers.attn.value_bias[...][1]).ravel(),
                                   ref.value.bias.detach().numpy())
 
 
@@ -254,7 +254,7 @@ def test_hf_blip_parity(blip_dir, image_size):
     print(f"hf_blip@{image_size} max abs diff {diff:.2e}")
     assert diff <= TOL
     assert model.post_layernorm.epsilon == hf_config["vision_config"]["layer_norm_eps"]
-    np.testing.assert_array_equal(np.asarray(model.encoder.layers[0].attn.key_bias[...]).ravel(),
+    np.testing.assert_array_equal(np.asarray(model.encoder.layers.attn.key_bias[...][0]).ravel(),
                                   sd["vision_model.encoder.layers.0.self_attn.qkv.bias"][W:2 * W])
 
 
@@ -264,16 +264,16 @@ def test_load_keeps_sharding(blip_dir):
     mesh = make_mesh((2, 4))
     model, _ = create_sharded(lambda: BlipVisionEncoder(config.model.scene, rngs=nnx.Rngs(0)),
                               mesh, rules_from_config(config))
-    kernel = model.encoder.layers[0].attn.query_kernel
+    kernel = model.encoder.layers.attn.query_kernel  # (layers, width, heads, head_dim)
     sharding = kernel[...].sharding
-    assert sharding.spec[1] == "model"  # heads over 'model'
+    assert sharding.spec[:3] == (None, None, "model")  # heads over 'model'
     sd, hf_config = read_state_dict(blip_dir)
     converted = convert_hf_blip(sd, config.model.scene, hf_config)
     load_component(model, converted.params)
-    kernel = model.encoder.layers[0].attn.query_kernel[...]
+    kernel = model.encoder.layers.attn.query_kernel[...]
     assert kernel.sharding == sharding
     np.testing.assert_array_equal(
-        kernel, converted.params["encoder"]["layers"]["0"]["attn"]["query_kernel"])
+        kernel, converted.params["encoder"]["layers"]["attn"]["query_kernel"])
 
 
 def test_hf_blip_config_mismatch_is_named(blip_dir):

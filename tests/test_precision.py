@@ -112,8 +112,8 @@ def plain_grads(tiny):
 def test_remat_gives_the_same_loss_and_gradients(tiny, plain_grads):
     cfg, _, state, batch = tiny
     loss, grads, names = plain_grads
-    remat_loss, remat_grads, remat_names = loss_and_grads(cfg, graphdef_of(cfg, remat=True),
-                                                          state, batch)
+    remat_loss, remat_grads, remat_names = loss_and_grads(
+        cfg, graphdef_of(cfg, remat_policy="full"), state, batch)
     remat = jax.make_jaxpr(jax.checkpoint(jnp.sin))(1.0).eqns[0].primitive.name  # the primitive
     assert remat in remat_names and remat not in names
     assert remat_loss == pytest.approx(loss, rel=1e-6)

@@ -37,16 +37,25 @@ def test_sharded_forward_equals_single_device(tiny_config, fsdp):
 
     mesh = sharding.make_mesh((4, 2))
     model, shardings = sharding.create_sharded(make, mesh, sharding.rules_from_config(tiny_config))
-    layer = model.video_encoder.encoder.layers[0]
+    layer = model.video_encoder.encoder.layers  # stacked: the layer axis is replicated
     embed = "data" if fsdp else None
-    assert layer.attn.query_kernel[...].sharding.spec == P(embed, "model", None)
-    assert layer.mlp.fc1.kernel[...].sharding.spec == P(embed, "model")
-    assert layer.mlp.fc2.kernel[...].sharding.spec == P("model", embed)
+    assert layer.attn.query_kernel[...].sharding.spec == P(None, embed, "model", None)
+    assert layer.mlp.fc1.kernel[...].sharding.spec == P(None, embed, "model")
+    assert layer.mlp.fc2.kernel[...].sharding.spec == P(None, "model", embed)
     assert len(layer.mlp.fc1.kernel[...].addressable_shards) == 8
-    assert layer.mlp.fc1.kernel[...].addressable_shards[0].data.shape[1] == cfg.video.mlp_dim // 2
+    assert layer.mlp.fc1.kernel[...].addressable_shards[0].data.shape[2] == cfg.video.mlp_dim // 2
     gd, st = nnx.split(model)
     batch_sh = {k: sharding.batch_sharding(mesh, v.ndim) for k, v in batch.items()}
     fn = jax.jit(lambda s, b: nnx.merge(gd, s)(b), in_shardings=(shardings, batch_sh))
-    got = fn(st, jax.device_put(batch, batch_sh))
-    assert got.sharding.spec[0] == "data" or len(got.sharding.device_set) == 8
+    rules = sharding.rules_from_config(tiny_config)
+    with sharding.activation_sharding(mesh, rules):  # the layers' batch constraints apply
+        hlo = fn.lower(st, batch).compile().as_text()
+        got = fn(st, jax.device_put(batch, batch_sh))
+    assert got.sharding.spec[0] == "data"
     np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
+    # Every video block computes on its device's quarter of the batch: the (B, N, width) carry of
+    # the scanned blocks is (1, N, width) per device, never the whole batch (which XLA chose for
+    # fsdp before the constraints: every device computed every example).
+    tokens = int(np.prod(model.video_encoder.pos_embed[...].shape[:-1]))
+    assert f"f32[1,{tokens},{cfg.video.width}]" in hlo
+    assert f"f32[4,{tokens},{cfg.video.width}]" not in hlo

@@ -23,9 +23,9 @@ alone on random embeddings of the shapes the encoders give (``jax.eval_shape``):
 focal loss with its gradients with respect to the fusion's parameters and to its inputs (as in the
 full model, where they flow on into the encoders); no optimizer update.
 
-:func:`memory_report` compiles the train step on abstract arguments (no execution) and
-:func:`run_remat_bench` measures what ``config.model.remat`` costs in step time
-(``bench/profile.py`` says where the time goes).
+:func:`memory_report` compiles the train step on abstract arguments (no execution),
+:func:`run_remat_bench` measures what ``config.model.remat_policy`` costs in step time, and
+:func:`profile_breakdown` says where a bench's program spends its time.
 """
 
 from __future__ import annotations
@@ -60,12 +60,13 @@ MACS_SOURCE = "jovale_jax.flops.jaxpr_macs of the traced program (dot_general + 
 
 def variant(config: ml_collections.ConfigDict, *, batch_size: int | None = None,
             remat: bool | None = None) -> ml_collections.ConfigDict:
-    """A copy of ``config`` with another global batch size and/or ``model.remat``."""
+    """A copy of ``config`` with another global batch size and/or ``model.remat_policy``
+    (``full`` if ``remat`` else ``none``)."""
     config = config.copy_and_resolve_references()
     if batch_size is not None:
         config.batch_size = int(batch_size)
     if remat is not None:
-        config.model.remat = bool(remat)
+        config.model.remat_policy = "full" if remat else "none"
     return config
 
 
@@ -312,7 +313,8 @@ def _run(configs: Sequence[ml_collections.ConfigDict], mode: str, *, component: 
         achieved = 2 * measured["gmacs"] / measured["seconds"]
         results.append({
             "bench": mode, "component": component, "batch_size": config.batch_size,
-            "dtype": config.model.dtype, "remat": bool(config.model.remat), "devices": mesh.size,
+            "dtype": config.model.dtype, "remat": config.model.remat_policy != "none",
+            "devices": mesh.size,
             "device_kind": mesh.devices.flat[0].device_kind, **info, **measured,
             "clips_per_s": config.batch_size / measured["seconds"],
             "gmacs_per_clip": measured["gmacs"] / config.batch_size,
@@ -459,8 +461,8 @@ def memory_report(config: ml_collections.ConfigDict, batch_size: int | None = No
 
 def run_remat_bench(config: ml_collections.ConfigDict, *, batch_size: int | None = None,
                     repeats: int = 5, matmul_size: int | None = None) -> dict[str, Any]:
-    """The train step with ``model.remat`` off and on, timed in the same rounds: time, MACs and
-    compiled temporaries, and their ratios (on / off). Prints a table and a JSON line."""
+    """The train step with ``model.remat_policy`` none and full, timed in the same rounds: time,
+    MACs and compiled temporaries, and their ratios (on / off). Prints a table and a JSON line."""
     config = variant(config, batch_size=batch_size or config.batch_size)
     off, on = _run([variant(config, remat=False), variant(config, remat=True)], "step",
                    component="model", repeats=repeats, matmul_size=matmul_size)

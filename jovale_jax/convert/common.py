@@ -8,8 +8,10 @@ anything: a missing, extra or wrong-shape key is reported together with every ot
 :class:`ConversionError` that names the key and the shapes. The result is then checked against the
 Flax module's own variables, so a converted tree always fills the module exactly.
 
-Flax paths are ``/``-joined attribute names as in ``nnx.state(module)``, with layer indices as
-strings: ``encoder/layers/0/attn/query_kernel``.
+Flax paths are ``/``-joined attribute names as in ``nnx.state(module)``. Rules name one layer's
+parameters with its index (``encoder/layers/0/attn/query_kernel``); :func:`stack_layers` then
+stacks them in index order into the scanned modules' layout (``encoder/layers/attn/query_kernel``,
+shape (depth, ...)).
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ class Converted:
 
     ``component`` is the attribute of :class:`jovale_jax.models.JoVALE` it fills
     (``video_encoder``, ``scene_encoder`` or ``audio_embed``); ``params`` is a nested dict of
-    float32 numpy arrays shaped like ``nnx.state(component_module)`` (layer indices as strings);
+    float32 numpy arrays shaped like ``nnx.state(component_module)`` (layers stacked);
     ``used_keys`` and ``unused_keys`` partition the checkpoint's keys (original names).
     """
 
@@ -131,6 +133,28 @@ def component_shapes(module_cls: type[nnx.Module], cfg) -> dict[str, Shape]:
     return _SHAPES[key]
 
 
+_LAYER = re.compile(r"^(.*/)?layers/(\d+)/(.*)$")
+
+
+def stack_layers(flat: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``{.../layers/i/p: (...)}`` for i = 0 .. n-1 -> ``{.../layers/p: (n, ...)}``, the layout of
+    layers under ``nnx.scan``; other paths unchanged. A missing index is an error."""
+    out: dict[str, np.ndarray] = {}
+    groups: dict[str, dict[int, np.ndarray]] = {}
+    for path, value in flat.items():
+        match = _LAYER.match(path)
+        if match is None:
+            out[path] = value
+        else:
+            prefix, index, rest = match.groups()
+            groups.setdefault(f"{prefix or ''}layers/{rest}", {})[int(index)] = value
+    for path, layers in groups.items():
+        if sorted(layers) != list(range(len(layers))):
+            raise ConversionError(f"{path}: layers {sorted(layers)} are not 0 .. {len(layers) - 1}")
+        out[path] = np.stack([layers[i] for i in range(len(layers))])
+    return out
+
+
 # ----------------------------------------------------------------------------- bookkeeping
 
 
@@ -181,6 +205,7 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], spec: KeySpec,
     for rule in spec.rules:
         for path, value in rule.make(np.asarray(arrays[rule.key], np.float32)).items():
             flat[path] = np.ascontiguousarray(value, np.float32)
+    flat = stack_layers(flat)
     check_complete(flat, expected, f"{spec.source} -> {spec.component}")
     return Converted(spec.source, spec.component, unflatten(flat),
                      tuple(original[rule.key] for rule in spec.rules), tuple(unused),

@@ -31,7 +31,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jovale_jax.models.layers import Attention, Dense, param
+from jovale_jax.models.layers import (
+    Attention,
+    Dense,
+    check_remat_policy,
+    param,
+    scan_layers,
+    stack_layers,
+)
 from jovale_jax.models.mfe_variants import (
     LAYER_CLASSES,
     check_encoder,
@@ -82,9 +89,11 @@ def masked_mean(x: jax.Array, mask: jax.Array, axis: int) -> jax.Array:
 class MFE(nnx.Module):
     """Multi-modal Feature Encoding for one modality (eqs. 2-3)."""
 
-    def __init__(self, dim: int, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32):
-        self.bottleneck_attn = Attention(dim, cfg.num_heads, rngs=rngs, dtype=dtype)
-        self.encoder = encoder_block(dim, cfg, rngs=rngs, dtype=dtype)
+    def __init__(self, dim: int, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32,
+                 attention_impl: str = "xla"):
+        self.bottleneck_attn = Attention(dim, cfg.num_heads, rngs=rngs, dtype=dtype,
+                                         implementation=attention_impl)
+        self.encoder = encoder_block(dim, cfg, rngs=rngs, dtype=dtype, attention_impl=attention_impl)
 
     def __call__(self, actors: jax.Array, context: jax.Array, actor_mask: jax.Array):
         """actors (B, K, T, D), context (B, T, N, D), actor_mask (B, K) -> (â (B, K, T, D), f (B, T, N, D))."""
@@ -138,9 +147,11 @@ class AMFNLayer(nnx.Module):
     """One AMFN layer: an MFE per modality (or the Table 6 encoder ``kind``), then the MFA."""
 
     def __init__(self, dim: int, modalities: tuple[str, ...], t_common: int, cfg, *,
-                 rngs: nnx.Rngs, dtype=jnp.float32, kind: str = "mfe"):
+                 rngs: nnx.Rngs, dtype=jnp.float32, attention_impl: str = "xla",
+                 kind: str = "mfe"):
         make = MFE if kind == "mfe" else LAYER_CLASSES[kind]
-        self.mfe = nnx.Dict({m: make(dim, cfg, rngs=rngs, dtype=dtype) for m in modalities})
+        self.mfe = nnx.Dict({m: make(dim, cfg, rngs=rngs, dtype=dtype, attention_impl=attention_impl)
+                             for m in modalities})
         self.mfa = MFA(dim, modalities, t_common, cfg, rngs=rngs, dtype=dtype)
 
     def __call__(self, queries, context, actor_mask, present):
@@ -152,49 +163,59 @@ class AMFNLayer(nnx.Module):
 
 
 class AMFN(nnx.Module):
-    """L AMFN layers. Returns the last layer's a_fuse (B, K, T_c, D) and action embeddings {m: â_m}.
+    """L AMFN layers under ``nnx.scan`` (parameters stacked on a leading layer axis; each layer
+    rematerialised as ``remat_policy`` says). Returns the last layer's a_fuse (B, K, T_c, D) and
+    action embeddings {m: â_m}.
 
     ``cfg.encoder`` picks each layer's spatio-temporal encoder (Table 6,
-    :mod:`jovale_jax.models.mfe_variants`): ``factorized`` splits the stack into spatial
-    ``layers`` and ``temporal_layers``; ``cross_frame`` appends its learned message token per time
-    step (``messages[m]``, (T_m, D), N(0, 0.02)) to every modality's context for the whole stack.
+    :mod:`jovale_jax.models.mfe_variants`): ``factorized`` splits the stack into the spatial
+    ``layers`` and the ``temporal_layers`` after them (each its own scan); ``cross_frame`` appends
+    its learned message token per time step (``messages[m]``, (T_m, D), N(0, 0.02)) to every
+    modality's context for the whole stack.
     """
 
     def __init__(self, dim: int, modalities: tuple[str, ...], t_common: int, cfg, *,
-                 rngs: nnx.Rngs, dtype=jnp.float32, remat: bool = False,
-                 time_steps: Mapping[str, int] | None = None):
+                 rngs: nnx.Rngs, dtype=jnp.float32, remat_policy: str = "none",
+                 attention_impl: str = "xla", time_steps: Mapping[str, int] | None = None):
+        self.t_common = t_common
+        self.remat_policy = check_remat_policy(remat_policy)
         self.encoder = check_encoder(cfg)
+
+        def stack(kind: str, depth: int) -> nnx.Module:
+            return stack_layers(
+                lambda r: AMFNLayer(dim, modalities, t_common, cfg, rngs=r, dtype=dtype,
+                                    attention_impl=attention_impl, kind=kind),
+                depth, rngs)
+
         (kind, depth), *rest = layer_kinds(cfg)
-        self.layers = nnx.List([AMFNLayer(dim, modalities, t_common, cfg, rngs=rngs, dtype=dtype,
-                                          kind=kind) for _ in range(depth)])
-        if rest:
-            (kind, depth), = rest
-            self.temporal_layers = nnx.List([
-                AMFNLayer(dim, modalities, t_common, cfg, rngs=rngs, dtype=dtype, kind=kind)
-                for _ in range(depth)])
+        self.layers = stack(kind, depth)
+        self.temporal_layers = stack(*rest[0]) if rest else None
+        self.messages = None
         if self.encoder == "cross_frame":
             if time_steps is None:
                 raise ValueError("AMFN: the cross_frame encoder needs time_steps {modality: T_m}")
             self.messages = nnx.Dict({
                 m: param(rngs, nnx.initializers.normal(0.02), (time_steps[m], dim), (None, EMBED))
                 for m in modalities})
-        self.remat = remat
 
     def __call__(self, queries: Mapping[str, jax.Array], context: Mapping[str, jax.Array],
                  actor_mask: jax.Array, present: Mapping[str, jax.Array]):
-        queries, context = dict(queries), dict(context)
-        if self.encoder == "cross_frame":
+        some = next(iter(queries.values()))
+        b, k, _, d = some.shape
+        a_fuse = jnp.zeros((b, k, self.t_common, d), some.dtype)  # replaced by every layer
+        context = dict(context)
+        if self.messages is not None:
             for m, ctx in context.items():
-                b, t, _, d = ctx.shape
-                msg = jnp.broadcast_to(self.messages[m][...].astype(ctx.dtype)[None, :, None],
-                                       (b, t, 1, d))
-                context[m] = jnp.concatenate([ctx, msg], axis=2)
-        a_fuse = None
-        layers = list(self.layers) + list(getattr(self, "temporal_layers", []))
-        for layer in layers:
-            if self.remat:
-                queries, context, a_fuse = nnx.remat(lambda lyr, *a: lyr(*a))(
-                    layer, queries, context, actor_mask, present)
-            else:
-                queries, context, a_fuse = layer(queries, context, actor_mask, present)
+                msg = self.messages[m][...].astype(ctx.dtype)[None, :, None]
+                context[m] = jnp.concatenate(
+                    [ctx, jnp.broadcast_to(msg, ctx.shape[:2] + (1, d))], axis=2)
+
+        def body(layer, carry, _):
+            return layer(carry[0], carry[1], actor_mask, present)
+
+        carry = (dict(queries), context, a_fuse)
+        for layers in (self.layers, self.temporal_layers):
+            if layers is not None:
+                carry = scan_layers(layers, body, carry, remat_policy=self.remat_policy)
+        queries, _, a_fuse = carry
         return a_fuse, queries

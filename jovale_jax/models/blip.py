@@ -26,7 +26,8 @@ def blip_num_patches(cfg) -> int:
 class BlipVisionEncoder(nnx.Module):
     """BLIP image encoder: (B, T_s, S, S, 3) -> (B, T_s, 1 + (S/p)^2, width)."""
 
-    def __init__(self, cfg, *, rngs: nnx.Rngs, dtype: str = "float32", remat: bool = False):
+    def __init__(self, cfg, *, rngs: nnx.Rngs, dtype: str = "float32",
+                 remat_policy: str = "none", attention_impl: str = "xla"):
         self.cfg = cfg
         self.dtype = dtype_of(dtype)
         p, w = cfg.patch, cfg.width
@@ -36,8 +37,9 @@ class BlipVisionEncoder(nnx.Module):
         self.class_embedding = param(rngs, nnx.initializers.normal(0.02), (w,), (EMBED,))
         self.position_embedding = param(rngs, nnx.initializers.normal(0.02),
                                         (1 + blip_num_patches(cfg), w), (None, EMBED))
-        self.encoder = Encoder(cfg, rngs=rngs, qkv_bias=(True, True, True), remat=remat,
-                               dtype=self.dtype)
+        self.encoder = Encoder(cfg, rngs=rngs, qkv_bias=(True, True, True),
+                               remat_policy=remat_policy, dtype=self.dtype,
+                               attention_impl=attention_impl)
         self.post_layernorm = LayerNorm(w, rngs=rngs, epsilon=cfg.layer_norm_eps, dtype=self.dtype)
 
     def __call__(self, frames: jax.Array) -> jax.Array:

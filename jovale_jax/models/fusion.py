@@ -37,7 +37,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jovale_jax.models.amfn import resample_time
-from jovale_jax.models.layers import Dense, param
+from jovale_jax.models.layers import Dense, check_remat_policy, param, scan_layers, stack_layers
 from jovale_jax.models.mfe_variants import encoder_block
 from jovale_jax.models.roi_align import roi_align
 from jovale_jax.sharding import EMBED
@@ -83,7 +83,8 @@ class RoIFeatures(nnx.Module):
 class RoIFeatureFusion(nnx.Module):
     """(a) RoI feature fusion: [r_video || r_scene] -> the head, (B, K, 1, 2D)."""
 
-    def __init__(self, dim: int, grids, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    def __init__(self, dim: int, grids, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32, **unused):
+        del unused  # no transformer layer here
         self.roi = RoIFeatures(dim, grids, cfg.actor, rngs=rngs, dtype=dtype)
         self.out_dim = dim * len(grids)
 
@@ -96,20 +97,22 @@ class RoIFeatureFusion(nnx.Module):
 class RoIRelation(nnx.Module):
     """(b) RoI relation modelling: each modality's RoI features cross-attend to the others'."""
 
-    def __init__(self, dim: int, grids, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32, **block_kwargs):
+    def __init__(self, dim: int, grids, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32,
+                 remat_policy: str = "none", attention_impl: str = "xla"):
         self.roi = RoIFeatures(dim, grids, cfg.actor, rngs=rngs, dtype=dtype)
-        self.layers = nnx.List([
-            nnx.Dict({m: encoder_block(dim, cfg.amfn, rngs=rngs, dtype=dtype, **block_kwargs)
-                      for m in grids})
-            for _ in range(cfg.amfn.num_layers)])
+        self.layers = stack_layers(
+            lambda r: nnx.Dict({m: encoder_block(dim, cfg.amfn, rngs=r, dtype=dtype,
+                                                 attention_impl=attention_impl) for m in grids}),
+            cfg.amfn.num_layers, rngs)
+        self.remat_policy = check_remat_policy(remat_policy)
         self.out_dim = dim * len(grids)
 
     def __call__(self, queries, context, actor_mask, present, boxes):
         del queries, present
-        r = self.roi(context, boxes)
         mods = tuple(self.roi.grids)
         k = actor_mask.shape[1]
-        for layer in self.layers:
+
+        def body(layer, r, _):
             new = {}
             for m in mods:
                 others = [r[o] for o in mods if o != m]
@@ -117,7 +120,9 @@ class RoIRelation(nnx.Module):
                 key_mask = jnp.concatenate([jnp.zeros_like(actor_mask)]
                                            + [actor_mask] * len(others), axis=1)
                 new[m] = layer[m](tokens, key_mask)[:, :k]
-            r = new
+            return new
+
+        r = scan_layers(self.layers, body, self.roi(context, boxes), remat_policy=self.remat_policy)
         return jnp.concatenate([r[m] for m in mods], axis=-1)[:, :, None]
 
 
@@ -125,13 +130,17 @@ class GlobalRelation(nnx.Module):
     """(c) Global relation modelling: one encoder over every actor and context token."""
 
     def __init__(self, dim: int, modalities: tuple[str, ...], t_common: int, cfg, *,
-                 rngs: nnx.Rngs, dtype=jnp.float32, **block_kwargs):
+                 rngs: nnx.Rngs, dtype=jnp.float32, remat_policy: str = "none",
+                 attention_impl: str = "xla"):
         self.modalities = tuple(modalities)
         self.t_common = t_common
         self.modality_embed = param(rngs, nnx.initializers.normal(0.02), (len(modalities), dim),
                                     (None, EMBED))
-        self.layers = nnx.List([encoder_block(dim, cfg.amfn, rngs=rngs, dtype=dtype, **block_kwargs)
-                                for _ in range(cfg.amfn.num_layers)])
+        self.layers = stack_layers(
+            lambda r: encoder_block(dim, cfg.amfn, rngs=r, dtype=dtype,
+                                    attention_impl=attention_impl),
+            cfg.amfn.num_layers, rngs)
+        self.remat_policy = check_remat_policy(remat_policy)
         self.out_dim = dim
 
     def __call__(self, queries, context, actor_mask, present, boxes):
@@ -147,10 +156,9 @@ class GlobalRelation(nnx.Module):
             here = present[m][:, None]
             masks += [jnp.repeat(actor_mask, t, axis=1) & here, jnp.broadcast_to(here, (b, t * n))]
             sizes.append((t, n))
-        x = jnp.concatenate(tokens, axis=1)
         key_mask = jnp.concatenate(masks, axis=1)
-        for layer in self.layers:
-            x = layer(x, key_mask)
+        x = scan_layers(self.layers, lambda layer, h, _: layer(h, key_mask),
+                        jnp.concatenate(tokens, axis=1), remat_policy=self.remat_policy)
         fused, start = 0.0, 0
         weights = {m: present[m].astype(dtype)[:, None, None, None] for m in self.modalities}
         for m, (t, n) in zip(self.modalities, sizes, strict=True):

@@ -24,7 +24,7 @@ from jovale_jax.models.audio import AudioPatchEmbed, audio_grid
 from jovale_jax.models.blip import BlipVisionEncoder, blip_num_patches
 from jovale_jax.models.fusion import GlobalRelation, RoIFeatureFusion, RoIRelation, check_strategy
 from jovale_jax.models.heads import ActionHead
-from jovale_jax.models.layers import Dense, LayerNorm, dtype_of, param
+from jovale_jax.models.layers import Dense, LayerNorm, attention_implementation, dtype_of, param
 from jovale_jax.models.roi_align import roi_align
 from jovale_jax.models.vit import VideoEncoder, video_grid
 from jovale_jax.sharding import EMBED
@@ -103,18 +103,21 @@ def check_batch(cfg, batch: Mapping[str, jax.Array]) -> None:
 def build_fusion(cfg, modalities: tuple[str, ...], *, rngs: nnx.Rngs, dtype=jnp.float32,
                  **layer_kwargs) -> nnx.Module:
     """The fusion stage of ``cfg.fusion_strategy``: the AMFN, or a Table 5 alternative
-    (:mod:`jovale_jax.models.fusion`, whose ``out_dim`` is its head's width)."""
+    (:mod:`jovale_jax.models.fusion`, whose ``out_dim`` is its head's width). ``layer_kwargs``:
+    ``remat_policy`` and ``attention_impl`` of the transformer layers."""
     strategy = check_strategy(cfg, modalities)
     dim, steps = cfg.embed_dim, time_steps(cfg)
     if strategy == "amfn":
         return AMFN(dim, modalities, steps["video"], cfg.amfn, rngs=rngs, dtype=dtype,
                     time_steps=steps, **layer_kwargs)
     if strategy == "global_relation":
-        return GlobalRelation(dim, modalities, steps["video"], cfg, rngs=rngs, dtype=dtype)
+        return GlobalRelation(dim, modalities, steps["video"], cfg, rngs=rngs, dtype=dtype,
+                              **layer_kwargs)
     grids = {"video": video_grid(cfg.video)[1:],
              "scene": (cfg.scene.image_size // cfg.scene.patch,) * 2}
     make = RoIFeatureFusion if strategy == "roi_feature_fusion" else RoIRelation
-    return make(dim, {m: grids[m] for m in modalities}, cfg, rngs=rngs, dtype=dtype)
+    return make(dim, {m: grids[m] for m in modalities}, cfg, rngs=rngs, dtype=dtype,
+                **layer_kwargs)
 
 
 def run_fusion(fusion: nnx.Module, queries, context, box_mask, present, boxes):
@@ -160,26 +163,28 @@ class JoVALE(nnx.Module):
         dim = cfg.embed_dim
         steps = time_steps(cfg)
         self.dtype = dtype
+        layers = {"remat_policy": cfg.remat_policy,
+                  "attention_impl": attention_implementation(cfg.attention_impl, dtype)}
         source_width = 0
         if "video" in self.modalities:
-            self.video_encoder = VideoEncoder(cfg.video, rngs=rngs, dtype=cfg.dtype, remat=cfg.remat)
+            self.video_encoder = VideoEncoder(cfg.video, rngs=rngs, dtype=dtype.name, **layers)
             self.video_norm = LayerNorm(cfg.video.width, rngs=rngs, dtype=dtype)
             self.video_proj = Dense(cfg.video.width, dim, rngs=rngs, dtype=dtype)
             source_width = cfg.video.width
         if "scene" in self.modalities:
             blip_num_patches(cfg.scene)
-            self.scene_encoder = BlipVisionEncoder(cfg.scene, rngs=rngs, dtype=cfg.dtype, remat=cfg.remat)
+            self.scene_encoder = BlipVisionEncoder(cfg.scene, rngs=rngs, dtype=dtype.name, **layers)
             self.scene_proj = Dense(cfg.scene.width, dim, rngs=rngs, dtype=dtype)
             source_width = source_width or cfg.scene.width
         if "audio" in self.modalities:
-            self.audio_embed = AudioPatchEmbed(cfg.audio, rngs=rngs, dtype=cfg.dtype)
+            self.audio_embed = AudioPatchEmbed(cfg.audio, rngs=rngs, dtype=dtype.name)
             self.audio_proj = Dense(cfg.audio.width, dim, rngs=rngs, dtype=dtype)
         self.actor_features = ActorFeatures(source_width, dim, cfg.actor, rngs=rngs, dtype=dtype)
         self.query_time_embed = nnx.Dict({
             m: param(rngs, nnx.initializers.normal(0.02), (steps[m], dim), (None, EMBED))
             for m in self.modalities})
         self.fusion_strategy = check_strategy(cfg, self.modalities)
-        fusion = build_fusion(cfg, self.modalities, rngs=rngs, dtype=dtype, remat=cfg.remat)
+        fusion = build_fusion(cfg, self.modalities, rngs=rngs, dtype=dtype, **layers)
         if self.fusion_strategy == "amfn":
             self.amfn = fusion
         else:

@@ -10,13 +10,15 @@ statistics and softmax are always computed in float32.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from jovale_jax.sharding import EMBED, HEADS, KV, MLP
+from jovale_jax.sharding import BATCH, EMBED, HEADS, KV, MLP, constrain
 
 Axes = Sequence[str | None]
 
@@ -67,31 +69,57 @@ class LayerNorm(nnx.Module):
         return (y * self.scale[...] + self.bias[...]).astype(self.dtype)
 
 
+ATTENTION_IMPLS = ("xla", "cudnn", "auto")
+
+
+def attention_implementation(name: str, dtype) -> str:
+    """``model.attention_impl`` resolved for this process's backend: ``auto`` is cuDNN's fused
+    attention on an NVIDIA GPU computing in bfloat16 / float16 (the only dtypes cuDNN takes), XLA
+    otherwise."""
+    if name not in ATTENTION_IMPLS:
+        raise ValueError(f"config field model.attention_impl: expected one of {ATTENTION_IMPLS}, "
+                         f"got {name!r}")
+    if name != "auto":
+        return name
+    fused = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and jax.default_backend() == "gpu"
+    return "cudnn" if fused else "xla"
+
+
 class Attention(nnx.Module):
     """Multi-head self-attention with per-head projections (D, H, D/H) sharded over 'heads'.
 
     ``qkv_bias`` selects which of the query, key and value projections have a bias: VideoMAE v2
-    has q and v biases only, BLIP all three, the MFE all three.
+    has q and v biases only, BLIP all three, the MFE all three. ``implementation`` is passed to
+    ``jax.nn.dot_product_attention`` (``xla`` or ``cudnn``, see :func:`attention_implementation`).
     """
 
     def __init__(self, width: int, num_heads: int, *, rngs: nnx.Rngs,
-                 qkv_bias: tuple[bool, bool, bool] = (True, True, True), dtype=jnp.float32):
+                 qkv_bias: tuple[bool, bool, bool] = (True, True, True), dtype=jnp.float32,
+                 implementation: str = "xla"):
         if width % num_heads:
             raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
         head_dim = width // num_heads
-        init = nnx.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2))
-        for name, has_bias in zip(("query", "key", "value"), qkv_bias, strict=True):
-            setattr(self, f"{name}_kernel", param(rngs, init, (width, num_heads, head_dim), (EMBED, HEADS, KV)))
-            bias = param(rngs, nnx.initializers.zeros, (num_heads, head_dim), (HEADS, KV)) if has_bias else None
-            setattr(self, f"{name}_bias", bias)
+
+        def kernel():
+            init = nnx.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2))
+            return param(rngs, init, (width, num_heads, head_dim), (EMBED, HEADS, KV))
+
+        def bias(present: bool):
+            if not present:
+                return None
+            return param(rngs, nnx.initializers.zeros, (num_heads, head_dim), (HEADS, KV))
+
+        self.query_kernel, self.query_bias = kernel(), bias(qkv_bias[0])
+        self.key_kernel, self.key_bias = kernel(), bias(qkv_bias[1])
+        self.value_kernel, self.value_bias = kernel(), bias(qkv_bias[2])
         out_init = nnx.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2)
         self.out_kernel = param(rngs, out_init, (num_heads, head_dim, width), (HEADS, KV, EMBED))
         self.out_bias = param(rngs, nnx.initializers.zeros, (width,), (EMBED,))
         self.dtype = dtype
+        self.implementation = implementation
 
-    def _project(self, x: jax.Array, name: str) -> jax.Array:
-        y = jnp.einsum("...nd,dhk->...nhk", x, getattr(self, f"{name}_kernel")[...].astype(self.dtype))
-        bias = getattr(self, f"{name}_bias")
+    def _project(self, x: jax.Array, kernel: nnx.Param, bias: nnx.Param | None) -> jax.Array:
+        y = jnp.einsum("...nd,dhk->...nhk", x, kernel[...].astype(self.dtype))
         return y if bias is None else y + bias[...].astype(self.dtype)
 
     def __call__(self, x: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:
@@ -99,11 +127,13 @@ class Attention(nnx.Module):
         x = x.astype(self.dtype)
         lead = x.shape[:-2]
         flat = x.reshape((-1,) + x.shape[-2:])
-        q, k, v = (self._project(flat, n) for n in ("query", "key", "value"))
+        q = self._project(flat, self.query_kernel, self.query_bias)
+        k = self._project(flat, self.key_kernel, self.key_bias)
+        v = self._project(flat, self.value_kernel, self.value_bias)
         mask = None
         if key_mask is not None:
             mask = key_mask.reshape((-1, 1, 1, key_mask.shape[-1]))
-        out = jax.nn.dot_product_attention(q, k, v, mask=mask)
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=self.implementation)
         y = jnp.einsum("bnhk,hkd->bnd", out, self.out_kernel[...].astype(self.dtype))
         y = y + self.out_bias[...].astype(self.dtype)
         return y.reshape(lead + y.shape[-2:])
@@ -120,52 +150,159 @@ class Mlp(nnx.Module):
         return self.fc2(exact_gelu(self.fc1(x)))
 
 
+class DropPath(nnx.Module):
+    """Stochastic depth (timm's ``DropPath``): in training, zero a whole residual branch per
+    example with probability ``rate`` and scale the kept ones by 1 / (1 - rate); the identity in
+    eval mode (``deterministic``). ``rate`` is a call argument so that it can differ per layer
+    under ``nnx.scan``."""
+
+    def __init__(self, *, rngs: nnx.Rngs, deterministic: bool = False):
+        self.rngs = rngs["dropout"].fork()
+        self.deterministic = deterministic
+
+    def __call__(self, x: jax.Array, rate: jax.Array) -> jax.Array:
+        if self.deterministic:
+            return x
+        keep = 1.0 - jnp.asarray(rate, jnp.float32)
+        kept = jax.random.bernoulli(self.rngs(), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+        return jnp.where(kept, x / keep.astype(x.dtype), jnp.zeros_like(x))
+
+
 class TransformerBlock(nnx.Module):
     """A transformer encoder layer: self-attention and MLP, each with a residual and a LayerNorm.
 
     ``norm_first=True`` is the pre-norm ViT block (VideoMAE, BLIP); ``False`` is the post-norm
     encoder layer of the original Transformer, used by the MFE ("a SA, two normalisation layers
-    and an FFN").
+    and an FFN"). ``drop_path`` adds stochastic depth on both residual branches (pre-norm only),
+    at the rate given to the call.
     """
 
     def __init__(self, width: int, num_heads: int, mlp_dim: int, *, rngs: nnx.Rngs,
                  norm_first: bool = True, layer_norm_eps: float = 1e-6, dropout: float = 0.0,
-                 qkv_bias: tuple[bool, bool, bool] = (True, True, True), dtype=jnp.float32):
+                 qkv_bias: tuple[bool, bool, bool] = (True, True, True), dtype=jnp.float32,
+                 attention_impl: str = "xla", drop_path: bool = False):
         self.norm1 = LayerNorm(width, rngs=rngs, epsilon=layer_norm_eps, dtype=dtype)
-        self.attn = Attention(width, num_heads, rngs=rngs, qkv_bias=qkv_bias, dtype=dtype)
+        self.attn = Attention(width, num_heads, rngs=rngs, qkv_bias=qkv_bias, dtype=dtype,
+                              implementation=attention_impl)
         self.norm2 = LayerNorm(width, rngs=rngs, epsilon=layer_norm_eps, dtype=dtype)
         self.mlp = Mlp(width, mlp_dim, rngs=rngs, dtype=dtype)
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
+        if drop_path and not norm_first:
+            raise ValueError("drop_path needs a pre-norm block (norm_first=True)")
+        self.drop_path = DropPath(rngs=rngs) if drop_path else None
         self.norm_first = norm_first
 
-    def __call__(self, x: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:
+    def _branch(self, y: jax.Array, drop_rate: jax.Array | None) -> jax.Array:
+        y = self.dropout(y)
+        return y if self.drop_path is None else self.drop_path(y, drop_rate)
+
+    def __call__(self, x: jax.Array, key_mask: jax.Array | None = None,
+                 drop_rate: jax.Array | None = None) -> jax.Array:
         if self.norm_first:
-            x = x + self.dropout(self.attn(self.norm1(x), key_mask))
-            return x + self.dropout(self.mlp(self.norm2(x)))
+            x = x + self._branch(self.attn(self.norm1(x), key_mask), drop_rate)
+            return x + self._branch(self.mlp(self.norm2(x)), drop_rate)
         x = self.norm1(x + self.dropout(self.attn(x, key_mask)))
         return self.norm2(x + self.dropout(self.mlp(x)))
 
 
+# ----------------------------------------------------------------------------- stacked layers
+
+REMAT_POLICIES = {
+    "none": None,  # no rematerialisation: every activation kept for the backward pass
+    "full": jax.checkpoint_policies.nothing_saveable,  # keep only each layer's input
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,  # keep matmul outputs
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def check_remat_policy(name: str) -> str:
+    """Validate ``model.remat_policy``."""
+    if name not in REMAT_POLICIES:
+        raise ValueError(f"config field model.remat_policy: expected one of "
+                         f"{tuple(REMAT_POLICIES)}, got {name!r}")
+    return name
+
+
+def stack_layers(make_layer: Callable[[nnx.Rngs], nnx.Module], depth: int,
+                 rngs: nnx.Rngs) -> nnx.Module:
+    """``depth`` independently initialised ``make_layer(rngs)`` as one module whose variables
+    carry a leading layer axis (replicated: ``None`` is prefixed to their ``logical_axes``)."""
+
+    @nnx.split_rngs(splits=depth)
+    @nnx.vmap(in_axes=(0,), out_axes=0, axis_size=depth)
+    def make(r: nnx.Rngs) -> nnx.Module:
+        return make_layer(r)
+
+    layers = make(rngs)
+    for _, var in nnx.iter_graph(layers):
+        if isinstance(var, nnx.Variable):
+            axes = var.get_metadata("logical_axes", None)
+            if axes is not None:
+                var.set_metadata("logical_axes", (None, *axes))
+    return layers
+
+
+def batch_major(tree: Any) -> Any:
+    """Every array of ``tree`` constrained to keep its first (batch) axis on ``BATCH``'s mesh axis
+    (see :func:`jovale_jax.sharding.activation_sharding`)."""
+    return jax.tree.map(lambda x: constrain(x, (BATCH,) + (None,) * (x.ndim - 1)), tree)
+
+
+def scan_layers(layers: nnx.Module, body: Callable, carry: Any, xs: Any = (),
+                remat_policy: str = "none") -> Any:
+    """Run ``carry = body(layer, carry, x)`` over the stacked ``layers`` (and the leading axis of
+    ``xs``) with ``nnx.scan``, each step under ``nnx.remat`` with the named policy unless
+    ``none``. Arrays the body closes over are broadcast to every layer. The carry (batch-major
+    arrays) is sharding-constrained at every layer boundary (:func:`batch_major`)."""
+
+    def step(layer, c, x):
+        return batch_major(body(layer, batch_major(c), x))
+
+    if check_remat_policy(remat_policy) != "none":
+        step = nnx.remat(step, policy=REMAT_POLICIES[remat_policy], prevent_cse=False)
+    scan = nnx.scan(step, in_axes=(0, nnx.Carry, 0), out_axes=nnx.Carry)
+    return scan(layers, carry, xs)
+
+
+def drop_path_rates(rate: float, depth: int) -> np.ndarray:
+    """Per-layer stochastic-depth rates rising linearly from 0 to ``rate`` (timm, VideoMAE)."""
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(
+            f"config field model.video.drop_path: expected a rate in [0, 1), got {rate}")
+    return np.linspace(0.0, rate, depth, dtype=np.float32)
+
+
 class Encoder(nnx.Module):
-    """A stack of identical pre-norm transformer blocks (``remat`` recomputes each in backward)."""
+    """A stack of ``cfg.depth`` identical pre-norm transformer blocks under ``nnx.scan``.
+
+    The blocks' parameters are stacked on a leading layer axis (``layers.attn.query_kernel`` is
+    (depth, width, heads, head_dim)); ``remat_policy`` names the rematerialisation of each block
+    (:data:`REMAT_POLICIES`); ``drop_path`` is the stochastic depth of the last block.
+    """
 
     def __init__(self, cfg, *, rngs: nnx.Rngs, qkv_bias: tuple[bool, bool, bool],
-                 remat: bool = False, dtype=jnp.float32):
-        self.layers = nnx.List([
-            TransformerBlock(cfg.width, cfg.num_heads, cfg.mlp_dim, rngs=rngs, qkv_bias=qkv_bias,
-                             layer_norm_eps=cfg.layer_norm_eps, dtype=dtype)
-            for _ in range(cfg.depth)
-        ])
-        self.remat = remat
+                 remat_policy: str = "none", dtype=jnp.float32, attention_impl: str = "xla",
+                 drop_path: float = 0.0):
+        self.drop_rates = tuple(float(r) for r in drop_path_rates(drop_path, cfg.depth))
+        self.remat_policy = check_remat_policy(remat_policy)
+        self.layers = stack_layers(
+            lambda r: TransformerBlock(cfg.width, cfg.num_heads, cfg.mlp_dim, rngs=r,
+                                       qkv_bias=qkv_bias, layer_norm_eps=cfg.layer_norm_eps,
+                                       dtype=dtype, attention_impl=attention_impl,
+                                       drop_path=drop_path > 0),
+            cfg.depth, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        for layer in self.layers:
-            x = nnx.remat(lambda blk, h: blk(h))(layer, x) if self.remat else layer(x)
-        return x
+        return scan_layers(self.layers, lambda blk, h, rate: blk(h, drop_rate=rate), x,
+                           jnp.asarray(self.drop_rates, jnp.float32), self.remat_policy)
 
 
 def dtype_of(name: str):
-    """The compute dtype named in a config (``float32`` or ``bfloat16``)."""
+    """The compute dtype named in a config: ``float32``, ``bfloat16``, or ``auto`` (bfloat16 on
+    a GPU, float32 elsewhere)."""
+    if name == "auto":
+        return jnp.dtype(jnp.bfloat16 if jax.default_backend() == "gpu" else jnp.float32)
     if name not in ("float32", "bfloat16"):
-        raise ValueError(f"config field model.dtype: expected 'float32' or 'bfloat16', got {name!r}")
+        raise ValueError(f"config field model.dtype: expected 'float32', 'bfloat16' or 'auto', "
+                         f"got {name!r}")
     return jnp.dtype(name)

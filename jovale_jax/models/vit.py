@@ -43,9 +43,15 @@ def video_grid(cfg) -> tuple[int, int, int]:
 
 
 class VideoEncoder(nnx.Module):
-    """VideoMAE v2 ViT: (B, T, H, W, 3) normalised RGB -> (B, T', H', W', width) tokens."""
+    """VideoMAE v2 ViT: (B, T, H, W, 3) normalised RGB -> (B, T', H', W', width) tokens.
 
-    def __init__(self, cfg, *, rngs: nnx.Rngs, dtype: str = "float32", remat: bool = False):
+    ``cfg.drop_path`` is the stochastic depth of the last block (0 in the first, linear between,
+    as VideoMAE v2 fine-tunes); ``remat_policy`` and ``attention_impl`` as in
+    :class:`jovale_jax.models.layers.Encoder`.
+    """
+
+    def __init__(self, cfg, *, rngs: nnx.Rngs, dtype: str = "float32",
+                 remat_policy: str = "none", attention_impl: str = "xla"):
         self.cfg = cfg
         self.dtype = dtype_of(dtype)
         t, p = cfg.tubelet, cfg.patch
@@ -55,8 +61,9 @@ class VideoEncoder(nnx.Module):
         grid = video_grid(cfg)
         self.pos_embed = PositionTable(jnp.asarray(sincos_table(int(np.prod(grid)), cfg.width)),
                                        logical_axes=(None, EMBED))
-        self.encoder = Encoder(cfg, rngs=rngs, qkv_bias=(True, False, True), remat=remat,
-                               dtype=self.dtype)
+        self.encoder = Encoder(cfg, rngs=rngs, qkv_bias=(True, False, True),
+                               remat_policy=remat_policy, dtype=self.dtype,
+                               attention_impl=attention_impl, drop_path=cfg.get("drop_path", 0.0))
 
     def __call__(self, video: jax.Array) -> jax.Array:
         t, p = self.cfg.tubelet, self.cfg.patch
