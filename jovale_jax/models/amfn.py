@@ -190,13 +190,11 @@ class AMFN(nnx.Module):
         (kind, depth), *rest = layer_kinds(cfg)
         self.layers = stack(kind, depth)
         self.temporal_layers = stack(*rest[0]) if rest else None
-        self.messages = None
-        if self.encoder == "cross_frame":
-            if time_steps is None:
-                raise ValueError("AMFN: the cross_frame encoder needs time_steps {modality: T_m}")
-            self.messages = nnx.Dict({
-                m: param(rngs, nnx.initializers.normal(0.02), (time_steps[m], dim), (None, EMBED))
-                for m in modalities})
+        if self.encoder == "cross_frame" and time_steps is None:
+            raise ValueError("AMFN: the cross_frame encoder needs time_steps {modality: T_m}")
+        self.messages = nnx.Dict({
+            m: param(rngs, nnx.initializers.normal(0.02), (time_steps[m], dim), (None, EMBED))
+            for m in modalities}) if self.encoder == "cross_frame" else None
 
     def __call__(self, queries: Mapping[str, jax.Array], context: Mapping[str, jax.Array],
                  actor_mask: jax.Array, present: Mapping[str, jax.Array]):
