@@ -155,3 +155,37 @@ def test_table6_flops_ratios_match_the_paper():
         assert abs(r["ratio"] / r["paper_ratio"] - 1) < 0.15, (name, r)
     assert rows["mfe"]["fusion_gmacs"] == pytest.approx(25.4, rel=0.1)  # the paper's MFE row
     assert rows["joint"]["ratio"] > rows["divided"]["ratio"] > 1 > rows["factorized"]["ratio"]
+
+
+VARIANTS = [("amfn.encoder", e) for e in ENCODERS] + [("fusion_strategy", s) for s in STRATEGIES]
+
+
+@pytest.mark.parametrize("field,value", VARIANTS, ids=[v for _, v in VARIANTS])
+def test_variant_sharded_forward_equals_single_device(tiny_config, field, value):
+    """On the (4, 2) mesh (batch over 'data', heads and MLP over 'model') every variant computes
+    what it computes on one device."""
+    from jovale_jax import sharding
+
+    cfg = tiny_config.model
+    section, leaf = (cfg.amfn, "encoder") if field == "amfn.encoder" else (cfg, field)
+    section[leaf] = value
+    if field == "fusion_strategy":
+        cfg.modalities = ("video", "scene")
+    batch = random_batch(cfg, batch_size=4, seed=1)
+
+    def make():
+        model = JoVALE(cfg, rngs=nnx.Rngs(0))
+        model.eval()
+        return model
+
+    want = make_forward(make())(batch)
+    mesh = sharding.make_mesh((4, 2))
+    rules = sharding.rules_from_config(tiny_config)
+    model, shardings = sharding.create_sharded(make, mesh, rules)
+    gd, st = nnx.split(model)
+    batch_sh = {k: sharding.batch_sharding(mesh, v.ndim) for k, v in batch.items()}
+    fn = jax.jit(lambda s, b: nnx.merge(gd, s)(b), in_shardings=(shardings, batch_sh))
+    with sharding.activation_sharding(mesh, rules):
+        got = fn(st, jax.device_put(batch, batch_sh))
+    assert got.sharding.spec[0] == "data"
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
