@@ -162,30 +162,41 @@ VARIANTS = [("amfn.encoder", e) for e in ENCODERS] + [("fusion_strategy", s) for
 
 @pytest.mark.parametrize("field,value", VARIANTS, ids=[v for _, v in VARIANTS])
 def test_variant_sharded_forward_equals_single_device(tiny_config, field, value):
-    """On the (4, 2) mesh (batch over 'data', heads and MLP over 'model') every variant computes
-    what it computes on one device."""
+    """On the (4, 2) mesh (batch over 'data', heads and MLP over 'model') every variant's fusion
+    stage (where the variants differ; tests/test_sharding.py runs the whole model) computes what
+    it computes on one device."""
     from jovale_jax import sharding
+    from jovale_jax.models.jovale import build_fusion, context_grid, run_fusion, time_steps
 
     cfg = tiny_config.model
     section, leaf = (cfg.amfn, "encoder") if field == "amfn.encoder" else (cfg, field)
     section[leaf] = value
     if field == "fusion_strategy":
         cfg.modalities = ("video", "scene")
-    batch = random_batch(cfg, batch_size=4, seed=1)
+    mods, b, k, d = tuple(cfg.modalities), 4, cfg.num_proposals, cfg.embed_dim
+    rng = np.random.default_rng(0)
+    steps, grid = time_steps(cfg), context_grid(cfg)
+    boxes = random_batch(cfg, batch_size=b, seed=1)
+    inputs = ({m: rng.normal(size=(b, k, steps[m], d)).astype(np.float32) for m in mods},
+              {m: rng.normal(size=(b, *grid[m], d)).astype(np.float32) for m in mods},
+              boxes["box_mask"], {m: np.ones((b,), bool) for m in mods}, boxes["boxes"])
 
     def make():
-        model = JoVALE(cfg, rngs=nnx.Rngs(0))
-        model.eval()
-        return model
+        module = build_fusion(cfg, mods, rngs=nnx.Rngs(0))
+        module.eval()
+        return module
 
-    want = make_forward(make())(batch)
+    def forward(gd, st, x):
+        return jax.tree.map(np.asarray, jax.jit(lambda s, x: run_fusion(nnx.merge(gd, s), *x))(st, x))
+
+    want = forward(*nnx.split(make()), inputs)
     mesh = sharding.make_mesh((4, 2))
     rules = sharding.rules_from_config(tiny_config)
-    model, shardings = sharding.create_sharded(make, mesh, rules)
-    gd, st = nnx.split(model)
-    batch_sh = {k: sharding.batch_sharding(mesh, v.ndim) for k, v in batch.items()}
-    fn = jax.jit(lambda s, b: nnx.merge(gd, s)(b), in_shardings=(shardings, batch_sh))
+    module, shardings = sharding.create_sharded(make, mesh, rules)
+    gd, st = nnx.split(module)
+    placed = jax.tree.map(lambda v: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim)), inputs)
+    fn = jax.jit(lambda s, x: run_fusion(nnx.merge(gd, s), *x), in_shardings=(shardings, None))
     with sharding.activation_sharding(mesh, rules):
-        got = fn(st, jax.device_put(batch, batch_sh))
-    assert got.sharding.spec[0] == "data"
-    np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
+        got = fn(st, placed)
+    assert len(jax.tree.leaves(got)[0].sharding.device_set) == 8
+    jax.tree.map(lambda g, w: np.testing.assert_allclose(np.asarray(g), w, atol=1e-5), got, want)
