@@ -2,6 +2,7 @@
 Table 6's MFE structures, supplementary Table 4's scene encoders."""
 
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -200,3 +201,27 @@ def test_variant_sharded_forward_equals_single_device(tiny_config, field, value)
         got = fn(st, placed)
     assert len(jax.tree.leaves(got)[0].sharding.device_set) == 8
     jax.tree.map(lambda g, w: np.testing.assert_allclose(np.asarray(g), w, atol=1e-5), got, want)
+
+
+def test_bad_variant_names_and_missing_modalities(tiny_config):
+    """Each error names the field, the allowed values and the given one."""
+    cfg = tiny_config.model
+    cfg.amfn.encoder = "spacetime"
+    with pytest.raises(ValueError, match=r"model\.amfn\.encoder: expected one of \('mfe', 'joint', "
+                                         r"'factorized', 'divided', 'cross_frame'\), got 'spacetime'"):
+        nnx.eval_shape(lambda: JoVALE(cfg, rngs=nnx.Rngs(0)))
+    cfg.amfn.encoder, cfg.amfn.temporal_layers = "factorized", 2  # L = 2: no spatial layer left
+    with pytest.raises(ValueError, match=r"model\.amfn\.temporal_layers: .*< num_layers \(2\), got 2"):
+        nnx.eval_shape(lambda: JoVALE(cfg, rngs=nnx.Rngs(0)))
+    cfg.amfn.encoder = "mfe"
+    cfg.fusion_strategy = "late_fusion"
+    with pytest.raises(ValueError, match=r"model\.fusion_strategy: expected one of \('amfn', "
+                                         r"'roi_feature_fusion', 'roi_relation', 'global_relation'"
+                                         r"\), got 'late_fusion'"):
+        nnx.eval_shape(lambda: JoVALE(cfg, rngs=nnx.Rngs(0)))
+    for strategy, mods in (("roi_relation", ("video",)), ("roi_feature_fusion", ("video", "audio"))):
+        cfg.fusion_strategy, cfg.modalities = strategy, mods
+        with pytest.raises(ValueError, match=rf"model\.fusion_strategy '{strategy}' .* "
+                                             rf"model\.modalities must be \('video', 'scene'\), "
+                                             rf"got {re.escape(str(mods))}"):
+            nnx.eval_shape(lambda: JoVALE(cfg, rngs=nnx.Rngs(0)))
