@@ -12,8 +12,10 @@ Every row of a table is the config with a few ``config.model`` fields changed (:
   Table 4).
 
 Each row trains in ``W/<row>/`` (``train.train``, so an interrupted row resumes from its newest
-checkpoint) and its final checkpoint is evaluated on the config's eval split; ``W/<row>/row.json``
-marks it finished, and a finished row is skipped on the next run. The table is written as
+checkpoint) and the trained model is evaluated on the config's eval split; ``W/<row>/row.json``
+marks it finished, and a finished row is skipped on the next run. A row whose whole config equals
+a finished row's in another folder of the same parent (the paper's default model is a row of
+Tables 4, 6, 7 and of the scene table) reuses its numbers instead of training it again. The table is written as
 ``W/table_<N>.md`` and ``W/table_<N>.json`` with, per row, the GMACs of one forward pass (batch 1)
 and of its fusion stage, the mAP (in %, as the paper) beside the paper's, and the mAP of each
 class group where the dataset defines groups (AVA's pose / object / person-interaction, the
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -119,16 +122,40 @@ def dataset_groups(config) -> Mapping[str, Any] | None:
 
 def row_costs(cfg) -> dict[str, float]:
     """GMACs of one forward pass (batch 1) and of its fusion stage."""
-    from jovale_jax.flops import component_costs
+    from flax import nnx
 
-    costs = component_costs(cfg.model)
-    return {"gmacs": costs["total"]["gmacs"], "fusion_gmacs": costs["amfn"]["gmacs"]}
+    from jovale_jax.flops import abstract_batch, count_macs, fusion_gmacs
+    from jovale_jax.models.jovale import JoVALE
+
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: JoVALE(cfg.model, rngs=nnx.Rngs(0))))
+    total = count_macs(lambda s, b: nnx.merge(graphdef, s)(b), state, abstract_batch(cfg.model))
+    return {"gmacs": total / 1e9, "fusion_gmacs": fusion_gmacs(cfg.model)}
+
+
+def config_key(cfg) -> str:
+    """What identifies a row's run: its whole config (rows of different tables may coincide, as
+    the paper's default row does)."""
+    return hashlib.sha256(cfg.to_json_best_effort(sort_keys=True).encode()).hexdigest()[:16]
+
+
+def finished_twin(workdir: str, key: str) -> dict | None:
+    """The record of a finished row with the same config in a sibling folder of ``workdir``."""
+    parent = os.path.dirname(os.path.abspath(workdir))
+    for name in sorted(os.listdir(parent)) if os.path.isdir(parent) else ():
+        path = os.path.join(parent, name, "row.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                record = json.load(f)
+            if record.get("config_key") == key:
+                return record
+    return None
 
 
 def run_row(config, row: Row, workdir: str, data_dir: str, init_from: str | None) -> dict | None:
-    """Train and evaluate one row in ``workdir`` (skipped when finished); None if training was
-    stopped (SIGTERM) before the end."""
-    from jovale_jax.evaluate import evaluate_checkpoint
+    """Train and evaluate one row in ``workdir``; a finished row is read back, and a row whose
+    config equals a finished sibling's reuses its numbers. None if training was stopped
+    (SIGTERM) before the end."""
+    from jovale_jax.evaluate import predict_split, score
     from jovale_jax.train import train
 
     done = os.path.join(workdir, "row.json")
@@ -136,19 +163,31 @@ def run_row(config, row: Row, workdir: str, data_dir: str, init_from: str | None
         with open(done) as f:
             print(f"=== {row.name}: finished earlier ({done}) ===", flush=True)
             return json.load(f)
-    print(f"=== {row.name}: {dict(row.fields)} ===", flush=True)
     cfg = row_config(config, row)
-    status = train(cfg, workdir, init_from=init_from, data_dir=data_dir)["status"]
-    if status != "done":
-        print(f"=== {row.name}: training {status}; run ablate again to resume ===", flush=True)
-        return None
-    result = evaluate_checkpoint(cfg, workdir, data_dir=data_dir,
-                                 out_dir=os.path.join(workdir, "eval"))
-    groups = ava.group_maps(result["per_class"], dataset_groups(cfg))
-    record = {"row": row.name, "label": row.label, "fields": dict(row.fields),
-              "mAP": 100 * result["mAP"], "groups": {k: 100 * v for k, v in groups.items()},
-              "paper_mAP": row.paper_map, "paper_gflops": row.paper_gflops, **row_costs(cfg),
-              "steps": cfg.num_train_steps, "batch_size": cfg.batch_size}
+    key = config_key(cfg)
+    twin = finished_twin(workdir, key)
+    if twin is not None:
+        print(f"=== {row.name}: same config as row {twin['row']!r}, its numbers reused ===",
+              flush=True)
+        record = {**twin, "same_as": twin.get("same_as", twin["row"])}
+    else:
+        print(f"=== {row.name}: {dict(row.fields)} ===", flush=True)
+        trained = train(cfg, workdir, init_from=init_from, data_dir=data_dir)
+        if trained["status"] != "done":
+            print(f"=== {row.name}: training {trained['status']}; run ablate again to resume ===",
+                  flush=True)
+            return None
+        split = cfg.data.eval_split
+        result = score(cfg, predict_split(trained["setup"], cfg, split, data_dir=data_dir), split,
+                       data_dir=data_dir)
+        groups = ava.group_maps(result["per_class"], dataset_groups(cfg))
+        record = {"mAP": 100 * result["mAP"], "groups": {k: 100 * v for k, v in groups.items()},
+                  "per_class": {str(c): 100 * v for c, v in result["per_class"].items()},
+                  "split": split, **row_costs(cfg), "steps": trained["step"],
+                  "batch_size": cfg.batch_size, "config_key": key}
+    record.update(row=row.name, label=row.label, fields=dict(row.fields), paper_mAP=row.paper_map,
+                  paper_gflops=row.paper_gflops)
+    os.makedirs(workdir, exist_ok=True)
     tmp = done + ".tmp"
     with open(tmp, "w") as f:
         json.dump(record, f, indent=1, default=list)
