@@ -65,6 +65,9 @@ def base_config() -> ml_collections.ConfigDict:
     s.num_frames = 4  # T_s
     s.image_size = 384
     s.layer_norm_eps = 1e-5
+    # Scene image encoder (supplementary Table 4): blip_captioner (the paper) | blip (the BLIP
+    # image-text retrieval model's) | clip (CLIP ViT-B/16's vision tower).
+    s.encoder = "blip_captioner"
     s.frozen = True  # BLIP's image encoder gets no gradient and no optimizer state
 
     a = m.audio = ml_collections.ConfigDict()

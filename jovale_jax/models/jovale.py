@@ -21,7 +21,8 @@ from flax import nnx
 
 from jovale_jax.models.amfn import AMFN, resample_time
 from jovale_jax.models.audio import AudioPatchEmbed, audio_grid
-from jovale_jax.models.blip import BlipVisionEncoder, blip_num_patches
+from jovale_jax.models.blip import blip_num_patches
+from jovale_jax.models.clip import scene_encoder
 from jovale_jax.models.fusion import GlobalRelation, RoIFeatureFusion, RoIRelation, check_strategy
 from jovale_jax.models.heads import ActionHead
 from jovale_jax.models.layers import Dense, LayerNorm, attention_implementation, dtype_of, param
@@ -173,7 +174,7 @@ class JoVALE(nnx.Module):
             source_width = cfg.video.width
         if "scene" in self.modalities:
             blip_num_patches(cfg.scene)
-            self.scene_encoder = BlipVisionEncoder(cfg.scene, rngs=rngs, dtype=dtype.name, **layers)
+            self.scene_encoder = scene_encoder(cfg.scene, rngs=rngs, dtype=dtype.name, **layers)
             self.scene_proj = Dense(cfg.scene.width, dim, rngs=rngs, dtype=dtype)
             source_width = source_width or cfg.scene.width
         if "audio" in self.modalities:
