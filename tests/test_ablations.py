@@ -225,3 +225,10 @@ def test_bad_variant_names_and_missing_modalities(tiny_config):
                                              rf"model\.modalities must be \('video', 'scene'\), "
                                              rf"got {re.escape(str(mods))}"):
             nnx.eval_shape(lambda: JoVALE(cfg, rngs=nnx.Rngs(0)))
+
+
+def test_readme_shows_the_table6_command():
+    import pathlib
+
+    text = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
+    assert f"python {TABLE6_COMMAND}\n" in text
