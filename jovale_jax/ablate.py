@@ -13,12 +13,12 @@ Every row of a table is the config with a few ``config.model`` fields changed (:
 
 Each row trains in ``W/<row>/`` (``train.train``, so an interrupted row resumes from its newest
 checkpoint) and the trained model is evaluated on the config's eval split; ``W/<row>/row.json``
-marks it finished, and a finished row is skipped on the next run. A row whose whole config equals
-a finished row's in another folder of the same parent (the paper's default model is a row of
-Tables 4, 6, 7 and of the scene table) reuses its numbers instead of training it again. The table is written as
-``W/table_<N>.md`` and ``W/table_<N>.json`` with, per row, the GMACs of one forward pass (batch 1)
-and of its fusion stage, the mAP (in %, as the paper) beside the paper's, and the mAP of each
-class group where the dataset defines groups (AVA's pose / object / person-interaction, the
+marks it finished, and a finished row is skipped on the next run. A row whose whole config equals a
+finished row's in another folder of the same parent (the paper's default model is a row of Tables
+4, 6, 7 and of the scene table) reuses its numbers instead of training it again. The table is
+written as ``W/table_<N>.md`` and ``W/table_<N>.json`` with, per row, the GMACs of one forward pass
+(batch 1) and of its fusion stage, the mAP (in %, as the paper) beside the paper's, and the mAP of
+each class group where the dataset defines groups (AVA's pose / object / person-interaction, the
 synthetic set's motion / sound / scene).
 """
 
@@ -60,31 +60,80 @@ def _subset_row(mods: tuple[str, ...], paper: float) -> Row:
 
 VS = {"modalities": ("video", "scene")}
 TABLES: dict[str, tuple[str, tuple[Row, ...]]] = {
-    "4": ("Table 4: modalities", tuple(_subset_row(m, p) for m, p in (
-        (("video",), 28.0), (("audio",), 11.5), (("scene",), 26.9), (("video", "audio"), 28.6),
-        (("video", "scene"), 32.7), (("audio", "scene"), 27.8), (ALL, 34.0)))),
-    "5": ("Table 5: multi-modal fusion strategies (video + scene)", (
-        Row("roi_feature_fusion", "RoI feature fusion",
-            {**VS, "fusion_strategy": "roi_feature_fusion"}, 29.1),
-        Row("roi_relation", "RoI relation modeling", {**VS, "fusion_strategy": "roi_relation"}, 30.4),
-        Row("global_relation", "Global relation modeling",
-            {**VS, "fusion_strategy": "global_relation"}, 32.1),
-        Row("amfn", "JoVALE", {**VS, "fusion_strategy": "amfn"}, 32.7))),
-    "6": ("Table 6: spatio-temporal encoders (MFE structures)", (
-        Row("joint", "Joint space-time attention (baseline)", {"amfn.encoder": "joint"}, 33.8, 41.7),
-        Row("factorized", "Factorized encoder", {"amfn.encoder": "factorized"}, 30.6, 23.0),
-        Row("divided", "Divided space-time attention", {"amfn.encoder": "divided"}, 33.1, 31.2),
-        Row("cross_frame", "Cross-frame attention", {"amfn.encoder": "cross_frame"}, 32.4, 24.4),
-        Row("mfe", "MFE", {"amfn.encoder": "mfe"}, 34.0, 25.4))),
-    "7": ("Table 7: fusion in the MFA", (
-        Row("late", "Late score fusion", {"amfn.fusion": "late"}, 29.4),
-        Row("uniform", "Uniform weighted fusion", {"amfn.fusion": "uniform"}, 31.9),
-        Row("gated", "Adaptive Gated Fusion", {"amfn.fusion": "gated"}, 34.0))),
-    "scene": ("Supplementary Table 4: scene-descriptive source", (
-        Row("none", "None", {"modalities": NO_SCENE}, 28.6),
-        Row("clip", "CLIP", {"scene.encoder": "clip"}, 32.0),
-        Row("blip", "BLIP", {"scene.encoder": "blip"}, 32.6),
-        Row("blip_captioner", "BLIP captioner", {"scene.encoder": "blip_captioner"}, 34.0))),
+    "4": (
+        "Table 4: modalities",
+        tuple(
+            _subset_row(m, p)
+            for m, p in (
+                (("video",), 28.0),
+                (("audio",), 11.5),
+                (("scene",), 26.9),
+                (("video", "audio"), 28.6),
+                (("video", "scene"), 32.7),
+                (("audio", "scene"), 27.8),
+                (ALL, 34.0),
+            )
+        ),
+    ),
+    "5": (
+        "Table 5: multi-modal fusion strategies (video + scene)",
+        (
+            Row(
+                "roi_feature_fusion",
+                "RoI feature fusion",
+                {**VS, "fusion_strategy": "roi_feature_fusion"},
+                29.1,
+            ),
+            Row(
+                "roi_relation",
+                "RoI relation modeling",
+                {**VS, "fusion_strategy": "roi_relation"},
+                30.4,
+            ),
+            Row(
+                "global_relation",
+                "Global relation modeling",
+                {**VS, "fusion_strategy": "global_relation"},
+                32.1,
+            ),
+            Row("amfn", "JoVALE", {**VS, "fusion_strategy": "amfn"}, 32.7),
+        ),
+    ),
+    "6": (
+        "Table 6: spatio-temporal encoders (MFE structures)",
+        (
+            Row(
+                "joint",
+                "Joint space-time attention (baseline)",
+                {"amfn.encoder": "joint"},
+                33.8,
+                41.7,
+            ),
+            Row("factorized", "Factorized encoder", {"amfn.encoder": "factorized"}, 30.6, 23.0),
+            Row("divided", "Divided space-time attention", {"amfn.encoder": "divided"}, 33.1, 31.2),
+            Row(
+                "cross_frame", "Cross-frame attention", {"amfn.encoder": "cross_frame"}, 32.4, 24.4
+            ),
+            Row("mfe", "MFE", {"amfn.encoder": "mfe"}, 34.0, 25.4),
+        ),
+    ),
+    "7": (
+        "Table 7: fusion in the MFA",
+        (
+            Row("late", "Late score fusion", {"amfn.fusion": "late"}, 29.4),
+            Row("uniform", "Uniform weighted fusion", {"amfn.fusion": "uniform"}, 31.9),
+            Row("gated", "Adaptive Gated Fusion", {"amfn.fusion": "gated"}, 34.0),
+        ),
+    ),
+    "scene": (
+        "Supplementary Table 4: scene-descriptive source",
+        (
+            Row("none", "None", {"modalities": NO_SCENE}, 28.6),
+            Row("clip", "CLIP", {"scene.encoder": "clip"}, 32.0),
+            Row("blip", "BLIP", {"scene.encoder": "blip"}, 32.6),
+            Row("blip_captioner", "BLIP captioner", {"scene.encoder": "blip_captioner"}, 34.0),
+        ),
+    ),
 }
 
 
@@ -101,8 +150,10 @@ def row_config(config, row: Row):
         if path == "modalities" and value == NO_SCENE:
             value = tuple(m for m in cfg.model.modalities if m != "scene")
             if not value or "scene" not in config.model.modalities:
-                raise ValueError(f"table row {row.name!r} removes the scene stream, but config "
-                                 f"field model.modalities is {tuple(config.model.modalities)}")
+                raise ValueError(
+                    f"table row {row.name!r} removes the scene stream, but config "
+                    f"field model.modalities is {tuple(config.model.modalities)}"
+                )
         *parents, leaf = path.split(".")
         section = cfg.model
         for p in parents:
@@ -167,26 +218,45 @@ def run_row(config, row: Row, workdir: str, data_dir: str, init_from: str | None
     key = config_key(cfg)
     twin = finished_twin(workdir, key)
     if twin is not None:
-        print(f"=== {row.name}: same config as row {twin['row']!r}, its numbers reused ===",
-              flush=True)
+        print(
+            f"=== {row.name}: same config as row {twin['row']!r}, its numbers reused ===",
+            flush=True,
+        )
         record = {**twin, "same_as": twin.get("same_as", twin["row"])}
     else:
         print(f"=== {row.name}: {dict(row.fields)} ===", flush=True)
         trained = train(cfg, workdir, init_from=init_from, data_dir=data_dir)
         if trained["status"] != "done":
-            print(f"=== {row.name}: training {trained['status']}; run ablate again to resume ===",
-                  flush=True)
+            print(
+                f"=== {row.name}: training {trained['status']}; run ablate again to resume ===",
+                flush=True,
+            )
             return None
         split = cfg.data.eval_split
-        result = score(cfg, predict_split(trained["setup"], cfg, split, data_dir=data_dir), split,
-                       data_dir=data_dir)
+        result = score(
+            cfg,
+            predict_split(trained["setup"], cfg, split, data_dir=data_dir),
+            split,
+            data_dir=data_dir,
+        )
         groups = ava.group_maps(result["per_class"], dataset_groups(cfg))
-        record = {"mAP": 100 * result["mAP"], "groups": {k: 100 * v for k, v in groups.items()},
-                  "per_class": {str(c): 100 * v for c, v in result["per_class"].items()},
-                  "split": split, **row_costs(cfg), "steps": trained["step"],
-                  "batch_size": cfg.batch_size, "config_key": key}
-    record.update(row=row.name, label=row.label, fields=dict(row.fields), paper_mAP=row.paper_map,
-                  paper_gflops=row.paper_gflops)
+        record = {
+            "mAP": 100 * result["mAP"],
+            "groups": {k: 100 * v for k, v in groups.items()},
+            "per_class": {str(c): 100 * v for c, v in result["per_class"].items()},
+            "split": split,
+            **row_costs(cfg),
+            "steps": trained["step"],
+            "batch_size": cfg.batch_size,
+            "config_key": key,
+        }
+    record.update(
+        row=row.name,
+        label=row.label,
+        fields=dict(row.fields),
+        paper_mAP=row.paper_map,
+        paper_gflops=row.paper_gflops,
+    )
     os.makedirs(workdir, exist_ok=True)
     tmp = done + ".tmp"
     with open(tmp, "w") as f:
@@ -206,9 +276,15 @@ def table_markdown(table: str, records: list[dict], dataset: str) -> str:
     gflops = any(r.paper_gflops is not None for r in rows)
     head = ["row", "GMACs", "fusion GMACs"] + (["paper GFLOPs"] if gflops else [])
     head += [f"mAP ({dataset})", "paper mAP (AVA)"] + [f"{g} mAP" for g in groups]
-    lines = [f"{title}; {dataset}, {records[0]['steps']} steps at batch {records[0]['batch_size']} "
-             f"per row." if records else title, "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [
+        f"{title}; {dataset}, {records[0]['steps']} steps at batch {records[0]['batch_size']} "
+        f"per row."
+        if records
+        else title,
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     for r in records:
         cells = [r["label"], _num(r["gmacs"], ".2f"), _num(r["fusion_gmacs"], ".3f")]
         cells += [_num(r["paper_gflops"])] if gflops else []
@@ -217,8 +293,9 @@ def table_markdown(table: str, records: list[dict], dataset: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def ablate(config, workdir: str, table: str, *, data_dir: str | None = None,
-           init_from: str | None = None) -> list[dict] | None:
+def ablate(
+    config, workdir: str, table: str, *, data_dir: str | None = None, init_from: str | None = None
+) -> list[dict] | None:
     """Train and evaluate every row of ``table``; write ``table_<N>.md`` / ``.json`` in
     ``workdir``. Returns the rows' records, or None when a row was interrupted."""
     from jovale_jax.demo import build_data
@@ -238,8 +315,12 @@ def ablate(config, workdir: str, table: str, *, data_dir: str | None = None,
     with open(os.path.join(workdir, f"table_{table}.md"), "w") as f:
         f.write(text)
     with open(os.path.join(workdir, f"table_{table}.json"), "w") as f:
-        json.dump({"table": table, "title": TABLES[table][0], "dataset": config.dataset,
-                   "rows": records}, f, indent=1, default=list)
+        json.dump(
+            {"table": table, "title": TABLES[table][0], "dataset": config.dataset, "rows": records},
+            f,
+            indent=1,
+            default=list,
+        )
     print(text)
     return records
 
@@ -261,16 +342,32 @@ def fusion_cost_table(config, table: str) -> tuple[str, list[dict]]:
     from jovale_jax.flops import fusion_gmacs
 
     title, rows = TABLES[check_table(table)]
-    records = [{"row": r.name, "label": r.label,
-                "fusion_gmacs": fusion_gmacs(row_config(config, r).model),
-                "paper_gflops": r.paper_gflops} for r in rows]
+    records = [
+        {
+            "row": r.name,
+            "label": r.label,
+            "fusion_gmacs": fusion_gmacs(row_config(config, r).model),
+            "paper_gflops": r.paper_gflops,
+        }
+        for r in rows
+    ]
     ref, paper_ref = records[-1]["fusion_gmacs"], rows[-1].paper_gflops
     for r in records:
         r["ratio"] = r["fusion_gmacs"] / ref
-        r["paper_ratio"] = None if paper_ref is None or r["paper_gflops"] is None else (
-            r["paper_gflops"] / paper_ref)
-    lines = [f"{title}: fusion-stage GMACs, batch 1", "",
-             "| row | GMACs | ratio | paper GFLOPs | paper ratio |", "|---|---|---|---|---|"]
-    lines += [f"| {r['label']} | {r['fusion_gmacs']:.2f} | {r['ratio']:.2f} | "
-              f"{_num(r['paper_gflops'])} | {_num(r['paper_ratio'], '.2f')} |" for r in records]
+        r["paper_ratio"] = (
+            None
+            if paper_ref is None or r["paper_gflops"] is None
+            else (r["paper_gflops"] / paper_ref)
+        )
+    lines = [
+        f"{title}: fusion-stage GMACs, batch 1",
+        "",
+        "| row | GMACs | ratio | paper GFLOPs | paper ratio |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['label']} | {r['fusion_gmacs']:.2f} | {r['ratio']:.2f} | "
+        f"{_num(r['paper_gflops'])} | {_num(r['paper_ratio'], '.2f')} |"
+        for r in records
+    ]
     return "\n".join(lines), records

@@ -53,8 +53,9 @@ def test_ablate_writes_the_table(short, tiny_data, ablation_dir, table):
         assert len(set(np.round(list(gmacs.values()), 9))) == len(rows)
 
 
-def test_ablate_skips_finished_rows_and_resumes_an_interrupted_one(short, tiny_data, tmp_path,
-                                                                   capsys):
+def test_ablate_skips_finished_rows_and_resumes_an_interrupted_one(
+    short, tiny_data, tmp_path, capsys
+):
     ablate.ablate(short, str(tmp_path), "7", data_dir=tiny_data)
     (tmp_path / "uniform" / "row.json").unlink()  # trained, but its record never written
     capsys.readouterr()
@@ -66,10 +67,16 @@ def test_ablate_skips_finished_rows_and_resumes_an_interrupted_one(short, tiny_d
 
 
 def test_ablate_bad_table_and_rows(short, tmp_path):
-    with pytest.raises(ValueError, match=r"--table: expected one of \('4', '5', '6', '7', "
-                                         r"'scene'\), got '8'"):
+    with pytest.raises(
+        ValueError,
+        match=r"--table: expected one of \('4', '5', '6', '7', "
+        r"'scene'\), got '8'",
+    ):
         ablate.ablate(short, str(tmp_path), "8")
     short.model.modalities = ("video", "audio")
-    with pytest.raises(ValueError, match=r"row 'none' removes the scene stream, but config field "
-                                         r"model\.modalities is \('video', 'audio'\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"row 'none' removes the scene stream, but config field "
+        r"model\.modalities is \('video', 'audio'\)",
+    ):
         ablate.ablate(short, str(tmp_path), "scene")

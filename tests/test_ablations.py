@@ -123,9 +123,12 @@ def test_mfe_structure_layers(tiny_config):
     assert {m: amfn.messages[m].shape for m in mods} == {"video": (4, 16), "audio": (9, 16)}
     queries = {m: jnp.ones((2, 3, t, 16)) for m, t in steps.items()}
     context = {"video": jnp.ones((2, 4, 5, 16)), "audio": jnp.ones((2, 9, 2, 16))}
-    a_fuse, last = nnx.jit(lambda mod, *a: mod(*a))(amfn, queries, context, jnp.ones((2, 3), bool), {m: jnp.ones((2,), bool) for m in mods})
+    a_fuse, last = nnx.jit(lambda mod, *a: mod(*a))(
+        amfn, queries, context, jnp.ones((2, 3), bool), {m: jnp.ones((2,), bool) for m in mods}
+    )
     assert a_fuse.shape == (2, 3, 4, 16) and {m: v.shape for m, v in last.items()} == {
-        m: v.shape for m, v in queries.items()}
+        m: v.shape for m, v in queries.items()
+    }
 
 
 @pytest.mark.parametrize("strategy", ("amfn", "global_relation"))
@@ -138,8 +141,10 @@ def test_fusion_gmacs_equals_the_component_count(tiny_config, strategy):
 
 
 # The AMFN's input geometry of the paper's SlowFast-R50 ablations: T_v = 4 and a 16 x 16 grid.
-TABLE6_COMMAND = ("launch.py flops --config configs/ava_vitb16.py --table 6 --json "
-                  "--config.model.video.num_frames=8 --config.model.video.image_size=(256,256)")
+TABLE6_COMMAND = (
+    "launch.py flops --config configs/ava_vitb16.py --table 6 --json "
+    "--config.model.video.num_frames=8 --config.model.video.image_size=(256,256)"
+)
 
 
 def test_table6_flops_ratios_match_the_paper():
@@ -148,8 +153,9 @@ def test_table6_flops_ratios_match_the_paper():
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, *TABLE6_COMMAND.split()], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, *TABLE6_COMMAND.split()], capture_output=True, text=True, check=True
+    )
     rows = {r["row"]: r for r in json.loads(out.stdout.strip().splitlines()[-1])}
     assert set(rows) == {"joint", "factorized", "divided", "cross_frame", "mfe"}
     for name, r in rows.items():
@@ -178,9 +184,13 @@ def test_variant_sharded_forward_equals_single_device(tiny_config, field, value)
     rng = np.random.default_rng(0)
     steps, grid = time_steps(cfg), context_grid(cfg)
     boxes = random_batch(cfg, batch_size=b, seed=1)
-    inputs = ({m: rng.normal(size=(b, k, steps[m], d)).astype(np.float32) for m in mods},
-              {m: rng.normal(size=(b, *grid[m], d)).astype(np.float32) for m in mods},
-              boxes["box_mask"], {m: np.ones((b,), bool) for m in mods}, boxes["boxes"])
+    inputs = (
+        {m: rng.normal(size=(b, k, steps[m], d)).astype(np.float32) for m in mods},
+        {m: rng.normal(size=(b, *grid[m], d)).astype(np.float32) for m in mods},
+        boxes["box_mask"],
+        {m: np.ones((b,), bool) for m in mods},
+        boxes["boxes"],
+    )
 
     def make():
         module = build_fusion(cfg, mods, rngs=nnx.Rngs(0))
@@ -188,14 +198,18 @@ def test_variant_sharded_forward_equals_single_device(tiny_config, field, value)
         return module
 
     def forward(gd, st, x):
-        return jax.tree.map(np.asarray, jax.jit(lambda s, x: run_fusion(nnx.merge(gd, s), *x))(st, x))
+        return jax.tree.map(
+            np.asarray, jax.jit(lambda s, x: run_fusion(nnx.merge(gd, s), *x))(st, x)
+        )
 
     want = forward(*nnx.split(make()), inputs)
     mesh = sharding.make_mesh((4, 2))
     rules = sharding.rules_from_config(tiny_config)
     module, shardings = sharding.create_sharded(make, mesh, rules)
     gd, st = nnx.split(module)
-    placed = jax.tree.map(lambda v: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim)), inputs)
+    placed = jax.tree.map(
+        lambda v: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim)), inputs
+    )
     fn = jax.jit(lambda s, x: run_fusion(nnx.merge(gd, s), *x), in_shardings=(shardings, None))
     with sharding.activation_sharding(mesh, rules):
         got = fn(st, placed)
@@ -207,23 +221,37 @@ def test_bad_variant_names_and_missing_modalities(tiny_config):
     """Each error names the field, the allowed values and the given one."""
     cfg = tiny_config.model
     cfg.amfn.encoder = "spacetime"
-    with pytest.raises(ValueError, match=r"model\.amfn\.encoder: expected one of \('mfe', 'joint', "
-                                         r"'factorized', 'divided', 'cross_frame'\), got 'spacetime'"):
+    with pytest.raises(
+        ValueError,
+        match=r"model\.amfn\.encoder: expected one of \('mfe', 'joint', "
+        r"'factorized', 'divided', 'cross_frame'\), got 'spacetime'",
+    ):
         nnx.eval_shape(lambda: JoVALE(cfg, rngs=nnx.Rngs(0)))
     cfg.amfn.encoder, cfg.amfn.temporal_layers = "factorized", 2  # L = 2: no spatial layer left
-    with pytest.raises(ValueError, match=r"model\.amfn\.temporal_layers: .*< num_layers \(2\), got 2"):
+    with pytest.raises(
+        ValueError, match=r"model\.amfn\.temporal_layers: .*< num_layers \(2\), got 2"
+    ):
         nnx.eval_shape(lambda: JoVALE(cfg, rngs=nnx.Rngs(0)))
     cfg.amfn.encoder = "mfe"
     cfg.fusion_strategy = "late_fusion"
-    with pytest.raises(ValueError, match=r"model\.fusion_strategy: expected one of \('amfn', "
-                                         r"'roi_feature_fusion', 'roi_relation', 'global_relation'"
-                                         r"\), got 'late_fusion'"):
+    with pytest.raises(
+        ValueError,
+        match=r"model\.fusion_strategy: expected one of \('amfn', "
+        r"'roi_feature_fusion', 'roi_relation', 'global_relation'"
+        r"\), got 'late_fusion'",
+    ):
         nnx.eval_shape(lambda: JoVALE(cfg, rngs=nnx.Rngs(0)))
-    for strategy, mods in (("roi_relation", ("video",)), ("roi_feature_fusion", ("video", "audio"))):
+    for strategy, mods in (
+        ("roi_relation", ("video",)),
+        ("roi_feature_fusion", ("video", "audio")),
+    ):
         cfg.fusion_strategy, cfg.modalities = strategy, mods
-        with pytest.raises(ValueError, match=rf"model\.fusion_strategy '{strategy}' .* "
-                                             rf"model\.modalities must be \('video', 'scene'\), "
-                                             rf"got {re.escape(str(mods))}"):
+        with pytest.raises(
+            ValueError,
+            match=rf"model\.fusion_strategy '{strategy}' .* "
+            rf"model\.modalities must be \('video', 'scene'\), "
+            rf"got {re.escape(str(mods))}",
+        ):
             nnx.eval_shape(lambda: JoVALE(cfg, rngs=nnx.Rngs(0)))
 
 

@@ -4,8 +4,8 @@ Sources: ``hf_blip``, a ``BlipForConditionalGeneration`` (the captioner, e.g.
 ``Salesforce/blip-image-captioning-base``; keys ``vision_model.*``, its ``text_decoder.*`` is
 deliberately unused) or a bare ``BlipVisionModel`` state dict; ``hf_blip_itm``, a
 ``BlipForImageTextRetrieval`` (e.g. ``Salesforce/blip-itm-base-coco``; the same ``vision_model.*``
-layout, its ``text_encoder.*``, ``vision_proj``, ``text_proj`` and ``itm_head`` unused). Key map per layer
-``encoder.layers.{i}``: ``layer_norm1`` -> ``norm1``, ``self_attn.qkv`` (fused q, k, v) ->
+layout, its ``text_encoder.*``, ``vision_proj``, ``text_proj`` and ``itm_head`` unused). Key map per
+layer ``encoder.layers.{i}``: ``layer_norm1`` -> ``norm1``, ``self_attn.qkv`` (fused q, k, v) ->
 ``attn.{query,key,value}_{kernel,bias}``, ``self_attn.projection`` -> ``attn.out_*``,
 ``layer_norm2`` -> ``norm2``, ``mlp.fc1/fc2``; plus ``post_layernorm``.
 

@@ -15,11 +15,11 @@ K actors:
   over time, and a bottleneck MLP (M D -> 48 -> M D, ReLU) with a sigmoid gives per-actor,
   per-channel weights w_m. a_fuse = mean over present modalities of w_m * â_m, and the next layer's
   queries are a_m = dealign_m(a_fuse) + w_m * â_m, the residual kept at the modality's own sampling.
-  ``fusion='uniform'`` fixes every w_m to the constant :data:`UNIFORM_WEIGHT` = 0.5 = sigmoid(0), the
-  gate's output at a zero logit (at initialisation its outputs average 0.5, test_models checks it),
-  so that the row measures the gating and not a scale: with w_m = 1 each layer would add the whole
-  residual to the whole fused embedding, doubling the queries' scale per layer (2^L). ``'late'``
-  keeps the modalities apart until the heads (the rows of the paper's Table 7).
+  ``fusion='uniform'`` fixes every w_m to the constant :data:`UNIFORM_WEIGHT` = 0.5 = sigmoid(0),
+  the gate's output at a zero logit (its outputs average 0.5 at initialisation; tested), so that
+  the row measures the gating and not a scale: with w_m = 1 each layer would add the whole residual
+  to the whole fused embedding, doubling the queries' scale per layer (2^L). ``'late'`` keeps the
+  modalities apart until the heads (the rows of the paper's Table 7).
 """
 
 from __future__ import annotations
@@ -93,7 +93,8 @@ class MFE(nnx.Module):
                  attention_impl: str = "xla"):
         self.bottleneck_attn = Attention(dim, cfg.num_heads, rngs=rngs, dtype=dtype,
                                          implementation=attention_impl)
-        self.encoder = encoder_block(dim, cfg, rngs=rngs, dtype=dtype, attention_impl=attention_impl)
+        self.encoder = encoder_block(dim, cfg, rngs=rngs, dtype=dtype,
+                                     attention_impl=attention_impl)
 
     def __call__(self, actors: jax.Array, context: jax.Array, actor_mask: jax.Array):
         """actors (B, K, T, D), context (B, T, N, D), actor_mask (B, K) -> (â (B, K, T, D), f (B, T, N, D))."""
@@ -150,8 +151,8 @@ class AMFNLayer(nnx.Module):
                  rngs: nnx.Rngs, dtype=jnp.float32, attention_impl: str = "xla",
                  kind: str = "mfe"):
         make = MFE if kind == "mfe" else LAYER_CLASSES[kind]
-        self.mfe = nnx.Dict({m: make(dim, cfg, rngs=rngs, dtype=dtype, attention_impl=attention_impl)
-                             for m in modalities})
+        self.mfe = nnx.Dict({m: make(dim, cfg, rngs=rngs, dtype=dtype,
+                                     attention_impl=attention_impl) for m in modalities})
         self.mfa = MFA(dim, modalities, t_common, cfg, rngs=rngs, dtype=dtype)
 
     def __call__(self, queries, context, actor_mask, present):

@@ -10,7 +10,8 @@ Paper (Table 5, video + scene, audio excluded "for a fair comparison") and the e
 * ``roi_feature_fusion`` -- paper: "directly combines RoI actor features from each modality for
   action classification" (Gkioxari and Malik 2015). Here: for each modality m with a spatial map
   (video, scene), r_m = Dense(max over the 7 x 7 bins of RoIAlign(box, f_m,t)), averaged over its
-  T_m steps (B, K, D); the head classifies the channel concatenation [r_video || r_scene] (B, K, 2D).
+  T_m steps (B, K, D); the head classifies the channel concatenation [r_video || r_scene]
+  (B, K, 2D).
 * ``roi_relation`` -- paper: "uses cross-attention to capture relationships among RoI features
   from different modalities" (HIT, Faure et al. 2023). Here: the same r_m, then
   ``model.amfn.num_layers`` layers in which each r_m (queries) cross-attends to the RoI features
@@ -50,22 +51,32 @@ def check_strategy(cfg, modalities: tuple[str, ...]) -> str:
     """``model.fusion_strategy`` validated against ``model.modalities``."""
     name = cfg.get("fusion_strategy", "amfn")
     if name not in FUSION_STRATEGIES:
-        raise ValueError(f"config field model.fusion_strategy: expected one of {FUSION_STRATEGIES}, "
-                         f"got {name!r}")
+        raise ValueError(
+            f"config field model.fusion_strategy: expected one of {FUSION_STRATEGIES}, got {name!r}"
+        )
     if name.startswith("roi_"):
         spatial = tuple(m for m in modalities if m in SPATIAL_MODALITIES)
         if len(spatial) < 2 or len(spatial) != len(modalities):
-            raise ValueError(f"config field model.fusion_strategy {name!r} fuses RoI features of "
-                             f"the modalities with a spatial map: model.modalities must be "
-                             f"{SPATIAL_MODALITIES}, got {modalities}")
+            raise ValueError(
+                f"config field model.fusion_strategy {name!r} fuses RoI features of "
+                f"the modalities with a spatial map: model.modalities must be "
+                f"{SPATIAL_MODALITIES}, got {modalities}"
+            )
     return name
 
 
 class RoIFeatures(nnx.Module):
     """Per-modality RoI features r_m (B, K, D) from the context embeddings' patch grids."""
 
-    def __init__(self, dim: int, grids: Mapping[str, tuple[int, int]], actor_cfg, *,
-                 rngs: nnx.Rngs, dtype=jnp.float32):
+    def __init__(
+        self,
+        dim: int,
+        grids: Mapping[str, tuple[int, int]],
+        actor_cfg,
+        *,
+        rngs: nnx.Rngs,
+        dtype=jnp.float32,
+    ):
         self.grids = dict(grids)
         self.cfg = actor_cfg
         self.proj = nnx.Dict({m: Dense(dim, dim, rngs=rngs, dtype=dtype) for m in grids})
@@ -74,8 +85,10 @@ class RoIFeatures(nnx.Module):
         out = {}
         for m, (h, w) in self.grids.items():
             ctx = context[m]
-            grid = ctx[:, :, ctx.shape[2] - h * w:].reshape(ctx.shape[:2] + (h, w, ctx.shape[-1]))
-            pool = jax.vmap(lambda f, b: roi_align(f, b, self.cfg.roi_size, self.cfg.sampling_ratio))
+            grid = ctx[:, :, ctx.shape[2] - h * w :].reshape(ctx.shape[:2] + (h, w, ctx.shape[-1]))
+            pool = jax.vmap(
+                lambda f, b: roi_align(f, b, self.cfg.roi_size, self.cfg.sampling_ratio)
+            )
             out[m] = self.proj[m](pool(grid, boxes.astype(grid.dtype)).max(axis=(3, 4))).mean(2)
         return out
 
@@ -97,13 +110,30 @@ class RoIFeatureFusion(nnx.Module):
 class RoIRelation(nnx.Module):
     """(b) RoI relation modelling: each modality's RoI features cross-attend to the others'."""
 
-    def __init__(self, dim: int, grids, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32,
-                 remat_policy: str = "none", attention_impl: str = "xla"):
+    def __init__(
+        self,
+        dim: int,
+        grids,
+        cfg,
+        *,
+        rngs: nnx.Rngs,
+        dtype=jnp.float32,
+        remat_policy: str = "none",
+        attention_impl: str = "xla",
+    ):
         self.roi = RoIFeatures(dim, grids, cfg.actor, rngs=rngs, dtype=dtype)
         self.layers = stack_layers(
-            lambda r: nnx.Dict({m: encoder_block(dim, cfg.amfn, rngs=r, dtype=dtype,
-                                                 attention_impl=attention_impl) for m in grids}),
-            cfg.amfn.num_layers, rngs)
+            lambda r: nnx.Dict(
+                {
+                    m: encoder_block(
+                        dim, cfg.amfn, rngs=r, dtype=dtype, attention_impl=attention_impl
+                    )
+                    for m in grids
+                }
+            ),
+            cfg.amfn.num_layers,
+            rngs,
+        )
         self.remat_policy = check_remat_policy(remat_policy)
         self.out_dim = dim * len(grids)
 
@@ -117,8 +147,9 @@ class RoIRelation(nnx.Module):
             for m in mods:
                 others = [r[o] for o in mods if o != m]
                 tokens = jnp.concatenate([r[m], *others], axis=1)
-                key_mask = jnp.concatenate([jnp.zeros_like(actor_mask)]
-                                           + [actor_mask] * len(others), axis=1)
+                key_mask = jnp.concatenate(
+                    [jnp.zeros_like(actor_mask)] + [actor_mask] * len(others), axis=1
+                )
                 new[m] = layer[m](tokens, key_mask)[:, :k]
             return new
 
@@ -129,17 +160,30 @@ class RoIRelation(nnx.Module):
 class GlobalRelation(nnx.Module):
     """(c) Global relation modelling: one encoder over every actor and context token."""
 
-    def __init__(self, dim: int, modalities: tuple[str, ...], t_common: int, cfg, *,
-                 rngs: nnx.Rngs, dtype=jnp.float32, remat_policy: str = "none",
-                 attention_impl: str = "xla"):
+    def __init__(
+        self,
+        dim: int,
+        modalities: tuple[str, ...],
+        t_common: int,
+        cfg,
+        *,
+        rngs: nnx.Rngs,
+        dtype=jnp.float32,
+        remat_policy: str = "none",
+        attention_impl: str = "xla",
+    ):
         self.modalities = tuple(modalities)
         self.t_common = t_common
-        self.modality_embed = param(rngs, nnx.initializers.normal(0.02), (len(modalities), dim),
-                                    (None, EMBED))
+        self.modality_embed = param(
+            rngs, nnx.initializers.normal(0.02), (len(modalities), dim), (None, EMBED)
+        )
         self.layers = stack_layers(
-            lambda r: encoder_block(dim, cfg.amfn, rngs=r, dtype=dtype,
-                                    attention_impl=attention_impl),
-            cfg.amfn.num_layers, rngs)
+            lambda r: encoder_block(
+                dim, cfg.amfn, rngs=r, dtype=dtype, attention_impl=attention_impl
+            ),
+            cfg.amfn.num_layers,
+            rngs,
+        )
         self.remat_policy = check_remat_policy(remat_policy)
         self.out_dim = dim
 
@@ -157,12 +201,16 @@ class GlobalRelation(nnx.Module):
             masks += [jnp.repeat(actor_mask, t, axis=1) & here, jnp.broadcast_to(here, (b, t * n))]
             sizes.append((t, n))
         key_mask = jnp.concatenate(masks, axis=1)
-        x = scan_layers(self.layers, lambda layer, h, _: layer(h, key_mask),
-                        jnp.concatenate(tokens, axis=1), remat_policy=self.remat_policy)
+        x = scan_layers(
+            self.layers,
+            lambda layer, h, _: layer(h, key_mask),
+            jnp.concatenate(tokens, axis=1),
+            remat_policy=self.remat_policy,
+        )
         fused, start = 0.0, 0
         weights = {m: present[m].astype(dtype)[:, None, None, None] for m in self.modalities}
         for m, (t, n) in zip(self.modalities, sizes, strict=True):
-            a = x[:, start:start + k * t].reshape(b, k, t, -1)
+            a = x[:, start : start + k * t].reshape(b, k, t, -1)
             fused = fused + weights[m] * resample_time(a, self.t_common, axis=2)
             start += k * t + t * n
         return fused / jnp.maximum(sum(weights.values()), 1.0)

@@ -39,11 +39,15 @@ def check_encoder(cfg) -> str:
     """``model.amfn.encoder`` validated (and ``temporal_layers`` for ``factorized``)."""
     name = cfg.get("encoder", "mfe")
     if name not in ENCODERS:
-        raise ValueError(f"config field model.amfn.encoder: expected one of {ENCODERS}, got {name!r}")
+        raise ValueError(
+            f"config field model.amfn.encoder: expected one of {ENCODERS}, got {name!r}"
+        )
     if name == "factorized" and not 1 <= cfg.temporal_layers < cfg.num_layers:
-        raise ValueError(f"config field model.amfn.temporal_layers: the factorized encoder needs "
-                         f"1 <= temporal_layers < num_layers ({cfg.num_layers}), got "
-                         f"{cfg.temporal_layers}")
+        raise ValueError(
+            f"config field model.amfn.temporal_layers: the factorized encoder needs "
+            f"1 <= temporal_layers < num_layers ({cfg.num_layers}), got "
+            f"{cfg.temporal_layers}"
+        )
     return name
 
 
@@ -51,18 +55,31 @@ def layer_kinds(cfg) -> tuple[tuple[str, int], ...]:
     """The AMFN's stacks as (layer kind, number of layers), run in this order."""
     name = check_encoder(cfg)
     if name == "factorized":
-        return (("spatial", cfg.num_layers - cfg.temporal_layers), ("temporal", cfg.temporal_layers))
+        return (
+            ("spatial", cfg.num_layers - cfg.temporal_layers),
+            ("temporal", cfg.temporal_layers),
+        )
     return ((name, cfg.num_layers),)
 
 
 def encoder_block(dim: int, cfg, *, rngs: nnx.Rngs, dtype, **block_kwargs) -> TransformerBlock:
     """The MFE's transformer encoder layer (``model.amfn`` sizes)."""
-    return TransformerBlock(dim, cfg.num_heads, cfg.mlp_dim, rngs=rngs, norm_first=cfg.norm_first,
-                            layer_norm_eps=1e-5, dropout=cfg.dropout, dtype=dtype, **block_kwargs)
+    return TransformerBlock(
+        dim,
+        cfg.num_heads,
+        cfg.mlp_dim,
+        rngs=rngs,
+        norm_first=cfg.norm_first,
+        layer_norm_eps=1e-5,
+        dropout=cfg.dropout,
+        dtype=dtype,
+        **block_kwargs,
+    )
 
 
-def frame_tokens(actors: jax.Array, context: jax.Array, actor_mask: jax.Array,
-                 extra: jax.Array | None = None):
+def frame_tokens(
+    actors: jax.Array, context: jax.Array, actor_mask: jax.Array, extra: jax.Array | None = None
+):
     """Per time step tokens [a_t (K), f_t (N), extra_t (E)] (B, T, K + N + E, D) and their key
     mask (padded actors false); ``extra`` is (B, T, E, D)."""
     b, k, t, _ = actors.shape
@@ -70,14 +87,19 @@ def frame_tokens(actors: jax.Array, context: jax.Array, actor_mask: jax.Array,
     if extra is not None:
         parts.append(extra.astype(actors.dtype))
     tokens = jnp.concatenate(parts, axis=2)
-    key_mask = jnp.concatenate([jnp.broadcast_to(actor_mask[:, None, :], (b, t, k)),
-                                jnp.ones((b, t, tokens.shape[2] - k), bool)], axis=2)
+    key_mask = jnp.concatenate(
+        [
+            jnp.broadcast_to(actor_mask[:, None, :], (b, t, k)),
+            jnp.ones((b, t, tokens.shape[2] - k), bool),
+        ],
+        axis=2,
+    )
     return tokens, key_mask
 
 
 def split_frame_tokens(out: jax.Array, k: int, n: int):
     """Inverse of :func:`frame_tokens`: (â (B, K, T, D), f (B, T, N, D))."""
-    return jnp.swapaxes(out[:, :, :k], 1, 2), out[:, :, k:k + n]
+    return jnp.swapaxes(out[:, :, :k], 1, 2), out[:, :, k : k + n]
 
 
 class SpatialEncoder(nnx.Module):
@@ -135,13 +157,16 @@ class DividedEncoder(nnx.Module):
     """Divided space-time attention: temporal attention, then the spatial layer per time step."""
 
     def __init__(self, dim: int, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32, **block_kwargs):
-        self.temporal = TemporalAttention(dim, cfg, rngs=rngs, dtype=dtype,
-                                          **attention_kwargs(block_kwargs))
+        self.temporal = TemporalAttention(
+            dim, cfg, rngs=rngs, dtype=dtype, **attention_kwargs(block_kwargs)
+        )
         self.spatial = SpatialEncoder(dim, cfg, rngs=rngs, dtype=dtype, **block_kwargs)
 
     def __call__(self, actors, context, actor_mask):
         actors = self.temporal(actors)
-        context = jnp.swapaxes(self.temporal(jnp.swapaxes(context.astype(actors.dtype), 1, 2)), 1, 2)
+        context = jnp.swapaxes(
+            self.temporal(jnp.swapaxes(context.astype(actors.dtype), 1, 2)), 1, 2
+        )
         return self.spatial(actors, context, actor_mask)
 
 
@@ -149,22 +174,34 @@ class CrossFrameEncoder(nnx.Module):
     """X-CLIP cross-frame communication: the last context token of each step is its message."""
 
     def __init__(self, dim: int, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32, **block_kwargs):
-        self.message_attn = TemporalAttention(dim, cfg, rngs=rngs, dtype=dtype,
-                                              **attention_kwargs(block_kwargs))
+        self.message_attn = TemporalAttention(
+            dim, cfg, rngs=rngs, dtype=dtype, **attention_kwargs(block_kwargs)
+        )
         self.encoder = encoder_block(dim, cfg, rngs=rngs, dtype=dtype, **block_kwargs)
 
     def __call__(self, actors, context, actor_mask):
         """context (B, T, N + 1, D), its last token the message -> (â, f (B, T, N + 1, D))."""
         messages = self.message_attn(context[:, :, -1].astype(actors.dtype))
-        tokens, key_mask = frame_tokens(actors, context[:, :, :-1], actor_mask, messages[:, :, None])
+        tokens, key_mask = frame_tokens(
+            actors, context[:, :, :-1], actor_mask, messages[:, :, None]
+        )
         out = self.encoder(tokens, key_mask)
-        return jnp.swapaxes(out[:, :, :actors.shape[1]], 1, 2), out[:, :, actors.shape[1]:]
+        return jnp.swapaxes(out[:, :, : actors.shape[1]], 1, 2), out[:, :, actors.shape[1] :]
 
 
 def attention_kwargs(block_kwargs: dict) -> dict:
     """The attention's share of a block's keyword arguments (its kernel implementation)."""
-    return {"implementation": block_kwargs["attention_impl"]} if "attention_impl" in block_kwargs else {}
+    return (
+        {"implementation": block_kwargs["attention_impl"]}
+        if "attention_impl" in block_kwargs
+        else {}
+    )
 
 
-LAYER_CLASSES = {"joint": JointEncoder, "spatial": SpatialEncoder, "temporal": TemporalEncoder,
-                 "divided": DividedEncoder, "cross_frame": CrossFrameEncoder}
+LAYER_CLASSES = {
+    "joint": JointEncoder,
+    "spatial": SpatialEncoder,
+    "temporal": TemporalEncoder,
+    "divided": DividedEncoder,
+    "cross_frame": CrossFrameEncoder,
+}
