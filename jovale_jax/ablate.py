@@ -286,7 +286,7 @@ def table_markdown(table: str, records: list[dict], dataset: str) -> str:
         "|" + "---|" * len(head),
     ]
     for r in records:
-        cells = [r["label"], _num(r["gmacs"], ".2f"), _num(r["fusion_gmacs"], ".3f")]
+        cells = [r["label"], _num(r["gmacs"], ".4g"), _num(r["fusion_gmacs"], ".4g")]
         cells += [_num(r["paper_gflops"])] if gflops else []
         cells += [_num(r["mAP"]), _num(r["paper_mAP"])] + [_num(r["groups"][g]) for g in groups]
         lines.append("| " + " | ".join(cells) + " |")

@@ -100,7 +100,7 @@ def test_launch_ablate_command_line(tmp_path, tiny_data):
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     assert out.count("finished earlier") == 3
     text = (tmp_path / "table_7.md").read_text()
-    assert "| Uniform weighted fusion | 1.50 | 0.500 | 11.0 | 31.9 | 1.0 | 2.0 | 3.0 |" in text
+    assert "| Uniform weighted fusion | 1.5 | 0.5 | 11.0 | 31.9 | 1.0 | 2.0 | 3.0 |" in text
     bad = subprocess.run(cmd[:5] + ["--workdir", str(tmp_path)], check=False,
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "--table is required" in bad.stderr
