@@ -19,9 +19,17 @@ class _FileOnly(logging.FileHandler):
     """The run's log file handler (a type of its own, so that a second call replaces it)."""
 
 
+def _for_the_console(record: logging.LogRecord) -> bool:
+    """Errors, and this package's warnings; libraries' notes (TFDS's "Load dataset info",
+    TensorFlow's deprecations of its own internals) only go to the file."""
+    return record.levelno >= logging.ERROR or (
+        record.levelno >= logging.WARNING and record.name.startswith("jovale_jax"))
+
+
 def log_to_file(workdir: str) -> str:
-    """Library INFO lines go to ``workdir/log.txt``; the console keeps warnings and errors (and
-    what the program prints: progress and results). Returns the log file's path."""
+    """Log records go to ``workdir/log.txt`` (INFO and above); the console keeps errors and this
+    package's warnings, besides what the program prints (progress, results) and Python's
+    ``warnings``. Returns the log file's path."""
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, LOG_FILE)
     root = logging.getLogger()
@@ -35,6 +43,8 @@ def log_to_file(workdir: str) -> str:
         root.addHandler(console[0])
     for handler in console:
         handler.setLevel(logging.WARNING)
+        if _for_the_console not in handler.filters:
+            handler.addFilter(_for_the_console)
     to_file = _FileOnly(path)
     to_file.setLevel(logging.INFO)
     to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

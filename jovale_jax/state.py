@@ -45,7 +45,7 @@ def trainable_filter(cfg):
     return nnx.Param
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class ModelState:
     """Everything the loop, the evaluator, ``detect`` and the benchmarks need, built once."""
 

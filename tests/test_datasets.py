@@ -440,3 +440,48 @@ def test_killed_build_is_not_taken_for_complete(synthetic_raw, tmp_path):
                                      data_dir=data_dir)
     assert os.listdir(builder_dir) == ["1.0.0"]  # the leftover is gone
     assert datasets.load_split(config, "train", data_dir)[1] == summary["examples"]["train"]
+
+
+@pytest.mark.parametrize("dataset", ["ucf24", "ava"])
+def test_a_missing_or_empty_raw_dir_is_a_one_line_error(dataset, tmp_path):
+    config = {"ucf24": ucf_preset, "ava": None}[dataset]
+    config = config.get_config() if config else synthetic_preset.get_config()
+    config.dataset = dataset
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for raw, says in ((tmp_path / "missing", "no such folder"), (empty, "is empty")):
+        with pytest.raises(FileNotFoundError) as info:
+            datasets.build_dataset(dataset, config=config, raw_dir=str(raw),
+                                   data_dir=str(tmp_path / "out"))
+        message = str(info.value)
+        assert str(raw) in message and says in message and "\n" not in message
+        assert datasets.RAW_FILES[dataset] in message  # the files expected there
+
+
+def test_build_data_from_the_command_line_picks_the_preset_and_checks_raw_dir(tmp_path):
+    """`build-data --dataset ucf24` without --config: the ucf24 preset, and a missing raw folder
+    is one line on stderr."""
+    missing = tmp_path / "no_such_raw"
+    out = subprocess.run([sys.executable, "launch.py", "build-data", "--dataset", "ucf24",
+                          "--raw_dir", str(missing), "--data_dir", str(tmp_path / "data")],
+                         cwd=os.path.dirname(os.path.dirname(__file__)), capture_output=True,
+                         text=True, check=False)
+    assert out.returncode == 1
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    want = (f"error: raw_dir {missing}: no such folder; ucf24 expects "
+            f"{datasets.RAW_FILES['ucf24']} there (data/ucf24/README.md)")
+    assert errors == [want]
+
+
+def test_synthetic_generates_its_raw_set_in_a_given_raw_dir(tmp_path, monkeypatch):
+    calls = []
+
+    def generate(raw_dir, **kwargs):
+        calls.append(raw_dir)
+        raise KeyboardInterrupt  # stop here: the build itself is tested above
+
+    monkeypatch.setattr(synthetic, "generate_raw", generate)
+    with pytest.raises(KeyboardInterrupt):
+        datasets.build_dataset("synthetic", config=synthetic_preset.get_config("test"),
+                               raw_dir=str(tmp_path / "mine"), data_dir=str(tmp_path / "data"))
+    assert calls == [str(tmp_path / "mine")]

@@ -2,6 +2,7 @@
 
 import pathlib
 import re
+import sys
 
 
 def test_readme_module_example_runs(capsys):
@@ -15,3 +16,79 @@ def test_readme_module_example_runs(capsys):
 def test_readme_shows_both_setup_commands():
     text = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
     assert "make demo" in text and "make test" in text
+
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+# What the placeholders of the README's command table stand for.
+PLACEHOLDERS = {"C": "configs/synthetic.py:test", "W": "runs/w", "RAW": "raw", "OUT": "out",
+                "NAME": "synthetic", "FILE": "clip.mp4", "DIR": "out", "CSV": "boxes.csv",
+                "MODEL": "facebook/detr-resnet-50", "F.mp4": "annotated.mp4", "KIND": "hf_ast",
+                "PATH": "weights/ast", "MODEL,": "m"}
+
+
+def shown_commands() -> list[tuple[str, str]]:
+    """(where, command) for every `python launch.py ...` in the README (code blocks and the
+    command table), bench/README.md, the presets' docstrings and the package's docstrings, with
+    continuation lines joined."""
+    sources = [REPO / "README.md", REPO / "bench" / "README.md", *sorted(REPO.glob("configs/*.py")),
+               *sorted(REPO.glob("jovale_jax/**/*.py"))]
+    found = []
+    for path in sources:
+        text = re.sub(r"\\\n\s*", "", path.read_text())
+        # Markdown: code-block lines and `...` spans; Python: the usage lines of docstrings.
+        pattern = (r"(?:^|`)\s*(?:\w+=\S+ )?(python launch\.py [^`]*)" if path.suffix == ".md"
+                   else r"^\s+(python launch\.py .*)$")
+        for line in text.splitlines():
+            for command in re.findall(pattern, line):
+                found.append((f"{path.relative_to(REPO)}: {line.strip()[:60]}", command.strip()))
+    return found
+
+
+def as_argv(command: str) -> list[list[str]]:
+    """The command's argument lists: placeholders filled in, optional parts `[...]` taken (the
+    first of `a | b`), one list per alternative of `{a,b}`; `[...]` alone is dropped."""
+    command = command.replace("\\|", "|").replace("[...]", "")
+    command = re.sub(r"configs/NAME\.py\[:variant\]", "configs/synthetic.py", command)
+    command = re.sub(r"\[([^\[\]|]*)\|[^\[\]]*\]", r"\1", command)
+    command = re.sub(r"\[([^\[\]]*)\]", r"\1", command)
+    choices = re.search(r"\{([\w,-]+)\}", command)
+    variants = ([command.replace(choices.group(0), c) for c in choices.group(1).split(",")]
+                if choices else [command])
+    return [[PLACEHOLDERS.get(word, word) for word in v.split()[2:]] for v in variants]
+
+
+def test_every_shown_command_parses(monkeypatch):
+    """Each command is parsed by launch.py's own flags and command check, its config loaded (for
+    build-data: the dataset's preset when no --config is given). Running them is the work of
+    the tests of each command."""
+    from absl import flags
+
+    import launch
+
+    commands = shown_commands()
+    assert len(commands) >= 20
+    assert any("build-data --dataset synthetic --data_dir runs/data/synthetic" in c
+               for _, c in commands)
+    for where, command in commands:
+        for argv in as_argv(command):
+            reset_flags()
+            monkeypatch.setattr(sys, "argv", ["launch.py", *argv])  # config_flags reads it
+            try:
+                rest = flags.FLAGS(sys.argv)
+                launch.check_command(rest)
+                if rest[1] == "build-data":
+                    assert launch.build_data_config().dataset == flags.FLAGS.dataset
+                elif rest[1:] not in (["demo"], ["bench", "eval"]):  # these need no config
+                    assert flags.FLAGS.config is not None
+            except Exception as e:
+                raise AssertionError(f"{where}: {' '.join(argv)}: {e}") from e
+    reset_flags()
+
+
+def reset_flags():
+    """launch.py's flags unparsed, without the `--config.x` overrides the last parse defined."""
+    from absl import flags
+
+    for name in [n for n in flags.FLAGS if n.startswith("config.")]:
+        delattr(flags.FLAGS, name)
+    flags.FLAGS.unparse_flags()

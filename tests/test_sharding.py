@@ -59,3 +59,12 @@ def test_sharded_forward_equals_single_device(tiny_config, fsdp):
     tokens = int(np.prod(model.video_encoder.pos_embed[...].shape[:-1]))
     assert f"f32[1,{tokens},{cfg.video.width}]" in hlo
     assert f"f32[4,{tokens},{cfg.video.width}]" not in hlo
+
+
+def test_batch_and_replicated_shardings():
+    mesh = sharding.make_mesh((4, 2))
+    batch = jax.device_put(np.zeros((8, 3), np.float32), sharding.data_sharding(mesh))
+    assert batch.addressable_shards[0].data.shape == (2, 3)  # 8 rows over 'data' of size 4
+    assert sharding.batch_sharding(mesh, 3).spec == P("data", None, None)
+    scalar = jax.device_put(np.float32(1), sharding.replicated(mesh))
+    assert sharding.replicated(mesh).spec == P() and len(scalar.sharding.device_set) == 8

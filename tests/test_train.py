@@ -119,7 +119,13 @@ ONE_DEVICE = dict(os.environ, XLA_FLAGS="")
 
 def test_resume_after_sigkill_is_exact(tiny_data, tmp_path):
     straight = tmp_path / "straight"
-    subprocess.run(_train_cmd(straight, tiny_data, 8, 4), check=True, capture_output=True, env=ONE_DEVICE)
+    run = subprocess.run(_train_cmd(straight, tiny_data, 8, 4), check=True, capture_output=True,
+                         text=True, env=ONE_DEVICE)
+    # The console shows progress and results; TFDS's INFO lines go to the run's log file.
+    assert "step 8/8" in run.stdout and "training done at step 8" in run.stdout
+    for info in ("Load dataset info", "Creating a tf.data.Dataset"):
+        assert info not in run.stdout + run.stderr
+        assert info in (straight / "log.txt").read_text()
     killed = tmp_path / "killed"
     proc = subprocess.Popen(_train_cmd(killed, tiny_data, 1000, 4), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=ONE_DEVICE)

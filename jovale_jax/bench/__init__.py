@@ -1,4 +1,4 @@
-"""Measurements, each reachable as ``python launch.py bench KIND`` (bench/README.md has the numbers).
+"""Measurements, each a subcommand of `launch.py bench` (bench/README.md has the numbers).
 
 * ``step.py``: the compiled train step and forward pass (time, MACs, matmul ratio), the train
   step's memory per device (``bench memory``) and the cost of ``model.remat`` (``bench remat``);

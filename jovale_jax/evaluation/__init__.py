@@ -1,1 +1,2 @@
-"""Evaluation protocols: AVA frame mAP (`ava`) and VOC frame mAP (`frame_map`); numpy only."""
+"""Evaluation protocols: AVA frame mAP (`ava`), VOC frame mAP (`frame_map`) and the AVA-format
+detections CSV (`detections_csv`); numpy only."""
