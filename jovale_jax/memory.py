@@ -1,0 +1,76 @@
+"""Memory of the compiled train step, per device and per clip (compiled, never run).
+
+:func:`memory_report` builds the train state of a config on one device, compiles ``train_step``
+for abstract batches of ``batch_size`` clips (``jax.jit(...).trace(...).lower().compile()``:
+nothing executes) and reads XLA's ``memory_analysis()``. The backend compiling is the one measured:
+on a CPU it is XLA:CPU's buffer assignment, a proxy for a GPU's (whose scheduler differs).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jovale_jax import sharding, train
+from jovale_jax.flops import abstract_batch, jaxpr_macs
+
+
+def train_batch_shapes(model_cfg, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """ShapeDtypeStructs of a training batch: the model inputs, ``targets`` and ``audio_mask``."""
+    shapes = abstract_batch(model_cfg, batch_size)
+    shapes["targets"] = jax.ShapeDtypeStruct(
+        (batch_size, model_cfg.num_proposals, model_cfg.num_classes), jnp.float32)
+    if "audio" in model_cfg.modalities:
+        shapes["audio_mask"] = jax.ShapeDtypeStruct((batch_size,), jnp.bool_)
+    return shapes
+
+
+def tree_bytes(tree: Any) -> int:
+    """Bytes of every array (or ShapeDtypeStruct) in ``tree``."""
+    return sum(int(np.prod(x.shape)) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
+def memory_report(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, Any]:
+    """Memory of ``config``'s train step with ``batch_size`` clips on one device, in bytes.
+
+    Keys: ``params`` (trainable), ``opt_state``, ``frozen`` (BLIP, position tables), ``batch``,
+    XLA's ``arguments``, ``outputs``, ``aliased`` (donated state reused by the outputs),
+    ``temporaries`` (activations kept for the backward pass, workspace) and ``generated_code``;
+    ``total`` = arguments + outputs - aliased + temporaries + code, ``per_clip`` = total /
+    batch_size (everything included, as "clips per GPU" counts it); ``gmacs_per_clip``: the
+    step's multiply-accumulates (rematerialised recomputation included); and what was measured
+    (``batch_size``, ``dtype``, ``remat_policy``, ``attention_impl``, ``backend``).
+    """
+    if batch_size < 1:
+        raise ValueError(f"memory_report: batch_size must be >= 1, got {batch_size}")
+    config = config.copy_and_resolve_references()
+    config.batch_size = int(batch_size)
+    config.mesh_shape = (1, 1)
+    mesh = sharding.make_mesh(config.mesh_shape, jax.devices()[:1])
+    s = train.setup(config, mesh=mesh, steps_per_epoch=1)
+    shapes = train_batch_shapes(config.model, batch_size)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                            (s.state, s.frozen, shapes))
+    traced = s.train_step.trace(*abstract)
+    stats = traced.lower().compile().memory_analysis()
+    if stats is None:
+        raise RuntimeError(f"the {jax.default_backend()} backend reports no memory analysis")
+    report = {
+        "batch_size": int(batch_size), "dtype": str(s.model().dtype),
+        "remat_policy": config.model.remat_policy, "attention_impl": config.model.attention_impl,
+        "backend": jax.default_backend(),
+        "params": tree_bytes(s.state["params"]), "opt_state": tree_bytes(s.state["opt_state"]),
+        "frozen": tree_bytes(s.frozen), "batch": tree_bytes(shapes),
+        "arguments": stats.argument_size_in_bytes, "outputs": stats.output_size_in_bytes,
+        "aliased": stats.alias_size_in_bytes, "temporaries": stats.temp_size_in_bytes,
+        "generated_code": stats.generated_code_size_in_bytes,
+        "gmacs_per_clip": jaxpr_macs(traced.jaxpr) / 1e9 / batch_size,
+    }
+    report["total"] = (report["arguments"] + report["outputs"] - report["aliased"]
+                       + report["temporaries"] + report["generated_code"])
+    report["per_clip"] = report["total"] / batch_size
+    return report
