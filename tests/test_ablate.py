@@ -54,8 +54,10 @@ def test_ablate_writes_the_table(short, tiny_data, ablation_dir, table):
 
 
 def test_ablate_skips_finished_rows_and_resumes_an_interrupted_one(
-    short, tiny_data, tmp_path, capsys
+    short, tiny_data, ablation_dir, capsys
 ):
+    """In the shared workdir (after the tables above, table 7 is finished there)."""
+    tmp_path = ablation_dir
     ablate.ablate(short, str(tmp_path), "7", data_dir=tiny_data)
     (tmp_path / "uniform" / "row.json").unlink()  # trained, but its record never written
     capsys.readouterr()
