@@ -47,8 +47,10 @@ def test_ablate_writes_the_table(short, tiny_data, ablation_dir, table):
             twin = json.loads((tmp_path / rec["same_as"] / "row.json").read_text())
             assert rec["mAP"] == twin["mAP"] and rec["config_key"] == twin["config_key"]
     gmacs = {r["row"]: r["fusion_gmacs"] for r in records}
-    if table == "6":  # the structures really differ in cost, in the paper's order
-        assert gmacs["joint"] > gmacs["divided"] > gmacs["mfe"] > gmacs["factorized"]
+    if table == "6":  # the structures really differ in cost (the paper's order at AVA geometry
+        # is tests/test_ablations.py's; at these few tokens joint attention is cheap)
+        assert min(gmacs["joint"], gmacs["divided"]) > gmacs["mfe"] > gmacs["factorized"]
+        assert gmacs["cross_frame"] == pytest.approx(gmacs["mfe"], rel=0.01)
     if table == "4":
         assert len(set(np.round(list(gmacs.values()), 9))) == len(rows)
 
