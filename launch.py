@@ -10,7 +10,7 @@ Commands:
   flops       parameters and multiply-accumulates per component (no execution)
   bench       step | forward | memory | remat | profile | input | eval measurements
   build-data  write the TFRecord shards of a dataset
-  ablate      train and evaluate every modality subset (Table 4)
+  ablate      train and evaluate every row of one of the paper's ablation tables (--table)
   demo        build the synthetic set, train, evaluate and write a report (what `make demo` runs)
 
 Options that are configuration live in the config (`--config.eval.split=val`,
@@ -39,6 +39,8 @@ config_flags.DEFINE_config_file("config", None, "Config preset: configs/NAME.py[
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Run folder: checkpoints, logs, results.")
 flags.DEFINE_bool("json", False, "flops: end with one JSON line.")
+flags.DEFINE_string("table", None, "ablate (required) / flops: one of the paper's ablation tables: "
+                    "4 | 5 | 6 | 7 | scene (jovale_jax/ablate.py).")
 flags.DEFINE_string("data_dir", None, "Where the TFRecord shards are (default config.data.data_dir).")
 flags.DEFINE_string("raw_dir", None, "build-data: the raw dataset folder.")
 flags.DEFINE_string("dataset", None, "build-data: synthetic | ava | ucf24 | jhmdb21 (without "
@@ -85,9 +87,18 @@ def _config():
 
 
 def cmd_flops(args):
-    """Print parameters and GMACs per component for one forward pass at batch 1."""
+    """Print parameters and GMACs per component for one forward pass at batch 1; with --table,
+    the fusion stage's GMACs for every row of that ablation table."""
     from jovale_jax.flops import component_costs
 
+    if FLAGS.table is not None:
+        from jovale_jax.ablate import fusion_cost_table
+
+        text, rows = fusion_cost_table(_config(), FLAGS.table)
+        print(text)
+        if FLAGS.json:
+            print(json.dumps(rows))
+        return
     costs = component_costs(_config().model)
     print(f"{'component':<10} {'params (M)':>12} {'GMACs':>10}")
     for name, c in costs.items():
@@ -207,13 +218,15 @@ def cmd_detect(argv):
 
 
 def cmd_ablate(argv):
-    """Train and evaluate every modality subset (Table 4) in --workdir."""
+    """Train and evaluate every row of --table in its own folder of --workdir."""
     from jovale_jax import run_log
-    from jovale_jax.demo import ablate
+    from jovale_jax.ablate import ablate
 
     _require("workdir")
+    _require("table")
     run_log.log_to_file(FLAGS.workdir)
-    ablate(_config(), FLAGS.workdir, data_dir=FLAGS.data_dir)
+    ablate(_config(), FLAGS.workdir, FLAGS.table, data_dir=FLAGS.data_dir,
+           init_from=FLAGS.init_from)
 
 
 def cmd_demo(argv):

@@ -139,6 +139,9 @@ def base_config() -> ml_collections.ConfigDict:
     s.num_frames = 4  # T_s
     s.image_size = 384
     s.layer_norm_eps = 1e-5
+    # Scene image encoder (supplementary Table 4): blip_captioner (the paper) | blip (the BLIP
+    # image-text retrieval model's) | clip (CLIP ViT-B/16's vision tower).
+    s.encoder = "blip_captioner"
     s.frozen = True  # BLIP's image encoder gets no gradient and no optimizer state
 
     a = m.audio = ml_collections.ConfigDict()
@@ -164,10 +167,18 @@ def base_config() -> ml_collections.ConfigDict:
     f.bottleneck_dim = 48  # MFA's MLP 3D -> 48 -> 3D
     f.dropout = 0.1
     f.fusion = "gated"  # gated (the paper) | uniform | late  (Table 7)
+    # Spatio-temporal encoder of each AMFN layer (Table 6): mfe (the paper) | joint | factorized
+    # | divided | cross_frame; `factorized` runs num_layers - temporal_layers spatial layers, then
+    # temporal_layers temporal ones (ViViT model 2).
+    f.encoder = "mfe"
+    f.temporal_layers = 1
     # The paper's MFE layer is "SA, two norms, FFN" without saying where the norms sit. Pre-norm:
     # with post-norm our synthetic runs stayed at the class-prior loss at lr 1e-3 (README).
     f.norm_first = True
     m.head_dropout = 0.2
+    # Fusion of the streams before the head (Table 5): amfn (the paper) | roi_feature_fusion |
+    # roi_relation | global_relation (jovale_jax/models/fusion.py).
+    m.fusion_strategy = "amfn"
 
     # ---------------- data ----------------
     d = c.data = ml_collections.ConfigDict()

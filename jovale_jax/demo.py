@@ -1,18 +1,15 @@
-"""The main job on the embedded synthetic set (`make demo`), and the modality ablation (Table 4).
+"""The main job on the embedded synthetic set (`make demo`).
 
 ``demo``: generate and build the synthetic audio-visual set, train the ``synthetic`` preset, evaluate
 the final checkpoint, and write ``<workdir>/report/`` (report.md, loss curve, per-class AP chart,
 keyframes with predicted boxes and top labels). Beside the model's mAP the report gives the mAP of a
 baseline that ignores the input (class priors) on the same eval split.
 
-``ablate``: train and evaluate every modality subset (v, a, s, v+a, v+s, a+s, v+a+s) and write a
-table of overall mAP and the mAP of the motion, sound and scene-context class groups.
+The paper's ablation tables live in :mod:`jovale_jax.ablate`.
 """
 
 from __future__ import annotations
 
-import copy
-import itertools
 import json
 import os
 import time
@@ -22,8 +19,6 @@ import numpy as np
 
 from jovale_jax.datasets import synthetic as synthetic_data
 from jovale_jax.evaluation import ava
-
-SHORT = {"video": "v", "audio": "a", "scene": "s"}
 
 
 def default_config():
@@ -214,31 +209,3 @@ def demo(config, workdir: str, *, data_dir: str | None = None) -> dict[str, Any]
     print(f"mAP {result['mAP']:.4f} (class-prior baseline {baseline['mAP']:.4f}) in {minutes:.1f} min")
     print(f"report: {os.path.abspath(os.path.join(report, 'report.md'))}")
     return summary
-
-
-SUBSETS = [s for r in (1, 2, 3) for s in itertools.combinations(("video", "audio", "scene"), r)]
-
-
-def ablate(config, workdir: str, *, data_dir: str | None = None,
-           subsets=SUBSETS) -> list[dict[str, Any]]:
-    """Train and evaluate each modality subset; write ablation.md and ablation.json in workdir."""
-    data_dir = build_data(config, data_dir)
-    rows = []
-    for subset in subsets:
-        name = "+".join(SHORT[m] for m in subset)
-        cfg = copy.deepcopy(config)
-        cfg.model.modalities = subset
-        print(f"=== modalities {name} ===", flush=True)
-        result = train_and_evaluate(cfg, os.path.join(workdir, name), data_dir)
-        groups = ava.group_maps(result["per_class"], synthetic_data.CLASS_GROUPS)
-        rows.append({"modalities": name, "mAP": result["mAP"], **groups})
-    header = "| modalities | mAP | motion | sound | scene |\n|---|---|---|---|---|"
-    table = [header] + [f"| {r['modalities']} | {r['mAP']:.4f} | {r['motion']:.4f} | {r['sound']:.4f} | "
-                        f"{r['scene']:.4f} |" for r in rows]
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "ablation.md"), "w") as f:
-        f.write("\n".join(table) + "\n")
-    with open(os.path.join(workdir, "ablation.json"), "w") as f:
-        json.dump(rows, f, indent=1)
-    print("\n".join(table))
-    return rows

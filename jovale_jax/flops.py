@@ -16,7 +16,16 @@ import numpy as np
 from flax import nnx
 
 from jovale_jax.models.amfn import resample_time
-from jovale_jax.models.jovale import JoVALE, expected_inputs
+from jovale_jax.models.jovale import (
+    JoVALE,
+    build_fusion,
+    context_grid,
+    expected_inputs,
+    modalities_of,
+    run_fusion,
+    time_steps,
+)
+from jovale_jax.models.layers import dtype_of
 
 COMPONENTS = ("visual", "scene", "audio", "actor", "amfn", "heads")
 
@@ -72,7 +81,8 @@ def component_costs(cfg, batch_size: int = 1) -> dict[str, dict[str, float]]:
     """{component: {"params": int, "gmacs": float}} plus "total" for one forward pass.
 
     Components: visual (video ViT + projection), scene (BLIP + projection), audio (patch embedding +
-    projection), actor (RoIAlign + projections + query embeddings), amfn, heads. A component that
+    projection), actor (RoIAlign + projections + query embeddings), amfn (the fusion stage of
+    ``model.fusion_strategy``: the AMFN by default), heads. A component that
     the config's modalities leave out is absent.
     """
     model = nnx.eval_shape(lambda: JoVALE(cfg, rngs=nnx.Rngs(0)))
@@ -113,13 +123,33 @@ def component_costs(cfg, batch_size: int = 1) -> dict[str, dict[str, float]]:
 
     add("actor", [model.actor_features, model.query_time_embed], actor, (feature_map, batch))
     queries = jax.eval_shape(run(actor), state, (feature_map, batch))
-    add("amfn", [model.amfn], lambda m, x: m.amfn(*x),
-        (queries, context, batch["box_mask"], present))
-    a_fuse, a_last = jax.eval_shape(run(lambda m, x: m.amfn(*x)), state,
-                                    (queries, context, batch["box_mask"], present))
-    head_inputs = a_last if cfg.amfn.fusion == "late" else {"fused": a_fuse}
+    fusion = model.amfn if model.fusion_strategy == "amfn" else model.fusion
+    fuse_inputs = (queries, context, batch["box_mask"], present, batch["boxes"])
+    add("amfn", [fusion], lambda m, x: m.fuse(*x), fuse_inputs)
+    head_inputs = jax.eval_shape(run(lambda m, x: m.fuse(*x)), state, fuse_inputs)
     add("heads", [model.heads], lambda m, x: {k: m.heads[k](v) for k, v in x.items()}, head_inputs)
 
     total_macs = count_macs(run(lambda m, b: m(b)), state, batch) / 1e9
     results["total"] = {"params": _params(model), "gmacs": total_macs}
     return results
+
+
+def fusion_gmacs(cfg, batch_size: int = 1) -> float:
+    """GMACs of the fusion stage alone (the ``amfn`` component of :func:`component_costs`), from
+    the input shapes the config implies: no stream is traced, so a full-size config costs a
+    second. What Table 6 of the paper compares across MFE structures."""
+    mods = modalities_of(cfg)
+    dtype = dtype_of(cfg.dtype)
+    fusion = nnx.eval_shape(lambda: build_fusion(cfg, mods, rngs=nnx.Rngs(0), dtype=dtype))
+    fusion.eval()
+    graphdef, state = nnx.split(fusion)
+    b, k, d = batch_size, cfg.num_proposals, cfg.embed_dim
+    steps, grid = time_steps(cfg), context_grid(cfg)
+
+    def spec(*shape, dtype=dtype):
+        return jax.ShapeDtypeStruct(shape, dtype)
+
+    inputs = ({m: spec(b, k, steps[m], d) for m in mods}, {m: spec(b, *grid[m], d) for m in mods},
+              spec(b, k, dtype=jnp.bool_), {m: spec(b, dtype=jnp.bool_) for m in mods},
+              spec(b, k, 4, dtype=jnp.float32))
+    return count_macs(lambda s, x: run_fusion(nnx.merge(graphdef, s), *x), state, inputs) / 1e9

@@ -1,11 +1,11 @@
-"""The demo's path in short (train, evaluate, report, ablation) on the tiny synthetic set."""
+"""The demo's path in short (train, evaluate, report) on the tiny synthetic set (the ablation
+tables: tests/test_ablate.py)."""
 
 import csv
 import json
 import os
 
 import jax
-import numpy as np
 import pytest
 
 from jovale_jax import demo, evaluate
@@ -75,16 +75,6 @@ def test_difference_chart_and_results_roundtrip(tmp_path):
     assert back["per_class"] == a["per_class"]
     evaluate.plot_difference(back, b, str(tmp_path / "diff.png"))
     assert (tmp_path / "diff.png").stat().st_size > 1000
-
-
-def test_ablation_table(short, tiny_data, tmp_path, monkeypatch):
-    monkeypatch.setattr(jax, "devices", lambda *a: jax.local_devices()[:1])
-    rows = demo.ablate(short, str(tmp_path), data_dir=tiny_data, subsets=[("audio", "scene")])
-    assert [r["modalities"] for r in rows] == ["a+s"]
-    assert "| a+s |" in (tmp_path / "ablation.md").read_text()
-    saved = json.loads((tmp_path / "ablation.json").read_text())
-    assert set(saved[0]) == {"modalities", "mAP", "motion", "sound", "scene"}
-    assert all(np.isfinite(r["mAP"]) for r in saved)
 
 
 def test_gates_by_class_and_prior_chart(tmp_path):

@@ -33,6 +33,7 @@ from flax import nnx
 
 from jovale_jax.convert.ast import convert_hf_ast
 from jovale_jax.convert.blip import convert_hf_blip
+from jovale_jax.convert.clip import convert_hf_clip
 from jovale_jax.convert.common import (
     ConversionError,
     Converted,
@@ -42,6 +43,7 @@ from jovale_jax.convert.common import (
 )
 from jovale_jax.convert.slowfast import convert_slowfast
 from jovale_jax.convert.videomae import convert_hf_videomae, convert_videomae_v2
+from jovale_jax.models.clip import SCENE_ENCODERS, check_scene_encoder
 
 logger = logging.getLogger("jovale_jax.convert")
 
@@ -65,10 +67,28 @@ SOURCES: dict[str, Source] = {
         sd, cfg, source_grid), ("source_grid",)),
     "hf_videomae": Source("video", convert_hf_videomae, ("source_grid",)),
     "hf_blip": Source("scene", convert_hf_blip),
+    "hf_blip_itm": Source("scene", lambda sd, cfg, hf: convert_hf_blip(sd, cfg, hf,
+                                                                      source="hf_blip_itm")),
+    "hf_clip": Source("scene", convert_hf_clip),
     "hf_ast": Source("audio", convert_hf_ast),
     **{kind: Source("video", lambda sd, cfg, _, kind=kind: convert_slowfast(sd, cfg, kind))
        for kind in ("pyslowfast", "acar", "pytorchvideo")},
 }
+
+
+# The scene source kind each ``model.scene.encoder`` takes (supplementary Table 4).
+SCENE_SOURCES = {"blip_captioner": "hf_blip", "blip": "hf_blip_itm", "clip": "hf_clip"}
+
+
+def check_scene_source(scene_cfg, kind: str, where: str) -> None:
+    """A scene checkpoint must be the kind ``model.scene.encoder`` names."""
+    encoder = check_scene_encoder(scene_cfg)
+    if SCENE_SOURCES[encoder] != kind:
+        wants = {k: e for e, k in SCENE_SOURCES.items()}[kind]
+        raise ConversionError(
+            f"{where} is a {kind!r} scene encoder, which config field model.scene.encoder = "
+            f"{wants!r} takes; the config has {encoder!r} (allowed values {SCENE_ENCODERS}, taking "
+            f"{tuple(SCENE_SOURCES.values())} checkpoints respectively)")
 
 
 # ----------------------------------------------------------------------------- reading
@@ -165,6 +185,8 @@ def convert_source(kind: str, path: str | os.PathLike, model_cfg, **options: Any
     if kind not in SOURCES:
         raise ValueError(f"unknown source {kind!r}; expected one of {sorted(SOURCES)}")
     source = SOURCES[kind]
+    if source.section == "scene":
+        check_scene_source(model_cfg.scene, kind, f"--from {kind} --src {path}")
     state_dict, hf_config = read_state_dict(path)
     section, differs = sized_by_config_json(kind, model_cfg[source.section], hf_config)
     converted = source.convert(state_dict, section, hf_config,
@@ -302,5 +324,11 @@ def read_checkpoint(ckpt_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_pretrained(model: nnx.Module, ckpt_dir: str | os.PathLike) -> dict[str, list]:
-    """Restore a converted checkpoint into ``model``; returns :func:`load_into`'s report."""
+    """Restore a converted checkpoint into ``model``; returns :func:`load_into`'s report. A scene
+    encoder converted from another kind than ``model.scene.encoder`` takes is an error."""
+    manifest = Path(ckpt_dir) / MANIFEST
+    scene = json.loads(manifest.read_text())["components"].get("scene_encoder") if (
+        manifest.exists()) else None
+    if scene is not None and getattr(model, "scene_encoder", None) is not None:
+        check_scene_source(model.cfg.scene, scene["source"], f"{ckpt_dir}'s scene_encoder")
     return load_into(model, read_checkpoint(ckpt_dir))

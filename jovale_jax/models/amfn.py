@@ -15,8 +15,11 @@ K actors:
   over time, and a bottleneck MLP (M D -> 48 -> M D, ReLU) with a sigmoid gives per-actor,
   per-channel weights w_m. a_fuse = mean over present modalities of w_m * â_m, and the next layer's
   queries are a_m = dealign_m(a_fuse) + w_m * â_m, the residual kept at the modality's own sampling.
-  ``fusion='uniform'`` fixes w_m = 1 and ``'late'`` keeps the modalities apart until the heads (the
-  rows of the paper's Table 7).
+  ``fusion='uniform'`` fixes every w_m to the constant :data:`UNIFORM_WEIGHT` = 0.5 = sigmoid(0),
+  the gate's output at a zero logit (its outputs average 0.5 at initialisation; tested), so that
+  the row measures the gating and not a scale: with w_m = 1 each layer would add the whole residual
+  to the whole fused embedding, doubling the queries' scale per layer (2^L). ``'late'`` keeps the
+  modalities apart until the heads (the rows of the paper's Table 7).
 """
 
 from __future__ import annotations
@@ -31,14 +34,23 @@ from flax import nnx
 from jovale_jax.models.layers import (
     Attention,
     Dense,
-    TransformerBlock,
     check_remat_policy,
+    param,
     scan_layers,
     stack_layers,
+)
+from jovale_jax.models.mfe_variants import (
+    LAYER_CLASSES,
+    check_encoder,
+    encoder_block,
+    frame_tokens,
+    layer_kinds,
+    split_frame_tokens,
 )
 from jovale_jax.sharding import EMBED, MLP
 
 FUSIONS = ("gated", "uniform", "late")
+UNIFORM_WEIGHT = 0.5  # sigmoid(0): the adaptive gate's scale (Table 7's fair "uniform" row)
 
 
 def resample_matrix(t_in: int, t_out: int) -> np.ndarray:
@@ -81,22 +93,14 @@ class MFE(nnx.Module):
                  attention_impl: str = "xla"):
         self.bottleneck_attn = Attention(dim, cfg.num_heads, rngs=rngs, dtype=dtype,
                                          implementation=attention_impl)
-        self.encoder = TransformerBlock(dim, cfg.num_heads, cfg.mlp_dim, rngs=rngs,
-                                        norm_first=cfg.norm_first, layer_norm_eps=1e-5,
-                                        dropout=cfg.dropout, dtype=dtype,
-                                        attention_impl=attention_impl)
+        self.encoder = encoder_block(dim, cfg, rngs=rngs, dtype=dtype,
+                                     attention_impl=attention_impl)
 
     def __call__(self, actors: jax.Array, context: jax.Array, actor_mask: jax.Array):
         """actors (B, K, T, D), context (B, T, N, D), actor_mask (B, K) -> (â (B, K, T, D), f (B, T, N, D))."""
-        b, k, t, _ = actors.shape
         bottleneck = self.bottleneck_attn(masked_mean(actors, actor_mask[:, :, None, None], axis=1))
-        tokens = jnp.concatenate(
-            [jnp.swapaxes(actors, 1, 2), context.astype(actors.dtype), bottleneck[:, :, None]], axis=2)
-        key_mask = jnp.concatenate(
-            [jnp.broadcast_to(actor_mask[:, None, :], (b, t, k)),
-             jnp.ones((b, t, tokens.shape[2] - k), bool)], axis=2)
-        out = self.encoder(tokens, key_mask)
-        return jnp.swapaxes(out[:, :, :k], 1, 2), out[:, :, k:-1]
+        tokens, key_mask = frame_tokens(actors, context, actor_mask, bottleneck[:, :, None])
+        return split_frame_tokens(self.encoder(tokens, key_mask), actors.shape[1], context.shape[2])
 
 
 class MFA(nnx.Module):
@@ -116,9 +120,10 @@ class MFA(nnx.Module):
             self.fc2 = Dense(cfg.bottleneck_dim, width, rngs=rngs, axes=(MLP, EMBED), dtype=dtype)
 
     def weights(self, aligned: Mapping[str, jax.Array], present: Mapping[str, jax.Array]):
-        """Per-actor, per-channel weights w_m (B, K, D) of eqs. 5-6 (ones unless gated)."""
+        """Per-actor, per-channel weights w_m (B, K, D) of eqs. 5-6 (:data:`UNIFORM_WEIGHT` unless
+        gated)."""
         if self.fusion != "gated":
-            return {m: jnp.ones_like(aligned[m][:, :, 0]) for m in self.modalities}
+            return {m: jnp.full_like(aligned[m][:, :, 0], UNIFORM_WEIGHT) for m in self.modalities}
         pooled = jnp.concatenate(
             [aligned[m].mean(2) * present[m][:, None, None] for m in self.modalities], axis=-1)
         w = jax.nn.sigmoid(self.fc2(jax.nn.relu(self.fc1(pooled))))
@@ -144,12 +149,14 @@ class MFA(nnx.Module):
 
 
 class AMFNLayer(nnx.Module):
-    """One AMFN layer: an MFE per modality, then the MFA."""
+    """One AMFN layer: an MFE per modality (or the Table 6 encoder ``kind``), then the MFA."""
 
     def __init__(self, dim: int, modalities: tuple[str, ...], t_common: int, cfg, *,
-                 rngs: nnx.Rngs, dtype=jnp.float32, attention_impl: str = "xla"):
-        self.mfe = nnx.Dict({m: MFE(dim, cfg, rngs=rngs, dtype=dtype, attention_impl=attention_impl)
-                             for m in modalities})
+                 rngs: nnx.Rngs, dtype=jnp.float32, attention_impl: str = "xla",
+                 kind: str = "mfe"):
+        make = MFE if kind == "mfe" else LAYER_CLASSES[kind]
+        self.mfe = nnx.Dict({m: make(dim, cfg, rngs=rngs, dtype=dtype,
+                                     attention_impl=attention_impl) for m in modalities})
         self.mfa = MFA(dim, modalities, t_common, cfg, rngs=rngs, dtype=dtype)
 
     def __call__(self, queries, context, actor_mask, present):
@@ -163,27 +170,55 @@ class AMFNLayer(nnx.Module):
 class AMFN(nnx.Module):
     """L AMFN layers under ``nnx.scan`` (parameters stacked on a leading layer axis; each layer
     rematerialised as ``remat_policy`` says). Returns the last layer's a_fuse (B, K, T_c, D) and
-    action embeddings {m: â_m}."""
+    action embeddings {m: â_m}.
+
+    ``cfg.encoder`` picks each layer's spatio-temporal encoder (Table 6,
+    :mod:`jovale_jax.models.mfe_variants`): ``factorized`` splits the stack into the spatial
+    ``layers`` and the ``temporal_layers`` after them (each its own scan); ``cross_frame`` appends
+    its learned message token per time step (``messages[m]``, (T_m, D), N(0, 0.02)) to every
+    modality's context for the whole stack.
+    """
 
     def __init__(self, dim: int, modalities: tuple[str, ...], t_common: int, cfg, *,
                  rngs: nnx.Rngs, dtype=jnp.float32, remat_policy: str = "none",
-                 attention_impl: str = "xla"):
+                 attention_impl: str = "xla", time_steps: Mapping[str, int] | None = None):
         self.t_common = t_common
         self.remat_policy = check_remat_policy(remat_policy)
-        self.layers = stack_layers(
-            lambda r: AMFNLayer(dim, modalities, t_common, cfg, rngs=r, dtype=dtype,
-                                attention_impl=attention_impl),
-            cfg.num_layers, rngs)
+        self.encoder = check_encoder(cfg)
+
+        def stack(kind: str, depth: int) -> nnx.Module:
+            return stack_layers(
+                lambda r: AMFNLayer(dim, modalities, t_common, cfg, rngs=r, dtype=dtype,
+                                    attention_impl=attention_impl, kind=kind),
+                depth, rngs)
+
+        (kind, depth), *rest = layer_kinds(cfg)
+        self.layers = stack(kind, depth)
+        self.temporal_layers = stack(*rest[0]) if rest else None
+        if self.encoder == "cross_frame" and time_steps is None:
+            raise ValueError("AMFN: the cross_frame encoder needs time_steps {modality: T_m}")
+        self.messages = nnx.Dict({
+            m: param(rngs, nnx.initializers.normal(0.02), (time_steps[m], dim), (None, EMBED))
+            for m in modalities}) if self.encoder == "cross_frame" else None
 
     def __call__(self, queries: Mapping[str, jax.Array], context: Mapping[str, jax.Array],
                  actor_mask: jax.Array, present: Mapping[str, jax.Array]):
         some = next(iter(queries.values()))
         b, k, _, d = some.shape
         a_fuse = jnp.zeros((b, k, self.t_common, d), some.dtype)  # replaced by every layer
+        context = dict(context)
+        if self.messages is not None:
+            for m, ctx in context.items():
+                msg = self.messages[m][...].astype(ctx.dtype)[None, :, None]
+                context[m] = jnp.concatenate(
+                    [ctx, jnp.broadcast_to(msg, ctx.shape[:2] + (1, d))], axis=2)
 
         def body(layer, carry, _):
             return layer(carry[0], carry[1], actor_mask, present)
 
-        queries, _, a_fuse = scan_layers(self.layers, body, (dict(queries), dict(context), a_fuse),
-                                         remat_policy=self.remat_policy)
+        carry = (dict(queries), context, a_fuse)
+        for layers in (self.layers, self.temporal_layers):
+            if layers is not None:
+                carry = scan_layers(layers, body, carry, remat_policy=self.remat_policy)
+        queries, _, a_fuse = carry
         return a_fuse, queries

@@ -43,15 +43,23 @@ class BlipVisionEncoder(nnx.Module):
         self.post_layernorm = LayerNorm(w, rngs=rngs, epsilon=cfg.layer_norm_eps, dtype=self.dtype)
 
     def __call__(self, frames: jax.Array) -> jax.Array:
-        b, t = frames.shape[:2]
-        p = self.cfg.patch
-        x = jax.lax.conv_general_dilated(
-            frames.reshape((b * t,) + frames.shape[2:]).astype(self.dtype),
-            self.patch_kernel[...].astype(self.dtype), window_strides=(p, p), padding="VALID",
-            dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        x = x + self.patch_bias[...].astype(self.dtype)
-        x = x.reshape(b * t, -1, x.shape[-1])
-        cls = jnp.broadcast_to(self.class_embedding[...].astype(self.dtype), (b * t, 1, x.shape[-1]))
-        x = jnp.concatenate([cls, x], axis=1) + self.position_embedding[...].astype(self.dtype)
+        x = embed_frames(frames, self.cfg.patch, self.patch_kernel, self.patch_bias,
+                         self.class_embedding, self.position_embedding, self.dtype)
         x = self.post_layernorm(self.encoder(x))
-        return x.reshape(b, t, x.shape[1], x.shape[2])
+        return x.reshape(frames.shape[:2] + x.shape[1:])
+
+
+def embed_frames(frames: jax.Array, patch: int, kernel: nnx.Param, bias: nnx.Param | None,
+                 class_embedding: nnx.Param, position_embedding: nnx.Param,
+                 dtype) -> jax.Array:
+    """(B, T, S, S, 3) frames -> (B T, 1 + N, width): patch convolution (with ``bias`` unless
+    None), the class token in front, plus the position table."""
+    b, t = frames.shape[:2]
+    x = jax.lax.conv_general_dilated(
+        frames.reshape((b * t,) + frames.shape[2:]).astype(dtype), kernel[...].astype(dtype),
+        window_strides=(patch, patch), padding="VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    if bias is not None:
+        x = x + bias[...].astype(dtype)
+    x = x.reshape(b * t, -1, x.shape[-1])
+    cls = jnp.broadcast_to(class_embedding[...].astype(dtype), (b * t, 1, x.shape[-1]))
+    return jnp.concatenate([cls, x], axis=1) + position_embedding[...].astype(dtype)

@@ -23,7 +23,9 @@ from flax import nnx
 
 from jovale_jax.models.amfn import AMFN, resample_time
 from jovale_jax.models.audio import AudioPatchEmbed, audio_grid
-from jovale_jax.models.blip import BlipVisionEncoder, blip_num_patches
+from jovale_jax.models.blip import blip_num_patches
+from jovale_jax.models.clip import scene_encoder
+from jovale_jax.models.fusion import GlobalRelation, RoIFeatureFusion, RoIRelation, check_strategy
 from jovale_jax.models.heads import ActionHead
 from jovale_jax.models.inputs import (
     BLIP_MEAN,
@@ -57,6 +59,13 @@ def time_steps(cfg) -> dict[str, int]:
     grid = slowfast_grid if is_slowfast(cfg.video) else video_grid
     return {"video": grid(cfg.video)[0], "audio": audio_grid(cfg.audio)[0],
             "scene": cfg.scene.num_frames}
+
+
+def context_grid(cfg) -> dict[str, tuple[int, int]]:
+    """(T_m, N_m) of every modality's context embeddings f_m for a ``config.model``."""
+    _, h, w = video_grid(cfg.video)
+    return {"video": (time_steps(cfg)["video"], h * w), "audio": audio_grid(cfg.audio),
+            "scene": (cfg.scene.num_frames, 1 + blip_num_patches(cfg.scene))}
 
 
 def expected_inputs(cfg) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -111,6 +120,34 @@ def check_batch(cfg, batch: Mapping[str, jax.Array]) -> None:
                          f"got {tuple(batch['frame_extent'].shape)}")
 
 
+def build_fusion(cfg, modalities: tuple[str, ...], *, rngs: nnx.Rngs, dtype=jnp.float32,
+                 **layer_kwargs) -> nnx.Module:
+    """The fusion stage of ``cfg.fusion_strategy``: the AMFN, or a Table 5 alternative
+    (:mod:`jovale_jax.models.fusion`, whose ``out_dim`` is its head's width). ``layer_kwargs``:
+    ``remat_policy`` and ``attention_impl`` of the transformer layers."""
+    strategy = check_strategy(cfg, modalities)
+    dim, steps = cfg.embed_dim, time_steps(cfg)
+    if strategy == "amfn":
+        return AMFN(dim, modalities, steps["video"], cfg.amfn, rngs=rngs, dtype=dtype,
+                    time_steps=steps, **layer_kwargs)
+    if strategy == "global_relation":
+        return GlobalRelation(dim, modalities, steps["video"], cfg, rngs=rngs, dtype=dtype,
+                              **layer_kwargs)
+    grids = {"video": video_grid(cfg.video)[1:],
+             "scene": (cfg.scene.image_size // cfg.scene.patch,) * 2}
+    make = RoIFeatureFusion if strategy == "roi_feature_fusion" else RoIRelation
+    return make(dim, {m: grids[m] for m in modalities}, cfg, rngs=rngs, dtype=dtype,
+                **layer_kwargs)
+
+
+def run_fusion(fusion: nnx.Module, queries, context, box_mask, present, boxes):
+    """Call a :func:`build_fusion` module: the AMFN returns (a_fuse, {m: â_m}), the others the
+    head's input."""
+    if isinstance(fusion, AMFN):
+        return fusion(queries, context, box_mask, present)
+    return fusion(queries, context, box_mask, present, boxes)
+
+
 class ActorFeatures(nnx.Module):
     """Actor proposal features (B, K, T_src, D) from a feature map (B, T_src, h, w, C) and boxes."""
 
@@ -163,7 +200,7 @@ class JoVALE(nnx.Module):
             source_width = width
         if "scene" in self.modalities:
             blip_num_patches(cfg.scene)
-            self.scene_encoder = BlipVisionEncoder(cfg.scene, rngs=rngs, dtype=dtype.name, **layers)
+            self.scene_encoder = scene_encoder(cfg.scene, rngs=rngs, dtype=dtype.name, **layers)
             self.scene_proj = Dense(cfg.scene.width, dim, rngs=rngs, dtype=dtype)
             source_width = source_width or cfg.scene.width
         if "audio" in self.modalities:
@@ -173,11 +210,18 @@ class JoVALE(nnx.Module):
         self.query_time_embed = nnx.Dict({
             m: param(rngs, nnx.initializers.normal(0.02), (steps[m], dim), (None, EMBED))
             for m in self.modalities})
-        self.amfn = AMFN(dim, self.modalities, steps["video"], cfg.amfn, rngs=rngs, dtype=dtype,
-                         **layers)
-        head_names = self.modalities if cfg.amfn.fusion == "late" else ("fused",)
-        self.heads = nnx.Dict({n: ActionHead(dim, cfg.num_classes, rngs=rngs, dropout=cfg.head_dropout,
-                                             dtype=dtype) for n in head_names})
+        self.fusion_strategy = check_strategy(cfg, self.modalities)
+        fusion = build_fusion(cfg, self.modalities, rngs=rngs, dtype=dtype, **layers)
+        if self.fusion_strategy == "amfn":
+            self.amfn = fusion
+        else:
+            self.fusion = fusion
+        head_dim = getattr(fusion, "out_dim", dim)
+        late = self.fusion_strategy == "amfn" and cfg.amfn.fusion == "late"
+        head_names = self.modalities if late else ("fused",)
+        self.heads = nnx.Dict({n: ActionHead(head_dim, cfg.num_classes, rngs=rngs,
+                                             dropout=cfg.head_dropout, dtype=dtype)
+                               for n in head_names})
 
     def encode(self, batch: Mapping[str, jax.Array]):
         """The streams: context embeddings {m: (B, T_m, N_m, D)}, modality presence {m: (B,)} and
@@ -214,8 +258,18 @@ class JoVALE(nnx.Module):
         actors = self.actor_features(feature_map, boxes, batch.get("proposal_features"))
         queries = {m: resample_time(actors, self.query_time_embed[m].shape[0], axis=2)
                    + self.query_time_embed[m][...].astype(actors.dtype) for m in self.modalities}
-        a_fuse, a_last = self.amfn(queries, context, box_mask, present)
-        return head_logits(self.heads, self.cfg.amfn.fusion, a_fuse, a_last, present)
+        inputs = self.fuse(queries, context, box_mask, present, batch["boxes"])
+        if "fused" in inputs:
+            return self.heads["fused"](inputs["fused"])
+        return head_logits(self.heads, "late", None, inputs, present)
+
+    def fuse(self, queries, context, box_mask, present, boxes) -> dict[str, jax.Array]:
+        """The fusion stage (``model.fusion_strategy``): {head name: its input (B, K, T, D')};
+        one ``fused`` head, or one per modality for the AMFN's late score fusion."""
+        if self.fusion_strategy != "amfn":
+            return {"fused": run_fusion(self.fusion, queries, context, box_mask, present, boxes)}
+        a_fuse, a_last = run_fusion(self.amfn, queries, context, box_mask, present, boxes)
+        return dict(a_last) if "fused" not in self.heads else {"fused": a_fuse}
 
     def logits_and_gates(self, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
         """The logits and the last AMFN layer's MFA gates (B, K, M): per actor, the mean over
@@ -230,7 +284,7 @@ class JoVALE(nnx.Module):
         return logits, gates
 
 
-def head_logits(heads: nnx.Dict, fusion: str, a_fuse: jax.Array,
+def head_logits(heads: nnx.Dict, fusion: str, a_fuse: jax.Array | None,
                 a_last: Mapping[str, jax.Array], present: Mapping[str, jax.Array]) -> jax.Array:
     """The action heads on the AMFN's outputs: the fused head, or with late fusion the mean of
     the per-modality heads over the modalities present in each example."""

@@ -142,15 +142,25 @@ class Attention(nnx.Module):
         return y.reshape(lead + y.shape[-2:])
 
 
-class Mlp(nnx.Module):
-    """Two dense layers with exact GELU (ViT/BLIP/MFE feed-forward)."""
+def quick_gelu(x: jax.Array) -> jax.Array:
+    """CLIP's GELU approximation x * sigmoid(1.702 x)."""
+    return x * jax.nn.sigmoid(1.702 * x)
 
-    def __init__(self, width: int, hidden: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
+
+ACTIVATIONS = {"gelu": exact_gelu, "quick_gelu": quick_gelu}
+
+
+class Mlp(nnx.Module):
+    """Two dense layers with exact GELU (ViT/BLIP/MFE feed-forward) or CLIP's ``quick_gelu``."""
+
+    def __init__(self, width: int, hidden: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
+                 activation: str = "gelu"):
         self.fc1 = Dense(width, hidden, rngs=rngs, axes=(EMBED, MLP), dtype=dtype)
         self.fc2 = Dense(hidden, width, rngs=rngs, axes=(MLP, EMBED), dtype=dtype)
+        self.activation = activation
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.fc2(exact_gelu(self.fc1(x)))
+        return self.fc2(ACTIVATIONS[self.activation](self.fc1(x)))
 
 
 class DropPath(nnx.Module):
@@ -183,12 +193,12 @@ class TransformerBlock(nnx.Module):
     def __init__(self, width: int, num_heads: int, mlp_dim: int, *, rngs: nnx.Rngs,
                  norm_first: bool = True, layer_norm_eps: float = 1e-6, dropout: float = 0.0,
                  qkv_bias: tuple[bool, bool, bool] = (True, True, True), dtype=jnp.float32,
-                 attention_impl: str = "xla", drop_path: bool = False):
+                 attention_impl: str = "xla", drop_path: bool = False, activation: str = "gelu"):
         self.norm1 = LayerNorm(width, rngs=rngs, epsilon=layer_norm_eps, dtype=dtype)
         self.attn = Attention(width, num_heads, rngs=rngs, qkv_bias=qkv_bias, dtype=dtype,
                               implementation=attention_impl)
         self.norm2 = LayerNorm(width, rngs=rngs, epsilon=layer_norm_eps, dtype=dtype)
-        self.mlp = Mlp(width, mlp_dim, rngs=rngs, dtype=dtype)
+        self.mlp = Mlp(width, mlp_dim, rngs=rngs, dtype=dtype, activation=activation)
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
         if drop_path and not norm_first:
             raise ValueError("drop_path needs a pre-norm block (norm_first=True)")
@@ -285,14 +295,14 @@ class Encoder(nnx.Module):
 
     def __init__(self, cfg, *, rngs: nnx.Rngs, qkv_bias: tuple[bool, bool, bool],
                  remat_policy: str = "none", dtype=jnp.float32, attention_impl: str = "xla",
-                 drop_path: float = 0.0):
+                 drop_path: float = 0.0, activation: str = "gelu"):
         self.drop_rates = tuple(float(r) for r in drop_path_rates(drop_path, cfg.depth))
         self.remat_policy = check_remat_policy(remat_policy)
         self.layers = stack_layers(
             lambda r: TransformerBlock(cfg.width, cfg.num_heads, cfg.mlp_dim, rngs=r,
                                        qkv_bias=qkv_bias, layer_norm_eps=cfg.layer_norm_eps,
                                        dtype=dtype, attention_impl=attention_impl,
-                                       drop_path=drop_path > 0),
+                                       drop_path=drop_path > 0, activation=activation),
             cfg.depth, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
