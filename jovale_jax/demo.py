@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from jovale_jax.ablate import SHORT
 from jovale_jax.datasets import synthetic as synthetic_data
 from jovale_jax.evaluation import ava
 

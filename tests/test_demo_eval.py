@@ -6,6 +6,7 @@ import json
 import os
 
 import jax
+import numpy as np
 import pytest
 
 from jovale_jax import demo, evaluate
