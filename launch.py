@@ -35,16 +35,26 @@ from ml_collections import config_flags
 
 from jovale_jax import runtime
 
-config_flags.DEFINE_config_file("config", None, "Config preset: configs/NAME.py[:variant].",
-                                lock_config=True)
+config_flags.DEFINE_config_file(
+    "config", None, "Config preset: configs/NAME.py[:variant].", lock_config=True
+)
 flags.DEFINE_string("workdir", None, "Run folder: checkpoints, logs, results.")
 flags.DEFINE_bool("json", False, "flops: end with one JSON line.")
-flags.DEFINE_string("table", None, "ablate (required) / flops: one of the paper's ablation tables: "
-                    "4 | 5 | 6 | 7 | scene (jovale_jax/ablate.py).")
-flags.DEFINE_string("data_dir", None, "Where the TFRecord shards are (default config.data.data_dir).")
+flags.DEFINE_string(
+    "table",
+    None,
+    "ablate (required) / flops: one of the paper's ablation tables: "
+    "4 | 5 | 6 | 7 | scene (jovale_jax/ablate.py).",
+)
+flags.DEFINE_string(
+    "data_dir", None, "Where the TFRecord shards are (default config.data.data_dir)."
+)
 flags.DEFINE_string("raw_dir", None, "build-data: the raw dataset folder.")
-flags.DEFINE_string("dataset", None, "build-data: synthetic | ava | ucf24 | jhmdb21 (without "
-                    "--config: that dataset's preset).")
+flags.DEFINE_string(
+    "dataset",
+    None,
+    "build-data: synthetic | ava | ucf24 | jhmdb21 (without --config: that dataset's preset).",
+)
 flags.DEFINE_bool("strict", False, "build-data: a corrupt video is an error instead of skipped.")
 flags.DEFINE_multi_string("from", [], "convert: source kind, repeat with --src.")
 flags.DEFINE_multi_string("src", [], "convert: source path, one per --from.")
@@ -56,26 +66,47 @@ flags.DEFINE_string("checkpoint", None, "eval / detect: a workdir or workdir/che
 flags.DEFINE_integer("batch_size", None, "bench: batch size (default config.batch_size).")
 flags.DEFINE_string("component", "model", "bench step/forward/profile: model | amfn.")
 flags.DEFINE_integer("num_batches", 20, "bench input: batches to time.")
-flags.DEFINE_bool("fixture", False, "bench input: generate and build the tiny AVA-geometry fixture "
-                  "into --data_dir (default runs/data/ava_fixture) and time that.")
-flags.DEFINE_float("gpu_clips_per_s", None, "bench input: one GPU's training rate (default: "
-                   "an H100/H200 at 40% bf16 MFU on the config's model).")
+flags.DEFINE_bool(
+    "fixture",
+    False,
+    "bench input: generate and build the tiny AVA-geometry fixture "
+    "into --data_dir (default runs/data/ava_fixture) and time that.",
+)
+flags.DEFINE_float(
+    "gpu_clips_per_s",
+    None,
+    "bench input: one GPU's training rate (default: "
+    "an H100/H200 at 40% bf16 MFU on the config's model).",
+)
 
-flags.DEFINE_string("compare_to", None, "eval: a results.json to draw the per-class difference against.")
-flags.DEFINE_string("coordinator_address", None, "train / eval on several processes: HOST:PORT of "
-                    "process 0's coordinator (with --num_processes, --process_id).")
+flags.DEFINE_string(
+    "compare_to", None, "eval: a results.json to draw the per-class difference against."
+)
+flags.DEFINE_string(
+    "coordinator_address",
+    None,
+    "train / eval on several processes: HOST:PORT of "
+    "process 0's coordinator (with --num_processes, --process_id).",
+)
 flags.DEFINE_integer("num_processes", None, "train / eval: the number of processes.")
 flags.DEFINE_integer("process_id", None, "train / eval: this process's id in [0, num_processes).")
-flags.DEFINE_float("coordinator_timeout_s", 300.0, "train / eval: seconds to wait for all "
-                   "processes to reach the coordinator before failing.")
+flags.DEFINE_float(
+    "coordinator_timeout_s",
+    300.0,
+    "train / eval: seconds to wait for all processes to reach the coordinator before failing.",
+)
 flags.DEFINE_string("video", None, "detect: the video file.")
 flags.DEFINE_string("boxes", None, "detect: an AVA-style CSV of person boxes.")
 flags.DEFINE_string("video_out", None, "detect: also write an annotated mp4 here.")
 
 FLAGS = flags.FLAGS
 BENCHES = ("step", "forward", "memory", "remat", "profile", "input", "eval")
-DATASET_PRESETS = {"synthetic": "synthetic", "ava": "ava_vitb16", "ucf24": "ucf24",
-                   "jhmdb21": "jhmdb21"}  # build-data --dataset NAME without --config
+DATASET_PRESETS = {
+    "synthetic": "synthetic",
+    "ava": "ava_vitb16",
+    "ucf24": "ucf24",
+    "jhmdb21": "jhmdb21",
+}  # build-data --dataset NAME without --config
 DISTRIBUTED_COMMANDS = ("train", "eval")  # the commands that run on several processes
 COMMANDS = ("train", "eval", "detect", "convert", "flops", "bench", "build-data", "ablate", "demo")
 
@@ -104,8 +135,11 @@ def cmd_flops(args):
     for name, c in costs.items():
         print(f"{name:<10} {c['params'] / 1e6:>12.2f} {c['gmacs']:>10.1f}")
     if FLAGS.json:
-        out = {"total_gmacs": costs["total"]["gmacs"], "params": costs["total"]["params"],
-               "components": costs}
+        out = {
+            "total_gmacs": costs["total"]["gmacs"],
+            "params": costs["total"]["params"],
+            "components": costs,
+        }
         print(json.dumps(out))
 
 
@@ -117,8 +151,13 @@ def cmd_train(argv):
     config = _config()
     _require("workdir")
     run_log.log_to_file(FLAGS.workdir)
-    train.train(config, FLAGS.workdir, init_from=FLAGS.init_from, data_dir=FLAGS.data_dir,
-                evaluate_fn=periodic_evaluator(config, FLAGS.data_dir))
+    train.train(
+        config,
+        FLAGS.workdir,
+        init_from=FLAGS.init_from,
+        data_dir=FLAGS.data_dir,
+        evaluate_fn=periodic_evaluator(config, FLAGS.data_dir),
+    )
 
 
 def cmd_eval(argv):
@@ -127,8 +166,14 @@ def cmd_eval(argv):
 
     _require("checkpoint")
     config = _config()
-    evaluate_checkpoint(config, FLAGS.checkpoint, split=config.eval.split or None,
-                        out_dir=FLAGS.out, data_dir=FLAGS.data_dir, compare_to=FLAGS.compare_to)
+    evaluate_checkpoint(
+        config,
+        FLAGS.checkpoint,
+        split=config.eval.split or None,
+        out_dir=FLAGS.out,
+        data_dir=FLAGS.data_dir,
+        compare_to=FLAGS.compare_to,
+    )
 
 
 def cmd_convert(argv):
@@ -139,10 +184,13 @@ def cmd_convert(argv):
     _require("out")
     kinds, srcs = FLAGS["from"].value, FLAGS.src
     if not kinds or len(kinds) != len(srcs):
-        raise app.UsageError(f"give one --src per --from (got {len(kinds)} --from, {len(srcs)} --src)")
+        raise app.UsageError(
+            f"give one --src per --from (got {len(kinds)} --from, {len(srcs)} --src)"
+        )
     grid = None if FLAGS.source_grid is None else tuple(int(n) for n in FLAGS.source_grid)
-    manifest = convert_main(list(zip(kinds, srcs)), FLAGS.out, _config(), overwrite=FLAGS.overwrite,
-                            source_grid=grid)
+    manifest = convert_main(
+        list(zip(kinds, srcs)), FLAGS.out, _config(), overwrite=FLAGS.overwrite, source_grid=grid
+    )
     print(summary(manifest, FLAGS.out))
 
 
@@ -153,8 +201,9 @@ def cmd_build_data(argv):
     config = build_data_config()
     name = FLAGS.dataset or config.dataset
     data_dir = FLAGS.data_dir or config.data.data_dir
-    summary = build_dataset(name, config=config, raw_dir=FLAGS.raw_dir, data_dir=data_dir,
-                            strict=FLAGS.strict)
+    summary = build_dataset(
+        name, config=config, raw_dir=FLAGS.raw_dir, data_dir=data_dir, strict=FLAGS.strict
+    )
     print(json.dumps(summary, default=str))
 
 
@@ -171,8 +220,13 @@ def cmd_bench(argv):
     if what == "input":
         from jovale_jax.bench.input import run_input_bench
 
-        run_input_bench(_config(), FLAGS.data_dir, FLAGS.num_batches, fixture=FLAGS.fixture,
-                        gpu_clips_per_s=FLAGS.gpu_clips_per_s)
+        run_input_bench(
+            _config(),
+            FLAGS.data_dir,
+            FLAGS.num_batches,
+            fixture=FLAGS.fixture,
+            gpu_clips_per_s=FLAGS.gpu_clips_per_s,
+        )
     elif what == "eval":
         from jovale_jax.bench.eval import run_eval_bench
 
@@ -198,10 +252,23 @@ def print_memory(config, batch_size: int) -> None:
     from jovale_jax.memory import memory_report
 
     r = memory_report(config, batch_size)
-    print(f"train step, batch {r['batch_size']} on one {r['backend']} device, {r['dtype']}, "
-          f"remat_policy {r['remat_policy']}:")
-    for key in ("params", "opt_state", "frozen", "batch", "arguments", "outputs", "aliased",
-                "temporaries", "generated_code", "total", "per_clip"):
+    print(
+        f"train step, batch {r['batch_size']} on one {r['backend']} device, {r['dtype']}, "
+        f"remat_policy {r['remat_policy']}:"
+    )
+    for key in (
+        "params",
+        "opt_state",
+        "frozen",
+        "batch",
+        "arguments",
+        "outputs",
+        "aliased",
+        "temporaries",
+        "generated_code",
+        "total",
+        "per_clip",
+    ):
         print(f"  {key:<15} {r[key] / 1e9:10.3f} GB")
     print(f"  {'GMACs per clip':<15} {r['gmacs_per_clip']:10.1f}")
     print(json.dumps({"bench": "memory", **r}))
@@ -213,8 +280,14 @@ def cmd_detect(argv):
 
     _require("video")
     _require("out")
-    detect(_config(), video=FLAGS.video, out_dir=FLAGS.out, checkpoint=FLAGS.checkpoint,
-           boxes_csv=FLAGS.boxes, video_out=FLAGS.video_out)
+    detect(
+        _config(),
+        video=FLAGS.video,
+        out_dir=FLAGS.out,
+        checkpoint=FLAGS.checkpoint,
+        boxes_csv=FLAGS.boxes,
+        video_out=FLAGS.video_out,
+    )
 
 
 def cmd_ablate(argv):
@@ -225,8 +298,9 @@ def cmd_ablate(argv):
     _require("workdir")
     _require("table")
     run_log.log_to_file(FLAGS.workdir)
-    ablate(_config(), FLAGS.workdir, FLAGS.table, data_dir=FLAGS.data_dir,
-           init_from=FLAGS.init_from)
+    ablate(
+        _config(), FLAGS.workdir, FLAGS.table, data_dir=FLAGS.data_dir, init_from=FLAGS.init_from
+    )
 
 
 def cmd_demo(argv):
@@ -244,9 +318,17 @@ def _require(name: str) -> None:
         raise app.UsageError(f"--{name} is required for this command")
 
 
-HANDLERS = {"flops": cmd_flops, "train": cmd_train, "eval": cmd_eval, "convert": cmd_convert,
-            "build-data": cmd_build_data, "bench": cmd_bench, "detect": cmd_detect,
-            "ablate": cmd_ablate, "demo": cmd_demo}
+HANDLERS = {
+    "flops": cmd_flops,
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "convert": cmd_convert,
+    "build-data": cmd_build_data,
+    "bench": cmd_bench,
+    "detect": cmd_detect,
+    "ablate": cmd_ablate,
+    "demo": cmd_demo,
+}
 
 
 def check_command(argv) -> None:
@@ -269,11 +351,14 @@ def start_processes(command: str) -> None:
     if command not in DISTRIBUTED_COMMANDS:
         given = [f"--{n}" for n in names if FLAGS[n].value is not None]
         if given:
-            raise app.UsageError(f"{', '.join(given)}: only {DISTRIBUTED_COMMANDS} run on several "
-                                 f"processes, not {command}")
+            raise app.UsageError(
+                f"{', '.join(given)}: only {DISTRIBUTED_COMMANDS} run on several "
+                f"processes, not {command}"
+            )
         return
-    distributed.start(_config(), *(FLAGS[n].value for n in names),
-                      timeout_s=FLAGS.coordinator_timeout_s)
+    distributed.start(
+        _config(), *(FLAGS[n].value for n in names), timeout_s=FLAGS.coordinator_timeout_s
+    )
 
 
 def main(argv):

@@ -14,8 +14,9 @@ from configs import common
 
 def get_config(variant: str = ""):
     if variant:
-        raise ValueError(f"configs/ava_sf_r101.py: unknown variant {variant!r}; "
-                         "this preset has none")
+        raise ValueError(
+            f"configs/ava_sf_r101.py: unknown variant {variant!r}; this preset has none"
+        )
     c = common.use_slowfast(common.base_config(), depth=101)
     c.dataset = "ava"
     c.batch_size = 16

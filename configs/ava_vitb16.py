@@ -14,7 +14,9 @@ VARIANTS = {"": 384, "blip384": 384, "blip288": 288, "blip192": 192}
 
 def get_config(variant: str = ""):
     if variant not in VARIANTS:
-        raise ValueError(f"configs/ava_vitb16.py: unknown variant {variant!r}; expected one of {sorted(VARIANTS)}")
+        raise ValueError(
+            f"configs/ava_vitb16.py: unknown variant {variant!r}; expected one of {sorted(VARIANTS)}"
+        )
     c = common.base_config()
     c.dataset = "ava"
     c.model.scene.image_size = VARIANTS[variant]

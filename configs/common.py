@@ -55,8 +55,9 @@ def video_scene_preset(name: str, variant: str) -> ml_collections.ConfigDict:
     for variant ``vitb`` (short side 224)."""
     variants = ("", "sf_r101", "vitb")
     if variant not in variants:
-        raise ValueError(f"configs/{name}.py: unknown variant {variant!r}; expected one of "
-                         f"{variants}")
+        raise ValueError(
+            f"configs/{name}.py: unknown variant {variant!r}; expected one of {variants}"
+        )
     c = base_config()
     if variant == "vitb":
         c.data.short_side = c.data.eval_short_side = 224
@@ -71,8 +72,9 @@ def video_scene_preset(name: str, variant: str) -> ml_collections.ConfigDict:
     return c
 
 
-def vit_config(*, width: int, depth: int, num_heads: int, mlp_dim: int,
-               patch: int) -> ml_collections.ConfigDict:
+def vit_config(
+    *, width: int, depth: int, num_heads: int, mlp_dim: int, patch: int
+) -> ml_collections.ConfigDict:
     """Sizes of a plain ViT encoder (shared by the video and the scene stream)."""
     return ml_collections.ConfigDict(
         {"width": width, "depth": depth, "num_heads": num_heads, "mlp_dim": mlp_dim, "patch": patch}

@@ -15,7 +15,9 @@ VARIANTS = ("", "test", "slowfast", "slowfast_test")
 
 def get_config(variant: str = ""):
     if variant not in VARIANTS:
-        raise ValueError(f"configs/synthetic.py: unknown variant {variant!r}; expected one of {VARIANTS}")
+        raise ValueError(
+            f"configs/synthetic.py: unknown variant {variant!r}; expected one of {VARIANTS}"
+        )
     c = common.base_config()
     c.dataset = "synthetic"
     m = c.model
@@ -27,10 +29,19 @@ def get_config(variant: str = ""):
     # (half the 1 s window): a token then sees an actor (4-7 px wide here) move across it. With
     # 16 x 16 patches on a 64 x 64 canvas and tubelets of 2, the motion classes stayed at their
     # prior (README, "Decisions").
-    m.video.update(width=64, depth=2, num_heads=2, mlp_dim=128, patch=8, num_frames=8,
-                   tubelet=4, image_size=(48, 64))
-    m.scene.update(width=64, depth=2, num_heads=2, mlp_dim=128, patch=16, num_frames=2,
-                   image_size=64)
+    m.video.update(
+        width=64,
+        depth=2,
+        num_heads=2,
+        mlp_dim=128,
+        patch=8,
+        num_frames=8,
+        tubelet=4,
+        image_size=(48, 64),
+    )
+    m.scene.update(
+        width=64, depth=2, num_heads=2, mlp_dim=128, patch=16, num_frames=2, image_size=64
+    )
     m.audio.update(num_frames=101, num_mel_bins=64, width=64)
     m.amfn.update(num_layers=2, num_heads=4, mlp_dim=128, bottleneck_dim=16, dropout=0.0)
 
@@ -58,8 +69,16 @@ def get_config(variant: str = ""):
     c.eval_every_steps = 0  # the demo evaluates the final checkpoint once
 
     if variant.endswith("test"):
-        m.video.update(width=32, depth=1, num_heads=2, mlp_dim=64, image_size=(32, 32), num_frames=4,
-                       patch=16, tubelet=2)
+        m.video.update(
+            width=32,
+            depth=1,
+            num_heads=2,
+            mlp_dim=64,
+            image_size=(32, 32),
+            num_frames=4,
+            patch=16,
+            tubelet=2,
+        )
         m.scene.update(width=32, depth=1, num_heads=2, mlp_dim=64, image_size=32)
         m.audio.update(width=32)
         m.embed_dim = 32
@@ -69,8 +88,9 @@ def get_config(variant: str = ""):
     if variant.startswith("slowfast"):
         m.video.backbone = "slowfast"
         # T_v = num_frames / alpha: 8 / 4 (demo) or 4 / 2 (test) = 2 steps on a 4 x 4 or 2 x 2 map
-        m.video.slowfast.update(stage_blocks=(1, 1, 1, 1), width=16, beta_inv=4, fusion_kernel=5,
-                                alpha=4)
+        m.video.slowfast.update(
+            stage_blocks=(1, 1, 1, 1), width=16, beta_inv=4, fusion_kernel=5, alpha=4
+        )
         if variant == "slowfast_test":
             m.video.slowfast.update(width=8, alpha=2, fusion_kernel=3)
     return c

@@ -148,9 +148,7 @@ def audio_features_tf(
     fbank = fbank_tf(waveform, num_mel_bins=num_mel_bins, window_type=window_type)
     start = tf.maximum(0, (tf.shape(fbank)[0] - num_frames) // 2)
     fbank = fbank[start : start + num_frames]
-    fbank = tf.pad(
-        fbank, [[0, num_frames - tf.shape(fbank)[0]], [0, 0]], constant_values=AST_MEAN
-    )
+    fbank = tf.pad(fbank, [[0, num_frames - tf.shape(fbank)[0]], [0, 0]], constant_values=AST_MEAN)
     return tf.ensure_shape(normalise(fbank), (num_frames, num_mel_bins))
 
 

@@ -45,8 +45,9 @@ def train_and_evaluate(config, workdir: str, data_dir: str) -> dict[str, Any]:
     from jovale_jax.train import train
 
     train(config, workdir, data_dir=data_dir)
-    return evaluate_checkpoint(config, workdir, data_dir=data_dir,
-                               out_dir=os.path.join(workdir, "eval"))
+    return evaluate_checkpoint(
+        config, workdir, data_dir=data_dir, out_dir=os.path.join(workdir, "eval")
+    )
 
 
 def plot_loss(workdir: str, path: str) -> None:
@@ -85,7 +86,8 @@ def draw_keyframes(config, workdir: str, data_dir: str, out_dir: str, count: int
     with open(os.path.join(workdir, "eval", "detections.csv")) as f:
         for vid, ts, x1, y1, x2, y2, action, sc in csv.reader(f):
             by_frame.setdefault((vid, int(ts)), []).append(
-                ((float(x1), float(y1), float(x2), float(y2)), int(action), float(sc)))
+                ((float(x1), float(y1), float(x2), float(y2)), int(action), float(sc))
+            )
     names = synthetic_data.CLASSES
     ds, _ = load_split(config, config.data.eval_split, data_dir=data_dir)
     paths = []
@@ -104,8 +106,9 @@ def draw_keyframes(config, workdir: str, data_dir: str, out_dir: str, count: int
     return paths
 
 
-def gates_by_class(scores: np.ndarray, gates: np.ndarray,
-                   targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def gates_by_class(
+    scores: np.ndarray, gates: np.ndarray, targets: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Mean MFA gate per modality over the actors predicted as each class.
 
     Args:
@@ -143,12 +146,17 @@ def predict_gates(config, workdir: str, data_dir: str) -> dict[str, np.ndarray]:
 
     forward = jax.jit(forward)
     data = s.mesh.shape["data"]
-    it = create_eval_iterator(config, config.data.eval_split, data_dir=data_dir,
-                              batch_size=-(-config.eval_batch_size // data) * data)
+    it = create_eval_iterator(
+        config,
+        config.data.eval_split,
+        data_dir=data_dir,
+        batch_size=-(-config.eval_batch_size // data) * data,
+    )
     out: dict[str, list] = {"scores": [], "gates": [], "targets": []}
     for batch in it:
-        scores, gates = (to_host(x) for x in forward(s.state["params"], s.frozen,
-                                                     global_batch(s.mesh, batch)))
+        scores, gates = (
+            to_host(x) for x in forward(s.state["params"], s.frozen, global_batch(s.mesh, batch))
+        )
         keep = batch["box_mask"] & batch["example_mask"][:, None]
         for key, value in (("scores", scores), ("gates", gates), ("targets", batch["targets"])):
             out[key].append(value[keep])
@@ -167,46 +175,73 @@ def demo(config, workdir: str, *, data_dir: str | None = None) -> dict[str, Any]
     report = os.path.join(workdir, "report")
     os.makedirs(report, exist_ok=True)
     plot_loss(workdir, os.path.join(report, "loss.png"))
-    plot_per_class(result, os.path.join(report, "per_class_ap.png"),
-                   f"{config.dataset} {config.data.eval_split}", prior=baseline["per_class"])
+    plot_per_class(
+        result,
+        os.path.join(report, "per_class_ap.png"),
+        f"{config.dataset} {config.data.eval_split}",
+        prior=baseline["per_class"],
+    )
     keyframes = draw_keyframes(config, workdir, data_dir, report)
     groups = ava.group_maps(result["per_class"], synthetic_data.CLASS_GROUPS)
     prior_groups = ava.group_maps(baseline["per_class"], synthetic_data.CLASS_GROUPS)
     predicted = predict_gates(config, workdir, data_dir)
     gates, counts = gates_by_class(**predicted)
     mods = [SHORT[m] for m in config.model.modalities]
-    lines = ["# JoVALE demo on the synthetic audio-visual set", "",
-             f"Eval split `{config.data.eval_split}`; frame mAP @ IoU 0.5 with the AVA protocol.", "",
-             "| | mAP |", "|---|---|",
-             f"| JoVALE ({'+'.join(config.model.modalities)}) | {result['mAP']:.4f} |",
-             f"| class-prior baseline (ignores the input) | {baseline['mAP']:.4f} |", "",
-             ("Per class: AP, the class-prior AP, and the last AMFN layer's MFA gate per modality "
-              "(the channel mean of w_m) averaged over the actors predicted as the class (its "
-              "`actors` proposals scored highest for it, as many as it has positives)."), "",
-             "| id | class | group | AP | prior AP | " + " | ".join(f"w_{m}" for m in mods)
-             + " | actors |", "|---" * (6 + len(mods)) + "|"]
+    lines = [
+        "# JoVALE demo on the synthetic audio-visual set",
+        "",
+        f"Eval split `{config.data.eval_split}`; frame mAP @ IoU 0.5 with the AVA protocol.",
+        "",
+        "| | mAP |",
+        "|---|---|",
+        f"| JoVALE ({'+'.join(config.model.modalities)}) | {result['mAP']:.4f} |",
+        f"| class-prior baseline (ignores the input) | {baseline['mAP']:.4f} |",
+        "",
+        (
+            "Per class: AP, the class-prior AP, and the last AMFN layer's MFA gate per modality "
+            "(the channel mean of w_m) averaged over the actors predicted as the class (its "
+            "`actors` proposals scored highest for it, as many as it has positives)."
+        ),
+        "",
+        "| id | class | group | AP | prior AP | "
+        + " | ".join(f"w_{m}" for m in mods)
+        + " | actors |",
+        "|---" * (6 + len(mods)) + "|",
+    ]
     group_of = {c: g for g, ids in synthetic_data.CLASS_GROUPS.items() for c in ids}
     for i, (c, ap) in enumerate(result["per_class"].items()):
-        lines.append(f"| {c} | {result['names'].get(c, '')} | {group_of.get(c, '')} | {ap:.4f} | "
-                     f"{baseline['per_class'].get(c, float('nan')):.4f} | "
-                     + " | ".join(f"{g:.3f}" for g in gates[i]) + f" | {counts[i]} |")
+        lines.append(
+            f"| {c} | {result['names'].get(c, '')} | {group_of.get(c, '')} | {ap:.4f} | "
+            f"{baseline['per_class'].get(c, float('nan')):.4f} | "
+            + " | ".join(f"{g:.3f}" for g in gates[i])
+            + f" | {counts[i]} |"
+        )
     lines += ["", "| group | mAP | prior mAP | gain |", "|---|---|---|---|"]
-    lines += [f"| {g} | {v:.4f} | {prior_groups[g]:.4f} | {v - prior_groups[g]:+.4f} |"
-              for g, v in groups.items()]
-    lines += ["",
-              "![loss](loss.png)", "", "![per-class AP](per_class_ap.png)", ""]
+    lines += [
+        f"| {g} | {v:.4f} | {prior_groups[g]:.4f} | {v - prior_groups[g]:+.4f} |"
+        for g, v in groups.items()
+    ]
+    lines += ["", "![loss](loss.png)", "", "![per-class AP](per_class_ap.png)", ""]
     lines += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in keyframes]
     minutes = (time.time() - start) / 60
     lines += ["", f"Wall time of this run (data, training, evaluation, report): {minutes:.1f} min."]
     with open(os.path.join(report, "report.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
-    summary = {"mAP": result["mAP"], "prior_mAP": baseline["mAP"], "groups": groups,
-               "prior_groups": prior_groups,
-               "gates": {str(c): dict(zip(mods, map(float, g)))
-                         for c, g in zip(result["per_class"], gates)},
-               "minutes": minutes, "report": os.path.abspath(report)}
+    summary = {
+        "mAP": result["mAP"],
+        "prior_mAP": baseline["mAP"],
+        "groups": groups,
+        "prior_groups": prior_groups,
+        "gates": {
+            str(c): dict(zip(mods, map(float, g))) for c, g in zip(result["per_class"], gates)
+        },
+        "minutes": minutes,
+        "report": os.path.abspath(report),
+    }
     with open(os.path.join(report, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
-    print(f"mAP {result['mAP']:.4f} (class-prior baseline {baseline['mAP']:.4f}) in {minutes:.1f} min")
+    print(
+        f"mAP {result['mAP']:.4f} (class-prior baseline {baseline['mAP']:.4f}) in {minutes:.1f} min"
+    )
     print(f"report: {os.path.abspath(os.path.join(report, 'report.md'))}")
     return summary

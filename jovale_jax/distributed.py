@@ -49,11 +49,15 @@ def detected_cluster():
     return None
 
 
-def resolve(coordinator_address: str | None, num_processes: int | None,
-            process_id: int | None) -> Topology:
+def resolve(
+    coordinator_address: str | None, num_processes: int | None, process_id: int | None
+) -> Topology:
     """The topology the flags (or, without any, a detected cluster) describe; checks the values."""
-    given = {"--coordinator_address": coordinator_address, "--num_processes": num_processes,
-             "--process_id": process_id}
+    given = {
+        "--coordinator_address": coordinator_address,
+        "--num_processes": num_processes,
+        "--process_id": process_id,
+    }
     if all(v is None for v in given.values()):
         env = detected_cluster()
         if env is None or env.get_process_count() <= 1:
@@ -61,13 +65,17 @@ def resolve(coordinator_address: str | None, num_processes: int | None,
         return Topology(env.get_process_count(), env.get_process_id(), None, env.__name__)
     missing = [name for name, v in given.items() if v is None]
     if missing:
-        raise ValueError(f"{', '.join(missing)} missing: give --coordinator_address HOST:PORT, "
-                         f"--num_processes N and --process_id I together")
+        raise ValueError(
+            f"{', '.join(missing)} missing: give --coordinator_address HOST:PORT, "
+            f"--num_processes N and --process_id I together"
+        )
     if num_processes < 1:
         raise ValueError(f"--num_processes={num_processes}: must be at least 1")
     if not 0 <= process_id < num_processes:
-        raise ValueError(f"--process_id={process_id} is outside [0, {num_processes}) "
-                         f"(--num_processes={num_processes})")
+        raise ValueError(
+            f"--process_id={process_id} is outside [0, {num_processes}) "
+            f"(--num_processes={num_processes})"
+        )
     host, _, port = coordinator_address.rpartition(":")
     if not host or not port.isdigit():
         raise ValueError(f"--coordinator_address={coordinator_address!r}: expected HOST:PORT")
@@ -121,20 +129,30 @@ def _check_same_config(config, topology: Topology, timeout_s: float) -> None:
     mine = config.to_json_best_effort(sort_keys=True)
     client.key_value_set(CONFIG_KEY.format(topology.process_id), mine)
     client.wait_at_barrier("jovale_config_published", ms)
-    configs = [client.blocking_key_value_get(CONFIG_KEY.format(i), ms)
-               for i in range(topology.num_processes)]
+    configs = [
+        client.blocking_key_value_get(CONFIG_KEY.format(i), ms)
+        for i in range(topology.num_processes)
+    ]
     client.wait_at_barrier("jovale_config_read", ms)  # nobody exits while another still reads
     for i, other in enumerate(configs[1:], start=1):
         diff = config_difference(configs[0], other)
         if diff is not None:
             key, a, b = diff
-            raise ValueError(f"processes disagree on the config: config.{key} is {a!r} on process "
-                             f"0 but {b!r} on process {i} (start every process with the same "
-                             f"--config and --config.* flags)")
+            raise ValueError(
+                f"processes disagree on the config: config.{key} is {a!r} on process "
+                f"0 but {b!r} on process {i} (start every process with the same "
+                f"--config and --config.* flags)"
+            )
 
 
-def start(config, coordinator_address: str | None = None, num_processes: int | None = None,
-          process_id: int | None = None, *, timeout_s: float = 300.0) -> Topology:
+def start(
+    config,
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    timeout_s: float = 300.0,
+) -> Topology:
     """Initialise JAX's distributed runtime when the run spans several processes (call before any
     other JAX call), then check that all processes hold the same ``config``."""
     topology = resolve(coordinator_address, num_processes, process_id)
@@ -142,16 +160,22 @@ def start(config, coordinator_address: str | None = None, num_processes: int | N
         return topology
     import jax
 
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives across processes
+    jax.config.update(
+        "jax_cpu_collectives_implementation", "gloo"
+    )  # CPU collectives across processes
     where = topology.coordinator_address or f"the {topology.source} coordinator"
-    message = (f"process {topology.process_id} of {topology.num_processes} could not reach all "
-               f"processes through the coordinator at {where} within {timeout_s:g} s "
-               f"(--coordinator_address, --num_processes, --coordinator_timeout_s)")
+    message = (
+        f"process {topology.process_id} of {topology.num_processes} could not reach all "
+        f"processes through the coordinator at {where} within {timeout_s:g} s "
+        f"(--coordinator_address, --num_processes, --coordinator_timeout_s)"
+    )
     with _deadline(timeout_s, message):
-        jax.distributed.initialize(coordinator_address=topology.coordinator_address,
-                                   num_processes=topology.num_processes,
-                                   process_id=topology.process_id,
-                                   initialization_timeout=int(timeout_s) + 60)
+        jax.distributed.initialize(
+            coordinator_address=topology.coordinator_address,
+            num_processes=topology.num_processes,
+            process_id=topology.process_id,
+            initialization_timeout=int(timeout_s) + 60,
+        )
         _check_same_config(config, topology, timeout_s)
     return topology
 

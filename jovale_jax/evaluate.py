@@ -34,7 +34,9 @@ def _allgather(tree: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     from jax.experimental import multihost_utils
 
     distributed.sync("gather")
-    return {k: np.asarray(v) for k, v in multihost_utils.process_allgather(tree, tiled=True).items()}
+    return {
+        k: np.asarray(v) for k, v in multihost_utils.process_allgather(tree, tiled=True).items()
+    }
 
 
 def _encode_ids(ids) -> np.ndarray:
@@ -62,12 +64,20 @@ def predict_split(s, config, split: str, *, data_dir: str | None = None) -> dict
     data = s.mesh.shape["data"] // jax.process_count() or 1
     per_process = -(-per_process // data) * data
     it = create_eval_iterator(config, split, batch_size=per_process, data_dir=data_dir)
-    dense: dict[str, list] = {"video_ids": [], "timestamps": [], "boxes": [], "scores": [],
-                              "keep": []}
+    dense: dict[str, list] = {
+        "video_ids": [],
+        "timestamps": [],
+        "boxes": [],
+        "scores": [],
+        "keep": [],
+    }
     for batch in tqdm(it, total=len(it), desc=f"eval {split}", disable=jax.process_index() != 0):
         if not dense["scores"]:  # every process compiles before any runs (multi-process: gloo)
-            s = s.replace(predict=distributed.compile_synced(
-                s.predict, s.state["params"], s.frozen, global_batch(s.mesh, batch)))
+            s = s.replace(
+                predict=distributed.compile_synced(
+                    s.predict, s.state["params"], s.frozen, global_batch(s.mesh, batch)
+                )
+            )
         dense["scores"].append(predict_batch(s, batch))
         dense["keep"].append(batch["box_mask"] & batch["example_mask"][:, None])
         dense["video_ids"].append(_encode_ids(batch["video_id"]))
@@ -78,12 +88,22 @@ def predict_split(s, config, split: str, *, data_dir: str | None = None) -> dict
     out = _allgather({k: np.concatenate(v) for k, v in dense.items()})
     ex, box = np.nonzero(out["keep"])
     ids = out["video_ids"][ex].view(f"S{VIDEO_ID_BYTES}").ravel()
-    return {"video_ids": np.asarray([v.decode() for v in ids]), "timestamps": out["timestamps"][ex],
-            "boxes": out["boxes"][ex, box], "scores": out["scores"][ex, box]}
+    return {
+        "video_ids": np.asarray([v.decode() for v in ids]),
+        "timestamps": out["timestamps"][ex],
+        "boxes": out["boxes"][ex, box],
+        "scores": out["scores"][ex, box],
+    }
 
 
-def score(config, preds: Mapping[str, np.ndarray], split: str, *, data_dir: str | None = None,
-          max_dets_per_frame: int | None = None) -> dict[str, Any]:
+def score(
+    config,
+    preds: Mapping[str, np.ndarray],
+    split: str,
+    *,
+    data_dir: str | None = None,
+    max_dets_per_frame: int | None = None,
+) -> dict[str, Any]:
     """The dataset's metric for predictions of ``split`` (files from the built dataset's eval/)."""
     from jovale_jax.datasets import eval_dir
 
@@ -92,8 +112,13 @@ def score(config, preds: Mapping[str, np.ndarray], split: str, *, data_dir: str 
     class_ids = np.asarray(sorted(names))
     gt_path = os.path.join(folder, f"{split}_groundtruth.csv")
     if config.dataset in AVA_STYLE:
-        dets = ava.AvaDenseDetections(video_ids=preds["video_ids"], timestamps=preds["timestamps"],
-                                      boxes=preds["boxes"], scores=preds["scores"], class_ids=class_ids)
+        dets = ava.AvaDenseDetections(
+            video_ids=preds["video_ids"],
+            timestamps=preds["timestamps"],
+            boxes=preds["boxes"],
+            scores=preds["scores"],
+            class_ids=class_ids,
+        )
         excl = os.path.join(folder, f"{split}_excluded_timestamps.csv")
         excl = excl if os.path.exists(excl) else None
         cap = config.max_dets_per_frame if max_dets_per_frame is None else max_dets_per_frame
@@ -105,18 +130,27 @@ def score(config, preds: Mapping[str, np.ndarray], split: str, *, data_dir: str 
         videos = {v: i for i, v in enumerate(sorted(set(gt.video_ids) | set(preds["video_ids"])))}
 
         def frames(ids, ts):
-            return np.asarray([videos[v] for v in ids], np.int64) * frame_map.FRAME_STRIDE + np.asarray(ts)
+            return np.asarray(
+                [videos[v] for v in ids], np.int64
+            ) * frame_map.FRAME_STRIDE + np.asarray(ts)
 
         result = frame_map.frame_map(
             frame_map.FrameBoxes(frames(gt.video_ids, gt.timestamps), gt.boxes, gt.labels),
-            frame_map.DenseDetections(frames(preds["video_ids"], preds["timestamps"]), preds["boxes"],
-                                      preds["scores"], class_ids), class_ids)
+            frame_map.DenseDetections(
+                frames(preds["video_ids"], preds["timestamps"]),
+                preds["boxes"],
+                preds["scores"],
+                class_ids,
+            ),
+            class_ids,
+        )
     result["names"] = names
     return result
 
 
-def plot_per_class(result: Mapping[str, Any], path: str, title: str,
-                   prior: Mapping[int, float] | None = None) -> list[tuple[str, float, float]]:
+def plot_per_class(
+    result: Mapping[str, Any], path: str, title: str, prior: Mapping[int, float] | None = None
+) -> list[tuple[str, float, float]]:
     """Horizontal bar chart of per-class AP, with each class's prior AP (e.g. of
     :func:`class_prior_baseline`) as a grey bar under it when given. Returns the rows drawn:
     (label, AP, prior AP or NaN)."""
@@ -130,13 +164,24 @@ def plot_per_class(result: Mapping[str, Any], path: str, title: str,
 
     names = result["names"]
     ids = list(result["per_class"])
-    rows = [(f"{c} {names.get(c, '')}"[:40], value(result["per_class"][c]),
-             value(prior.get(c)) if prior is not None else float("nan")) for c in ids]
+    rows = [
+        (
+            f"{c} {names.get(c, '')}"[:40],
+            value(result["per_class"][c]),
+            value(prior.get(c)) if prior is not None else float("nan"),
+        )
+        for c in ids
+    ]
     fig, ax = plt.subplots(figsize=(7, 0.28 * len(ids) * (2 if prior else 1) + 1.2))
     y = np.arange(len(rows))
     height = 0.4 if prior is not None else 0.8
-    ax.barh(y - (height / 2 if prior is not None else 0), [r[1] for r in rows], height,
-            color="tab:blue", label="AP")
+    ax.barh(
+        y - (height / 2 if prior is not None else 0),
+        [r[1] for r in rows],
+        height,
+        color="tab:blue",
+        label="AP",
+    )
     if prior is not None:
         ax.barh(y + height / 2, [r[2] for r in rows], height, color="tab:gray", label="prior AP")
         ax.legend(loc="lower right")
@@ -151,7 +196,9 @@ def plot_per_class(result: Mapping[str, Any], path: str, title: str,
     return rows
 
 
-def plot_difference(a: Mapping[str, Any], b: Mapping[str, Any], path: str, labels=("A", "B")) -> None:
+def plot_difference(
+    a: Mapping[str, Any], b: Mapping[str, Any], path: str, labels=("A", "B")
+) -> None:
     """Per-class AP of B minus A, sorted (the paper's visual-only vs multi-modal figure)."""
     import matplotlib
 
@@ -162,8 +209,11 @@ def plot_difference(a: Mapping[str, Any], b: Mapping[str, Any], path: str, label
     diff = sorted(((b["per_class"][c] or 0.0) - (a["per_class"][c] or 0.0), c) for c in common)
     names = b.get("names", {})
     fig, ax = plt.subplots(figsize=(7, 0.28 * len(diff) + 1.2))
-    ax.barh([f"{c} {names.get(c, '')}"[:40] for _, c in diff], [d for d, _ in diff],
-            color=["tab:red" if d < 0 else "tab:green" for d, _ in diff])
+    ax.barh(
+        [f"{c} {names.get(c, '')}"[:40] for _, c in diff],
+        [d for d, _ in diff],
+        color=["tab:red" if d < 0 else "tab:green" for d, _ in diff],
+    )
     ax.axvline(0, color="black", lw=0.8)
     ax.set_xlabel(f"AP({labels[1]}) - AP({labels[0]})")
     fig.tight_layout()
@@ -173,9 +223,14 @@ def plot_difference(a: Mapping[str, Any], b: Mapping[str, Any], path: str, label
 
 def periodic_evaluator(config, data_dir: str | None = None):
     """The training loop's evaluation hook: mAP of the current parameters on the eval split."""
+
     def run(s, step: int) -> dict[str, float]:
-        result = score(config, predict_split(s, config, config.data.eval_split, data_dir=data_dir),
-                       config.data.eval_split, data_dir=data_dir)
+        result = score(
+            config,
+            predict_split(s, config, config.data.eval_split, data_dir=data_dir),
+            config.data.eval_split,
+            data_dir=data_dir,
+        )
         return {"eval_mAP": float(result["mAP"])}
 
     return run
@@ -183,13 +238,18 @@ def periodic_evaluator(config, data_dir: str | None = None):
 
 def results_payload(result: Mapping[str, Any], **extra) -> dict[str, Any]:
     """The JSON-serialisable summary written as results.json."""
+
     def num(x):
         return None if x is None or (isinstance(x, float) and np.isnan(x)) else float(x)
 
-    return {"mAP": num(result["mAP"]), "mAP_no_cap": num(result.get("mAP_no_cap")),
-            "per_class": {str(c): num(v) for c, v in result["per_class"].items()},
-            "groups": {k: num(v) for k, v in result.get("groups", {}).items()},
-            "names": {str(c): n for c, n in result["names"].items()}, **extra}
+    return {
+        "mAP": num(result["mAP"]),
+        "mAP_no_cap": num(result.get("mAP_no_cap")),
+        "per_class": {str(c): num(v) for c, v in result["per_class"].items()},
+        "groups": {k: num(v) for k, v in result.get("groups", {}).items()},
+        "names": {str(c): n for c, n in result["names"].items()},
+        **extra,
+    }
 
 
 def load_results(path: str) -> dict[str, Any]:
@@ -197,13 +257,23 @@ def load_results(path: str) -> dict[str, Any]:
     with open(path) as f:
         r = json.load(f)
     nan = float("nan")
-    return {"mAP": r["mAP"] if r["mAP"] is not None else nan,
-            "per_class": {int(c): (nan if v is None else v) for c, v in r["per_class"].items()},
-            "names": {int(c): n for c, n in r.get("names", {}).items()}}
+    return {
+        "mAP": r["mAP"] if r["mAP"] is not None else nan,
+        "per_class": {int(c): (nan if v is None else v) for c, v in r["per_class"].items()},
+        "names": {int(c): n for c, n in r.get("names", {}).items()},
+    }
 
 
-def evaluate_checkpoint(config, checkpoint: str, *, split: str | None = None, out_dir: str | None = None,
-                        data_dir: str | None = None, devices=None, compare_to: str | None = None) -> dict:
+def evaluate_checkpoint(
+    config,
+    checkpoint: str,
+    *,
+    split: str | None = None,
+    out_dir: str | None = None,
+    data_dir: str | None = None,
+    devices=None,
+    compare_to: str | None = None,
+) -> dict:
     """Run the model of ``checkpoint`` on ``split``; write detections.csv, results.json and charts."""
     from jovale_jax.state import load_trained, resolve_checkpoint
 
@@ -225,14 +295,25 @@ def evaluate_checkpoint(config, checkpoint: str, *, split: str | None = None, ou
         for c, ap in result["per_class"].items():
             print(f"{c:>3} {result['names'].get(c, ''):<30} {ap:.4f}")
         print(f"frame mAP @ 0.5: {result['mAP']:.4f}")
-    payload = results_payload(result, split=split, step=step, checkpoint=os.path.abspath(checkpoint),
-                              detection_rows=n_rows)
+    payload = results_payload(
+        result,
+        split=split,
+        step=step,
+        checkpoint=os.path.abspath(checkpoint),
+        detection_rows=n_rows,
+    )
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(payload, f, indent=1)
-    plot_per_class(result, os.path.join(out_dir, "per_class_ap.png"), f"{config.dataset} {split} step {step}")
+    plot_per_class(
+        result, os.path.join(out_dir, "per_class_ap.png"), f"{config.dataset} {split} step {step}"
+    )
     if compare_to:
-        plot_difference(load_results(compare_to), result, os.path.join(out_dir, "per_class_ap_diff.png"),
-                        labels=(os.path.basename(os.path.dirname(compare_to)) or "A", "this run"))
+        plot_difference(
+            load_results(compare_to),
+            result,
+            os.path.join(out_dir, "per_class_ap_diff.png"),
+            labels=(os.path.basename(os.path.dirname(compare_to)) or "A", "this run"),
+        )
     print(json.dumps({k: payload[k] for k in ("mAP", "mAP_no_cap", "split", "step")}))
     print(f"wrote {out_dir}")
     result["out_dir"] = out_dir
@@ -258,6 +339,10 @@ def class_prior_baseline(config, split: str, *, data_dir: str | None = None) -> 
             rows["timestamps"].append(int(ex["timestamp"]))
             rows["boxes"].append(box)
             rows["scores"].append(prior)
-    preds = {"video_ids": np.asarray(rows["video_ids"]), "timestamps": np.asarray(rows["timestamps"]),
-             "boxes": np.asarray(rows["boxes"]).reshape(-1, 4), "scores": np.asarray(rows["scores"])}
+    preds = {
+        "video_ids": np.asarray(rows["video_ids"]),
+        "timestamps": np.asarray(rows["timestamps"]),
+        "boxes": np.asarray(rows["boxes"]).reshape(-1, 4),
+        "scores": np.asarray(rows["scores"]),
+    }
     return score(config, preds, split, data_dir=data_dir)

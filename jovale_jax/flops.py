@@ -67,8 +67,10 @@ def count_macs(fn, *args) -> int:
 
 def abstract_batch(cfg, batch_size: int = 1) -> dict[str, jax.ShapeDtypeStruct]:
     """ShapeDtypeStructs of the inputs a ``config.model`` needs."""
-    batch = {k: jax.ShapeDtypeStruct((batch_size,) + shape, jnp.float32)
-             for k, (shape, _) in expected_inputs(cfg).items()}
+    batch = {
+        k: jax.ShapeDtypeStruct((batch_size,) + shape, jnp.float32)
+        for k, (shape, _) in expected_inputs(cfg).items()
+    }
     batch["box_mask"] = jax.ShapeDtypeStruct(batch["box_mask"].shape, jnp.bool_)
     return batch
 
@@ -93,6 +95,7 @@ def component_costs(cfg, batch_size: int = 1) -> dict[str, dict[str, float]]:
     def run(part):
         def fn(state, inputs):
             return part(nnx.merge(graphdef, state), inputs)
+
         return fn
 
     def encode(m, b):
@@ -102,24 +105,40 @@ def component_costs(cfg, batch_size: int = 1) -> dict[str, dict[str, float]]:
     results: dict[str, dict[str, float]] = {}
 
     def add(name, modules, part, inputs):
-        results[name] = {"params": sum(_params(mod) for mod in modules),
-                         "gmacs": count_macs(run(part), state, inputs) / 1e9}
+        results[name] = {
+            "params": sum(_params(mod) for mod in modules),
+            "gmacs": count_macs(run(part), state, inputs) / 1e9,
+        }
 
     if "video" in model.modalities:
-        add("visual", [model.video_encoder, model.video_norm, model.video_proj],
-            lambda m, v: m.video_proj(m.video_norm(m.video_encoder(v))), batch["video"])
+        add(
+            "visual",
+            [model.video_encoder, model.video_norm, model.video_proj],
+            lambda m, v: m.video_proj(m.video_norm(m.video_encoder(v))),
+            batch["video"],
+        )
     if "scene" in model.modalities:
-        add("scene", [model.scene_encoder, model.scene_proj],
-            lambda m, s: m.scene_proj(m.scene_encoder(s)), batch["scene"])
+        add(
+            "scene",
+            [model.scene_encoder, model.scene_proj],
+            lambda m, s: m.scene_proj(m.scene_encoder(s)),
+            batch["scene"],
+        )
     if "audio" in model.modalities:
-        add("audio", [model.audio_embed, model.audio_proj],
-            lambda m, a: m.audio_proj(m.audio_embed(a)), batch["audio"])
+        add(
+            "audio",
+            [model.audio_embed, model.audio_proj],
+            lambda m, a: m.audio_proj(m.audio_embed(a)),
+            batch["audio"],
+        )
 
     def actor(m, inputs):
         fmap, b = inputs
         a = m.actor_features(fmap, b["boxes"], b.get("proposal_features"))
-        return {k: resample_time(a, m.query_time_embed[k].shape[0], 2) + m.query_time_embed[k][...]
-                for k in m.modalities}
+        return {
+            k: resample_time(a, m.query_time_embed[k].shape[0], 2) + m.query_time_embed[k][...]
+            for k in m.modalities
+        }
 
     add("actor", [model.actor_features, model.query_time_embed], actor, (feature_map, batch))
     queries = jax.eval_shape(run(actor), state, (feature_map, batch))
@@ -149,7 +168,11 @@ def fusion_gmacs(cfg, batch_size: int = 1) -> float:
     def spec(*shape, dtype=dtype):
         return jax.ShapeDtypeStruct(shape, dtype)
 
-    inputs = ({m: spec(b, k, steps[m], d) for m in mods}, {m: spec(b, *grid[m], d) for m in mods},
-              spec(b, k, dtype=jnp.bool_), {m: spec(b, dtype=jnp.bool_) for m in mods},
-              spec(b, k, 4, dtype=jnp.float32))
+    inputs = (
+        {m: spec(b, k, steps[m], d) for m in mods},
+        {m: spec(b, *grid[m], d) for m in mods},
+        spec(b, k, dtype=jnp.bool_),
+        {m: spec(b, dtype=jnp.bool_) for m in mods},
+        spec(b, k, 4, dtype=jnp.float32),
+    )
     return count_macs(lambda s, x: run_fusion(nnx.merge(graphdef, s), *x), state, inputs) / 1e9

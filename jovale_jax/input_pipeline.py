@@ -74,9 +74,7 @@ def fitted_size(
     """(h, w), int32, of a height x width frame resized by its short side to ``short_side``, and
     further down when that does not fit the (H, W) ``canvas``: the aspect ratio is kept."""
     h, w = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
-    scale = tf.minimum(
-        short_side / tf.minimum(h, w), tf.minimum(canvas[0] / h, canvas[1] / w)
-    )
+    scale = tf.minimum(short_side / tf.minimum(h, w), tf.minimum(canvas[0] / h, canvas[1] / w))
     new_h = tf.clip_by_value(tf.cast(tf.round(h * scale), tf.int32), 1, canvas[0])
     new_w = tf.clip_by_value(tf.cast(tf.round(w * scale), tf.int32), 1, canvas[1])
     return new_h, new_w
@@ -132,8 +130,9 @@ def decode_video(
             lambda f=frames: f,
         )
     frames = tf.ensure_shape(frames, (num_frames, *canvas, 3))
-    extent = tf.stack([0.0, 0.0, tf.cast(w / canvas[1], tf.float32),
-                       tf.cast(h / canvas[0], tf.float32)])
+    extent = tf.stack(
+        [0.0, 0.0, tf.cast(w / canvas[1], tf.float32), tf.cast(h / canvas[0], tf.float32)]
+    )
     return frames, extent
 
 
@@ -257,8 +256,9 @@ def augment(features: dict, config: ml_collections.ConfigDict, seed: tf.Tensor) 
     out["boxes"] = tf.where(tf.logical_and(flip, out["box_mask"])[:, None], flipped, out["boxes"])
     if "frame_extent" in out:
         x1, y1, x2, y2 = tf.unstack(out["frame_extent"])
-        out["frame_extent"] = tf.where(flip, tf.stack([1.0 - x2, y1, 1.0 - x1, y2]),
-                                       out["frame_extent"])
+        out["frame_extent"] = tf.where(
+            flip, tf.stack([1.0 - x2, y1, 1.0 - x1, y2]), out["frame_extent"]
+        )
     if "audio" in out:
         out["audio"] = audio_features.spec_augment(
             out["audio"],

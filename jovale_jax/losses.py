@@ -10,8 +10,14 @@ import jax
 import jax.numpy as jnp
 
 
-def sigmoid_focal_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array, *,
-                       alpha: float = 0.25, gamma: float = 2.0) -> jax.Array:
+def sigmoid_focal_loss(
+    logits: jax.Array,
+    targets: jax.Array,
+    mask: jax.Array,
+    *,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+) -> jax.Array:
     """Focal loss (Lin et al. 2017) summed over classes and averaged over proposals where ``mask``.
 
     logits, targets: (B, K, C); mask: (B, K). Returns a scalar (0 when no proposal is real).

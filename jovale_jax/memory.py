@@ -23,7 +23,8 @@ def train_batch_shapes(model_cfg, batch_size: int) -> dict[str, jax.ShapeDtypeSt
     """ShapeDtypeStructs of a training batch: the model inputs, ``targets`` and ``audio_mask``."""
     shapes = abstract_batch(model_cfg, batch_size)
     shapes["targets"] = jax.ShapeDtypeStruct(
-        (batch_size, model_cfg.num_proposals, model_cfg.num_classes), jnp.float32)
+        (batch_size, model_cfg.num_proposals, model_cfg.num_classes), jnp.float32
+    )
     if "audio" in model_cfg.modalities:
         shapes["audio_mask"] = jax.ShapeDtypeStruct((batch_size,), jnp.bool_)
     return shapes
@@ -53,24 +54,36 @@ def memory_report(config: ml_collections.ConfigDict, batch_size: int) -> dict[st
     mesh = sharding.make_mesh(config.mesh_shape, jax.devices()[:1])
     s = state.create(config, mesh=mesh, steps_per_epoch=1)
     shapes = train_batch_shapes(config.model, batch_size)
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                            (s.state, s.frozen, shapes))
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), (s.state, s.frozen, shapes)
+    )
     traced = train.make_train_step(s).trace(*abstract)
     stats = traced.lower().compile().memory_analysis()
     if stats is None:
         raise RuntimeError(f"the {jax.default_backend()} backend reports no memory analysis")
     report = {
-        "batch_size": int(batch_size), "dtype": str(s.model().dtype),
-        "remat_policy": config.model.remat_policy, "attention_impl": config.model.attention_impl,
+        "batch_size": int(batch_size),
+        "dtype": str(s.model().dtype),
+        "remat_policy": config.model.remat_policy,
+        "attention_impl": config.model.attention_impl,
         "backend": jax.default_backend(),
-        "params": tree_bytes(s.state["params"]), "opt_state": tree_bytes(s.state["opt_state"]),
-        "frozen": tree_bytes(s.frozen), "batch": tree_bytes(shapes),
-        "arguments": stats.argument_size_in_bytes, "outputs": stats.output_size_in_bytes,
-        "aliased": stats.alias_size_in_bytes, "temporaries": stats.temp_size_in_bytes,
+        "params": tree_bytes(s.state["params"]),
+        "opt_state": tree_bytes(s.state["opt_state"]),
+        "frozen": tree_bytes(s.frozen),
+        "batch": tree_bytes(shapes),
+        "arguments": stats.argument_size_in_bytes,
+        "outputs": stats.output_size_in_bytes,
+        "aliased": stats.alias_size_in_bytes,
+        "temporaries": stats.temp_size_in_bytes,
         "generated_code": stats.generated_code_size_in_bytes,
         "gmacs_per_clip": jaxpr_macs(traced.jaxpr) / 1e9 / batch_size,
     }
-    report["total"] = (report["arguments"] + report["outputs"] - report["aliased"]
-                       + report["temporaries"] + report["generated_code"])
+    report["total"] = (
+        report["arguments"]
+        + report["outputs"]
+        - report["aliased"]
+        + report["temporaries"]
+        + report["generated_code"]
+    )
     report["per_clip"] = report["total"] / batch_size
     return report

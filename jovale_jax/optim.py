@@ -48,8 +48,10 @@ def decays(path) -> bool:
         return False
     if any(n.endswith(("embed", "embedding", "token", "tokens")) for n in names):
         return False
-    raise ValueError(f"weight decay: unclassified parameter {'/'.join(names)} (name it *kernel, "
-                     f"*bias, *scale or *embedding, or extend optim.decays)")
+    raise ValueError(
+        f"weight decay: unclassified parameter {'/'.join(names)} (name it *kernel, "
+        f"*bias, *scale or *embedding, or extend optim.decays)"
+    )
 
 
 def decay_mask(params):
@@ -59,15 +61,20 @@ def decay_mask(params):
 
 def schedules(config, steps_per_epoch: int) -> dict[str, optax.Schedule]:
     """The learning-rate schedule of each group."""
-    return {"backbone": lr_schedule(config, config.backbone_lr, steps_per_epoch),
-            "rest": lr_schedule(config, config.lr, steps_per_epoch)}
+    return {
+        "backbone": lr_schedule(config, config.backbone_lr, steps_per_epoch),
+        "rest": lr_schedule(config, config.lr, steps_per_epoch),
+    }
 
 
 def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
     """The optimizer for a pure-dict tree of trainable parameters."""
-    groups = {name: optax.adamw(sched, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay,
-                                mask=decay_mask)
-              for name, sched in schedules(config, steps_per_epoch).items()}
+    groups = {
+        name: optax.adamw(
+            sched, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay, mask=decay_mask
+        )
+        for name, sched in schedules(config, steps_per_epoch).items()
+    }
     labels = lambda params: jax.tree_util.tree_map_with_path(lambda p, _: group_of(p), params)
     tx = optax.multi_transform(groups, labels)
     if config.grad_clip_norm:

@@ -23,7 +23,8 @@ def _for_the_console(record: logging.LogRecord) -> bool:
     """Errors, and this package's warnings; libraries' notes (TFDS's "Load dataset info",
     TensorFlow's deprecations of its own internals) only go to the file."""
     return record.levelno >= logging.ERROR or (
-        record.levelno >= logging.WARNING and record.name.startswith("jovale_jax"))
+        record.levelno >= logging.WARNING and record.name.startswith("jovale_jax")
+    )
 
 
 def log_to_file(workdir: str) -> str | None:

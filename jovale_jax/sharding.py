@@ -34,7 +34,9 @@ def mesh_shape_for(shape: Sequence[int], num_devices: int) -> tuple[int, ...]:
     """Resolve a ``-1`` in ``config.mesh_shape`` and check the product equals the device count."""
     shape = tuple(int(s) for s in shape)
     if len(shape) != len(MESH_AXES):
-        raise ValueError(f"config.mesh_shape must have {len(MESH_AXES)} entries {MESH_AXES}, got {shape}")
+        raise ValueError(
+            f"config.mesh_shape must have {len(MESH_AXES)} entries {MESH_AXES}, got {shape}"
+        )
     if shape.count(-1) > 1:
         raise ValueError(f"config.mesh_shape {shape}: at most one entry may be -1")
     known = math.prod(s for s in shape if s != -1)
@@ -44,7 +46,8 @@ def mesh_shape_for(shape: Sequence[int], num_devices: int) -> tuple[int, ...]:
         shape = tuple(num_devices // known if s == -1 else s for s in shape)
     if math.prod(shape) != num_devices:
         raise ValueError(
-            f"config.mesh_shape {shape} needs {math.prod(shape)} devices, but {num_devices} are available")
+            f"config.mesh_shape {shape} needs {math.prod(shape)} devices, but {num_devices} are available"
+        )
     return shape
 
 
@@ -57,14 +60,17 @@ def make_mesh(mesh_shape: Sequence[int], devices: Sequence[jax.Device] | None = 
 
 def rules_from_config(config) -> tuple[tuple[str, str | None], ...]:
     """The config's logical-to-mesh rules, with ``EMBED`` over 'data' when ``config.fsdp``."""
-    rules = tuple((str(name), None if axis is None else str(axis)) for name, axis in config.sharding_rules)
+    rules = tuple(
+        (str(name), None if axis is None else str(axis)) for name, axis in config.sharding_rules
+    )
     if config.fsdp:
         rules = tuple((n, "data") if n == EMBED else (n, a) for n, a in rules)
     return rules
 
 
-def logical_to_spec(axes: Sequence[str | None] | None, rules, shape: Sequence[int] = (),
-                    mesh: Mesh | None = None) -> PartitionSpec:
+def logical_to_spec(
+    axes: Sequence[str | None] | None, rules, shape: Sequence[int] = (), mesh: Mesh | None = None
+) -> PartitionSpec:
     """Map logical names to a PartitionSpec; a mesh axis is used at most once per array and only
     where it divides the dimension (otherwise that dimension stays replicated)."""
     if not axes:

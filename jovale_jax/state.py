@@ -64,8 +64,12 @@ class ModelState:
 
     def model(self, train: bool = False) -> JoVALE:
         """The model with the current parameters (for inspection and export)."""
-        return nnx.merge(self.graphdef if train else self.eval_graphdef, self.state["params"],
-                         self.rng_template, self.frozen)
+        return nnx.merge(
+            self.graphdef if train else self.eval_graphdef,
+            self.state["params"],
+            self.rng_template,
+            self.frozen,
+        )
 
     def replace(self, **changes) -> ModelState:
         """A copy with some fields replaced (the trainer's new ``state``, restored parameters)."""
@@ -75,8 +79,9 @@ class ModelState:
 def make_sharded_model(config, mesh, init_from: str | None = None) -> JoVALE:
     """Create the model sharded over the mesh; optionally load converted pretrained weights."""
     rules = sharding.rules_from_config(config)
-    model, _ = sharding.create_sharded(lambda: JoVALE(config.model, rngs=nnx.Rngs(config.seed)),
-                                       mesh, rules)
+    model, _ = sharding.create_sharded(
+        lambda: JoVALE(config.model, rngs=nnx.Rngs(config.seed)), mesh, rules
+    )
     if init_from:
         from jovale_jax.convert import load_pretrained
 
@@ -89,8 +94,9 @@ def optimizer_state_shardings(opt_shapes, params, params_sh, default):
     """Each optimizer-state leaf mirroring a parameter (Adam's moments) takes that parameter's
     sharding; the rest (counts) gets ``default``."""
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
-    by_path = {tuple(path): (leaf.shape, sh)
-               for (path, leaf), sh in zip(flat, jax.tree.leaves(params_sh))}
+    by_path = {
+        tuple(path): (leaf.shape, sh) for (path, leaf), sh in zip(flat, jax.tree.leaves(params_sh))
+    }
 
     def pick(path, leaf):
         for start in range(len(path)):
@@ -102,13 +108,15 @@ def optimizer_state_shardings(opt_shapes, params, params_sh, default):
     return jax.tree_util.tree_map_with_path(pick, opt_shapes)
 
 
-def create(config, *, mesh: jax.sharding.Mesh, steps_per_epoch: int,
-           init_from: str | None = None) -> ModelState:
+def create(
+    config, *, mesh: jax.sharding.Mesh, steps_per_epoch: int, init_from: str | None = None
+) -> ModelState:
     """Build the model, the sharded train state, the optimizer and the jitted ``predict``."""
     model = make_sharded_model(config, mesh, init_from)
     model.train()
-    graphdef, params, rngs, frozen = nnx.split(model, trainable_filter(config.model),
-                                               nnx.RngState, ...)
+    graphdef, params, rngs, frozen = nnx.split(
+        model, trainable_filter(config.model), nnx.RngState, ...
+    )
     model.eval()
     eval_graphdef = nnx.graphdef(model)
     params, rngs, frozen = (nnx.to_pure_dict(s) for s in (params, rngs, frozen))
@@ -119,20 +127,34 @@ def create(config, *, mesh: jax.sharding.Mesh, steps_per_epoch: int,
     tx = optim.make_optimizer(config, steps_per_epoch)
     params_sh = shardings_of(params)
     replicated = sharding.replicated(mesh)
-    opt_sh = optimizer_state_shardings(jax.eval_shape(tx.init, params), params, params_sh,
-                                       replicated)
+    opt_sh = optimizer_state_shardings(
+        jax.eval_shape(tx.init, params), params, params_sh, replicated
+    )
     opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
     # Every leaf is placed exactly as the step's out_shardings say, so the second call does not
     # recompile (a cache miss costs a full compile).
-    state = {"params": params, "opt_state": opt_state,
-             "step": jax.jit(lambda: jnp.zeros((), jnp.int32), out_shardings=replicated)()}
+    state = {
+        "params": params,
+        "opt_state": opt_state,
+        "step": jax.jit(lambda: jnp.zeros((), jnp.int32), out_shardings=replicated)(),
+    }
     state_sh = {"params": params_sh, "opt_state": opt_sh, "step": replicated}
     frozen_sh = shardings_of(frozen)
     predict = _make_predict(config, mesh, eval_graphdef, rngs, params_sh, frozen_sh)
-    return ModelState(config=config, mesh=mesh, graphdef=graphdef, eval_graphdef=eval_graphdef,
-                      state=state, frozen=frozen, rng_template=rngs, state_shardings=state_sh,
-                      frozen_shardings=frozen_sh, tx=tx, steps_per_epoch=steps_per_epoch,
-                      predict=predict)
+    return ModelState(
+        config=config,
+        mesh=mesh,
+        graphdef=graphdef,
+        eval_graphdef=eval_graphdef,
+        state=state,
+        frozen=frozen,
+        rng_template=rngs,
+        state_shardings=state_sh,
+        frozen_shardings=frozen_sh,
+        tx=tx,
+        steps_per_epoch=steps_per_epoch,
+        predict=predict,
+    )
 
 
 def _make_predict(config, mesh, eval_graphdef, rng_template, params_sh, frozen_sh) -> Callable:
@@ -150,8 +172,10 @@ def global_batch(mesh, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     """Per-process numpy batch -> global arrays sharded over 'data' (multi-host safe); entries
     that are not numbers (video ids) are left out."""
     arrays = {k: v for k, v in local.items() if np.asarray(v).dtype.kind in "biuf"}
-    return {k: jax.make_array_from_process_local_data(sharding.batch_sharding(mesh, np.ndim(v)), v)
-            for k, v in arrays.items()}
+    return {
+        k: jax.make_array_from_process_local_data(sharding.batch_sharding(mesh, np.ndim(v)), v)
+        for k, v in arrays.items()
+    }
 
 
 def to_host(x: jax.Array) -> np.ndarray:
@@ -171,19 +195,27 @@ def check_divisibility(config, mesh) -> None:
     """Batch and mesh sizes must agree; fail before compiling, with the numbers."""
     data = mesh.shape["data"]
     if config.batch_size % data:
-        raise ValueError(f"config.batch_size {config.batch_size} does not divide over the 'data' "
-                         f"mesh axis of size {data} (config.mesh_shape "
-                         f"{tuple(config.mesh_shape)} -> {dict(mesh.shape)})")
+        raise ValueError(
+            f"config.batch_size {config.batch_size} does not divide over the 'data' "
+            f"mesh axis of size {data} (config.mesh_shape "
+            f"{tuple(config.mesh_shape)} -> {dict(mesh.shape)})"
+        )
     if config.batch_size % jax.process_count():
-        raise ValueError(f"config.batch_size {config.batch_size} does not divide over "
-                         f"{jax.process_count()} processes")
+        raise ValueError(
+            f"config.batch_size {config.batch_size} does not divide over "
+            f"{jax.process_count()} processes"
+        )
 
 
 def restore(s: ModelState, ckpt: Checkpointer, step: int) -> ModelState:
     """``s`` with the train state and frozen parameters of checkpoint ``step``."""
-    restored, _ = ckpt.restore(step, abstract_like(
-        {"state": s.state, "frozen": s.frozen},
-        {"state": s.state_shardings, "frozen": s.frozen_shardings}))
+    restored, _ = ckpt.restore(
+        step,
+        abstract_like(
+            {"state": s.state, "frozen": s.frozen},
+            {"state": s.state_shardings, "frozen": s.frozen_shardings},
+        ),
+    )
     return s.replace(state=restored["state"], frozen=restored["frozen"])
 
 
@@ -195,13 +227,16 @@ def resolve_checkpoint(path: str) -> tuple[str, int]:
         return os.path.dirname(parent), int(last)
     step = Checkpointer(path).latest_step()
     if step is None:
-        raise FileNotFoundError(f"no checkpoint in {path}/checkpoints (train first: "
-                                f"python launch.py train --config ... --workdir {path})")
+        raise FileNotFoundError(
+            f"no checkpoint in {path}/checkpoints (train first: "
+            f"python launch.py train --config ... --workdir {path})"
+        )
     return path, step
 
 
-def load_trained(config, checkpoint: str, *,
-                 devices: Sequence[jax.Device] | None = None) -> ModelState:
+def load_trained(
+    config, checkpoint: str, *, devices: Sequence[jax.Device] | None = None
+) -> ModelState:
     """A ModelState holding a trained checkpoint's parameters, for evaluation and inference."""
     workdir, step = resolve_checkpoint(checkpoint)
     s = create(config, mesh=sharding.make_mesh(config.mesh_shape, devices), steps_per_epoch=1)

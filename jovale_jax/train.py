@@ -60,22 +60,31 @@ def make_train_step(s: ModelState) -> Callable:
         def loss_fn(params):
             model = nnx.merge(s.graphdef, params, rngs, frozen)
             logits = model(model_inputs(cfg.model, batch))
-            return sigmoid_focal_loss(logits, batch["targets"], mask, alpha=cfg.focal_alpha,
-                                      gamma=cfg.focal_gamma)
+            return sigmoid_focal_loss(
+                logits, batch["targets"], mask, alpha=cfg.focal_alpha, gamma=cfg.focal_gamma
+            )
 
         loss, grads = jax.value_and_grad(loss_fn)(state["params"])
         updates, opt_state = s.tx.update(grads, state["opt_state"], state["params"])
         grad_norm = optax.tree.norm(grads)
-        metrics = {"loss": loss, "grad_norm": grad_norm,
-                   "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm)}
-        new_state = {"params": optax.apply_updates(state["params"], updates), "opt_state": opt_state,
-                     "step": state["step"] + 1}
+        metrics = {
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm),
+        }
+        new_state = {
+            "params": optax.apply_updates(state["params"], updates),
+            "opt_state": opt_state,
+            "step": state["step"] + 1,
+        }
         return new_state, metrics
 
-    jitted = jax.jit(train_step, donate_argnums=0,
-                     in_shardings=(s.state_shardings, s.frozen_shardings,
-                                   sharding.data_sharding(s.mesh)),
-                     out_shardings=(s.state_shardings, sharding.replicated(s.mesh)))
+    jitted = jax.jit(
+        train_step,
+        donate_argnums=0,
+        in_shardings=(s.state_shardings, s.frozen_shardings, sharding.data_sharding(s.mesh)),
+        out_shardings=(s.state_shardings, sharding.replicated(s.mesh)),
+    )
     return sharding.TracedInMesh(jitted, s.mesh, sharding.rules_from_config(cfg))
 
 
@@ -106,12 +115,17 @@ def carry_input_state(meta: dict[str, Any], config) -> dict[str, Any]:
     batch size is not carried over (the pipeline names the field)."""
     saved = meta["input_state"]
     count = jax.process_count()
-    if (saved["process_count"] == count
-            or saved["per_process_batch_size"] * saved["process_count"] != config.batch_size):
+    if (
+        saved["process_count"] == count
+        or saved["per_process_batch_size"] * saved["process_count"] != config.batch_size
+    ):
         return saved
-    print(f"input pipeline: checkpoint written on {saved['process_count']} processes, resuming on "
-          f"{count}: epoch {saved['epoch']} continues after {saved['batches_in_epoch']} batches, "
-          f"in a new order", flush=True)
+    print(
+        f"input pipeline: checkpoint written on {saved['process_count']} processes, resuming on "
+        f"{count}: epoch {saved['epoch']} continues after {saved['batches_in_epoch']} batches, "
+        f"in a new order",
+        flush=True,
+    )
     return dict(saved, process_count=count, per_process_batch_size=config.batch_size // count)
 
 
@@ -123,9 +137,15 @@ def num_train_steps(config, steps_per_epoch: int) -> int:
     return math.ceil(config.num_epochs * steps_per_epoch)
 
 
-def train(config, workdir: str, *, init_from: str | None = None, data_dir: str | None = None,
-          devices: Sequence[jax.Device] | None = None,
-          evaluate_fn: Callable[[ModelState, int], dict[str, float]] | None = None) -> dict[str, Any]:
+def train(
+    config,
+    workdir: str,
+    *,
+    init_from: str | None = None,
+    data_dir: str | None = None,
+    devices: Sequence[jax.Device] | None = None,
+    evaluate_fn: Callable[[ModelState, int], dict[str, float]] | None = None,
+) -> dict[str, Any]:
     """Train (or resume) in ``workdir``; returns {"step", "status", "setup": the final
     ModelState}."""
     from jovale_jax.input_pipeline import create_train_iterator
@@ -140,20 +160,30 @@ def train(config, workdir: str, *, init_from: str | None = None, data_dir: str |
     ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
     latest = ckpt.latest_step()
     meta = ckpt.read_meta(latest) if latest is not None else None
-    data = create_train_iterator(config, seed=config.seed, data_dir=data_dir,
-                                 state=carry_input_state(meta, config) if meta else None)
+    data = create_train_iterator(
+        config,
+        seed=config.seed,
+        data_dir=data_dir,
+        state=carry_input_state(meta, config) if meta else None,
+    )
     steps_per_epoch = data.batches_per_epoch
     total = num_train_steps(config, steps_per_epoch)
 
     # --- model, state, optimizer, step ---
-    s = create(config, mesh=mesh, steps_per_epoch=steps_per_epoch,
-               init_from=None if latest is not None else init_from)
+    s = create(
+        config,
+        mesh=mesh,
+        steps_per_epoch=steps_per_epoch,
+        init_from=None if latest is not None else init_from,
+    )
     if latest is not None:
         s = restore(s, ckpt, latest)
         saved = meta.get("topology", {})
-        print(f"resumed from {ckpt.directory}/{latest}" + (
-            f" (written on {saved}, now {topology(mesh)})" if saved != topology(mesh) else ""),
-            flush=True)
+        print(
+            f"resumed from {ckpt.directory}/{latest}"
+            + (f" (written on {saved}, now {topology(mesh)})" if saved != topology(mesh) else ""),
+            flush=True,
+        )
     train_step = make_train_step(s)
     schedules = optim.schedules(config, steps_per_epoch)
 
@@ -175,15 +205,23 @@ def train(config, workdir: str, *, init_from: str | None = None, data_dir: str |
         return True
 
     def save(step_now: int) -> None:
-        ckpt.save(step_now, {"state": state, "frozen": frozen},
-                  {"input_state": data.get_state(), "config": config.to_json_best_effort(),
-                   "topology": topology(mesh)})
+        ckpt.save(
+            step_now,
+            {"state": state, "frozen": frozen},
+            {
+                "input_state": data.get_state(),
+                "config": config.to_json_best_effort(),
+                "topology": topology(mesh),
+            },
+        )
 
     while step < total:
         batch = global_batch(mesh, next(data))
         if pending_compile:  # every process compiles before any runs (multi-process: gloo)
-            train_step, pending_compile = distributed.compile_synced(train_step, state, frozen,
-                                                                     batch), False
+            train_step, pending_compile = (
+                distributed.compile_synced(train_step, state, frozen, batch),
+                False,
+            )
         state, metrics = train_step(state, frozen, batch)
         step += 1
         pending.append((step, metrics))
@@ -192,15 +230,20 @@ def train(config, workdir: str, *, init_from: str | None = None, data_dir: str |
                 break
             last = pending[-1][1]
             lrs = {f"lr_{k}": float(f(step - 1)) for k, f in schedules.items()}
-            writer.write(step, {"loss": float(last["loss"]), "grad_norm": float(last["grad_norm"]), **lrs})
+            writer.write(
+                step, {"loss": float(last["loss"]), "grad_norm": float(last["grad_norm"]), **lrs}
+            )
             pending.clear()
         if step % config.checkpoint_every_steps == 0 or step == total or _Stop.requested:
             if not flush_pending():
                 break
             pending.clear()
             save(step)
-        if evaluate_fn is not None and config.eval_every_steps and (
-                step % config.eval_every_steps == 0 or step == total):
+        if (
+            evaluate_fn is not None
+            and config.eval_every_steps
+            and (step % config.eval_every_steps == 0 or step == total)
+        ):
             writer.write(step, evaluate_fn(s.replace(state=state), step))
         if _Stop.requested:
             status = "stopped by SIGTERM"
@@ -208,7 +251,8 @@ def train(config, workdir: str, *, init_from: str | None = None, data_dir: str |
     ckpt.close()
     writer.close()
     if status.startswith("non-finite"):
-        raise FloatingPointError(f"{status}; the last good checkpoint is step {ckpt.latest_step()} "
-                                 f"in {ckpt.directory}")
+        raise FloatingPointError(
+            f"{status}; the last good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}"
+        )
     print(f"training {status} at step {step}", flush=True)
     return {"step": step, "status": status, "setup": s.replace(state=state)}

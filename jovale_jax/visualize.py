@@ -16,8 +16,18 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 # Distinct, saturated colours; box i takes PALETTE[i % len(PALETTE)].
-PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-           (70, 240, 240), (240, 50, 230), (210, 245, 60), (255, 225, 25), (0, 128, 128))
+PALETTE = (
+    (230, 25, 75),
+    (60, 180, 75),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (255, 225, 25),
+    (0, 128, 128),
+)
 
 LabelScore = tuple[str, float]  # a class name and its score
 LabelScores = Sequence[LabelScore]
@@ -36,8 +46,12 @@ def _text_color(fill: tuple[int, int, int]) -> tuple[int, int, int]:
     return (0, 0, 0) if luminance > 140 else (255, 255, 255)
 
 
-def _line_boxes(draw: ImageDraw.ImageDraw, xy: tuple[float, float], lines: Sequence[str],
-                font: ImageFont.ImageFont) -> list[tuple[float, float, float, float]]:
+def _line_boxes(
+    draw: ImageDraw.ImageDraw,
+    xy: tuple[float, float],
+    lines: Sequence[str],
+    font: ImageFont.ImageFont,
+) -> list[tuple[float, float, float, float]]:
     """The filled rectangle behind each line of a label block whose top-left corner is `xy`."""
     x, y = xy
     rects = []
@@ -48,8 +62,13 @@ def _line_boxes(draw: ImageDraw.ImageDraw, xy: tuple[float, float], lines: Seque
     return rects
 
 
-def _label_block(draw: ImageDraw.ImageDraw, xy: tuple[float, float], lines: Sequence[str],
-                 font: ImageFont.ImageFont, fill: tuple[int, int, int]) -> None:
+def _label_block(
+    draw: ImageDraw.ImageDraw,
+    xy: tuple[float, float],
+    lines: Sequence[str],
+    font: ImageFont.ImageFont,
+    fill: tuple[int, int, int],
+) -> None:
     """Lines of text on a filled rectangle whose top-left corner is `xy`."""
     for line, rect in zip(lines, _line_boxes(draw, xy, lines, font)):
         draw.rectangle(rect, fill=fill)
@@ -60,8 +79,12 @@ def _overlaps(a: Sequence[float], b: Sequence[float]) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
-def place_labels(anchors: np.ndarray, sizes: np.ndarray, image_size: tuple[int, int],
-                 taken: Sequence[Sequence[float]] = ()) -> list[tuple[float, float]]:
+def place_labels(
+    anchors: np.ndarray,
+    sizes: np.ndarray,
+    image_size: tuple[int, int],
+    taken: Sequence[Sequence[float]] = (),
+) -> list[tuple[float, float]]:
     """Top-left corners for label blocks that do not overlap each other (nor `taken` rectangles).
 
     Block i (width, height `sizes[i]`) goes at its anchor (a box's top-left corner, in pixels)
@@ -110,8 +133,9 @@ def draw_detections(
     image = image.convert("RGB")  # a copy
     scale = min_short_side / min(image.size)
     if scale > 1:
-        image = image.resize((round(image.width * scale), round(image.height * scale)),
-                             Image.Resampling.BICUBIC)
+        image = image.resize(
+            (round(image.width * scale), round(image.height * scale)), Image.Resampling.BICUBIC
+        )
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     if len(boxes) != len(labels_scores):
         raise ValueError(f"{len(boxes)} boxes but {len(labels_scores)} label lists")
@@ -121,8 +145,9 @@ def draw_detections(
     size = np.array([image.width, image.height] * 2)
     pixels = np.clip(boxes * size, 0, size - 1)
     for i, (x1, y1, x2, y2) in enumerate(pixels):  # outlines first: labels stay on top
-        draw.rectangle((x1, y1, max(x1, x2), max(y1, y2)), outline=PALETTE[i % len(PALETTE)],
-                       width=width)
+        draw.rectangle(
+            (x1, y1, max(x1, x2), max(y1, y2)), outline=PALETTE[i % len(PALETTE)], width=width
+        )
     blocks = [[f"{name} {score:.2f}" for name, score in labels] for labels in labels_scores]
     taken = _line_boxes(draw, (0, 0), [title], font) if title else []
     sizes = []

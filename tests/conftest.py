@@ -3,7 +3,9 @@
 import os
 import tempfile
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # A persistent compilation cache for this run (inherited by the subprocesses tests start): tests
 # that build the same tiny model compile it once.
@@ -29,13 +31,17 @@ def random_batch(model_cfg, batch_size: int = 2, seed: int = 0) -> dict[str, np.
     from jovale_jax.models.jovale import expected_inputs
 
     rng = np.random.default_rng(seed)
-    batch = {k: rng.normal(size=(batch_size,) + s).astype(np.float32)
-             for k, (s, _) in expected_inputs(model_cfg).items()}
+    batch = {
+        k: rng.normal(size=(batch_size,) + s).astype(np.float32)
+        for k, (s, _) in expected_inputs(model_cfg).items()
+    }
     k = model_cfg.num_proposals
     xy = rng.uniform(0, 0.6, size=(batch_size, k, 2))
     wh = rng.uniform(0.1, 0.4, size=(batch_size, k, 2))
     batch["boxes"] = np.concatenate([xy, xy + wh], -1).astype(np.float32)
-    batch["box_mask"] = np.arange(k)[None, :] < np.maximum(1, k - 1 - np.arange(batch_size))[:, None]
+    batch["box_mask"] = (
+        np.arange(k)[None, :] < np.maximum(1, k - 1 - np.arange(batch_size))[:, None]
+    )
     if "audio" in model_cfg.modalities:
         batch["audio_mask"] = np.ones((batch_size,), bool)
     return batch
@@ -49,6 +55,10 @@ def tiny_data(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("synthetic")
     synthetic_data.generate_raw(str(root / "raw"), num_train_videos=4, num_val_videos=2)
-    build_dataset("synthetic", config=synthetic.get_config("test"), raw_dir=str(root / "raw"),
-                  data_dir=str(root))
+    build_dataset(
+        "synthetic",
+        config=synthetic.get_config("test"),
+        raw_dir=str(root / "raw"),
+        data_dir=str(root),
+    )
     return str(root)

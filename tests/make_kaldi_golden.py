@@ -83,9 +83,16 @@ def signals(clip_path: str, pluck: str) -> dict[str, tuple[np.ndarray, str, int]
 def ast_fbank(kaldi, waveform: np.ndarray, window_type: str, num_mel_bins: int, dtype):
     w = torch.from_numpy(waveform.astype(np.float64) / 32768.0).to(dtype)[None]
     w = w - w.mean()
-    out = kaldi.fbank(w, htk_compat=True, sample_frequency=SAMPLE_RATE, use_energy=False,
-                      window_type=window_type, num_mel_bins=num_mel_bins, dither=0.0,
-                      frame_shift=10)
+    out = kaldi.fbank(
+        w,
+        htk_compat=True,
+        sample_frequency=SAMPLE_RATE,
+        use_energy=False,
+        window_type=window_type,
+        num_mel_bins=num_mel_bins,
+        dither=0.0,
+        frame_shift=10,
+    )
     return out.numpy()
 
 

@@ -94,17 +94,39 @@ def test_launch_ablate_command_line(tmp_path, tiny_data):
 
     for i, row in enumerate(ablate.TABLES["7"][1]):
         (tmp_path / row.name).mkdir()
-        record = {"row": row.name, "label": row.label, "fields": dict(row.fields),
-                  "mAP": 10.0 + i, "groups": {"motion": 1.0, "sound": 2.0, "scene": 3.0},
-                  "paper_mAP": row.paper_map, "paper_gflops": None, "gmacs": 1.5,
-                  "fusion_gmacs": 0.5, "steps": 2, "batch_size": 8, "config_key": row.name}
+        record = {
+            "row": row.name,
+            "label": row.label,
+            "fields": dict(row.fields),
+            "mAP": 10.0 + i,
+            "groups": {"motion": 1.0, "sound": 2.0, "scene": 3.0},
+            "paper_mAP": row.paper_map,
+            "paper_gflops": None,
+            "gmacs": 1.5,
+            "fusion_gmacs": 0.5,
+            "steps": 2,
+            "batch_size": 8,
+            "config_key": row.name,
+        }
         (tmp_path / row.name / "row.json").write_text(json.dumps(record))
-    cmd = [sys.executable, "launch.py", "ablate", "--config", "configs/synthetic.py:test",
-           "--table", "7", "--workdir", str(tmp_path), "--data_dir", tiny_data]
+    cmd = [
+        sys.executable,
+        "launch.py",
+        "ablate",
+        "--config",
+        "configs/synthetic.py:test",
+        "--table",
+        "7",
+        "--workdir",
+        str(tmp_path),
+        "--data_dir",
+        tiny_data,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     assert out.count("finished earlier") == 3
     text = (tmp_path / "table_7.md").read_text()
     assert "| Uniform weighted fusion | 1.5 | 0.5 | 11.0 | 31.9 | 1.0 | 2.0 | 3.0 |" in text
-    bad = subprocess.run(cmd[:5] + ["--workdir", str(tmp_path)], check=False,
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        cmd[:5] + ["--workdir", str(tmp_path)], check=False, capture_output=True, text=True
+    )
     assert bad.returncode != 0 and "--table is required" in bad.stderr

@@ -23,8 +23,7 @@ def test_iou_and_giou_by_hand():
     # Overlap: intersection 1, union 7, enclosing box 3 x 3 = 9.
     # Disjoint: intersection 0, union 4 + 2 = 6, enclosing box 4 x 2 = 8.
     np.testing.assert_allclose(box_ops.pairwise_iou(a, b), [[1 / 7, 0.0, 1.0]])
-    np.testing.assert_allclose(box_ops.pairwise_giou(a, b),
-                               [[1 / 7 - 2 / 9, 0.0 - 2 / 8, 1.0]])
+    np.testing.assert_allclose(box_ops.pairwise_giou(a, b), [[1 / 7 - 2 / 9, 0.0 - 2 / 8, 1.0]])
 
 
 def test_degenerate_boxes_give_no_nan():
@@ -34,8 +33,9 @@ def test_degenerate_boxes_give_no_nan():
 
 
 def test_clip_boxes_counts_changed_boxes():
-    clipped, changed = box_ops.clip_boxes([[-0.1, 0.2, 0.5, 0.6], [0.1, 0.2, 0.3, 0.4],
-                                           [0.5, 0.5, 1.2, 1.0]])
+    clipped, changed = box_ops.clip_boxes(
+        [[-0.1, 0.2, 0.5, 0.6], [0.1, 0.2, 0.3, 0.4], [0.5, 0.5, 1.2, 1.0]]
+    )
     assert changed == 2
     np.testing.assert_allclose(clipped[[0, 2]], [[0, 0.2, 0.5, 0.6], [0.5, 0.5, 1, 1]])
 
@@ -73,20 +73,27 @@ def test_assignment_matches_brute_force_and_scipy(seed):
     proposals, gt_boxes = _random_boxes(rng, k), _random_boxes(rng, g)
     scores = rng.uniform(0.05, 0.95, k)
     labels = np.eye(g, dtype=np.int8)  # one class per actor: the targets reveal the matching
-    weights = {"cost_class": float(rng.uniform(0.5, 2)), "cost_l1": float(rng.uniform(1, 5)),
-               "cost_giou": float(rng.uniform(1, 3))}
+    weights = {
+        "cost_class": float(rng.uniform(0.5, 2)),
+        "cost_l1": float(rng.uniform(1, 5)),
+        "cost_giou": float(rng.uniform(1, 3)),
+    }
     targets = assignment.assign_targets(proposals, scores, gt_boxes, labels, **weights)
 
     assert targets.shape == (k, g) and targets.dtype == np.int8
     assert (targets.sum(0) == 1).all()  # K >= G: every actor matched, to one proposal
     assert (targets.sum(1) <= 1).all()
-    cost = _independent_cost(proposals, scores, gt_boxes, weights["cost_class"],
-                             weights["cost_l1"], weights["cost_giou"])
+    cost = _independent_cost(
+        proposals, scores, gt_boxes, weights["cost_class"], weights["cost_l1"], weights["cost_giou"]
+    )
     np.testing.assert_allclose(
-        assignment.matching_cost(proposals, scores, gt_boxes, **weights), cost, rtol=1e-9)
+        assignment.matching_cost(proposals, scores, gt_boxes, **weights), cost, rtol=1e-9
+    )
     chosen = [int(np.argmax(targets[:, i])) for i in range(g)]
-    brute = min(itertools.permutations(range(k), g),
-                key=lambda rows: sum(cost[r, i] for i, r in enumerate(rows)))
+    brute = min(
+        itertools.permutations(range(k), g),
+        key=lambda rows: sum(cost[r, i] for i, r in enumerate(rows)),
+    )
     assert chosen == list(brute)
     rows, cols = linear_sum_assignment(cost)
     expected = np.zeros_like(targets)
@@ -97,8 +104,9 @@ def test_assignment_matches_brute_force_and_scipy(seed):
 def test_more_actors_than_proposals_matches_k_of_them():
     rng = np.random.default_rng(0)
     labels = np.eye(5, dtype=np.int8)
-    targets = assignment.assign_targets(_random_boxes(rng, 3), rng.uniform(0.2, 0.9, 3),
-                                        _random_boxes(rng, 5), labels)
+    targets = assignment.assign_targets(
+        _random_boxes(rng, 3), rng.uniform(0.2, 0.9, 3), _random_boxes(rng, 5), labels
+    )
     assert targets.shape == (3, 5)
     assert (targets.sum(1) == 1).all() and targets.sum() == 3
 
@@ -113,11 +121,13 @@ def test_multi_hot_targets_and_unmatched_proposals():
 
 def test_empty_inputs():
     proposals, scores = np.array([[0.1, 0.1, 0.4, 0.6]]), np.array([0.9])
-    no_gt = assignment.assign_targets(proposals, scores, np.zeros((0, 4)),
-                                      np.zeros((0, 6), np.int8))
+    no_gt = assignment.assign_targets(
+        proposals, scores, np.zeros((0, 4)), np.zeros((0, 6), np.int8)
+    )
     assert no_gt.shape == (1, 6) and not no_gt.any()
-    no_proposals = assignment.assign_targets(np.zeros((0, 4)), np.zeros(0), proposals,
-                                             np.ones((1, 6), np.int8))
+    no_proposals = assignment.assign_targets(
+        np.zeros((0, 4)), np.zeros(0), proposals, np.ones((1, 6), np.int8)
+    )
     assert no_proposals.shape == (0, 6)
 
 
@@ -125,8 +135,10 @@ def test_iou_threshold_drops_poor_matches():
     gt_boxes, labels = np.array([[0.1, 0.1, 0.3, 0.5]]), np.ones((1, 2), np.int8)
     far = np.array([[0.6, 0.6, 0.9, 0.9]])
     assert assignment.assign_targets(far, np.array([0.9]), gt_boxes, labels).sum() == 2
-    assert assignment.assign_targets(far, np.array([0.9]), gt_boxes, labels,
-                                     iou_threshold=0.5).sum() == 0
+    assert (
+        assignment.assign_targets(far, np.array([0.9]), gt_boxes, labels, iou_threshold=0.5).sum()
+        == 0
+    )
 
 
 def test_actor_matched_at_iou_02_is_positive_at_threshold_0_only():
@@ -149,4 +161,8 @@ def test_assignment_kwargs_read_the_config():
     config.data.match_cost_l1 = 3.0
     config.data.match_iou_threshold = 0.25
     assert assignment.assignment_kwargs(config) == {
-        "cost_class": 1.0, "cost_l1": 3.0, "cost_giou": 2.0, "iou_threshold": 0.25}
+        "cost_class": 1.0,
+        "cost_l1": 3.0,
+        "cost_giou": 2.0,
+        "iou_threshold": 0.25,
+    }

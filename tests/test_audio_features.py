@@ -59,7 +59,8 @@ def test_fbank_matches_torchaudio_kaldi(name):
     if name.startswith(RECORDINGS):  # AST's float32 run, above its float32 resolution
         floor = np.log(np.float32(af.LOG_FLOOR))  # filters below one FFT bin's width stay there
         reliable = (g["fbank64"] > g["fbank64"].max(axis=1, keepdims=True) - 15.0) | (
-            g["fbank64"] == floor)
+            g["fbank64"] == floor
+        )
         assert reliable.mean() > 0.85
         np.testing.assert_allclose(ours[reliable], g["fbank32"][reliable], rtol=0, atol=TOLERANCE)
     else:
@@ -77,8 +78,9 @@ def test_golden_set_covers_the_issue():
 
 
 @pytest.mark.filterwarnings("ignore:At least one mel filter has all zero values")
-@pytest.mark.parametrize("name", ["clip_hanning", "pluck_hanning", "loud_16000",
-                                  "quiet_16000", "moderate_16000_64"])
+@pytest.mark.parametrize(
+    "name", ["clip_hanning", "pluck_hanning", "loud_16000", "quiet_16000", "moderate_16000_64"]
+)
 def test_fbank_matches_transformers_ast_feature_extractor(name):
     from transformers import ASTFeatureExtractor
 
@@ -95,8 +97,9 @@ def test_model_input_pads_the_window_to_214_frames_at_the_neutral_value():
     g = GOLDEN_SIGNALS["clip_hanning"]
     assert g["waveform"].size == 34133 and af.num_fbank_frames(34133) == 211
     ours = af.audio_features_numpy(g["waveform"], num_frames=214, num_mel_bins=128)
-    ours_tf = af.audio_features_tf(tf.constant(g["waveform"]), num_frames=214,
-                                   num_mel_bins=128).numpy()
+    ours_tf = af.audio_features_tf(
+        tf.constant(g["waveform"]), num_frames=214, num_mel_bins=128
+    ).numpy()
     np.testing.assert_allclose(ours_tf, ours, rtol=0, atol=1e-5)
     expected = (g["fbank32"] - af.AST_MEAN) / (2 * af.AST_STD)  # AST's normalisation
     np.testing.assert_allclose(ours[:211][expected > -1], expected[expected > -1], atol=2e-4)
@@ -109,8 +112,9 @@ def test_fit_crops_centred_and_pads_neutral(num_samples):
     waveform = np.resize(GOLDEN_SIGNALS["clip_64"]["waveform"], num_samples)
     kwargs = {"num_frames": 101, "num_mel_bins": 64}
     ours = af.audio_features_numpy(waveform, **kwargs)
-    np.testing.assert_allclose(af.audio_features_tf(tf.constant(waveform), **kwargs).numpy(),
-                               ours, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        af.audio_features_tf(tf.constant(waveform), **kwargs).numpy(), ours, rtol=0, atol=1e-5
+    )
     full = af.normalise(af.fbank_numpy(waveform, num_mel_bins=64, window_type="hanning"))
     if len(full) > 101:
         start = (len(full) - 101) // 2
@@ -128,14 +132,16 @@ def test_silence_sits_at_the_log_floor():
 
 
 def test_window_type_is_a_config_field_of_the_pipeline():
-    config = ml_collections.ConfigDict({"model": {"audio": {
-        "num_frames": 101, "num_mel_bins": 64, "window_type": "hamming"}}})
+    config = ml_collections.ConfigDict(
+        {"model": {"audio": {"num_frames": 101, "num_mel_bins": 64, "window_type": "hamming"}}}
+    )
     waveform = GOLDEN_SIGNALS["clip_64"]["waveform"]
     example = {"waveform": tf.constant(waveform), "has_audio": tf.constant(True)}
     got = input_pipeline.decode_audio(example, config)["audio"].numpy()
     kwargs = {"num_frames": 101, "num_mel_bins": 64}
     np.testing.assert_array_equal(
-        got, af.audio_features_tf(tf.constant(waveform), window_type="hamming", **kwargs).numpy())
+        got, af.audio_features_tf(tf.constant(waveform), window_type="hamming", **kwargs).numpy()
+    )
     assert np.abs(got - af.audio_features_numpy(waveform, **kwargs)).max() > 0.01  # not hanning
     config.model.audio.window_type = "blackman"
     with pytest.raises(ValueError, match="model.audio.window_type='blackman'"):

@@ -56,8 +56,18 @@ def test_bad_config_values(tiny_config):
 
 
 def test_unknown_config_field_on_the_command_line():
-    out = subprocess.run([sys.executable, "launch.py", "flops", "--config", "configs/synthetic.py",
-                          "--config.model.no_such_field=3"], capture_output=True, text=True,
-                         check=False)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "launch.py",
+            "flops",
+            "--config",
+            "configs/synthetic.py",
+            "--config.model.no_such_field=3",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert out.returncode != 0
     assert "no_such_field" in out.stderr

@@ -31,8 +31,7 @@ def check_bench(r, *, bench_name, component, batch=BATCH):
     assert r["gmacs"] > 0 and r["gmacs_per_clip"] == pytest.approx(r["gmacs"] / batch)
     assert r["achieved_gflops_per_s"] == pytest.approx(2 * r["gmacs"] / r["seconds"])
     assert r["matmul_dtype"] == "float32" and r["matmul_size"] == MATMUL
-    assert r["matmul_ratio"] == pytest.approx(
-        r["achieved_gflops_per_s"] / r["matmul_gflops_per_s"])
+    assert r["matmul_ratio"] == pytest.approx(r["achieved_gflops_per_s"] / r["matmul_gflops_per_s"])
     assert 0 < r["matmul_ratio"] < 10
     assert r["peak_bytes_in_use"] is None  # CPUs report no device memory
     assert r["memory"]["temporaries"] >= 0 and r["memory"]["arguments"] > 0
@@ -44,13 +43,15 @@ def last_json(capsys):
 
 
 def test_model_step_and_forward(tiny_config, prepared, capsys):
-    step = bench.run_step_bench(tiny_config, batch_size=BATCH, repeats=1, matmul_size=MATMUL,
-                                prepared=prepared)
+    step = bench.run_step_bench(
+        tiny_config, batch_size=BATCH, repeats=1, matmul_size=MATMUL, prepared=prepared
+    )
     check_bench(step, bench_name="step", component="model")
     assert last_json(capsys) == json.loads(json.dumps(step))
     assert int(prepared.state["step"]) == 0  # the step ran on a copy: prepared stays usable
-    forward = bench.run_forward_bench(tiny_config, batch_size=BATCH, repeats=1,
-                                      matmul_size=MATMUL, prepared=prepared)
+    forward = bench.run_forward_bench(
+        tiny_config, batch_size=BATCH, repeats=1, matmul_size=MATMUL, prepared=prepared
+    )
     check_bench(forward, bench_name="forward", component="model")
     # The step adds the backward pass: about twice the forward's matmuls again (the frozen BLIP
     # has none), and the forward's MACs are the flops command's count.
@@ -70,8 +71,9 @@ def one_stream(tiny_config):
 
 
 def test_amfn_step(one_stream):
-    r = bench.run_step_bench(one_stream, batch_size=BATCH, component="amfn", repeats=1,
-                             matmul_size=MATMUL)
+    r = bench.run_step_bench(
+        one_stream, batch_size=BATCH, component="amfn", repeats=1, matmul_size=MATMUL
+    )
     check_bench(r, bench_name="step", component="amfn")
     from jovale_jax.flops import component_costs
 

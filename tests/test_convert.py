@@ -73,9 +73,17 @@ def tiny_config(**video):
 
 def hf_videomae(num_frames=4, image_size=(32, 48)):
     cfg = transformers.VideoMAEConfig(
-        hidden_size=W, num_hidden_layers=DEPTH, num_attention_heads=HEADS, intermediate_size=MLP,
-        image_size=image_size, patch_size=16, num_frames=num_frames, tubelet_size=2,
-        use_mean_pooling=True, layer_norm_eps=1e-6)
+        hidden_size=W,
+        num_hidden_layers=DEPTH,
+        num_attention_heads=HEADS,
+        intermediate_size=MLP,
+        image_size=image_size,
+        patch_size=16,
+        num_frames=num_frames,
+        tubelet_size=2,
+        use_mean_pooling=True,
+        layer_norm_eps=1e-6,
+    )
     return randomise(transformers.VideoMAEModel(cfg))
 
 
@@ -83,12 +91,27 @@ def hf_videomae(num_frames=4, image_size=(32, 48)):
 def blip_dir(tmp_path_factory):
     """A tiny BlipForConditionalGeneration saved as a transformers directory (safetensors)."""
     cfg = transformers.BlipConfig(
-        vision_config={"hidden_size": W, "num_hidden_layers": DEPTH, "num_attention_heads": HEADS,
-                       "intermediate_size": MLP, "image_size": 64, "patch_size": 16},
-        text_config={"vocab_size": 99, "hidden_size": W, "num_hidden_layers": 1,
-                     "num_attention_heads": HEADS, "intermediate_size": MLP,
-                     "max_position_embeddings": 32, "bos_token_id": 1, "sep_token_id": 2,
-                     "eos_token_id": 2, "pad_token_id": 0})
+        vision_config={
+            "hidden_size": W,
+            "num_hidden_layers": DEPTH,
+            "num_attention_heads": HEADS,
+            "intermediate_size": MLP,
+            "image_size": 64,
+            "patch_size": 16,
+        },
+        text_config={
+            "vocab_size": 99,
+            "hidden_size": W,
+            "num_hidden_layers": 1,
+            "num_attention_heads": HEADS,
+            "intermediate_size": MLP,
+            "max_position_embeddings": 32,
+            "bos_token_id": 1,
+            "sep_token_id": 2,
+            "eos_token_id": 2,
+            "pad_token_id": 0,
+        },
+    )
     path = tmp_path_factory.mktemp("blip")
     randomise(transformers.BlipForConditionalGeneration(cfg), 1).save_pretrained(path)
     return path
@@ -98,8 +121,16 @@ def blip_dir(tmp_path_factory):
 def ast_dir(tmp_path_factory):
     """A tiny ASTModel (5 x 4 patch grid) saved as a transformers directory."""
     cfg = transformers.ASTConfig(
-        hidden_size=W, num_hidden_layers=1, num_attention_heads=HEADS, intermediate_size=MLP,
-        patch_size=16, frequency_stride=10, time_stride=10, num_mel_bins=48, max_length=64)
+        hidden_size=W,
+        num_hidden_layers=1,
+        num_attention_heads=HEADS,
+        intermediate_size=MLP,
+        patch_size=16,
+        frequency_stride=10,
+        time_stride=10,
+        num_mel_bins=48,
+        max_length=64,
+    )
     path = tmp_path_factory.mktemp("ast")
     randomise(transformers.ASTModel(cfg), 2).save_pretrained(path)
     return path
@@ -107,25 +138,39 @@ def ast_dir(tmp_path_factory):
 
 def to_videomae_v2(sd: dict[str, np.ndarray], depth: int, num_classes: int = 710) -> dict:
     """transformers VideoMAE names -> the VideoMAE v2 repository's ``modeling_finetune`` names."""
-    out = {"patch_embed.proj.weight": sd["embeddings.patch_embeddings.projection.weight"],
-           "patch_embed.proj.bias": sd["embeddings.patch_embeddings.projection.bias"]}
-    parts = {"norm1": "layernorm_before", "norm2": "layernorm_after",
-             "attn.proj": "attention.output.dense", "mlp.fc1": "intermediate.dense",
-             "mlp.fc2": "output.dense"}
+    out = {
+        "patch_embed.proj.weight": sd["embeddings.patch_embeddings.projection.weight"],
+        "patch_embed.proj.bias": sd["embeddings.patch_embeddings.projection.bias"],
+    }
+    parts = {
+        "norm1": "layernorm_before",
+        "norm2": "layernorm_after",
+        "attn.proj": "attention.output.dense",
+        "mlp.fc1": "intermediate.dense",
+        "mlp.fc2": "output.dense",
+    }
     for i in range(depth):
         hf, v2 = f"encoder.layer.{i}.", f"blocks.{i}."
         a = hf + "attention.attention."
         out[v2 + "attn.qkv.weight"] = np.concatenate(
-            [sd[a + n + ".weight"] for n in ("query", "key", "value")])
-        out[v2 + "attn.q_bias"], out[v2 + "attn.v_bias"] = sd[a + "query.bias"], sd[a + "value.bias"]
+            [sd[a + n + ".weight"] for n in ("query", "key", "value")]
+        )
+        out[v2 + "attn.q_bias"], out[v2 + "attn.v_bias"] = (
+            sd[a + "query.bias"],
+            sd[a + "value.bias"],
+        )
         for ours, theirs in parts.items():
             for leaf in ("weight", "bias"):
                 out[f"{v2}{ours}.{leaf}"] = sd[f"{hf}{theirs}.{leaf}"]
     width = out["patch_embed.proj.bias"].shape[0]
-    out.update({"fc_norm.weight": np.ones(width, np.float32),
-                "fc_norm.bias": np.zeros(width, np.float32),
-                "head.weight": np.zeros((num_classes, width), np.float32),
-                "head.bias": np.zeros(num_classes, np.float32)})
+    out.update(
+        {
+            "fc_norm.weight": np.ones(width, np.float32),
+            "fc_norm.bias": np.zeros(width, np.float32),
+            "head.weight": np.zeros((num_classes, width), np.float32),
+            "head.bias": np.zeros(num_classes, np.float32),
+        }
+    )
     return out
 
 
@@ -138,24 +183,42 @@ def test_resize_identity(method):
     np.testing.assert_array_equal(resize_grid(table, (5, 7), (method, method)), table)
 
 
-@pytest.mark.parametrize("size_in,size_out", [((24, 24), (12, 12)), ((24, 24), (18, 18)),
-                                              ((14, 14), (14, 18)), ((4, 4), (3, 3)),
-                                              ((5, 4), (9, 7))])
+@pytest.mark.parametrize(
+    "size_in,size_out",
+    [
+        ((24, 24), (12, 12)),
+        ((24, 24), (18, 18)),
+        ((14, 14), (14, 18)),
+        ((4, 4), (3, 3)),
+        ((5, 4), (9, 7)),
+    ],
+)
 @pytest.mark.parametrize("method,mode", [("cubic", "bicubic"), ("linear", "bilinear")])
 def test_resize_matches_torch(size_in, size_out, method, mode):
     table = np.random.default_rng(1).normal(size=size_in + (6,)).astype(np.float32)
-    want = F.interpolate(torch.from_numpy(table).permute(2, 0, 1)[None], size=size_out, mode=mode,
-                         align_corners=False)[0].permute(1, 2, 0).numpy()
+    want = (
+        F.interpolate(
+            torch.from_numpy(table).permute(2, 0, 1)[None],
+            size=size_out,
+            mode=mode,
+            align_corners=False,
+        )[0]
+        .permute(1, 2, 0)
+        .numpy()
+    )
     got = resize_grid(table, size_out, (method, method))
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
 def test_resize_known_cases():
-    np.testing.assert_allclose(interpolation_matrix(2, 4, "linear") @ [0.0, 1.0], [0, .25, .75, 1])
+    np.testing.assert_allclose(
+        interpolation_matrix(2, 4, "linear") @ [0.0, 1.0], [0, 0.25, 0.75, 1]
+    )
     np.testing.assert_allclose(interpolation_matrix(7, 3, "cubic").sum(1), 1.0)  # keeps constants
     # AST's crop of its 101 time positions to 20: `50 - int(20 / 2)` onwards.
-    np.testing.assert_array_equal(interpolation_matrix(101, 20, "crop") @ np.arange(101),
-                                  np.arange(40, 60))
+    np.testing.assert_array_equal(
+        interpolation_matrix(101, 20, "crop") @ np.arange(101), np.arange(40, 60)
+    )
 
 
 # ----------------------------------------------------------------------------- parity
@@ -189,10 +252,12 @@ def test_hf_videomae_parity(tmp_path):
     layers = model.encoder.layers  # stacked: layer 1 is index 1 of the leading axis
     assert layers.attn.key_bias is None and layers.norm1.epsilon == tm.config.layer_norm_eps
     ref = tm.encoder.layer[1].attention.attention
-    np.testing.assert_array_equal(np.asarray(layers.attn.key_kernel[...][1]).reshape(W, W).T,
-                                  ref.key.weight.detach().numpy())
-    np.testing.assert_array_equal(np.asarray(layers.attn.value_bias[...][1]).ravel(),
-                                  ref.value.bias.detach().numpy())
+    np.testing.assert_array_equal(
+        np.asarray(layers.attn.key_kernel[...][1]).reshape(W, W).T, ref.key.weight.detach().numpy()
+    )
+    np.testing.assert_array_equal(
+        np.asarray(layers.attn.value_bias[...][1]).ravel(), ref.value.bias.detach().numpy()
+    )
 
 
 def test_videomae_v2_pth_parity_through_convert_main(tmp_path):
@@ -204,12 +269,17 @@ def test_videomae_v2_pth_parity_through_convert_main(tmp_path):
     config.model.modalities = ("video",)
     with pytest.raises(ConversionError, match="--source_grid T,H,W"):
         convert_main([("videomae_v2", str(pth))], tmp_path / "out", config)
-    manifest = convert_main([("videomae_v2", str(pth))], tmp_path / "out", config,
-                            source_grid=(8, 14, 14))
+    manifest = convert_main(
+        [("videomae_v2", str(pth))], tmp_path / "out", config, source_grid=(8, 14, 14)
+    )
     entry = manifest["components"]["video_encoder"]
     assert entry["used_keys"] + len(entry["unused_keys"]) == len(v2)
-    assert sorted(entry["unused_keys"]) == ["fc_norm.bias", "fc_norm.weight", "head.bias",
-                                            "head.weight"]
+    assert sorted(entry["unused_keys"]) == [
+        "fc_norm.bias",
+        "fc_norm.weight",
+        "head.bias",
+        "head.weight",
+    ]
     model = JoVALE(config.model, rngs=nnx.Rngs(0))
     report = load_pretrained(model, tmp_path / "out")
     assert report["filled"] == ["video_encoder"] and report["not_in_model"] == []
@@ -236,8 +306,11 @@ def test_videomae_v2_table_resized_like_videomae_v2_finetuning():
     # Linear in time when the clip length changes (8 -> 4 tubelets).
     cfg.num_frames = 8
     short = convert_videomae_v2(sd, cfg, (8, 14, 14)).params["pos_embed"].reshape(4, 14, 18, W)
-    np.testing.assert_allclose(short, resize_grid(want.reshape(8, 14, 18, W), (4, 14, 18),
-                                                  ("linear", "cubic", "cubic")), atol=1e-6)
+    np.testing.assert_allclose(
+        short,
+        resize_grid(want.reshape(8, 14, 18, W), (4, 14, 18), ("linear", "cubic", "cubic")),
+        atol=1e-6,
+    )
 
 
 @pytest.mark.parametrize("image_size", [64, 48])
@@ -247,7 +320,9 @@ def test_hf_blip_parity(blip_dir, image_size):
     cfg = tiny_config().model.scene
     cfg.image_size = image_size  # 48: the 4 x 4 table resized to 3 x 3 (JoVALE@288/@192 style)
     converted = convert_hf_blip(sd, cfg, hf_config)
-    assert converted.unused_keys and all(k.startswith("text_decoder.") for k in converted.unused_keys)
+    assert converted.unused_keys and all(
+        k.startswith("text_decoder.") for k in converted.unused_keys
+    )
     assert len(converted.used_keys) + len(converted.unused_keys) == len(sd)
     model = BlipVisionEncoder(cfg, rngs=nnx.Rngs(0))
     load_component(model, converted.params)
@@ -261,16 +336,21 @@ def test_hf_blip_parity(blip_dir, image_size):
     print(f"hf_blip@{image_size} max abs diff {diff:.2e}")
     assert diff <= TOL
     assert model.post_layernorm.epsilon == hf_config["vision_config"]["layer_norm_eps"]
-    np.testing.assert_array_equal(np.asarray(model.encoder.layers.attn.key_bias[...][0]).ravel(),
-                                  sd["vision_model.encoder.layers.0.self_attn.qkv.bias"][W:2 * W])
+    np.testing.assert_array_equal(
+        np.asarray(model.encoder.layers.attn.key_bias[...][0]).ravel(),
+        sd["vision_model.encoder.layers.0.self_attn.qkv.bias"][W : 2 * W],
+    )
 
 
 def test_load_keeps_sharding(blip_dir):
     """Loading into a model sharded over the 8 fake devices keeps every variable's sharding."""
     config = tiny_config()
     mesh = make_mesh((2, 4))
-    model, _ = create_sharded(lambda: BlipVisionEncoder(config.model.scene, rngs=nnx.Rngs(0)),
-                              mesh, rules_from_config(config))
+    model, _ = create_sharded(
+        lambda: BlipVisionEncoder(config.model.scene, rngs=nnx.Rngs(0)),
+        mesh,
+        rules_from_config(config),
+    )
     kernel = model.encoder.layers.attn.query_kernel  # (layers, width, heads, head_dim)
     sharding = kernel[...].sharding
     assert sharding.spec[:3] == (None, None, "model")  # heads over 'model'
@@ -280,7 +360,8 @@ def test_load_keeps_sharding(blip_dir):
     kernel = model.encoder.layers.attn.query_kernel[...]
     assert kernel.sharding == sharding
     np.testing.assert_array_equal(
-        kernel, converted.params["encoder"]["layers"]["attn"]["query_kernel"])
+        kernel, converted.params["encoder"]["layers"]["attn"]["query_kernel"]
+    )
 
 
 def test_hf_blip_config_mismatch_is_named(blip_dir):
@@ -300,11 +381,15 @@ def test_config_json_sizes_are_read_and_differences_named(blip_dir, tmp_path):
     config.model.scene.update(width=64, depth=3, num_heads=2, mlp_dim=128)  # not the checkpoint's
     manifest = convert_main([("hf_blip", str(blip_dir))], tmp_path / "out", config)
     assert manifest["components"]["scene_encoder"]["differs_from_preset"] == {
-        "model.scene.width": [64, W], "model.scene.depth": [3, DEPTH],
-        "model.scene.num_heads": [2, HEADS], "model.scene.mlp_dim": [128, MLP]}
-    assert (f"train with --config.model.scene.width={W} --config.model.scene.depth={DEPTH} "
-            f"--config.model.scene.num_heads={HEADS} --config.model.scene.mlp_dim={MLP}"
-            ) in summary(manifest, tmp_path / "out")
+        "model.scene.width": [64, W],
+        "model.scene.depth": [3, DEPTH],
+        "model.scene.num_heads": [2, HEADS],
+        "model.scene.mlp_dim": [128, MLP],
+    }
+    assert (
+        f"train with --config.model.scene.width={W} --config.model.scene.depth={DEPTH} "
+        f"--config.model.scene.num_heads={HEADS} --config.model.scene.mlp_dim={MLP}"
+    ) in summary(manifest, tmp_path / "out")
     config.model.scene.update(width=W, depth=DEPTH, num_heads=HEADS, mlp_dim=MLP)
     encoder = nnx.eval_shape(lambda: BlipVisionEncoder(config.model.scene, rngs=nnx.Rngs(0)))
     load_component(encoder, read_checkpoint(tmp_path / "out")["scene_encoder"])
@@ -332,16 +417,29 @@ def test_hf_ast_parity(ast_dir):
     assert got.shape == (3, 4, W)  # AST's crop: centre time positions 5 // 2 - 3 // 2 = 1 ..
     np.testing.assert_array_equal(got, table[:, 1:4].permute(1, 0, 2).numpy())
     got = convert_hf_ast(sd, longer, hf_config).params["position_embedding"]
-    grown = F.interpolate(table.permute(2, 0, 1)[None], size=(4, 9), mode="bilinear",
-                          align_corners=False)[0].permute(2, 1, 0).numpy()
+    grown = (
+        F.interpolate(
+            table.permute(2, 0, 1)[None], size=(4, 9), mode="bilinear", align_corners=False
+        )[0]
+        .permute(2, 1, 0)
+        .numpy()
+    )
     np.testing.assert_allclose(got, grown, atol=1e-6)  # AST's growth: bilinear
 
 
 def test_hf_ast_separate_time_and_frequency_strides():
     """AST's tstride and fstride may differ: model.audio.time_stride / freq_stride."""
     hf = transformers.ASTConfig(
-        hidden_size=W, num_hidden_layers=1, num_attention_heads=HEADS, intermediate_size=MLP,
-        patch_size=16, frequency_stride=8, time_stride=12, num_mel_bins=48, max_length=64)
+        hidden_size=W,
+        num_hidden_layers=1,
+        num_attention_heads=HEADS,
+        intermediate_size=MLP,
+        patch_size=16,
+        frequency_stride=8,
+        time_stride=12,
+        num_mel_bins=48,
+        max_length=64,
+    )
     tm = randomise(transformers.ASTModel(hf), 3)
     cfg = tiny_config().model.audio
     cfg.update(time_stride=12, freq_stride=8)  # (64 - 16) // 12 + 1 = 5 x (48 - 16) // 8 + 1 = 5
@@ -362,17 +460,32 @@ def test_hf_ast_separate_time_and_frequency_strides():
 
 def videomae_v2_vit_b() -> dict[str, np.ndarray]:
     """Key names and shapes of VideoMAE v2's ``vit_base_patch16_224`` with a K710 head."""
-    sd = {"patch_embed.proj.weight": (768, 3, 2, 16, 16), "patch_embed.proj.bias": (768,),
-          "fc_norm.weight": (768,), "fc_norm.bias": (768,), "head.weight": (710, 768),
-          "head.bias": (710,)}
+    sd = {
+        "patch_embed.proj.weight": (768, 3, 2, 16, 16),
+        "patch_embed.proj.bias": (768,),
+        "fc_norm.weight": (768,),
+        "fc_norm.bias": (768,),
+        "head.weight": (710, 768),
+        "head.bias": (710,),
+    }
     for i in range(12):
         b = f"blocks.{i}."
-        sd.update({b + "attn.qkv.weight": (2304, 768), b + "attn.q_bias": (768,),
-                   b + "attn.v_bias": (768,), b + "attn.proj.weight": (768, 768),
-                   b + "attn.proj.bias": (768,), b + "mlp.fc1.weight": (3072, 768),
-                   b + "mlp.fc1.bias": (3072,), b + "mlp.fc2.weight": (768, 3072),
-                   b + "mlp.fc2.bias": (768,)})
-        sd.update({f"{b}{n}.{leaf}": (768,) for n in ("norm1", "norm2") for leaf in ("weight", "bias")})
+        sd.update(
+            {
+                b + "attn.qkv.weight": (2304, 768),
+                b + "attn.q_bias": (768,),
+                b + "attn.v_bias": (768,),
+                b + "attn.proj.weight": (768, 768),
+                b + "attn.proj.bias": (768,),
+                b + "mlp.fc1.weight": (3072, 768),
+                b + "mlp.fc1.bias": (3072,),
+                b + "mlp.fc2.weight": (768, 3072),
+                b + "mlp.fc2.bias": (768,),
+            }
+        )
+        sd.update(
+            {f"{b}{n}.{leaf}": (768,) for n in ("norm1", "norm2") for leaf in ("weight", "bias")}
+        )
     return {k: np.zeros(s, np.float32) for k, s in sd.items()}
 
 
@@ -388,18 +501,30 @@ def test_full_size_coverage():
     cfg = ava_vitb16.get_config().model  # video 16 x 224 x 400, BLIP 384, audio 214 x 128
     sources = {  # JoVALE's attribute: (converter, state dict, config section, module)
         "video_encoder": (convert_videomae_v2, videomae_v2_vit_b(), cfg.video, VideoEncoder),
-        "scene_encoder": (convert_hf_blip, meta_state_dict(
-            transformers.BlipForConditionalGeneration, transformers.BlipConfig()), cfg.scene,
-            BlipVisionEncoder),
-        "audio_embed": (convert_hf_ast, meta_state_dict(
-            transformers.ASTForAudioClassification, transformers.ASTConfig()), cfg.audio,
-            AudioPatchEmbed),
+        "scene_encoder": (
+            convert_hf_blip,
+            meta_state_dict(transformers.BlipForConditionalGeneration, transformers.BlipConfig()),
+            cfg.scene,
+            BlipVisionEncoder,
+        ),
+        "audio_embed": (
+            convert_hf_ast,
+            meta_state_dict(transformers.ASTForAudioClassification, transformers.ASTConfig()),
+            cfg.audio,
+            AudioPatchEmbed,
+        ),
     }
-    unused_prefixes = {"video_encoder": ("fc_norm.", "head."), "scene_encoder": ("text_decoder.",),
-                       "audio_embed": ("audio_spectrogram_transformer.embeddings.cls_token",
-                                       "audio_spectrogram_transformer.embeddings.distillation",
-                                       "audio_spectrogram_transformer.layers.",
-                                       "audio_spectrogram_transformer.layernorm.", "classifier.")}
+    unused_prefixes = {
+        "video_encoder": ("fc_norm.", "head."),
+        "scene_encoder": ("text_decoder.",),
+        "audio_embed": (
+            "audio_spectrogram_transformer.embeddings.cls_token",
+            "audio_spectrogram_transformer.embeddings.distillation",
+            "audio_spectrogram_transformer.layers.",
+            "audio_spectrogram_transformer.layernorm.",
+            "classifier.",
+        ),
+    }
     for component, (convert, sd, section, module_cls) in sources.items():
         grid = {"source_grid": (8, 14, 14)} if component == "video_encoder" else {}
         converted = convert(sd, section, **grid)
@@ -409,10 +534,18 @@ def test_full_size_coverage():
         assert all(k.startswith(unused_prefixes[component]) for k in unused), component
         got = {p: v.shape for p, v in flatten(converted.params).items()}
         assert got == component_shapes(module_cls, section), component
-        print(f"{component}: {len(used)} keys used, {len(unused)} unused, {len(got)} parameters, "
-              f"{sum(math.prod(s) for s in got.values()) / 1e6:.1f}M values")
-    assert len(sources["audio_embed"][1]["audio_spectrogram_transformer.embeddings."
-                                          "position_embeddings"][0]) == 2 + 1212
+        print(
+            f"{component}: {len(used)} keys used, {len(unused)} unused, {len(got)} parameters, "
+            f"{sum(math.prod(s) for s in got.values()) / 1e6:.1f}M values"
+        )
+    assert (
+        len(
+            sources["audio_embed"][1][
+                "audio_spectrogram_transformer.embeddings.position_embeddings"
+            ][0]
+        )
+        == 2 + 1212
+    )
     blip192 = ava_vitb16.get_config("blip192").model.scene
     table = convert_hf_blip(sources["scene_encoder"][1], blip192).params["position_embedding"]
     assert table.shape == (1 + 12 * 12, 768)
@@ -421,11 +554,14 @@ def test_full_size_coverage():
 # ----------------------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("fault,message", [
-    ("missing", r"missing key 'blocks\.1\.mlp\.fc2\.bias' \(expected shape \(32,\)\)"),
-    ("extra", r"unexpected key 'blocks\.0\.gamma_1' with shape \(32,\)"),
-    ("shape", r"key 'blocks\.0\.attn\.q_bias' has shape \(31,\), expected \(32,\)"),
-])
+@pytest.mark.parametrize(
+    "fault,message",
+    [
+        ("missing", r"missing key 'blocks\.1\.mlp\.fc2\.bias' \(expected shape \(32,\)\)"),
+        ("extra", r"unexpected key 'blocks\.0\.gamma_1' with shape \(32,\)"),
+        ("shape", r"key 'blocks\.0\.attn\.q_bias' has shape \(31,\), expected \(32,\)"),
+    ],
+)
 def test_bad_checkpoint_fails_before_writing(tmp_path, ast_dir, fault, message):
     from safetensors.numpy import save_file
 
@@ -457,19 +593,25 @@ def test_combined_sources_load_partially(tmp_path, blip_dir, ast_dir):
     with pytest.raises(FileExistsError, match="not a converted checkpoint"):
         convert_main([("hf_ast", str(ast_dir))], tmp_path, config, overwrite=True)
     replaced = convert_main([("hf_ast", str(ast_dir))], tmp_path / "again", config)
-    assert convert_main([("hf_ast", str(ast_dir))], tmp_path / "again", config,
-                        overwrite=True) == replaced
+    assert (
+        convert_main([("hf_ast", str(ast_dir))], tmp_path / "again", config, overwrite=True)
+        == replaced
+    )
 
     config.model.modalities = ("video", "scene")  # no audio stream in this model
     model = JoVALE(config.model, rngs=nnx.Rngs(0))
     before = np.asarray(model.video_encoder.patch_kernel[...]).copy()
     report = load_pretrained(model, out)
-    assert report == {"filled": ["scene_encoder"], "not_in_model": ["audio_embed"],
-                      "not_in_checkpoint": ["video_encoder"]}
+    assert report == {
+        "filled": ["scene_encoder"],
+        "not_in_model": ["audio_embed"],
+        "not_in_checkpoint": ["video_encoder"],
+    }
     np.testing.assert_array_equal(model.video_encoder.patch_kernel[...], before)
     saved = read_checkpoint(out)["scene_encoder"]
-    np.testing.assert_array_equal(model.scene_encoder.position_embedding[...],
-                                  saved["position_embedding"])
+    np.testing.assert_array_equal(
+        model.scene_encoder.position_embedding[...], saved["position_embedding"]
+    )
 
 
 def test_safetensors_directory_needs_no_torch(tmp_path, blip_dir, ast_dir):
@@ -483,9 +625,16 @@ def test_safetensors_directory_needs_no_torch(tmp_path, blip_dir, ast_dir):
         f"c.model.audio.update(width={W}, num_frames=64, num_mel_bins=48)\n"
         f"convert_main([('hf_blip', {str(blip_dir)!r}), ('hf_ast', {str(ast_dir)!r})], "
         f"{str(tmp_path / 'out')!r}, c)\n"
-        "print('torch imported:', 'torch' in sys.modules)\n")
+        "print('torch imported:', 'torch' in sys.modules)\n"
+    )
     repo = Path(__file__).resolve().parents[1]
-    run = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True,
-                         timeout=300, check=False)
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip().splitlines()[-1] == "torch imported: False"

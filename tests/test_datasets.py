@@ -55,8 +55,9 @@ def write_video(path: str, seconds: float, *, audio: bool = True) -> None:
         if sound is not None:
             samples = tone(int(seconds * RATE))
             for start in range(0, len(samples), 1024):
-                frame = av.AudioFrame.from_ndarray(samples[None, start : start + 1024],
-                                                   format="s16", layout="mono")
+                frame = av.AudioFrame.from_ndarray(
+                    samples[None, start : start + 1024], format="s16", layout="mono"
+                )
                 frame.sample_rate, frame.pts = RATE, start
                 container.mux(sound.encode(frame))
             container.mux(sound.encode())
@@ -84,8 +85,9 @@ def read_all(config, split: str, data_dir: str) -> dict[tuple[str, int], dict]:
 
 def assert_levels(frames: np.ndarray, frame_numbers: list[int], size=(HEIGHT, WIDTH)) -> None:
     assert frames.shape == (len(frame_numbers), *size, 3)
-    np.testing.assert_allclose(frames.reshape(len(frames), -1).mean(1),
-                               [level(n) for n in frame_numbers], atol=2)
+    np.testing.assert_allclose(
+        frames.reshape(len(frames), -1).mean(1), [level(n) for n in frame_numbers], atol=2
+    )
 
 
 # ----------------------------------------------------------------------------- AVA layout
@@ -106,14 +108,17 @@ AVA_ROWS = [
     "vidD,0902,0.3,0.3,0.6,0.9,1,0",  # a corrupt file
     "vidE,0902,0.3,0.3,0.6,0.9,1,0",  # no file at all
 ]
-VIDA_902_PROPOSALS = np.array([
-    [0.5, 0.1, 0.95, 0.8, 0.70],
-    [0.0, 0.0, 0.1, 0.1, 0.05],
-    [0.11, -0.1, 0.41, 0.9, 0.95],  # y1 < 0: clipped
-    [0.6, 0.6, 0.7, 0.7, 0.20],
-    [0.3, 0.3, 0.5, 0.5, 0.10],  # 5th by score: not among the top K = 4
-    [0.2, 0.2, 0.3, 0.3, 0.30],
-], np.float32)
+VIDA_902_PROPOSALS = np.array(
+    [
+        [0.5, 0.1, 0.95, 0.8, 0.70],
+        [0.0, 0.0, 0.1, 0.1, 0.05],
+        [0.11, -0.1, 0.41, 0.9, 0.95],  # y1 < 0: clipped
+        [0.6, 0.6, 0.7, 0.7, 0.20],
+        [0.3, 0.3, 0.5, 0.5, 0.10],  # 5th by score: not among the top K = 4
+        [0.2, 0.2, 0.3, 0.3, 0.30],
+    ],
+    np.float32,
+)
 
 
 @pytest.fixture(scope="module")
@@ -144,8 +149,9 @@ def ava_raw(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def ava_build(ava_raw, tmp_path_factory) -> tuple[dict, str]:
     data_dir = str(tmp_path_factory.mktemp("ava_data"))
-    summary = datasets.build_dataset("ava", config=ava_config(), raw_dir=ava_raw,
-                                     data_dir=data_dir, split="train")
+    summary = datasets.build_dataset(
+        "ava", config=ava_config(), raw_dir=ava_raw, data_dir=data_dir, split="train"
+    )
     return summary, data_dir
 
 
@@ -156,8 +162,11 @@ def test_ava_summary_counts_every_loss(ava_build):
     assert summary["truncated_video_ids"] == ["vidC"]
     assert summary["videos_skipped"] == 2 and summary["videos_truncated"] == 1
     assert summary["keyframes_lost"] == 3
-    assert summary["rows_dropped"] == {"action_not_in_label_map": 1, "excluded_timestamp": 1,
-                                       "timestamp_outside_902_1798": 1}
+    assert summary["rows_dropped"] == {
+        "action_not_in_label_map": 1,
+        "excluded_timestamp": 1,
+        "timestamp_outside_902_1798": 1,
+    }
     assert summary["boxes_clipped"] == {"gt": 1, "proposals": 1}
     assert not summary["reused"]
 
@@ -165,8 +174,13 @@ def test_ava_summary_counts_every_loss(ava_build):
 def test_ava_fields_round_trip(ava_build):
     config = ava_config()
     examples = read_all(config, "train", ava_build[1])
-    assert sorted(examples) == [("vidA", 902), ("vidA", 904), ("vidB", 902), ("vidB", 903),
-                                ("vidC", 902)]
+    assert sorted(examples) == [
+        ("vidA", 902),
+        ("vidA", 904),
+        ("vidB", 902),
+        ("vidB", 903),
+        ("vidC", 902),
+    ]
     ex = examples["vidA", 902]
     assert_levels(ex["frames"], [12, 14, 16, 18])  # 1.5, 1.75, 2.0, 2.25 s
     assert_levels(ex["scene_frames"], [14, 18], size=(32, 32))  # BLIP's S x S (test config)
@@ -177,9 +191,16 @@ def test_ava_fields_round_trip(ava_build):
     top = VIDA_902_PROPOSALS[[2, 0, 5, 3]]  # by score, the first K
     np.testing.assert_allclose(ex["proposal_scores"], top[:, 4])
     np.testing.assert_allclose(ex["proposals"], np.clip(top[:, :4], 0, 1))
-    np.testing.assert_array_equal(ex["targets"], assignment.assign_targets(
-        ex["proposals"], ex["proposal_scores"], ex["gt_boxes"], ex["gt_labels"],
-        **assignment.assignment_kwargs(config)))
+    np.testing.assert_array_equal(
+        ex["targets"],
+        assignment.assign_targets(
+            ex["proposals"],
+            ex["proposal_scores"],
+            ex["gt_boxes"],
+            ex["gt_labels"],
+            **assignment.assignment_kwargs(config),
+        ),
+    )
     np.testing.assert_array_equal(ex["targets"][:2], [[1, 0, 1], [0, 1, 0]])
     assert "proposal_features" not in ex  # F = 0
 
@@ -211,44 +232,65 @@ def test_only_the_requested_split_is_built(ava_build):
 
 
 def test_a_built_dataset_is_reused(ava_raw, ava_build):
-    summary = datasets.build_dataset("ava", config=ava_config(), raw_dir=ava_raw,
-                                     data_dir=ava_build[1], split="train")
+    summary = datasets.build_dataset(
+        "ava", config=ava_config(), raw_dir=ava_raw, data_dir=ava_build[1], split="train"
+    )
     assert summary["reused"] and summary["examples"] == {"train": 5}
 
 
 def test_strict_build_fails_and_leaves_no_dataset(ava_raw, tmp_path):
     with pytest.raises(common.BadInputError, match="vid[CDE]"):
-        datasets.build_dataset("ava", config=ava_config(), raw_dir=ava_raw,
-                               data_dir=str(tmp_path), split="train", strict=True)
+        datasets.build_dataset(
+            "ava",
+            config=ava_config(),
+            raw_dir=ava_raw,
+            data_dir=str(tmp_path),
+            split="train",
+            strict=True,
+        )
     with pytest.raises(FileNotFoundError, match="no complete ava dataset"):
         datasets.get_builder(ava_config(), str(tmp_path))
 
 
 def test_bad_csv_value_names_file_and_line(tmp_path):
     (tmp_path / "videos").mkdir()
-    common.write_label_map(str(tmp_path / "ava_action_list_v2.2_for_activitynet_2019.pbtxt"),
-                           LABEL_IDS)
-    path = write_lines(str(tmp_path / "ava_train_v2.2.csv"),
-                       [AVA_ROWS[0], "vidA,09x2,0.1,0.2,0.4,0.9,1,0"])
+    common.write_label_map(
+        str(tmp_path / "ava_action_list_v2.2_for_activitynet_2019.pbtxt"), LABEL_IDS
+    )
+    path = write_lines(
+        str(tmp_path / "ava_train_v2.2.csv"), [AVA_ROWS[0], "vidA,09x2,0.1,0.2,0.4,0.9,1,0"]
+    )
     with pytest.raises(common.BadInputError, match=f"{path}:2: cannot parse timestamp '09x2'"):
-        datasets.build_dataset("ava", config=ava_config(), raw_dir=str(tmp_path),
-                               data_dir=str(tmp_path / "out"), split="train")
+        datasets.build_dataset(
+            "ava",
+            config=ava_config(),
+            raw_dir=str(tmp_path),
+            data_dir=str(tmp_path / "out"),
+            split="train",
+        )
     write_lines(path, ["vidA,0902,0.1,0.2,0.4"])
     with pytest.raises(common.BadInputError, match=f"{path}:1: expected 7 to 8 columns, got 5"):
-        datasets.build_dataset("ava", config=ava_config(), raw_dir=str(tmp_path),
-                               data_dir=str(tmp_path / "out"), split="train")
+        datasets.build_dataset(
+            "ava",
+            config=ava_config(),
+            raw_dir=str(tmp_path),
+            data_dir=str(tmp_path / "out"),
+            split="train",
+        )
 
 
 def test_label_map_must_match_the_config(ava_raw, tmp_path):
     with pytest.raises(common.BadInputError, match="lists 3 classes but .* is 60"):
-        datasets.build_dataset("ava", config=ava_config(60), raw_dir=ava_raw,
-                               data_dir=str(tmp_path), split="train")
+        datasets.build_dataset(
+            "ava", config=ava_config(60), raw_dir=ava_raw, data_dir=str(tmp_path), split="train"
+        )
 
 
 def test_read_clips_start_edge_and_nearest_frames(ava_raw):
     spec = common.clip_config(ava_config())
     with video.open_video(os.path.join(ava_raw, "videos", "vidA.mkv")) as container:
         clips = dict(video.read_clips(container, [1.03, 0.0], spec, "vidA"))
+
     def decode(jpegs: list[bytes]) -> np.ndarray:
         return np.stack([np.asarray(Image.open(io.BytesIO(jpeg))) for jpeg in jpegs])
 
@@ -259,11 +301,14 @@ def test_read_clips_start_edge_and_nearest_frames(ava_raw):
 
 
 def test_read_proposals_csv_and_bad_pickle(tmp_path):
-    path = write_lines(str(tmp_path / "boxes.csv"),
-                       ["vidA,0902,0.1,0.2,0.3,0.4,,0.9", "vidA,0902,0.2,0.2,0.3,0.4,,0.5"])
+    path = write_lines(
+        str(tmp_path / "boxes.csv"),
+        ["vidA,0902,0.1,0.2,0.3,0.4,,0.9", "vidA,0902,0.2,0.2,0.3,0.4,,0.5"],
+    )
     proposals = common.read_proposals(path, feature_dim=0)
-    np.testing.assert_allclose(proposals["vidA", 902], [[0.1, 0.2, 0.3, 0.4, 0.9],
-                                                       [0.2, 0.2, 0.3, 0.4, 0.5]])
+    np.testing.assert_allclose(
+        proposals["vidA", 902], [[0.1, 0.2, 0.3, 0.4, 0.9], [0.2, 0.2, 0.3, 0.4, 0.5]]
+    )
     with open(tmp_path / "bad.pkl", "wb") as f:
         pickle.dump({"vidA,0902": np.zeros((2, 4))}, f)
     with pytest.raises(common.BadInputError, match="rows of 5 values"):
@@ -283,25 +328,35 @@ def frames_raw(tmp_path_factory) -> str:
         folder.mkdir(parents=True)
         for n in range(1, count + 1):
             Image.fromarray(np.full((HEIGHT, WIDTH, 3), level(n), np.uint8)).save(
-                folder / f"{n:05d}.jpg", quality=90)
+                folder / f"{n:05d}.jpg", quality=90
+            )
     tube_a = np.array([[f, 4, 2, 20, 22] for f in range(3, 9)], np.float32)  # pixels
     tube_b = np.array([[f, 8, 4, 36, 20] for f in range(2, 5)], np.float32)  # x2 > width
     annotations = {
         "labels": ["ClassA", "ClassB"],
-        "gttubes": {"ClassA/v1": {0: [tube_a]}, "ClassB/v2": {1: [tube_b]},
-                    "ClassA/v3": {0: [tube_a[:2]]}},
+        "gttubes": {
+            "ClassA/v1": {0: [tube_a]},
+            "ClassB/v2": {1: [tube_b]},
+            "ClassA/v3": {0: [tube_a[:2]]},
+        },
         "nframes": {"ClassA/v1": 10, "ClassB/v2": 6, "ClassA/v3": 5},
         "resolution": {name: (HEIGHT, WIDTH) for name in ("ClassA/v1", "ClassB/v2", "ClassA/v3")},
     }
     ucf = dict(annotations, train_videos=[["ClassA/v1", "ClassA/v3"]], test_videos=[["ClassB/v2"]])
-    jhmdb = dict(annotations, train_videos=[["ClassB/v2"], ["ClassA/v1"], []],
-                 test_videos=[["ClassA/v1"], ["ClassB/v2"], []])
+    jhmdb = dict(
+        annotations,
+        train_videos=[["ClassB/v2"], ["ClassA/v1"], []],
+        test_videos=[["ClassA/v1"], ["ClassB/v2"], []],
+    )
     for name, content in (("UCF101v2-GT.pkl", ucf), ("JHMDB-GT.pkl", jhmdb)):
         with open(raw / name, "wb") as f:
             pickle.dump(content, f, protocol=2)
     features = np.arange(6, dtype=np.float32).reshape(2, 3)
-    proposals = {"ClassA/v1,00003": np.concatenate(
-        [[[0.1, 0.1, 0.6, 0.9, 0.9], [0.5, 0.5, 0.6, 0.6, 0.2]], features], axis=1)}
+    proposals = {
+        "ClassA/v1,00003": np.concatenate(
+            [[[0.1, 0.1, 0.6, 0.9, 0.9], [0.5, 0.5, 0.6, 0.6, 0.2]], features], axis=1
+        )
+    }
     with open(raw / "proposals.pkl", "wb") as f:
         pickle.dump(proposals, f, protocol=2)
     return str(raw)
@@ -321,8 +376,9 @@ def frames_config(preset, **data):
 
 def test_ucf_layout_builds(frames_raw, tmp_path):
     config = frames_config(ucf_preset)
-    summary = datasets.build_dataset("ucf24", config=config, raw_dir=frames_raw,
-                                     data_dir=str(tmp_path))
+    summary = datasets.build_dataset(
+        "ucf24", config=config, raw_dir=frames_raw, data_dir=str(tmp_path)
+    )
     assert summary["examples"] == {"train": 6, "test": 6}
     assert summary["skipped_video_ids"] == ["ClassA/v3"]  # no frame folder
     assert summary["keyframes_lost"] == 2
@@ -347,16 +403,16 @@ def test_ucf_layout_builds(frames_raw, tmp_path):
     np.testing.assert_allclose(test["ClassB/v2", 2]["gt_boxes"], [[0.25, 4 / 24, 1.0, 20 / 24]])
     assert_levels(test["ClassB/v2", 6]["frames"], [2, 4, 6, 6])  # clamped to the last frame
     folder = datasets.eval_dir(config, str(tmp_path))
-    assert read_labelmap(os.path.join(folder, "label_map.pbtxt")) == {
-        1: "ClassA", 2: "ClassB"}
+    assert read_labelmap(os.path.join(folder, "label_map.pbtxt")) == {1: "ClassA", 2: "ClassB"}
     with open(os.path.join(folder, "test_groundtruth.csv")) as f:
         assert f.read().splitlines()[0] == "ClassB/v2,0002,0.250000,0.166667,1.000000,0.833333,2,0"
 
 
 def test_jhmdb_split_index_selects_the_split(frames_raw, tmp_path):
     config = frames_config(jhmdb_preset, split_index=2)
-    summary = datasets.build_dataset("jhmdb21", config=config, raw_dir=frames_raw,
-                                     data_dir=str(tmp_path))
+    summary = datasets.build_dataset(
+        "jhmdb21", config=config, raw_dir=frames_raw, data_dir=str(tmp_path)
+    )
     assert summary["examples"] == {"train": 6, "test": 6}
     assert datasets.get_builder(config, str(tmp_path)).builder_config.name.startswith("split2_")
     assert {vid for vid, _ in read_all(config, "test", str(tmp_path))} == {"ClassB/v2"}
@@ -377,18 +433,25 @@ def synthetic_raw(tmp_path_factory) -> str:
 
 def test_synthetic_generation_is_deterministic(synthetic_raw, tmp_path):
     synthetic.generate_raw(str(tmp_path), num_train_videos=4, num_val_videos=1)
-    for name in ("ava_train_v2.2.csv", "ava_val_v2.2.csv",
-                 "ava_dense_proposals_train.FAIR.recall_93.9.pkl"):
+    for name in (
+        "ava_train_v2.2.csv",
+        "ava_val_v2.2.csv",
+        "ava_dense_proposals_train.FAIR.recall_93.9.pkl",
+    ):
         with open(os.path.join(synthetic_raw, name), "rb") as a, open(tmp_path / name, "rb") as b:
             assert a.read() == b.read(), name
 
 
 def test_synthetic_builds_with_every_class_group(tmp_path, monkeypatch):
-    monkeypatch.setattr(synthetic, "generate_raw", functools.partial(
-        synthetic.generate_raw, num_train_videos=4, num_val_videos=1))
+    monkeypatch.setattr(
+        synthetic,
+        "generate_raw",
+        functools.partial(synthetic.generate_raw, num_train_videos=4, num_val_videos=1),
+    )
     config = synthetic_preset.get_config("test")
-    summary = datasets.build_dataset("synthetic", config=config, raw_dir=None,
-                                     data_dir=str(tmp_path))
+    summary = datasets.build_dataset(
+        "synthetic", config=config, raw_dir=None, data_dir=str(tmp_path)
+    )
     assert os.path.isdir(tmp_path / "raw" / "videos")  # generated there
     assert summary["examples"]["train"] > 30 and summary["examples"]["val"] > 5
     assert summary["videos_skipped"] == summary["videos_truncated"] == 0
@@ -401,7 +464,8 @@ def test_synthetic_builds_with_every_class_group(tmp_path, monkeypatch):
     assert ex["scene_frames"].shape == (2, 32, 32, 3)  # BLIP's S x S
     assert ex["has_audio"] and ex["waveform"].shape == (RATE,)  # the 1 s window
     assert sorted(i for ids in synthetic.CLASS_GROUPS.values() for i in ids) == list(
-        synthetic.CLASSES)
+        synthetic.CLASSES
+    )
 
 
 _HANG_AT_FIRST_EXAMPLE = """
@@ -422,8 +486,11 @@ def test_killed_build_is_not_taken_for_complete(synthetic_raw, tmp_path):
     config = synthetic_preset.get_config("test")
     data_dir, marker = str(tmp_path / "data"), str(tmp_path / "started")
     env = dict(os.environ, PYTHONPATH=REPO)
-    process = subprocess.Popen([sys.executable, "-c", _HANG_AT_FIRST_EXAMPLE, synthetic_raw,
-                                data_dir, marker], cwd=REPO, env=env)
+    process = subprocess.Popen(
+        [sys.executable, "-c", _HANG_AT_FIRST_EXAMPLE, synthetic_raw, data_dir, marker],
+        cwd=REPO,
+        env=env,
+    )
     try:
         deadline = time.time() + 120
         while not os.path.exists(marker):
@@ -437,8 +504,9 @@ def test_killed_build_is_not_taken_for_complete(synthetic_raw, tmp_path):
     with pytest.raises(FileNotFoundError, match="no complete synthetic dataset"):
         datasets.load_split(config, "train", data_dir)
 
-    summary = datasets.build_dataset("synthetic", config=config, raw_dir=synthetic_raw,
-                                     data_dir=data_dir)
+    summary = datasets.build_dataset(
+        "synthetic", config=config, raw_dir=synthetic_raw, data_dir=data_dir
+    )
     assert os.listdir(builder_dir) == ["1.0.0"]  # the leftover is gone
     assert datasets.load_split(config, "train", data_dir)[1] == summary["examples"]["train"]
 
@@ -452,8 +520,9 @@ def test_a_missing_or_empty_raw_dir_is_a_one_line_error(dataset, tmp_path):
     empty.mkdir()
     for raw, says in ((tmp_path / "missing", "no such folder"), (empty, "is empty")):
         with pytest.raises(FileNotFoundError) as info:
-            datasets.build_dataset(dataset, config=config, raw_dir=str(raw),
-                                   data_dir=str(tmp_path / "out"))
+            datasets.build_dataset(
+                dataset, config=config, raw_dir=str(raw), data_dir=str(tmp_path / "out")
+            )
         message = str(info.value)
         assert str(raw) in message and says in message and "\n" not in message
         assert datasets.RAW_FILES[dataset] in message  # the files expected there
@@ -463,14 +532,29 @@ def test_build_data_from_the_command_line_picks_the_preset_and_checks_raw_dir(tm
     """`build-data --dataset ucf24` without --config: the ucf24 preset, and a missing raw folder
     is one line on stderr."""
     missing = tmp_path / "no_such_raw"
-    out = subprocess.run([sys.executable, "launch.py", "build-data", "--dataset", "ucf24",
-                          "--raw_dir", str(missing), "--data_dir", str(tmp_path / "data")],
-                         cwd=os.path.dirname(os.path.dirname(__file__)), capture_output=True,
-                         text=True, check=False)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "launch.py",
+            "build-data",
+            "--dataset",
+            "ucf24",
+            "--raw_dir",
+            str(missing),
+            "--data_dir",
+            str(tmp_path / "data"),
+        ],
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert out.returncode == 1
     errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
-    want = (f"error: raw_dir {missing}: no such folder; ucf24 expects "
-            f"{datasets.RAW_FILES['ucf24']} there (data/ucf24/README.md)")
+    want = (
+        f"error: raw_dir {missing}: no such folder; ucf24 expects "
+        f"{datasets.RAW_FILES['ucf24']} there (data/ucf24/README.md)"
+    )
     assert errors == [want]
 
 
@@ -483,6 +567,10 @@ def test_synthetic_generates_its_raw_set_in_a_given_raw_dir(tmp_path, monkeypatc
 
     monkeypatch.setattr(synthetic, "generate_raw", generate)
     with pytest.raises(KeyboardInterrupt):
-        datasets.build_dataset("synthetic", config=synthetic_preset.get_config("test"),
-                               raw_dir=str(tmp_path / "mine"), data_dir=str(tmp_path / "data"))
+        datasets.build_dataset(
+            "synthetic",
+            config=synthetic_preset.get_config("test"),
+            raw_dir=str(tmp_path / "mine"),
+            data_dir=str(tmp_path / "data"),
+        )
     assert calls == [str(tmp_path / "mine")]

@@ -47,8 +47,10 @@ def test_demo_report_and_eval_outputs(short, tiny_data, tmp_path, monkeypatch):
     from jovale_jax.datasets import load_split
 
     ds, n = load_split(short, "val", data_dir=tiny_data)
-    want = {(ex["video_id"].decode(), int(ex["timestamp"])): min(len(ex["proposals"]), 4)
-            for ex in ds.as_numpy_iterator()}
+    want = {
+        (ex["video_id"].decode(), int(ex["timestamp"])): min(len(ex["proposals"]), 4)
+        for ex in ds.as_numpy_iterator()
+    }
     assert len(want) == n
     rows = list(csv.reader((eval_dir / "detections.csv").read_text().splitlines()))
     got: dict = {}
@@ -61,9 +63,12 @@ def test_demo_report_and_eval_outputs(short, tiny_data, tmp_path, monkeypatch):
     from jovale_jax.evaluation import ava
 
     folder = data_eval_dir(short, tiny_data)
-    again = ava.evaluate(os.path.join(folder, "val_groundtruth.csv"), str(eval_dir / "detections.csv"),
-                         os.path.join(folder, "label_map.pbtxt"),
-                         os.path.join(folder, "val_excluded_timestamps.csv"))
+    again = ava.evaluate(
+        os.path.join(folder, "val_groundtruth.csv"),
+        str(eval_dir / "detections.csv"),
+        os.path.join(folder, "label_map.pbtxt"),
+        os.path.join(folder, "val_excluded_timestamps.csv"),
+    )
     assert again["mAP"] == pytest.approx(results["mAP"], abs=1e-3)  # CSV rounds scores to 1e-6
 
 

@@ -34,8 +34,16 @@ DEVICES = jax.devices()[:1]
 CLASS_IDS = list(CLASSES)
 
 
-def write_video(path: str, *, seconds: float, size: tuple[int, int], fps: int, audio: bool,
-                container_format: str | None = None, start_frame: int = 0) -> str:
+def write_video(
+    path: str,
+    *,
+    seconds: float,
+    size: tuple[int, int],
+    fps: int,
+    audio: bool,
+    container_format: str | None = None,
+    start_frame: int = 0,
+) -> str:
     """A bright bar sliding over a colour ramp (H.264 4:4:4, so odd sizes work), with a 440 Hz
     tone as 44.1 kHz stereo AAC when `audio`; the first frame's timestamp is `start_frame`."""
     width, height = size
@@ -57,8 +65,9 @@ def write_video(path: str, *, seconds: float, size: tuple[int, int], fps: int, a
             samples = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
             for start in range(0, len(samples), 1024):
                 chunk = samples[start : start + 1024]
-                frame = av.AudioFrame.from_ndarray(np.stack([chunk, chunk]), format="fltp",
-                                                   layout="stereo")
+                frame = av.AudioFrame.from_ndarray(
+                    np.stack([chunk, chunk]), format="fltp", layout="stereo"
+                )
                 frame.sample_rate, frame.pts = 44100, start
                 container.mux(sound.encode(frame))
             container.mux(sound.encode())
@@ -70,12 +79,15 @@ def videos(tmp_path_factory) -> dict[str, str]:
     folder = tmp_path_factory.mktemp("videos")
     return {
         "odd": write_video(str(folder / "odd.mp4"), seconds=1, size=(97, 61), fps=12, audio=True),
-        "silent": write_video(str(folder / "silent.mp4"), seconds=1, size=(97, 61), fps=12,
-                              audio=False),
-        "long": write_video(str(folder / "long.mkv"), seconds=20, size=(64, 48), fps=5,
-                            audio=False),
-        "short": write_video(str(folder / "short.mp4"), seconds=0.5, size=(40, 30), fps=8,
-                             audio=True),
+        "silent": write_video(
+            str(folder / "silent.mp4"), seconds=1, size=(97, 61), fps=12, audio=False
+        ),
+        "long": write_video(
+            str(folder / "long.mkv"), seconds=20, size=(64, 48), fps=5, audio=False
+        ),
+        "short": write_video(
+            str(folder / "short.mp4"), seconds=0.5, size=(40, 30), fps=8, audio=True
+        ),
     }
 
 
@@ -86,8 +98,11 @@ def compilation_cache(tmp_path_factory):
     settings are restored afterwards."""
     from jax.experimental.compilation_cache import compilation_cache as cache
 
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-             "jax_persistent_cache_min_entry_size_bytes")
+    names = (
+        "jax_compilation_cache_dir",
+        "jax_persistent_cache_min_compile_time_secs",
+        "jax_persistent_cache_min_entry_size_bytes",
+    )
     saved = {name: getattr(jax.config, name) for name in names}
     cache.reset_cache()
     jax.config.update(names[0], str(tmp_path_factory.mktemp("xla_cache")))
@@ -120,8 +135,11 @@ def trained(config, tmp_path_factory) -> tuple[str, state.ModelState]:
     workdir = str(tmp_path_factory.mktemp("run"))
     s = state.create(config, mesh=make_mesh((1, 1), DEVICES), steps_per_epoch=1)
     ckpt = Checkpointer(workdir)
-    ckpt.save(0, {"state": s.state, "frozen": s.frozen},
-              {"input_state": {}, "config": config.to_json_best_effort()})
+    ckpt.save(
+        0,
+        {"state": s.state, "frozen": s.frozen},
+        {"input_state": {}, "config": config.to_json_best_effort()},
+    )
     ckpt.close()
     return workdir, s
 
@@ -131,14 +149,29 @@ def tiny_detector(tmp_path_factory) -> str:
     """A random DETR (ResNet backbone of 8 channels, one layer each) whose class head favours
     'person', saved with its image processor."""
     transformers = pytest.importorskip("transformers")
-    backbone = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 8], depths=[1, 1],
-                                         layer_type="basic", out_features=["stage2"])
+    backbone = transformers.ResNetConfig(
+        embedding_size=8,
+        hidden_sizes=[8, 8],
+        depths=[1, 1],
+        layer_type="basic",
+        out_features=["stage2"],
+    )
     labels = {0: "N/A", 1: "person", 2: "car"}
     model_config = transformers.DetrConfig(
-        use_timm_backbone=False, backbone_config=backbone, use_pretrained_backbone=False,
-        d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-        decoder_attention_heads=2, encoder_ffn_dim=16, decoder_ffn_dim=16, num_queries=10,
-        id2label=labels, label2id={v: k for k, v in labels.items()})
+        use_timm_backbone=False,
+        backbone_config=backbone,
+        use_pretrained_backbone=False,
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=16,
+        decoder_ffn_dim=16,
+        num_queries=10,
+        id2label=labels,
+        label2id={v: k for k, v in labels.items()},
+    )
     model = transformers.DetrForObjectDetection(model_config)
     bias = model.class_labels_classifier.bias.data
     bias[:] = -4.0
@@ -146,7 +179,8 @@ def tiny_detector(tmp_path_factory) -> str:
     folder = str(tmp_path_factory.mktemp("detr"))
     model.save_pretrained(folder)
     transformers.DetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 96}).save_pretrained(
-        folder)
+        folder
+    )
     return folder
 
 
@@ -176,13 +210,25 @@ def test_keyframe_inputs_are_the_input_pipelines(config, videos):
         [(_, clip)] = list(video_io.read_clips(container, [0.5], spec, "odd"))
     boxes = np.array([[0.1, 0.2, 0.5, 0.9]], np.float32)
     ours = driver.example_inputs(config, clip, boxes)
-    example = {"frames": tf.constant(clip.frames), "scene_frames": tf.constant(clip.scene_frames),
-               "waveform": tf.constant(clip.waveform), "has_audio": tf.constant(True),
-               "proposals": tf.constant(boxes), "proposal_scores": tf.constant([1.0]),
-               "targets": tf.zeros((1, config.model.num_classes), tf.int8)}
+    example = {
+        "frames": tf.constant(clip.frames),
+        "scene_frames": tf.constant(clip.scene_frames),
+        "waveform": tf.constant(clip.waveform),
+        "has_audio": tf.constant(True),
+        "proposals": tf.constant(boxes),
+        "proposal_scores": tf.constant([1.0]),
+        "targets": tf.zeros((1, config.model.num_classes), tf.int8),
+    }
     reference = input_pipeline.decode_example(example, config)
-    assert set(ours) == {"video", "frame_extent", "scene", "audio", "audio_mask", "boxes",
-                         "box_mask"}
+    assert set(ours) == {
+        "video",
+        "frame_extent",
+        "scene",
+        "audio",
+        "audio_mask",
+        "boxes",
+        "box_mask",
+    }
     for key, value in ours.items():
         np.testing.assert_allclose(value, reference[key].numpy(), atol=1e-4, err_msg=key)
     assert np.abs(ours["audio"]).max() > 0.5  # the tone is there
@@ -190,13 +236,16 @@ def test_keyframe_inputs_are_the_input_pipelines(config, videos):
 
 def test_boxes_csv_on_an_odd_sized_video_with_audio(config, trained, videos, tmp_path, capsys):
     boxes = tmp_path / "boxes.csv"
-    boxes.write_text("odd,0,0.1,0.2,0.5,0.9,0.8\n"
-                     "odd,0.0,-0.1,0.3,0.6,1.2\n"  # no score (1.0): first; clipped to the frame
-                     "other,0,0.1,0.1,0.2,0.2,0.9\n"  # another video: ignored
-                     "odd,7,0.1,0.1,0.2,0.2,0.9\n")  # no keyframe at 7 s: counted, unused
+    boxes.write_text(
+        "odd,0,0.1,0.2,0.5,0.9,0.8\n"
+        "odd,0.0,-0.1,0.3,0.6,1.2\n"  # no score (1.0): first; clipped to the frame
+        "other,0,0.1,0.1,0.2,0.2,0.9\n"  # another video: ignored
+        "odd,7,0.1,0.1,0.2,0.2,0.9\n"
+    )  # no keyframe at 7 s: counted, unused
     out = tmp_path / "out"
-    result = detect(config, video=videos["odd"], out_dir=str(out), boxes_csv=str(boxes),
-                    model_state=trained[1])
+    result = detect(
+        config, video=videos["odd"], out_dir=str(out), boxes_csv=str(boxes), model_state=trained[1]
+    )
     assert result["keyframes"] == 1 and result["keyframes_skipped"] == 0
     assert result["has_audio"] and not result["audio_masked"]
     assert result["proposals"] == "boxes_csv" and result["boxes_rows_unused"] == 1
@@ -218,13 +267,11 @@ def test_without_an_audio_track_the_audio_is_masked(config, trained, videos, tmp
     """The same frames without audio: masked audio (the note is printed), and the scores are
     those of the model with `audio_mask` false; with the track they differ."""
     s = trained[1]
-    silent = detect(config, video=videos["silent"], out_dir=str(tmp_path / "silent"),
-                    model_state=s)
+    silent = detect(config, video=videos["silent"], out_dir=str(tmp_path / "silent"), model_state=s)
     assert silent["audio_masked"] and not silent["has_audio"]
     assert "no audio track" in capsys.readouterr().out
     assert any("masked" in note for note in silent["notes"])
-    with_audio = detect(config, video=videos["odd"], out_dir=str(tmp_path / "odd"),
-                        model_state=s)
+    with_audio = detect(config, video=videos["odd"], out_dir=str(tmp_path / "odd"), model_state=s)
     assert not with_audio["audio_masked"]
     masked = scores_by_box(read_rows(str(tmp_path / "silent")))[("0", 0.0, 0.0, 1.0, 1.0)]
     heard = scores_by_box(read_rows(str(tmp_path / "odd")))[("0", 0.0, 0.0, 1.0, 1.0)]
@@ -240,11 +287,18 @@ def test_without_an_audio_track_the_audio_is_masked(config, trained, videos, tmp
 
 
 def test_long_video_from_the_checkpoint_with_fallback_box_and_video_out(
-        config, trained, videos, tmp_path, capsys):
+    config, trained, videos, tmp_path, capsys
+):
     """20 s without audio through `checkpoint=` (5 batches of 4)."""
     annotated = tmp_path / "annotated.mp4"
-    result = detect(config, video=videos["long"], out_dir=str(tmp_path / "out"),
-                    checkpoint=trained[0], devices=DEVICES, video_out=str(annotated))
+    result = detect(
+        config,
+        video=videos["long"],
+        out_dir=str(tmp_path / "out"),
+        checkpoint=trained[0],
+        devices=DEVICES,
+        video_out=str(annotated),
+    )
     assert result["keyframes"] == 20 and result["audio_masked"]
     assert result["proposals"] == "whole_frame"
     rows = read_rows(str(tmp_path / "out"))
@@ -261,27 +315,43 @@ def test_long_video_from_the_checkpoint_with_fallback_box_and_video_out(
     assert "20/20" in captured.err  # the progress bar
 
 
-def test_detector_on_a_video_shorter_than_the_window(config, trained, videos, tiny_detector,
-                                                     tmp_path):
-    result = detect(with_detect(config, detector=tiny_detector, keyframe_every=0.25),
-                    video=videos["short"], out_dir=str(tmp_path / "out"), model_state=trained[1])
+def test_detector_on_a_video_shorter_than_the_window(
+    config, trained, videos, tiny_detector, tmp_path
+):
+    result = detect(
+        with_detect(config, detector=tiny_detector, keyframe_every=0.25),
+        video=videos["short"],
+        out_dir=str(tmp_path / "out"),
+        model_state=trained[1],
+    )
     assert result["proposals"] == "detector" and result["keyframes"] == 2
     rows = read_rows(str(tmp_path / "out"))
     per_box = config.model.num_proposals * len(CLASSES)  # 10 confident persons: the top K kept
     assert [r[1] for r in rows] == ["0"] * per_box + ["0.25"] * per_box
-    assert all(0 <= x1 <= x2 <= 1 and 0 <= y1 <= y2 <= 1
-               for x1, y1, x2, y2 in (map(float, r[2:6]) for r in rows))
-    assert sorted(os.listdir(tmp_path / "out" / "keyframes")) == ["00000_0s.png",
-                                                                   "00001_0.25s.png"]
+    assert all(
+        0 <= x1 <= x2 <= 1 and 0 <= y1 <= y2 <= 1
+        for x1, y1, x2, y2 in (map(float, r[2:6]) for r in rows)
+    )
+    assert sorted(os.listdir(tmp_path / "out" / "keyframes")) == ["00000_0s.png", "00001_0.25s.png"]
 
 
-@pytest.mark.parametrize("container_format", [
-    "h264",  # a raw stream: no duration, no timestamps (FFmpeg reads it at 25 fps)
-    "mpegts",  # its first frame at 3 s: keyframe times count from there
-])
+@pytest.mark.parametrize(
+    "container_format",
+    [
+        "h264",  # a raw stream: no duration, no timestamps (FFmpeg reads it at 25 fps)
+        "mpegts",  # its first frame at 3 s: keyframe times count from there
+    ],
+)
 def test_streams_without_duration_or_starting_late(config, trained, tmp_path, container_format):
-    path = write_video(str(tmp_path / f"clip.{container_format}"), seconds=2.4, size=(32, 24),
-                       fps=25, audio=False, container_format=container_format, start_frame=75)
+    path = write_video(
+        str(tmp_path / f"clip.{container_format}"),
+        seconds=2.4,
+        size=(32, 24),
+        fps=25,
+        audio=False,
+        container_format=container_format,
+        start_frame=75,
+    )
     result = detect(config, video=path, out_dir=str(tmp_path / "out"), model_state=trained[1])
     assert result["keyframes"] == 3 and result["keyframes_skipped"] == 0
     assert [r[1] for r in read_rows(str(tmp_path / "out"))[::6]] == ["0", "1", "2"]
@@ -298,8 +368,9 @@ def bad_inputs(tmp_path, videos) -> dict[str, tuple[dict, type, str]]:
     audio_only = tmp_path / "sound.m4a"
     with av.open(str(audio_only), "w") as container:
         stream = container.add_stream("aac", rate=16000, layout="mono")
-        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp",
-                                           layout="mono")
+        frame = av.AudioFrame.from_ndarray(
+            np.zeros((1, 1024), np.float32), format="fltp", layout="mono"
+        )
         frame.sample_rate, frame.pts = 16000, 0
         container.mux(stream.encode(frame))
         container.mux(stream.encode())
@@ -311,17 +382,35 @@ def bad_inputs(tmp_path, videos) -> dict[str, tuple[dict, type, str]]:
         "not_a_video": ({"video": str(text)}, common.BadInputError, str(text)),
         "missing": ({"video": missing}, FileNotFoundError, missing),
         "audio_only": ({"video": str(audio_only)}, common.BadInputError, str(audio_only)),
-        "csv_of_other_videos": ({"video": videos["odd"], "boxes_csv": str(other)},
-                                common.BadInputError, str(other)),
-        "csv_at_no_keyframe": ({"video": videos["odd"], "boxes_csv": str(late)},
-                               common.BadInputError, str(late)),
-        "foreign_out_dir": ({"video": videos["odd"], "out_dir": str(taken)},
-                            common.BadInputError, str(taken)),
+        "csv_of_other_videos": (
+            {"video": videos["odd"], "boxes_csv": str(other)},
+            common.BadInputError,
+            str(other),
+        ),
+        "csv_at_no_keyframe": (
+            {"video": videos["odd"], "boxes_csv": str(late)},
+            common.BadInputError,
+            str(late),
+        ),
+        "foreign_out_dir": (
+            {"video": videos["odd"], "out_dir": str(taken)},
+            common.BadInputError,
+            str(taken),
+        ),
     }
 
 
-@pytest.mark.parametrize("case", ["not_a_video", "missing", "audio_only", "csv_of_other_videos",
-                                  "csv_at_no_keyframe", "foreign_out_dir"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "not_a_video",
+        "missing",
+        "audio_only",
+        "csv_of_other_videos",
+        "csv_at_no_keyframe",
+        "foreign_out_dir",
+    ],
+)
 def test_bad_input_is_a_one_line_error_and_writes_nothing(config, videos, tmp_path, case):
     kwargs, error, path = bad_inputs(tmp_path, videos)[case]
     out = str(tmp_path / "out")
@@ -346,7 +435,8 @@ def test_without_a_checkpoint_it_says_to_run_the_demo(config, videos, tmp_path, 
 
 
 def test_a_failure_midway_leaves_no_output_and_keeps_the_previous_one(
-        config, trained, videos, tmp_path, monkeypatch):
+    config, trained, videos, tmp_path, monkeypatch
+):
     out = tmp_path / "out"
     run = {"video": videos["odd"], "out_dir": str(out), "model_state": trained[1]}
 
@@ -372,14 +462,15 @@ def test_draw_detections_and_top_labels():
     image = np.zeros((61, 97, 3), np.uint8)
     labels = visualize.top_labels(np.array([[0.1, 0.9, 0.5, 0.2]]), ["a", "b", "c", "d"])
     assert labels == [[("b", 0.9), ("c", 0.5), ("d", 0.2)]]
-    drawn = visualize.draw_detections(image, np.array([[0.5, 0.5, 0.9, 0.9]]), labels,
-                                      title="t = 0 s")
+    drawn = visualize.draw_detections(
+        image, np.array([[0.5, 0.5, 0.9, 0.9]]), labels, title="t = 0 s"
+    )
     assert drawn.size == (round(97 * 256 / 61), 256)
     pixels = np.asarray(drawn)
     colored = (pixels == visualize.PALETTE[0]).all(-1)
     y1, y2 = round(0.5 * drawn.height), round(0.9 * drawn.height)
     assert colored[y2 - 1 : y2 + 2, drawn.width * 3 // 4].any()  # the box's bottom edge
-    assert not colored[:y1 - 1].any() and not colored[y2 + 2 :].any()  # nothing outside it
+    assert not colored[: y1 - 1].any() and not colored[y2 + 2 :].any()  # nothing outside it
     assert pixels[: drawn.height // 3, : drawn.width // 2].any()  # the title
     with pytest.raises(ValueError, match="1 boxes but 0 label lists"):
         visualize.draw_detections(image, np.array([[0.5, 0.5, 0.9, 0.9]]), [])
@@ -389,23 +480,27 @@ def test_label_blocks_of_close_actors_do_not_overlap():
     # Three actors side by side, boxes overlapping (the demo's keyframes at 341 x 256).
     boxes = np.array([[0.40, 0.30, 0.48, 0.70], [0.43, 0.32, 0.51, 0.72], [0.45, 0.29, 0.53, 0.69]])
     labels = [[("walk", 0.9), ("tiled_room", 0.8), ("near_ball", 0.1)]] * 3
-    drawn = visualize.draw_detections(np.zeros((96, 128, 3), np.uint8), boxes, labels,
-                                      title="video @ 3 s")
+    drawn = visualize.draw_detections(
+        np.zeros((96, 128, 3), np.uint8), boxes, labels, title="video @ 3 s"
+    )
     pixels = np.asarray(drawn)
     for i in range(3):  # every block's colour is visible: none is painted over by another
         assert (pixels == visualize.PALETTE[i]).all(-1).sum() > 1200
     sizes = np.array([[60.0, 36.0]] * 3)
-    corners = visualize.place_labels(boxes[:, :2] * [341, 256], sizes, (341, 256),
-                                     taken=[(0, 0, 80, 12)])
+    corners = visualize.place_labels(
+        boxes[:, :2] * [341, 256], sizes, (341, 256), taken=[(0, 0, 80, 12)]
+    )
     rects = [(x, y, x + w, y + h) for (x, y), (w, h) in zip(corners, sizes)]
     assert corners[0] == (0.40 * 341, 0.30 * 256)  # a free anchor keeps its place
     for a, b in itertools.combinations(rects + [(0, 0, 80, 12)], 2):
         assert not visualize._overlaps(a, b), (a, b)
     assert all(0 <= r[0] and r[2] <= 341 and 0 <= r[1] and r[3] <= 256 for r in rects)
     # Out of room below: the next block moves right of the one it hits, still inside the image.
-    corners = visualize.place_labels(np.array([[10.0, 50.0], [12.0, 52.0]]),
-                                     np.array([[30.0, 40.0], [30.0, 40.0]]), (100, 80))
+    corners = visualize.place_labels(
+        np.array([[10.0, 50.0], [12.0, 52.0]]), np.array([[30.0, 40.0], [30.0, 40.0]]), (100, 80)
+    )
     assert corners == [(10.0, 40.0), (40.0, 40.0)]
-    corners = visualize.place_labels(np.array([[40.0, 50.0], [42.0, 52.0]]),
-                                     np.array([[30.0, 40.0], [30.0, 40.0]]), (80, 80))
+    corners = visualize.place_labels(
+        np.array([[40.0, 50.0], [42.0, 52.0]]), np.array([[30.0, 40.0], [30.0, 40.0]]), (80, 80)
+    )
     assert corners == [(40.0, 40.0), (10.0, 40.0)]  # no room on the right either: on the left

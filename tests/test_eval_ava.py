@@ -324,12 +324,18 @@ def test_does_not_import_jax_or_tensorflow():
 
 def loop_rows(preds, class_ids, min_score=0.0):
     """The writer as it was: a Python loop over boxes x classes (the reference)."""
-    for vid, ts, box, scores in zip(preds["video_ids"], preds["timestamps"], preds["boxes"],
-                                    preds["scores"], strict=True):
+    for vid, ts, box, scores in zip(
+        preds["video_ids"], preds["timestamps"], preds["boxes"], preds["scores"], strict=True
+    ):
         for cid, sc in zip(class_ids, scores, strict=True):
             if sc >= min_score:
-                yield [vid, f"{float(ts):.3f}".rstrip("0").rstrip("."),
-                       *(f"{v:.4f}" for v in box), str(int(cid)), f"{sc:.6f}"]
+                yield [
+                    vid,
+                    f"{float(ts):.3f}".rstrip("0").rstrip("."),
+                    *(f"{v:.4f}" for v in box),
+                    str(int(cid)),
+                    f"{sc:.6f}",
+                ]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -338,10 +344,12 @@ def test_bulk_detections_csv_equals_the_loop(tmp_path, dtype):
 
     rng = np.random.default_rng(0)
     n, ids = CHUNK_BOXES + 37, [1, 2, 9, 10, 64, 80, 12]  # two chunks; ids of 1 and 2 digits
-    preds = {"video_ids": np.array([f"vid{i % 13}" + "x" * (i % 3) for i in range(n)]),
-             "timestamps": np.where(np.arange(n) % 5, rng.integers(902, 1799, n), 2.25),
-             "boxes": rng.uniform(-0.1, 1.1, (n, 4)).astype(np.float32),
-             "scores": rng.uniform(0, 1, (n, len(ids))).astype(dtype)}
+    preds = {
+        "video_ids": np.array([f"vid{i % 13}" + "x" * (i % 3) for i in range(n)]),
+        "timestamps": np.where(np.arange(n) % 5, rng.integers(902, 1799, n), 2.25),
+        "boxes": rng.uniform(-0.1, 1.1, (n, 4)).astype(np.float32),
+        "scores": rng.uniform(0, 1, (n, len(ids))).astype(dtype),
+    }
     # exact ties of the 6th decimal (1/128 = 0.0078125), the ends, values that round up to 1
     preds["scores"][0] = [0, 1, 1 / 128, 0.5, 0.9999996, 1e-7, 3 / 128]
     for min_score in (0.0, 0.4):

@@ -22,7 +22,8 @@ def test_mac_counter_counts_matmuls_and_convs():
     img = jnp.zeros((1, 8, 8, 3))
     ker = jnp.zeros((2, 2, 3, 4))
     conv = lambda x, k: jax.lax.conv_general_dilated(
-        x, k, (2, 2), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        x, k, (2, 2), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
     assert count_macs(conv, img, ker) == (4 * 4 * 4) * (2 * 2 * 3)
 
 
@@ -30,13 +31,25 @@ def test_mac_counter_counts_matmuls_and_convs():
 def test_flops_command_matches_paper(variant):
     spec = "configs/ava_vitb16.py" + (f":{variant}" if variant else "")
     # The paper's numbers are at a 224 x 288 video canvas; ours is 224 x 400 (configs/common.py).
-    out = subprocess.run([sys.executable, "launch.py", "flops", "--config", spec, "--json",
-                          "--config.model.video.image_size=(224, 288)"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "launch.py",
+            "flops",
+            "--config",
+            spec,
+            "--json",
+            "--config.model.video.image_size=(224, 288)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert abs(result["total_gmacs"] / PAPER_GFLOPS[variant] - 1) < 0.05, result["total_gmacs"]
     parts = result["components"]
     assert sum(v["gmacs"] for k, v in parts.items() if k != "total") == pytest.approx(
-        result["total_gmacs"], rel=1e-6)
+        result["total_gmacs"], rel=1e-6
+    )
     assert parts["visual"]["params"] == pytest.approx(86.4e6, rel=0.01)  # ViT-B/16 video
     assert result["params"] == sum(v["params"] for k, v in parts.items() if k != "total")

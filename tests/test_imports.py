@@ -10,10 +10,13 @@ HEAVY = ("tensorflow", "tensorflow_datasets", "librosa", "av", "matplotlib", "to
 
 
 def test_models_and_sharding_import_no_heavy_package():
-    code = ("import sys, jovale_jax.models, jovale_jax.sharding; "
-            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                         check=False)
+    code = (
+        "import sys, jovale_jax.models, jovale_jax.sharding; "
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
@@ -26,7 +29,16 @@ def test_base_install_is_what_the_modules_need_and_test_pulls_everything():
     assert "jovale-jax[train,convert]" in extras["test"]
     assert "jovale-jax[data]" in extras["train"]
     everything = " ".join(d for deps in extras.values() for d in deps)
-    for package in ("tensorflow-cpu", "tensorflow-datasets", "librosa", "av", "matplotlib",
-                    "optax", "orbax-checkpoint", "transformers", "torch==2.13.0"):
+    for package in (
+        "tensorflow-cpu",
+        "tensorflow-datasets",
+        "librosa",
+        "av",
+        "matplotlib",
+        "optax",
+        "orbax-checkpoint",
+        "transformers",
+        "torch==2.13.0",
+    ):
         assert package in everything
     assert "chex" not in everything and "einops" not in everything

@@ -271,7 +271,8 @@ def test_flip_moves_boxes_with_frames(flip_prob):
             padding[:ey2, ex1:ex2] = False
             np.testing.assert_array_equal(
                 batch[key][..., padding, :],
-                np.broadcast_to(input_pipeline.VIDEO_PAD_VALUE, batch[key][..., padding, :].shape))
+                np.broadcast_to(input_pipeline.VIDEO_PAD_VALUE, batch[key][..., padding, :].shape),
+            )
             outside &= ~padding
         assert grey[..., inside].min() > 0.8, key
         assert grey[..., outside].max() < 0.2, key
@@ -444,11 +445,14 @@ def test_circle_stays_round_on_a_16_9_frame():
         e["proposals"], e["proposal_scores"] = box[None], np.ones(1, np.float32)
         e["targets"] = np.ones((1, config.model.num_classes), np.int8)
     flipped = np.array([1 - box[2], box[1], 1 - box[0], box[3]])
-    for batch, expected in ((_eval_batches(config, examples)[0], box),
-                            (next(_train_iterator(config, examples)), flipped)):
+    for batch, expected in (
+        (_eval_batches(config, examples)[0], box),
+        (next(_train_iterator(config, examples)), flipped),
+    ):
         np.testing.assert_allclose(batch["frame_extent"][0, 3] - batch["frame_extent"][0, 1], 1)
         np.testing.assert_allclose(
-            batch["frame_extent"][0, 2] - batch["frame_extent"][0, 0], 114 / 128)
+            batch["frame_extent"][0, 2] - batch["frame_extent"][0, 0], 114 / 128
+        )
         disc = batch["video"][0, 0].mean(axis=-1) > 127  # (64, 128)
         rows, cols = np.flatnonzero(disc.any(axis=1)), np.flatnonzero(disc.any(axis=0))
         height, width = rows[-1] + 1 - rows[0], cols[-1] + 1 - cols[0]
@@ -456,8 +460,11 @@ def test_circle_stays_round_on_a_16_9_frame():
         assert abs(disc.sum() / (np.pi * (r * 64 / h) ** 2) - 1) < 0.08  # round, and full
         x1, y1, x2, y2 = _canvas_box(np.asarray(batch["boxes"][0, 0]), batch["frame_extent"][0])
         np.testing.assert_allclose(batch["boxes"][0, 0], expected, atol=1e-6)
-        np.testing.assert_allclose([x1 * 128, y1 * 64, x2 * 128, y2 * 64],
-                                   [cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], atol=1.0)
+        np.testing.assert_allclose(
+            [x1 * 128, y1 * 64, x2 * 128, y2 * 64],
+            [cols[0], rows[0], cols[-1] + 1, rows[-1] + 1],
+            atol=1.0,
+        )
 
 
 def _photo(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -466,8 +473,9 @@ def _photo(h: int, w: int, seed: int = 0) -> np.ndarray:
     image = np.zeros((h, w, 3), np.float32)
     for cell in (64, 16, 4):
         coarse = rng.uniform(-60, 60, (h // cell + 2, w // cell + 2, 3)).astype(np.float32)
-        image += tf.image.resize(coarse[None], (h + 2 * cell, w + 2 * cell))[0, cell:-cell,
-                                                                                cell:-cell]
+        image += tf.image.resize(coarse[None], (h + 2 * cell, w + 2 * cell))[
+            0, cell:-cell, cell:-cell
+        ]
     image = np.clip(image + 128 + rng.normal(0, 6, image.shape), 0, 255).astype(np.uint8)
     return tf.io.decode_jpeg(tf.io.encode_jpeg(image, quality=90)).numpy()
 
@@ -483,7 +491,8 @@ def test_uint8_resizes_stay_close_to_float_references():
     jpeg = tf.io.encode_jpeg(photo, quality=95)
     decoded = tf.io.decode_jpeg(jpeg).numpy()
     frames, extent = input_pipeline.decode_video(
-        tf.stack([jpeg] * 2), num_frames=2, canvas=(224, 400), short_side=224)
+        tf.stack([jpeg] * 2), num_frames=2, canvas=(224, 400), short_side=224
+    )
     reference = tf.image.resize(decoded.astype(np.float32), (224, 398), method="bilinear").numpy()
     np.testing.assert_allclose(extent, [0, 0, 398 / 400, 1])
     assert np.abs(frames[1, :, :398].numpy() - reference).max() <= 0.5 + 1e-3
@@ -492,4 +501,7 @@ def test_uint8_resizes_stay_close_to_float_references():
         pil = np.asarray(Image.fromarray(decoded).resize((size, size), Image.BICUBIC), np.float32)
         diff = np.abs(scene[0].numpy().astype(np.float32) - pil)
         assert diff.mean() <= mean_bound and np.percentile(diff, 99) <= p99_bound, (
-            size, diff.mean(), np.percentile(diff, 99))
+            size,
+            diff.mean(),
+            np.percentile(diff, 99),
+        )

@@ -86,8 +86,7 @@ def test_drop_path_eval_unchanged_train_drops_whole_branches(tiny_config):
     cfg = tiny_config.model.video
     cfg.depth, cfg.drop_path = 2, 0.5  # rates 0 (block 0) and 0.5 (block 1)
     plain = Encoder(cfg, rngs=nnx.Rngs(0), qkv_bias=(True, False, True))  # drop_path 0
-    model = Encoder(cfg, rngs=nnx.Rngs(0), qkv_bias=(True, False, True),
-                    drop_path=cfg.drop_path)
+    model = Encoder(cfg, rngs=nnx.Rngs(0), qkv_bias=(True, False, True), drop_path=cfg.drop_path)
     nnx.update(model, nnx.state(plain, nnx.Param))
     x = jnp.asarray(np.random.default_rng(2).normal(size=(64, 6, cfg.width)), jnp.float32)
     model.eval()
@@ -104,8 +103,9 @@ def test_drop_path_eval_unchanged_train_drops_whole_branches(tiny_config):
         for mlp_kept in (False, True):
             outcomes.append(np.asarray(h1 + blk.mlp(blk.norm2(h1)) / keep if mlp_kept else h1))
     # every example is one of the four (attention branch, MLP branch) kept/dropped outcomes
-    which = np.array([[np.abs(got[e] - o[e]).max() < 1e-4 for o in outcomes]
-                      for e in range(len(x))])
+    which = np.array(
+        [[np.abs(got[e] - o[e]).max() < 1e-4 for o in outcomes] for e in range(len(x))]
+    )
     assert which.sum(1).tolist() == [1] * len(x)
     counts = which.sum(0)
     assert (counts > 0).all(), counts  # 64 examples: each outcome drawn (p of a miss ~ 4e-8)
@@ -125,10 +125,14 @@ def test_xla_attention_equals_written_out_softmax_with_padded_keys():
     x = jnp.asarray(rng.normal(size=(3, 7, 32)), jnp.float32)
     mask = jnp.asarray(rng.uniform(size=(3, 7)) < 0.6).at[:, 0].set(True)  # padded actors
     got = att(x, mask)
-    q, k, v = (jnp.einsum("bnd,dhk->bnhk", x, kern[...]) + bias[...]
-               for kern, bias in ((att.query_kernel, att.query_bias),
-                                  (att.key_kernel, att.key_bias),
-                                  (att.value_kernel, att.value_bias)))
+    q, k, v = (
+        jnp.einsum("bnd,dhk->bnhk", x, kern[...]) + bias[...]
+        for kern, bias in (
+            (att.query_kernel, att.query_bias),
+            (att.key_kernel, att.key_bias),
+            (att.value_kernel, att.value_bias),
+        )
+    )
     out = attention_reference(q, k, v, mask)
     want = jnp.einsum("bnhk,hkd->bnd", out, att.out_kernel[...]) + att.out_bias[...]
     np.testing.assert_allclose(got, want, atol=TOL)
@@ -149,7 +153,8 @@ def test_auto_settings_resolve_by_backend(tiny_config):
     tiny_config.model.attention_impl = "auto"
     model = JoVALE(tiny_config.model, rngs=nnx.Rngs(0))
     assert model.amfn.layers.mfe["video"].encoder.attn.implementation == (
-        "xla" if not on_gpu else "cudnn")
+        "xla" if not on_gpu else "cudnn"
+    )
 
 
 def test_softmax_custom_jvp_on_in_tests():

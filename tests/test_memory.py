@@ -17,14 +17,16 @@ def test_memory_report_accounts_for_state_and_clips():
     config.model.remat_policy = "full"
     r = memory_report(config, 2)
     model = nnx.eval_shape(lambda: JoVALE(config.model, rngs=nnx.Rngs(0)))
-    state_bytes = sum(math.prod(x.shape) * x.dtype.itemsize
-                      for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    state_bytes = sum(
+        math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(nnx.state(model, nnx.Param))
+    )
     assert r["params"] == state_bytes and r["frozen"] > 0  # no BLIP: frozen = position table
     assert 2 * r["params"] <= r["opt_state"] <= 2 * r["params"] + 1024  # AdamW's two moments
     assert r["arguments"] >= r["params"] + r["opt_state"] + r["frozen"] + r["batch"]
     assert r["temporaries"] > 0 and r["per_clip"] == r["total"] / 2
-    assert r["total"] == (r["arguments"] + r["outputs"] - r["aliased"] + r["temporaries"]
-                          + r["generated_code"])
+    assert r["total"] == (
+        r["arguments"] + r["outputs"] - r["aliased"] + r["temporaries"] + r["generated_code"]
+    )
     assert r["remat_policy"] == "full" and r["dtype"] == "float32" and r["backend"] == "cpu"
     # forward + backward (the input video needs no gradient) + the recomputed forward of the
     # scanned layers: between 2 and 4 forwards' worth of MACs

@@ -41,11 +41,20 @@ def test_encoder_shapes(tiny_config):
     video = jnp.zeros((2, m.video.num_frames) + tuple(m.video.image_size) + (3,))
     h, w = m.video.image_size
     assert shape(lambda r: VideoEncoder(m.video, rngs=r), video) == (
-        2, m.video.num_frames // 2, h // 16, w // 16, m.video.width)
+        2,
+        m.video.num_frames // 2,
+        h // 16,
+        w // 16,
+        m.video.width,
+    )
     scene = jnp.zeros((2, m.scene.num_frames, m.scene.image_size, m.scene.image_size, 3))
     n = (m.scene.image_size // 16) ** 2
     assert shape(lambda r: BlipVisionEncoder(m.scene, rngs=r), scene) == (
-        2, m.scene.num_frames, 1 + n, m.scene.width)
+        2,
+        m.scene.num_frames,
+        1 + n,
+        m.scene.width,
+    )
     audio = jnp.zeros((2, m.audio.num_frames, m.audio.num_mel_bins))
     assert shape(lambda r: AudioPatchEmbed(m.audio, rngs=r), audio) == (2, 9, 5, m.audio.width)
 
@@ -135,9 +144,11 @@ def test_logits_and_gates_of_the_last_mfa(tiny_config, fusion):
     batch = random_batch(cfg, batch_size=2, seed=4)
     seen = []
     for layer in model.amfn.layers:  # record every layer's weights, eagerly
+
         def weights(*args, _orig=layer.mfa.weights):
             seen.append(_orig(*args))
             return seen[-1]
+
         object.__setattr__(layer.mfa, "weights", weights)
     logits, gates = model.logits_and_gates(batch)
     assert gates.shape == (2, cfg.num_proposals, 3) and len(seen) == len(model.amfn.layers)
@@ -159,8 +170,10 @@ def test_resample_hand_checked():
     want = [1.0, 3.0, 6.0, 8.0, 11.0, 13.0, 16.0, 18.0]
     np.testing.assert_allclose(resample_matrix(20, 8) @ x, want)
     # and back 8 -> 20: repetition of the nearest earlier step
-    np.testing.assert_allclose(resample_matrix(8, 20) @ np.arange(8.0),
-                               [0, 0, 0, 1, 1, 2, 2, 2, 3, 3, 4, 4, 4, 5, 5, 6, 6, 6, 7, 7])
+    np.testing.assert_allclose(
+        resample_matrix(8, 20) @ np.arange(8.0),
+        [0, 0, 0, 1, 1, 2, 2, 2, 3, 3, 4, 4, 4, 5, 5, 6, 6, 6, 7, 7],
+    )
     # 4 -> 8 repeats each step twice; 8 -> 4 averages pairs; 8 -> 8 is the identity
     np.testing.assert_allclose(resample_matrix(4, 8) @ np.arange(4.0), [0, 0, 1, 1, 2, 2, 3, 3])
     np.testing.assert_allclose(resample_matrix(8, 4) @ np.arange(8.0), [0.5, 2.5, 4.5, 6.5])
@@ -178,8 +191,11 @@ def test_mfa_matches_numpy_equations(tiny_config):
     rng = np.random.default_rng(0)
     steps = {"video": 8, "audio": 20, "scene": 4}
     a_hat = {m: rng.normal(size=(2, k, t, d)).astype(np.float32) for m, t in steps.items()}
-    present = {"video": np.array([1, 1], bool), "audio": np.array([1, 0], bool),
-               "scene": np.array([1, 1], bool)}
+    present = {
+        "video": np.array([1, 1], bool),
+        "audio": np.array([1, 0], bool),
+        "scene": np.array([1, 1], bool),
+    }
     nxt, fuse = mfa({m: jnp.asarray(v) for m, v in a_hat.items()}, present)
 
     def align(x, t_out):  # independent: explicit loops of the pooling / repetition rules
@@ -196,10 +212,14 @@ def test_mfa_matches_numpy_equations(tiny_config):
     aligned = {m: align(a_hat[m], 8) for m in mods}
     pooled = np.concatenate([aligned[m].mean(2) * present[m][:, None, None] for m in mods], -1)
     hidden = np.maximum(pooled @ np.asarray(mfa.fc1.kernel[...]) + np.asarray(mfa.fc1.bias[...]), 0)
-    w = 1 / (1 + np.exp(-(hidden @ np.asarray(mfa.fc2.kernel[...]) + np.asarray(mfa.fc2.bias[...]))))
+    w = 1 / (
+        1 + np.exp(-(hidden @ np.asarray(mfa.fc2.kernel[...]) + np.asarray(mfa.fc2.bias[...])))
+    )
     w = dict(zip(mods, np.split(w, 3, -1)))
     count = sum(present[m].astype(np.float32) for m in mods)[:, None, None, None]
-    want_fuse = sum(present[m][:, None, None, None] * w[m][:, :, None] * aligned[m] for m in mods) / count
+    want_fuse = (
+        sum(present[m][:, None, None, None] * w[m][:, :, None] * aligned[m] for m in mods) / count
+    )
     np.testing.assert_allclose(fuse, want_fuse, rtol=1e-5, atol=1e-5)
     for m in mods:
         want = align(want_fuse, steps[m]) + w[m][:, :, None] * a_hat[m]
@@ -228,15 +248,20 @@ def roi_align_reference(feat, box, out, ratio):
         else:
             x1_ = x0 + 1
         ly, lx = y - y0, x - x0
-        return ((1 - ly) * (1 - lx) * feat[y0, x0] + (1 - ly) * lx * feat[y0, x1_]
-                + ly * (1 - lx) * feat[y1_, x0] + ly * lx * feat[y1_, x1_])
+        return (
+            (1 - ly) * (1 - lx) * feat[y0, x0]
+            + (1 - ly) * lx * feat[y0, x1_]
+            + ly * (1 - lx) * feat[y1_, x0]
+            + ly * lx * feat[y1_, x1_]
+        )
 
     res = np.zeros((out, out, feat.shape[-1]))
     for py, px in itertools.product(range(out), range(out)):
         acc = 0
         for iy, ix in itertools.product(range(ratio), range(ratio)):
-            acc = acc + bilinear(y1 + py * bh + (iy + 0.5) * bh / ratio,
-                                 x1 + px * bw + (ix + 0.5) * bw / ratio)
+            acc = acc + bilinear(
+                y1 + py * bh + (iy + 0.5) * bh / ratio, x1 + px * bw + (ix + 0.5) * bw / ratio
+            )
         res[py, px] = acc / ratio**2
     return res
 
@@ -244,14 +269,21 @@ def roi_align_reference(feat, box, out, ratio):
 def test_roi_align_against_reference():
     rng = np.random.default_rng(0)
     feat = rng.normal(size=(2, 9, 11, 3)).astype(np.float32)
-    boxes = np.array([[0.1, 0.2, 0.7, 0.9],  # interior
-                      [0.0, 0.0, 1.0, 1.0],  # the whole map, samples at the borders
-                      [-0.05, 0.8, 0.3, 1.05],  # past the borders
-                      [0.5, 0.5, 0.51, 0.52]], np.float32)  # tiny
+    boxes = np.array(
+        [
+            [0.1, 0.2, 0.7, 0.9],  # interior
+            [0.0, 0.0, 1.0, 1.0],  # the whole map, samples at the borders
+            [-0.05, 0.8, 0.3, 1.05],  # past the borders
+            [0.5, 0.5, 0.51, 0.52],
+        ],
+        np.float32,
+    )  # tiny
     got = np.asarray(roi_align(jnp.asarray(feat), jnp.asarray(boxes), 7, 2))
     assert got.shape == (4, 2, 7, 7, 3)
     for kk, t in itertools.product(range(4), range(2)):
-        np.testing.assert_allclose(got[kk, t], roi_align_reference(feat[t], boxes[kk], 7, 2), atol=1e-5)
+        np.testing.assert_allclose(
+            got[kk, t], roi_align_reference(feat[t], boxes[kk], 7, 2), atol=1e-5
+        )
 
 
 def test_roi_align_gradient_reaches_features():

@@ -49,13 +49,38 @@ def launch(command, *args, num_processes=2, env=TWO_DEVICES, port=None, per_proc
     port = port or free_port()
     procs = []
     for i in range(num_processes):
-        flags = [] if num_processes == 1 else [
-            "--coordinator_address", f"localhost:{port}", "--num_processes", str(num_processes),
-            "--process_id", str(i), "--coordinator_timeout_s", "120"]
+        flags = (
+            []
+            if num_processes == 1
+            else [
+                "--coordinator_address",
+                f"localhost:{port}",
+                "--num_processes",
+                str(num_processes),
+                "--process_id",
+                str(i),
+                "--coordinator_timeout_s",
+                "120",
+            ]
+        )
         flags += per_process(i) if per_process else []
-        procs.append(subprocess.Popen(
-            [sys.executable, "launch.py", command, "--config", "configs/synthetic.py:test",
-             *args, *flags], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "launch.py",
+                    command,
+                    "--config",
+                    "configs/synthetic.py:test",
+                    *args,
+                    *flags,
+                ],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     return procs
 
 
@@ -68,11 +93,13 @@ def readme_commands(workdir, port, extra):
     lines = [line.strip() for line in section.splitlines()]
 
     def argv(line):
-        line = line.replace("host0:8476", f"localhost:{port}").replace(
-            "configs/synthetic.py", "configs/synthetic.py:test").replace(
-            "/shared/runs/multi", str(workdir))
+        line = (
+            line.replace("host0:8476", f"localhost:{port}")
+            .replace("configs/synthetic.py", "configs/synthetic.py:test")
+            .replace("/shared/runs/multi", str(workdir))
+        )
         words = line.split()
-        return [sys.executable, *words[words.index("launch.py"):], *extra]
+        return [sys.executable, *words[words.index("launch.py") :], *extra]
 
     hosts = [argv(line) for line in lines if line.startswith("python launch.py train")]
     srun = [argv(line) for line in lines if line.startswith("srun ")]
@@ -81,15 +108,23 @@ def readme_commands(workdir, port, extra):
 
 
 def start(argvs, envs):
-    return [subprocess.Popen(a, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            for a, e in zip(argvs, envs)]
+    return [
+        subprocess.Popen(a, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for a, e in zip(argvs, envs)
+    ]
 
 
 def slurm_env(task, port):
     """What `srun --ntasks 2` on one node gives task ``task`` (JAX reads these itself)."""
-    return dict(TWO_DEVICES, SLURM_JOB_ID="4242", SLURM_STEP_NODELIST="localhost",
-                SLURM_NTASKS="2", SLURM_PROCID=str(task), SLURM_LOCALID=str(task),
-                JAX_COORDINATOR_PORT=str(port))
+    return dict(
+        TWO_DEVICES,
+        SLURM_JOB_ID="4242",
+        SLURM_STEP_NODELIST="localhost",
+        SLURM_NTASKS="2",
+        SLURM_PROCID=str(task),
+        SLURM_LOCALID=str(task),
+        JAX_COORDINATOR_PORT=str(port),
+    )
 
 
 def finish(procs, timeout=900):
@@ -100,9 +135,17 @@ def finish(procs, timeout=900):
 
 
 def train_args(workdir, data_dir, steps):
-    return ["--workdir", str(workdir), "--data_dir", data_dir, MESH,
-            f"--config.num_train_steps={steps}", "--config.checkpoint_every_steps=2",
-            "--config.log_every_steps=1", "--config.eval_every_steps=0"]
+    return [
+        "--workdir",
+        str(workdir),
+        "--data_dir",
+        data_dir,
+        MESH,
+        f"--config.num_train_steps={steps}",
+        "--config.checkpoint_every_steps=2",
+        "--config.log_every_steps=1",
+        "--config.eval_every_steps=0",
+    ]
 
 
 def params_at(workdir, step=None, *, mesh_shape=(1, 1), devices=None):
@@ -111,8 +154,10 @@ def params_at(workdir, step=None, *, mesh_shape=(1, 1), devices=None):
     cfg.mesh_shape = mesh_shape
     path = os.path.join(workdir, "checkpoints", str(step)) if step else str(workdir)
     s = load_trained(cfg, path, devices=jax.devices()[:1] if devices is None else devices)
-    return {jax.tree_util.keystr(p): np.asarray(v)
-            for p, v in jax.tree_util.tree_flatten_with_path(s.state["params"])[0]}
+    return {
+        jax.tree_util.keystr(p): np.asarray(v)
+        for p, v in jax.tree_util.tree_flatten_with_path(s.state["params"])[0]
+    }
 
 
 def assert_same(a, b, what):
@@ -127,8 +172,13 @@ def runs(tiny_data, tmp_path_factory):
     t0 = time.time()
     # 1. the (4, 2) mesh, one process, 8 devices
     cfg = synthetic.get_config("test")
-    cfg.update(mesh_shape=(4, 2), num_train_steps=2, checkpoint_every_steps=2, log_every_steps=1,
-               eval_every_steps=0)
+    cfg.update(
+        mesh_shape=(4, 2),
+        num_train_steps=2,
+        checkpoint_every_steps=2,
+        log_every_steps=1,
+        eval_every_steps=0,
+    )
     train(cfg, str(root / "mesh42"), data_dir=tiny_data)
     # 2. two processes resume it, until SIGKILL after step 6
     killed = root / "killed"
@@ -139,7 +189,8 @@ def runs(tiny_data, tmp_path_factory):
     deadline = time.time() + 900
     while not (killed / "checkpoints" / "6").is_dir():
         assert time.time() < deadline and all(p.poll() is None for p in procs), (
-            procs[0].communicate()[0][-3000:] if procs[0].poll() is not None else "timed out")
+            procs[0].communicate()[0][-3000:] if procs[0].poll() is not None else "timed out"
+        )
         time.sleep(0.05)
     for p in procs:
         p.send_signal(signal.SIGKILL)
@@ -153,8 +204,13 @@ def runs(tiny_data, tmp_path_factory):
     # 3. two processes resume step 4 to step 6
     hosts, _ = readme_commands(killed, free_port(), train_args(killed, tiny_data, 6)[2:])
     resume_outs = finish(start(hosts, [TWO_DEVICES] * 2))
-    return {"root": root, "data": tiny_data, "first_out": first_out, "resume_outs": resume_outs,
-            "seconds": time.time() - t0}
+    return {
+        "root": root,
+        "data": tiny_data,
+        "first_out": first_out,
+        "resume_outs": resume_outs,
+        "seconds": time.time() - t0,
+    }
 
 
 def test_sigkill_and_resume_on_two_processes_match_a_straight_run(runs):
@@ -166,7 +222,9 @@ def test_sigkill_and_resume_on_two_processes_match_a_straight_run(runs):
     assert_same(params_at(root / "killed", 6), params_at(straight, 6), "resumed vs straight")
     # only process 0 writes the run's files; both took part in the checkpoints
     assert "resumed from" in runs["resume_outs"][1]
-    metrics = [json.loads(line) for line in (root / "killed" / "metrics.jsonl").read_text().splitlines()]
+    metrics = [
+        json.loads(line) for line in (root / "killed" / "metrics.jsonl").read_text().splitlines()
+    ]
     steps = [m["step"] for m in metrics]
     assert steps[:4] == [3, 4, 5, 6] and steps[-2:] == [5, 6]  # the first run, then the resumed
     assert steps.count(5) == 2  # one line per run: process 1 wrote none
@@ -181,13 +239,20 @@ def test_sigkill_and_resume_on_two_processes_match_a_straight_run(runs):
 def test_resume_on_another_topology_carries_the_input_position(runs):
     """The (4, 2) checkpoint of one process went on with 2 processes: epoch and batch position
     continue (4 global batches per epoch: 39 train examples, batch 8), the order is new."""
-    assert "checkpoint written on 1 processes, resuming on 2: epoch 0 continues after 2 batches" \
+    assert (
+        "checkpoint written on 1 processes, resuming on 2: epoch 0 continues after 2 batches"
         in runs["first_out"]
+    )
     ck = Checkpointer(str(runs["root"] / "killed"))
     states = {step: ck.read_meta(step)["input_state"] for step in (4, 6)}
     ck.close()
-    assert states[4] | {"seed": 0} == {"seed": 0, "epoch": 0, "batches_in_epoch": 4,
-                                       "per_process_batch_size": 4, "process_count": 2}
+    assert states[4] | {"seed": 0} == {
+        "seed": 0,
+        "epoch": 0,
+        "batches_in_epoch": 4,
+        "per_process_batch_size": 4,
+        "process_count": 2,
+    }
     assert (states[6]["epoch"], states[6]["batches_in_epoch"]) == (1, 2)
 
 
@@ -195,22 +260,40 @@ def test_checkpoint_of_the_4x2_mesh_restores_everywhere_with_equal_parameters(ru
     mesh42 = runs["root"] / "mesh42"
     want = params_at(mesh42, 2, mesh_shape=(4, 2), devices=jax.devices())
     assert_same(params_at(mesh42, 2), want, "(4, 2) -> 1 device")
-    assert_same(params_at(mesh42, 2, mesh_shape=(4, 1), devices=jax.devices()[:4]), want,
-                "8 devices -> 4")
+    assert_same(
+        params_at(mesh42, 2, mesh_shape=(4, 1), devices=jax.devices()[:4]), want, "8 devices -> 4"
+    )
     # ... and on 2 processes (process 0 gathers what both restored and saves it)
     out = runs["root"] / "restored_on_2.npz"
     port = free_port()
-    procs = [subprocess.Popen([sys.executable, "-c", RESTORE_ON_PROCESSES, str(port), str(i),
-                               str(mesh42 / "checkpoints" / "2"), str(out)], env=TWO_DEVICES,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                RESTORE_ON_PROCESSES,
+                str(port),
+                str(i),
+                str(mesh42 / "checkpoints" / "2"),
+                str(out),
+            ],
+            env=TWO_DEVICES,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
     finish(procs)
     with np.load(out) as got:
         assert_same(dict(got), want, "(4, 2) -> 2 processes")
     # the 2-process checkpoint on one device and on the (4, 2) mesh
     killed = runs["root"] / "killed"
-    assert_same(params_at(killed, 6), params_at(killed, 6, mesh_shape=(4, 2), devices=jax.devices()),
-                "2 processes -> 1 device / (4, 2)")
+    assert_same(
+        params_at(killed, 6),
+        params_at(killed, 6, mesh_shape=(4, 2), devices=jax.devices()),
+        "2 processes -> 1 device / (4, 2)",
+    )
 
 
 RESTORE_ON_PROCESSES = """
@@ -239,15 +322,26 @@ def test_eval_on_two_processes_equals_one_process(runs):
     out2, out1 = runs["root"] / "eval2", runs["root"] / "eval1"
     common = ["--checkpoint", ckpt, "--data_dir", runs["data"]]
     procs = launch("eval", *common, "--out", str(out2), MESH)
-    procs += launch("eval", *common, "--out", str(out1), "--config.mesh_shape=(1, 1)",
-                    num_processes=1, env=ONE_DEVICE)
+    procs += launch(
+        "eval",
+        *common,
+        "--out",
+        str(out1),
+        "--config.mesh_shape=(1, 1)",
+        num_processes=1,
+        env=ONE_DEVICE,
+    )
     outs = finish(procs)
     assert "wrote" in outs[0] and "wrote" not in outs[1]  # process 0 reports, process 1 not
     r2, r1 = (json.loads((d / "results.json").read_text()) for d in (out2, out1))
     assert r2["mAP"] == pytest.approx(r1["mAP"], abs=1e-6) and r1["mAP"] > 0
-    rows2, rows1 = (sorted((tuple(r.split(",")[:7]), float(r.split(",")[7]))
-                           for r in (d / "detections.csv").read_text().splitlines())
-                    for d in (out2, out1))
+    rows2, rows1 = (
+        sorted(
+            (tuple(r.split(",")[:7]), float(r.split(",")[7]))
+            for r in (d / "detections.csv").read_text().splitlines()
+        )
+        for d in (out2, out1)
+    )
     assert [k for k, _ in rows2] == [k for k, _ in rows1] and rows1  # every proposal once
     np.testing.assert_allclose([v for _, v in rows2], [v for _, v in rows1], atol=2e-6)
 
@@ -258,21 +352,32 @@ def test_input_shards_of_processes_are_disjoint_and_cover_the_split(tiny_data):
     config = synthetic.get_config("test")
 
     def keys(batches):
-        return {(b, int(t)) for batch in batches
-                for b, t, real in zip(batch["video_id"], batch["timestamp"], batch["example_mask"])
-                if real}
+        return {
+            (b, int(t))
+            for batch in batches
+            for b, t, real in zip(batch["video_id"], batch["timestamp"], batch["example_mask"])
+            if real
+        }
 
     whole = keys(create_eval_iterator(config, "train", batch_size=8, data_dir=tiny_data))
-    shares = [keys(create_eval_iterator(config, "train", batch_size=4, process_index=i,
-                                        process_count=2, data_dir=tiny_data)) for i in range(2)]
+    shares = [
+        keys(
+            create_eval_iterator(
+                config, "train", batch_size=4, process_index=i, process_count=2, data_dir=tiny_data
+            )
+        )
+        for i in range(2)
+    ]
     assert not shares[0] & shares[1] and shares[0] | shares[1] == whole and len(whole) == 39
 
     def train_share(i):  # the examples one epoch of process i reads (before decoding)
-        it = create_train_iterator(config, seed=0, process_index=i, process_count=2,
-                                   data_dir=tiny_data)
+        it = create_train_iterator(
+            config, seed=0, process_index=i, process_count=2, data_dir=tiny_data
+        )
         assert it.batches_per_epoch == 4  # 19 examples, 4 per batch, as on one process (39 // 8)
-        return {(ex["video_id"], int(ex["timestamp"]))
-                for ex in it._read_epoch(i).as_numpy_iterator()}
+        return {
+            (ex["video_id"], int(ex["timestamp"])) for ex in it._read_epoch(i).as_numpy_iterator()
+        }
 
     train0, train1 = train_share(0), train_share(1)
     assert not train0 & train1 and len(train0) == len(train1) == 19
@@ -293,29 +398,71 @@ def run_fails(procs, timeout=120):
 
 def test_bad_process_id_and_unreachable_coordinator_fail_on_every_process(tiny_data, tmp_path):
     port = free_port()
-    args = ["--workdir", str(tmp_path), "--data_dir", tiny_data, "--coordinator_address",
-            f"localhost:{port}", "--num_processes", "2", "--coordinator_timeout_s", "4"]
-    procs = [subprocess.Popen([sys.executable, "launch.py", "train", "--config",
-                               "configs/synthetic.py:test", *args, "--process_id", pid],
-                              env=TWO_DEVICES, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True) for pid in ("2", "1")]
+    args = [
+        "--workdir",
+        str(tmp_path),
+        "--data_dir",
+        tiny_data,
+        "--coordinator_address",
+        f"localhost:{port}",
+        "--num_processes",
+        "2",
+        "--coordinator_timeout_s",
+        "4",
+    ]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "launch.py",
+                "train",
+                "--config",
+                "configs/synthetic.py:test",
+                *args,
+                "--process_id",
+                pid,
+            ],
+            env=TWO_DEVICES,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for pid in ("2", "1")
+    ]
     bad_id, alone = run_fails(procs)
     assert "--process_id=2 is outside [0, 2)" in bad_id
-    assert (f"process 1 of 2 could not reach all processes through the coordinator at "
-            f"localhost:{port} within 4 s (--coordinator_address") in alone
+    assert (
+        f"process 1 of 2 could not reach all processes through the coordinator at "
+        f"localhost:{port} within 4 s (--coordinator_address"
+    ) in alone
 
 
 def test_processes_with_different_configs_fail_naming_the_field(tiny_data, tmp_path):
-    procs = launch("train", "--workdir", str(tmp_path), "--data_dir", tiny_data,
-                   per_process=lambda i: [f"--config.seed={i}"])
+    procs = launch(
+        "train",
+        "--workdir",
+        str(tmp_path),
+        "--data_dir",
+        tiny_data,
+        per_process=lambda i: [f"--config.seed={i}"],
+    )
     for line in run_fails(procs):
-        assert "processes disagree on the config: config.seed is 0 on process 0 but 1 on " \
-               "process 1" in line
+        assert (
+            "processes disagree on the config: config.seed is 0 on process 0 but 1 on "
+            "process 1" in line
+        )
 
 
 def test_cluster_detection_and_flag_checks_without_a_backend(monkeypatch):
-    for var in ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
-                "SLURM_LOCALID", "OMPI_MCA_orte_hnp_uri", "KUBERNETES_SERVICE_HOST"):
+    for var in (
+        "SLURM_JOB_ID",
+        "SLURM_STEP_NODELIST",
+        "SLURM_NTASKS",
+        "SLURM_PROCID",
+        "SLURM_LOCALID",
+        "OMPI_MCA_orte_hnp_uri",
+        "KUBERNETES_SERVICE_HOST",
+    ):
         monkeypatch.delenv(var, raising=False)
     assert distributed.resolve(None, None, None).source == "single process"
     monkeypatch.setenv("SLURM_JOB_ID", "7")
@@ -328,5 +475,8 @@ def test_cluster_detection_and_flag_checks_without_a_backend(monkeypatch):
         distributed.resolve("h:1", 2, None)
     with pytest.raises(ValueError, match="--coordinator_address='h': expected HOST:PORT"):
         distributed.resolve("h", 2, 0)
-    assert distributed.config_difference('{"a": {"b": 1}, "c": 2}', '{"a": {"b": 3}, "c": 2}') \
-        == ("a.b", 1, 3)
+    assert distributed.config_difference('{"a": {"b": 1}, "c": 2}', '{"a": {"b": 3}, "c": 2}') == (
+        "a.b",
+        1,
+        3,
+    )

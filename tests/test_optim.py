@@ -9,11 +9,27 @@ from flax import nnx
 from jovale_jax import optim, state
 from jovale_jax.models.jovale import JoVALE
 
-DECAYED_NAMES = {"kernel", "patch_kernel", "query_kernel", "key_kernel", "value_kernel",
-                 "out_kernel"}
-UNDECAYED_NAMES = {"bias", "patch_bias", "query_bias", "key_bias", "value_bias", "out_bias",
-                   "scale", "position_embedding", "query_time_embed/audio",
-                   "query_time_embed/scene", "query_time_embed/video"}
+DECAYED_NAMES = {
+    "kernel",
+    "patch_kernel",
+    "query_kernel",
+    "key_kernel",
+    "value_kernel",
+    "out_kernel",
+}
+UNDECAYED_NAMES = {
+    "bias",
+    "patch_bias",
+    "query_bias",
+    "key_bias",
+    "value_bias",
+    "out_bias",
+    "scale",
+    "position_embedding",
+    "query_time_embed/audio",
+    "query_time_embed/scene",
+    "query_time_embed/video",
+}
 
 
 def _trainable(config):
@@ -32,8 +48,10 @@ def test_tiny_model_decay_list(tiny_config):
     params = _trainable(tiny_config)
     mask = optim.decay_mask(params)
     decayed, undecayed = set(), set()
-    for (path, leaf), (_, decay) in zip(jax.tree_util.tree_flatten_with_path(params)[0],
-                                        jax.tree_util.tree_flatten_with_path(mask)[0]):
+    for (path, leaf), (_, decay) in zip(
+        jax.tree_util.tree_flatten_with_path(params)[0],
+        jax.tree_util.tree_flatten_with_path(mask)[0],
+    ):
         (decayed if decay else undecayed).add((_name(path), leaf.ndim))
     assert {n for n, _ in decayed} == DECAYED_NAMES
     assert {n for n, _ in undecayed} == UNDECAYED_NAMES
@@ -56,12 +74,15 @@ def test_adamw_decays_only_the_masked_parameters(tiny_config):
     updates, _ = jax.jit(tx.update)(zeros, jax.jit(tx.init)(params), params)
     mask = optim.decay_mask(params)
     for p, u, decay in zip(*(jax.tree.leaves(t) for t in (params, updates, mask))):
-        np.testing.assert_allclose(np.asarray(u), -0.05 * np.asarray(p) if decay else 0.0,
-                                   rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(
+            np.asarray(u), -0.05 * np.asarray(p) if decay else 0.0, rtol=1e-6, atol=1e-9
+        )
 
 
 def test_unclassified_parameter_is_an_error():
     with pytest.raises(ValueError, match="unclassified parameter amfn/gate"):
         optim.decays((jax.tree_util.DictKey("amfn"), jax.tree_util.DictKey("gate")))
-    assert optim.decays((jax.tree_util.DictKey("blip"), jax.tree_util.DictKey("class_embedding"))) \
+    assert (
+        optim.decays((jax.tree_util.DictKey("blip"), jax.tree_util.DictKey("class_embedding")))
         is False
+    )

@@ -45,10 +45,12 @@ def graphdef_of(cfg, **fields):
 
 def forward_fn(graphdef):
     """Eval-mode logits of a model given its state."""
+
     def fn(state, batch):
         model = nnx.merge(graphdef, state)
         model.eval()
         return model(batch)
+
     return fn
 
 
@@ -56,8 +58,11 @@ def test_bfloat16_logits_close_to_float32(tiny):
     cfg, graphdef, state, batch = tiny
     ref = np.asarray(jax.jit(forward_fn(graphdef))(state, batch))
     bf16 = forward_fn(graphdef_of(cfg, dtype="bfloat16"))
-    compiled = jax.jit(bf16).lower(state, batch).compile(
-        compiler_options={"xla_allow_excess_precision": False})
+    compiled = (
+        jax.jit(bf16)
+        .lower(state, batch)
+        .compile(compiler_options={"xla_allow_excess_precision": False})
+    )
     got = np.asarray(compiled(state, batch))
     assert got.dtype == np.float32 and got.shape == ref.shape
     diff = np.abs(got - ref) / ref.std()
@@ -66,9 +71,12 @@ def test_bfloat16_logits_close_to_float32(tiny):
     # bfloat16 all the way through: every matmul and convolution takes bfloat16 operands but the
     # classifier's (float32 on purpose, see ActionHead), while the parameters stay float32.
     jaxpr = jax.make_jaxpr(bf16)(state, batch)
-    float32_products = [eqn.outvars[0].aval.shape for eqn in equations(jaxpr)
-                        if eqn.primitive.name in PRODUCTS
-                        and any(v.aval.dtype != jnp.bfloat16 for v in eqn.invars[:2])]
+    float32_products = [
+        eqn.outvars[0].aval.shape
+        for eqn in equations(jaxpr)
+        if eqn.primitive.name in PRODUCTS
+        and any(v.aval.dtype != jnp.bfloat16 for v in eqn.invars[:2])
+    ]
     assert float32_products == [(batch["boxes"].shape[0], cfg.num_proposals, cfg.num_classes)]
     model = nnx.merge(graphdef_of(cfg, dtype="bfloat16"), state)
     assert {x.dtype for x in jax.tree.leaves(nnx.state(model, nnx.Param))} == {jnp.dtype("float32")}
@@ -113,17 +121,20 @@ def test_remat_gives_the_same_loss_and_gradients(tiny, plain_grads):
     cfg, _, state, batch = tiny
     loss, grads, names = plain_grads
     remat_loss, remat_grads, remat_names = loss_and_grads(
-        cfg, graphdef_of(cfg, remat_policy="full"), state, batch)
+        cfg, graphdef_of(cfg, remat_policy="full"), state, batch
+    )
     remat = jax.make_jaxpr(jax.checkpoint(jnp.sin))(1.0).eqns[0].primitive.name  # the primitive
     assert remat in remat_names and remat not in names
     assert remat_loss == pytest.approx(loss, rel=1e-6)
-    flat, remat_flat = (dict(jax.tree_util.tree_flatten_with_path(g)[0])
-                        for g in (grads, remat_grads))
+    flat, remat_flat = (
+        dict(jax.tree_util.tree_flatten_with_path(g)[0]) for g in (grads, remat_grads)
+    )
     assert flat.keys() == remat_flat.keys()
     scale = max(float(np.abs(g).max()) for g in flat.values())
     for path, g in flat.items():  # atol for gradients that are zero but for rounding (key biases)
-        np.testing.assert_allclose(remat_flat[path], g, rtol=1e-5, atol=1e-6 * scale,
-                                   err_msg=jax.tree_util.keystr(path))
+        np.testing.assert_allclose(
+            remat_flat[path], g, rtol=1e-5, atol=1e-6 * scale, err_msg=jax.tree_util.keystr(path)
+        )
 
 
 def test_blip_gets_no_gradient_when_frozen(tiny, plain_grads):

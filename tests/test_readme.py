@@ -21,24 +21,42 @@ def test_readme_shows_both_setup_commands():
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 # What the placeholders of the README's command table stand for.
-PLACEHOLDERS = {"C": "configs/synthetic.py:test", "W": "runs/w", "RAW": "raw", "OUT": "out",
-                "NAME": "synthetic", "FILE": "clip.mp4", "DIR": "out", "CSV": "boxes.csv",
-                "MODEL": "facebook/detr-resnet-50", "F.mp4": "annotated.mp4", "KIND": "hf_ast",
-                "PATH": "weights/ast", "MODEL,": "m"}
+PLACEHOLDERS = {
+    "C": "configs/synthetic.py:test",
+    "W": "runs/w",
+    "RAW": "raw",
+    "OUT": "out",
+    "NAME": "synthetic",
+    "FILE": "clip.mp4",
+    "DIR": "out",
+    "CSV": "boxes.csv",
+    "MODEL": "facebook/detr-resnet-50",
+    "F.mp4": "annotated.mp4",
+    "KIND": "hf_ast",
+    "PATH": "weights/ast",
+    "MODEL,": "m",
+}
 
 
 def shown_commands() -> list[tuple[str, str]]:
     """(where, command) for every `python launch.py ...` in the README (code blocks and the
     command table), bench/README.md, the presets' docstrings and the package's docstrings, with
     continuation lines joined."""
-    sources = [REPO / "README.md", REPO / "bench" / "README.md", *sorted(REPO.glob("configs/*.py")),
-               *sorted(REPO.glob("jovale_jax/**/*.py"))]
+    sources = [
+        REPO / "README.md",
+        REPO / "bench" / "README.md",
+        *sorted(REPO.glob("configs/*.py")),
+        *sorted(REPO.glob("jovale_jax/**/*.py")),
+    ]
     found = []
     for path in sources:
         text = re.sub(r"\\\n\s*", "", path.read_text())
         # Markdown: code-block lines and `...` spans; Python: the usage lines of docstrings.
-        pattern = (r"(?:^|`)\s*(?:\w+=\S+ )?(python launch\.py [^`]*)" if path.suffix == ".md"
-                   else r"^\s+(python launch\.py .*)$")
+        pattern = (
+            r"(?:^|`)\s*(?:\w+=\S+ )?(python launch\.py [^`]*)"
+            if path.suffix == ".md"
+            else r"^\s+(python launch\.py .*)$"
+        )
         for line in text.splitlines():
             for command in re.findall(pattern, line):
                 found.append((f"{path.relative_to(REPO)}: {line.strip()[:60]}", command.strip()))
@@ -53,8 +71,11 @@ def as_argv(command: str) -> list[list[str]]:
     command = re.sub(r"\[([^\[\]|]*)\|[^\[\]]*\]", r"\1", command)
     command = re.sub(r"\[([^\[\]]*)\]", r"\1", command)
     choices = re.search(r"\{([\w,-]+)\}", command)
-    variants = ([command.replace(choices.group(0), c) for c in choices.group(1).split(",")]
-                if choices else [command])
+    variants = (
+        [command.replace(choices.group(0), c) for c in choices.group(1).split(",")]
+        if choices
+        else [command]
+    )
     return [[PLACEHOLDERS.get(word, word) for word in shlex.split(v)[2:]] for v in variants]
 
 
@@ -68,8 +89,9 @@ def test_every_shown_command_parses(monkeypatch):
 
     commands = shown_commands()
     assert len(commands) >= 20
-    assert any("build-data --dataset synthetic --data_dir runs/data/synthetic" in c
-               for _, c in commands)
+    assert any(
+        "build-data --dataset synthetic --data_dir runs/data/synthetic" in c for _, c in commands
+    )
     for where, command in commands:
         for argv in as_argv(command):
             reset_flags()

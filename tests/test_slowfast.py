@@ -67,17 +67,27 @@ def build_torch_slowfast(depth: int):
     pv = _pytorchvideo()
     dil = ((1, 1, 1),) * 3 + ((1, 2, 2),)
     fusion = pv.FastToSlowFusionBuilder(
-        slowfast_channel_reduction_ratio=8, conv_fusion_channel_ratio=2,
-        conv_kernel_size=(kernel, 1, 1), conv_stride=(ALPHA, 1, 1),
-        norm=torch.nn.BatchNorm3d if bn else None, activation=torch.nn.ReLU if bn else None,
-        max_stage_idx=3).create_module
+        slowfast_channel_reduction_ratio=8,
+        conv_fusion_channel_ratio=2,
+        conv_kernel_size=(kernel, 1, 1),
+        conv_stride=(ALPHA, 1, 1),
+        norm=torch.nn.BatchNorm3d if bn else None,
+        activation=torch.nn.ReLU if bn else None,
+        max_stage_idx=3,
+    ).create_module
     torch.manual_seed(depth)
     model = pv.create_slowfast(
-        model_depth=depth, stage_spatial_strides=((1, 2, 2, 1),) * 2,
-        stage_conv_b_dilations=(dil, dil), slowfast_fusion_conv_stride=(ALPHA, 1, 1),
-        slowfast_fusion_conv_kernel_size=(kernel, 1, 1), fusion_builder=fusion,
-        head_pool_kernel_sizes=((FRAMES // ALPHA, SIZE // 16, SIZE // 16),
-                                (FRAMES, SIZE // 16, SIZE // 16))).eval()
+        model_depth=depth,
+        stage_spatial_strides=((1, 2, 2, 1),) * 2,
+        stage_conv_b_dilations=(dil, dil),
+        slowfast_fusion_conv_stride=(ALPHA, 1, 1),
+        slowfast_fusion_conv_kernel_size=(kernel, 1, 1),
+        fusion_builder=fusion,
+        head_pool_kernel_sizes=(
+            (FRAMES // ALPHA, SIZE // 16, SIZE // 16),
+            (FRAMES, SIZE // 16, SIZE // 16),
+        ),
+    ).eval()
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for mod in model.modules():
@@ -107,8 +117,10 @@ def test_pathways_match_pytorchvideo(torch_slowfast):
     depth, model, state = torch_slowfast
     cfg = video_config(depth)
     converted = convert_slowfast(state, cfg, "pytorchvideo")
-    assert all(k.startswith("blocks.6.") or k.endswith("num_batches_tracked")
-               for k in converted.unused_keys)
+    assert all(
+        k.startswith("blocks.6.") or k.endswith("num_batches_tracked")
+        for k in converted.unused_keys
+    )
     x = np.random.default_rng(0).normal(size=(1, FRAMES, SIZE, SIZE, 3)).astype(np.float32)
     with torch.no_grad():
         xt = torch.from_numpy(x).permute(0, 4, 1, 2, 3)
@@ -117,8 +129,9 @@ def test_pathways_match_pytorchvideo(torch_slowfast):
             want = block(want)
     encoder = flax_slowfast(cfg, converted.params)
     n_params = sum(v.size for v in jax.tree.leaves(nnx.state(encoder, nnx.Param)))
-    assert n_params == sum(p.numel() for n, p in model.named_parameters()
-                           if not n.startswith("blocks.6."))  # the same network, head aside
+    assert n_params == sum(
+        p.numel() for n, p in model.named_parameters() if not n.startswith("blocks.6.")
+    )  # the same network, head aside
     slow, fast = encoder.pathways(jnp.asarray(x))
     assert slow.shape == (1, FRAMES // ALPHA, SIZE // 16, SIZE // 16, 2048)
     assert fast.shape == (1, FRAMES, SIZE // 16, SIZE // 16, 256)
@@ -153,8 +166,9 @@ def test_mac_count_matches_fvcore():
     analysis.unsupported_ops_warnings(False)
     want = analysis.by_operator()["conv"]
     encoder = flax_slowfast(cfg, convert_slowfast(state, cfg, "pytorchvideo").params)
-    got = count_macs(lambda v: encoder.pathways(v),
-                     jax.ShapeDtypeStruct((1, FRAMES, SIZE, SIZE, 3), jnp.float32))
+    got = count_macs(
+        lambda v: encoder.pathways(v), jax.ShapeDtypeStruct((1, FRAMES, SIZE, SIZE, 3), jnp.float32)
+    )
     assert got == want
 
 
@@ -163,17 +177,27 @@ def test_mac_count_matches_fvcore():
 PYSLOWFAST_NAMES = [
     (r"blocks\.0\.multipathway_blocks\.(\d)\.conv\.", r"s1.pathway\1_stem.conv."),
     (r"blocks\.0\.multipathway_blocks\.(\d)\.norm\.", r"s1.pathway\1_stem.bn."),
-    (r"blocks\.(\d)\.multipathway_fusion\.conv_fast_to_slow\.",
-     lambda m: f"s{int(m[1]) + 1}_fuse.conv_f2s."),
+    (
+        r"blocks\.(\d)\.multipathway_fusion\.conv_fast_to_slow\.",
+        lambda m: f"s{int(m[1]) + 1}_fuse.conv_f2s.",
+    ),
     (r"blocks\.(\d)\.multipathway_fusion\.norm\.", lambda m: f"s{int(m[1]) + 1}_fuse.bn."),
-    (r"blocks\.(\d)\.multipathway_blocks\.(\d)\.res_blocks\.(\d+)\.branch1_conv\.",
-     lambda m: f"s{int(m[1]) + 1}.pathway{m[2]}_res{m[3]}.branch1."),
-    (r"blocks\.(\d)\.multipathway_blocks\.(\d)\.res_blocks\.(\d+)\.branch1_norm\.",
-     lambda m: f"s{int(m[1]) + 1}.pathway{m[2]}_res{m[3]}.branch1_bn."),
-    (r"blocks\.(\d)\.multipathway_blocks\.(\d)\.res_blocks\.(\d+)\.branch2\.conv_(\w)\.",
-     lambda m: f"s{int(m[1]) + 1}.pathway{m[2]}_res{m[3]}.branch2.{m[4]}."),
-    (r"blocks\.(\d)\.multipathway_blocks\.(\d)\.res_blocks\.(\d+)\.branch2\.norm_(\w)\.",
-     lambda m: f"s{int(m[1]) + 1}.pathway{m[2]}_res{m[3]}.branch2.{m[4]}_bn."),
+    (
+        r"blocks\.(\d)\.multipathway_blocks\.(\d)\.res_blocks\.(\d+)\.branch1_conv\.",
+        lambda m: f"s{int(m[1]) + 1}.pathway{m[2]}_res{m[3]}.branch1.",
+    ),
+    (
+        r"blocks\.(\d)\.multipathway_blocks\.(\d)\.res_blocks\.(\d+)\.branch1_norm\.",
+        lambda m: f"s{int(m[1]) + 1}.pathway{m[2]}_res{m[3]}.branch1_bn.",
+    ),
+    (
+        r"blocks\.(\d)\.multipathway_blocks\.(\d)\.res_blocks\.(\d+)\.branch2\.conv_(\w)\.",
+        lambda m: f"s{int(m[1]) + 1}.pathway{m[2]}_res{m[3]}.branch2.{m[4]}.",
+    ),
+    (
+        r"blocks\.(\d)\.multipathway_blocks\.(\d)\.res_blocks\.(\d+)\.branch2\.norm_(\w)\.",
+        lambda m: f"s{int(m[1]) + 1}.pathway{m[2]}_res{m[3]}.branch2.{m[4]}_bn.",
+    ),
     (r"blocks\.6\.proj\.", "head.projection."),
 ]
 ACAR_PATHWAY = {"0": "slow", "1": "fast"}
@@ -182,26 +206,45 @@ ACAR_NAMES = [
     (r"blocks\.0\.multipathway_blocks\.(\d)\.norm\.", lambda m: f"{ACAR_PATHWAY[m[1]]}_bn1."),
     (r"blocks\.(\d)\.multipathway_fusion\.conv_fast_to_slow\.", None),  # per fusion variant
     (r"blocks\.(\d)\.multipathway_fusion\.norm\.", lambda m: f"Tconv{int(m[1]) + 1}.1."),
-    (r"blocks\.(\d)\.multipathway_blocks\.(\d)\.res_blocks\.(\d+)\.branch1_conv\.",
-     lambda m: f"{ACAR_PATHWAY[m[2]]}_res{m[1]}.{m[3]}.downsample.0."),
-    (r"blocks\.(\d)\.multipathway_blocks\.(\d)\.res_blocks\.(\d+)\.branch1_norm\.",
-     lambda m: f"{ACAR_PATHWAY[m[2]]}_res{m[1]}.{m[3]}.downsample_bn."),
-    (r"blocks\.(\d)\.multipathway_blocks\.(\d)\.res_blocks\.(\d+)\.branch2\.conv_(\w)\.",
-     lambda m: f"{ACAR_PATHWAY[m[2]]}_res{m[1]}.{m[3]}.conv{'abc'.index(m[4]) + 1}."),
-    (r"blocks\.(\d)\.multipathway_blocks\.(\d)\.res_blocks\.(\d+)\.branch2\.norm_(\w)\.",
-     lambda m: f"{ACAR_PATHWAY[m[2]]}_res{m[1]}.{m[3]}.bn{'abc'.index(m[4]) + 1}."),
+    (
+        r"blocks\.(\d)\.multipathway_blocks\.(\d)\.res_blocks\.(\d+)\.branch1_conv\.",
+        lambda m: f"{ACAR_PATHWAY[m[2]]}_res{m[1]}.{m[3]}.downsample.0.",
+    ),
+    (
+        r"blocks\.(\d)\.multipathway_blocks\.(\d)\.res_blocks\.(\d+)\.branch1_norm\.",
+        lambda m: f"{ACAR_PATHWAY[m[2]]}_res{m[1]}.{m[3]}.downsample_bn.",
+    ),
+    (
+        r"blocks\.(\d)\.multipathway_blocks\.(\d)\.res_blocks\.(\d+)\.branch2\.conv_(\w)\.",
+        lambda m: f"{ACAR_PATHWAY[m[2]]}_res{m[1]}.{m[3]}.conv{'abc'.index(m[4]) + 1}.",
+    ),
+    (
+        r"blocks\.(\d)\.multipathway_blocks\.(\d)\.res_blocks\.(\d+)\.branch2\.norm_(\w)\.",
+        lambda m: f"{ACAR_PATHWAY[m[2]]}_res{m[1]}.{m[3]}.bn{'abc'.index(m[4]) + 1}.",
+    ),
 ]
 # A few of the exact names each layout must produce (PySlowFast's SLOWFAST_8x8_R50.pyth and
 # ACAR-Net's SLOWFAST_R50_K400 / SLOWFAST_R101_K700.pth.tar use these).
 EXPECTED_NAMES = {
-    "pyslowfast": ["s1.pathway0_stem.conv.weight", "s1.pathway1_stem.bn.running_var",
-                   "s1_fuse.conv_f2s.weight", "s4_fuse.bn.weight",
-                   "s2.pathway0_res0.branch1.weight",
-                   "s2.pathway0_res0.branch1_bn.running_mean", "s3.pathway1_res3.branch2.a.weight",
-                   "s5.pathway0_res2.branch2.c_bn.bias", "head.projection.weight"],
-    "acar": ["slow_conv1.weight", "fast_bn1.running_mean", "slow_res1.0.downsample.0.weight",
-             "slow_res1.0.downsample_bn.weight", "fast_res3.5.conv1.weight",
-             "slow_res4.2.bn3.running_var"],
+    "pyslowfast": [
+        "s1.pathway0_stem.conv.weight",
+        "s1.pathway1_stem.bn.running_var",
+        "s1_fuse.conv_f2s.weight",
+        "s4_fuse.bn.weight",
+        "s2.pathway0_res0.branch1.weight",
+        "s2.pathway0_res0.branch1_bn.running_mean",
+        "s3.pathway1_res3.branch2.a.weight",
+        "s5.pathway0_res2.branch2.c_bn.bias",
+        "head.projection.weight",
+    ],
+    "acar": [
+        "slow_conv1.weight",
+        "fast_bn1.running_mean",
+        "slow_res1.0.downsample.0.weight",
+        "slow_res1.0.downsample_bn.weight",
+        "fast_res3.5.conv1.weight",
+        "slow_res4.2.bn3.running_var",
+    ],
 }
 
 
@@ -210,8 +253,11 @@ def renamed(state, table, fusion_bn):
     for key, value in state.items():
         for pattern, repl in table:
             if repl is None:  # ACAR-Net's lateral conv: Tconv{i}.0 with BatchNorm, else Tconv{i}
-                repl = (lambda m: f"Tconv{int(m[1]) + 1}.0.") if fusion_bn else (
-                    lambda m: f"Tconv{int(m[1]) + 1}.")
+                repl = (
+                    (lambda m: f"Tconv{int(m[1]) + 1}.0.")
+                    if fusion_bn
+                    else (lambda m: f"Tconv{int(m[1]) + 1}.")
+                )
             new = re.sub("^" + pattern, repl, key)
             if new != key:
                 out[new] = value
@@ -230,8 +276,13 @@ def test_pyslowfast_and_acar_layouts(torch_slowfast):
     if depth == 50:  # PySlowFast's fusion always has BatchNorm + ReLU: the R50 variant
         layouts["pyslowfast"] = renamed(state, PYSLOWFAST_NAMES, True)
     for kind, sd in layouts.items():
-        names = EXPECTED_NAMES[kind] + (["Tconv2.1.running_mean"] if kind == "acar" and depth == 50
-                                        else ["Tconv3.weight"] if kind == "acar" else [])
+        names = EXPECTED_NAMES[kind] + (
+            ["Tconv2.1.running_mean"]
+            if kind == "acar" and depth == 50
+            else ["Tconv3.weight"]
+            if kind == "acar"
+            else []
+        )
         assert set(names) <= set(sd), sorted(set(names) - set(sd))
         got = convert_slowfast(sd, cfg, kind)
         jax.tree.map(np.testing.assert_array_equal, got.params, want)
@@ -242,14 +293,23 @@ def test_checkpoint_files_and_depth_mismatch(torch_slowfast, tmp_path):
     depth, _, state = torch_slowfast
     other = 101 if depth == 50 else 50
     pyth = tmp_path / "SLOWFAST.pyth"  # PySlowFast's file layout: weights under model_state
-    torch.save({"model_state": {k: torch.from_numpy(v) for k, v in state.items()},
-                "epoch": 196, "cfg": "MODEL: ..."}, pyth)
+    torch.save(
+        {
+            "model_state": {k: torch.from_numpy(v) for k, v in state.items()},
+            "epoch": 196,
+            "cfg": "MODEL: ...",
+        },
+        pyth,
+    )
     model_cfg = common.base_config().model
     model_cfg.video = video_config(depth)
     assert convert_source("pytorchvideo", pyth, model_cfg).component == "video_encoder"
     model_cfg.video = video_config(other)
-    with pytest.raises(ConversionError, match=rf"model.video.slowfast.depth is {other} .* "
-                       rf"SlowFast-R{depth}"):
+    with pytest.raises(
+        ConversionError,
+        match=rf"model.video.slowfast.depth is {other} .* "
+        rf"SlowFast-R{depth}",
+    ):
         convert_source("pytorchvideo", pyth, model_cfg)
     bad = dict(state)
     key = "blocks.1.multipathway_blocks.1.res_blocks.0.branch2.conv_a.weight"  # Fast, 3 x 1 x 1
@@ -272,13 +332,15 @@ def test_bad_inputs_name_the_config_field():
         nnx.eval_shape(lambda: SlowFast(video_config(50, size=8), rngs=nnx.Rngs(0)))
     cfg = video_config(50)
     cfg.slowfast.depth = 34
-    with pytest.raises(ValueError,
-                       match=r"model.video.slowfast.depth: expected one of \[50, 101\], got 34"):
+    with pytest.raises(
+        ValueError, match=r"model.video.slowfast.depth: expected one of \[50, 101\], got 34"
+    ):
         nnx.eval_shape(lambda: SlowFast(cfg, rngs=nnx.Rngs(0)))
 
 
-@pytest.mark.parametrize("preset,depth", [(ava_sf_r50, 50), (ava_sf_r101, 101)],
-                         ids=["R50", "R101"])
+@pytest.mark.parametrize(
+    "preset,depth", [(ava_sf_r50, 50), (ava_sf_r101, 101)], ids=["R50", "R101"]
+)
 def test_full_size_through_eval_shape(preset, depth):
     from jovale_jax.flops import abstract_batch
 
@@ -361,8 +423,9 @@ def test_sharded_forward_equals_single_device(slowfast_test_config):
     np.testing.assert_allclose(np.asarray(got), np.asarray(single), atol=1e-5)
 
 
-def test_slowfast_trains_on_synthetic_with_frozen_statistics(slowfast_test_config, tiny_data,
-                                                             tmp_path):
+def test_slowfast_trains_on_synthetic_with_frozen_statistics(
+    slowfast_test_config, tiny_data, tmp_path
+):
     from jovale_jax.train import train
 
     c = slowfast_test_config.copy_and_resolve_references()
@@ -376,19 +439,28 @@ def test_slowfast_trains_on_synthetic_with_frozen_statistics(slowfast_test_confi
     losses = [json.loads(line)["loss"] for line in lines]
     assert np.mean(losses[-2:]) < 0.7 * losses[0], losses
     frozen = jax.tree_util.tree_flatten_with_path(run["setup"].frozen)[0]
-    stats = {jax.tree_util.keystr(p): np.asarray(v) for p, v in frozen
-             if "video_encoder" in jax.tree_util.keystr(p)}
+    stats = {
+        jax.tree_util.keystr(p): np.asarray(v)
+        for p, v in frozen
+        if "video_encoder" in jax.tree_util.keystr(p)
+    }
     assert stats and all(k.endswith(("['mean']", "['var']")) for k in stats)
     means = [v for k, v in stats.items() if k.endswith("['mean']")]
     assert all(np.array_equal(v, np.zeros_like(v)) for v in means)  # untouched by training
     trained = jax.tree_util.tree_flatten_with_path(run["setup"].state["params"])[0]
-    assert any("video_encoder" in jax.tree_util.keystr(p) and "'bn'" in jax.tree_util.keystr(p)
-               for p, _ in trained)  # BatchNorm affine trains (freeze_bn_affine=False)
+    assert any(
+        "video_encoder" in jax.tree_util.keystr(p) and "'bn'" in jax.tree_util.keystr(p)
+        for p, _ in trained
+    )  # BatchNorm affine trains (freeze_bn_affine=False)
 
 
 def test_flops_command_covers_slowfast_presets():
-    out = subprocess.run([sys.executable, "launch.py", "flops", "--config", "configs/ava_sf_r50.py",
-                          "--json"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "launch.py", "flops", "--config", "configs/ava_sf_r50.py", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     visual = result["components"]["visual"]
     assert visual["params"] == pytest.approx(34.6e6, rel=0.02)  # SlowFast-R50 without its head
@@ -402,19 +474,32 @@ def test_convert_command_summary_and_overwrite(tmp_path):
     src = tmp_path / "slowfast_r50.pth"
     torch.save(_pytorchvideo().create_slowfast(model_depth=50).state_dict(), src)
     out = tmp_path / "out"
-    cmd = [sys.executable, "launch.py", "convert", "--config", "configs/ava_sf_r50.py",
-           "--from", "pytorchvideo", "--src", str(src), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "launch.py",
+        "convert",
+        "--config",
+        "configs/ava_sf_r50.py",
+        "--from",
+        "pytorchvideo",
+        "--src",
+        str(src),
+        "--out",
+        str(out),
+    ]
     first = subprocess.run(cmd, capture_output=True, text=True, check=True)
     manifest = json.loads((out / "manifest.json").read_text())
     entry = manifest["components"]["video_encoder"]
     assert first.stdout.splitlines()[0] == (
         f"video_encoder <- pytorchvideo {src}: {entry['used_keys']} keys converted, "
-        f"{len(entry['unused_keys'])} unused")
+        f"{len(entry['unused_keys'])} unused"
+    )
     assert entry["used_keys"] == 550 and len(first.stdout.splitlines()) == 2
     again = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert again.returncode == 1
     assert again.stderr.strip().splitlines()[-1] == (
-        f"error: {out} is not empty: pass --overwrite to replace it")
+        f"error: {out} is not empty: pass --overwrite to replace it"
+    )
     subprocess.run(cmd + ["--overwrite"], capture_output=True, text=True, check=True)
 
 
@@ -427,8 +512,9 @@ def test_readme_slowfast_module_example_runs(tmp_path, monkeypatch, capsys):
     _, _, state = build_torch_slowfast(50)
     src = tmp_path / "slowfast_r50.pth"
     torch.save({k: torch.from_numpy(v) for k, v in state.items()}, src)
-    convert_main([("pytorchvideo", str(src))], tmp_path / "runs" / "pretrained",
-                 ava_sf_r50.get_config())
+    convert_main(
+        [("pytorchvideo", str(src))], tmp_path / "runs" / "pretrained", ava_sf_r50.get_config()
+    )
     text = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
     section = text.split("## Use the modules in your own JAX project", 1)[1].split("\n## ", 1)[0]
     code = re.findall(r"```python\n(.*?)```", section, re.DOTALL)[1]
@@ -436,7 +522,9 @@ def test_readme_slowfast_module_example_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(pathlib.Path(__file__).parent.parent))
     exec(compile(code, "README.md", "exec"), {})  # noqa: S102 (the README's own example)
     assert capsys.readouterr().out.strip().splitlines()[-2:] == [
-        "(1, 2, 4, 4, 2048) (1, 16, 4, 4, 256)", "(1, 2, 4, 4, 2304)"]
+        "(1, 2, 4, 4, 2048) (1, 16, 4, 4, 256)",
+        "(1, 2, 4, 4, 2304)",
+    ]
 
 
 def test_video_frames_normalised_with_the_checkpoints_statistics():
@@ -448,8 +536,10 @@ def test_video_frames_normalised_with_the_checkpoints_statistics():
     from jovale_jax.models.inputs import normalize_frames, video_statistics
 
     grey = tf.io.encode_jpeg(tf.fill((8, 16, 3), tf.constant(128, tf.uint8)), quality=100)
-    for preset, mean, std in ((ava_sf_r50, 0.45, 0.225), (ava_sf_r101, 110.63666788 / 255,
-                                                          38.7568578 / 255)):
+    for preset, mean, std in (
+        (ava_sf_r50, 0.45, 0.225),
+        (ava_sf_r101, 110.63666788 / 255, 38.7568578 / 255),
+    ):
         config = preset.get_config()
         config.model.modalities = ("video",)
         config.model.video.num_frames, config.model.video.image_size = 2, (16, 16)

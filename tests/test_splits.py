@@ -28,8 +28,9 @@ def _write_runs(root: pathlib.Path, pattern: str = "runs/jhmdb{}/eval_test_500")
         folder.mkdir(parents=True)
         ap = [v for v in per_class.values() if not math.isnan(v)]
         result = {"mAP": sum(ap) / len(ap), "per_class": per_class, "names": NAMES}
-        payload = results_payload(result, split="test", step=500,
-                                  checkpoint=str(root / f"runs/jhmdb{i}"))
+        payload = results_payload(
+            result, split="test", step=500, checkpoint=str(root / f"runs/jhmdb{i}")
+        )
         (folder / "results.json").write_text(json.dumps(payload))
         paths.append(str(folder / "results.json"))
     return paths
@@ -77,8 +78,15 @@ def test_readme_command_runs_as_written(tmp_path):
     shim.mkdir()
     (shim / "python").symlink_to(sys.executable)
     env = dict(os.environ, PATH=f"{shim}:{os.environ['PATH']}", PYTHONPATH=str(ROOT))
-    done = subprocess.run(["bash", "-ec", command], check=False, cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        ["bash", "-ec", command],
+        check=False,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     out = re.search(r"--out (\S+)", command).group(1)
     avg = json.loads((tmp_path / out).read_text())

@@ -28,7 +28,10 @@ def small(config, steps, **over):
 
 
 def flat_params(tree):
-    return {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {
+        jax.tree_util.keystr(p): np.asarray(v)
+        for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
 
 
 def test_focal_loss_matches_numpy():
@@ -67,8 +70,10 @@ def test_training_lowers_loss_and_keeps_blip_frozen(tiny_config, tiny_data, tmp_
     from jovale_jax.state import load_trained
 
     run = train(c, str(tmp_path / "w"), data_dir=tiny_data, devices=jax.devices()[:1])
-    losses = [json.loads(line)["loss"]
-              for line in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
+    losses = [
+        json.loads(line)["loss"]
+        for line in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert np.mean(losses[-3:]) < 0.6 * np.mean(losses[:2]), losses
     trained = flat_params(run["setup"].frozen)
     init = load_trained_init(c)
@@ -88,9 +93,11 @@ def load_trained_init(c):
 def test_sharded_training_equals_one_device(tiny_config, tiny_data, tmp_path):
     """3 steps on one device, on a (4, 2) mesh and with FSDP over 8 end with the same parameters."""
     runs = {}
-    for name, mesh_shape, fsdp, devices in (("one", (1, 1), False, jax.devices()[:1]),
-                                             ("4x2", (4, 2), False, None),
-                                             ("fsdp8", (8, 1), True, None)):
+    for name, mesh_shape, fsdp, devices in (
+        ("one", (1, 1), False, jax.devices()[:1]),
+        ("4x2", (4, 2), False, None),
+        ("fsdp8", (8, 1), True, None),
+    ):
         cfg = small(tiny_config.copy_and_resolve_references(), 3, mesh_shape=mesh_shape, fsdp=fsdp)
         runs[name] = train(cfg, str(tmp_path / name), data_dir=tiny_data, devices=devices)["setup"]
     want = flat_params(runs["one"].state["params"])
@@ -106,10 +113,22 @@ def test_sharded_training_equals_one_device(tiny_config, tiny_data, tmp_path):
 
 
 def _train_cmd(workdir, data_dir, steps, every):
-    return [sys.executable, "launch.py", "train", "--config", "configs/synthetic.py:test",
-            "--workdir", str(workdir), "--data_dir", data_dir, "--config.mesh_shape=(1, 1)",
-            f"--config.num_train_steps={steps}", f"--config.checkpoint_every_steps={every}",
-            "--config.log_every_steps=1", "--config.eval_every_steps=0"]
+    return [
+        sys.executable,
+        "launch.py",
+        "train",
+        "--config",
+        "configs/synthetic.py:test",
+        "--workdir",
+        str(workdir),
+        "--data_dir",
+        data_dir,
+        "--config.mesh_shape=(1, 1)",
+        f"--config.num_train_steps={steps}",
+        f"--config.checkpoint_every_steps={every}",
+        "--config.log_every_steps=1",
+        "--config.eval_every_steps=0",
+    ]
 
 
 # Training subprocesses run on one CPU device (the fake 8-device flag is dropped): the sharded
@@ -119,16 +138,25 @@ ONE_DEVICE = dict(os.environ, XLA_FLAGS="")
 
 def test_resume_after_sigkill_is_exact(tiny_data, tmp_path):
     straight = tmp_path / "straight"
-    run = subprocess.run(_train_cmd(straight, tiny_data, 8, 4), check=True, capture_output=True,
-                         text=True, env=ONE_DEVICE)
+    run = subprocess.run(
+        _train_cmd(straight, tiny_data, 8, 4),
+        check=True,
+        capture_output=True,
+        text=True,
+        env=ONE_DEVICE,
+    )
     # The console shows progress and results; TFDS's INFO lines go to the run's log file.
     assert "step 8/8" in run.stdout and "training done at step 8" in run.stdout
     for info in ("Load dataset info", "Creating a tf.data.Dataset"):
         assert info not in run.stdout + run.stderr
         assert info in (straight / "log.txt").read_text()
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(killed, tiny_data, 1000, 4), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=ONE_DEVICE)
+    proc = subprocess.Popen(
+        _train_cmd(killed, tiny_data, 1000, 4),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=ONE_DEVICE,
+    )
     ckpt_dir = killed / "checkpoints"
     deadline = time.time() + 300
     while not (ckpt_dir / "4").is_dir() and time.time() < deadline:
@@ -139,7 +167,9 @@ def test_resume_after_sigkill_is_exact(tiny_data, tmp_path):
     for later in ckpt_dir.iterdir():  # keep step 4 only, as if killed right after it
         if later.name != "4":
             subprocess.run(["rm", "-rf", str(later)], check=True)
-    subprocess.run(_train_cmd(killed, tiny_data, 8, 4), check=True, capture_output=True, env=ONE_DEVICE)
+    subprocess.run(
+        _train_cmd(killed, tiny_data, 8, 4), check=True, capture_output=True, env=ONE_DEVICE
+    )
 
     def final(workdir):
         ck = Checkpointer(str(workdir))
@@ -167,8 +197,9 @@ os.kill(os.getpid(), signal.SIGKILL)
 
 
 def test_kill_during_checkpoint_write_keeps_previous(tmp_path):
-    subprocess.run([sys.executable, "-c", KILL_DURING_SAVE, str(tmp_path)], capture_output=True,
-                   check=False)
+    subprocess.run(
+        [sys.executable, "-c", KILL_DURING_SAVE, str(tmp_path)], capture_output=True, check=False
+    )
     ck = Checkpointer(str(tmp_path))
     assert ck.latest_step() == 1
     state, meta = ck.read(1)
@@ -180,8 +211,11 @@ def test_kill_during_checkpoint_write_keeps_previous(tmp_path):
 def test_non_finite_loss_stops_and_names_step(tiny_config, tiny_data, tmp_path):
     c = small(tiny_config, 6, lr=1e30, backbone_lr=1e30, mesh_shape=(1, 1), grad_clip_norm=0.0)
     c.checkpoint_every_steps = 1
-    with pytest.raises(FloatingPointError, match=r"non-finite loss or gradient at step \d+; the last good "
-                                                 r"checkpoint is step \d+"):
+    with pytest.raises(
+        FloatingPointError,
+        match=r"non-finite loss or gradient at step \d+; the last good "
+        r"checkpoint is step \d+",
+    ):
         train(c, str(tmp_path / "w"), data_dir=tiny_data, devices=jax.devices()[:1])
     ck = Checkpointer(str(tmp_path / "w"))
     step = ck.latest_step()
@@ -195,7 +229,9 @@ def test_bad_mesh_and_batch_fail_before_compiling(tiny_config, tiny_data, tmp_pa
     with pytest.raises(ValueError, match=r"\(3, 2\) needs 6 devices, but 8"):
         train(c, str(tmp_path / "a"), data_dir=tiny_data)
     c = small(tiny_config, 1, mesh_shape=(-1, 1), batch_size=4)
-    with pytest.raises(ValueError, match=r"batch_size 4 does not divide over the 'data' mesh axis of size 8"):
+    with pytest.raises(
+        ValueError, match=r"batch_size 4 does not divide over the 'data' mesh axis of size 8"
+    ):
         train(c, str(tmp_path / "b"), data_dir=tiny_data)
 
 
@@ -204,14 +240,22 @@ def test_checkpoint_of_another_config_is_named(tiny_config, tiny_data, tmp_path)
     train(c, str(tmp_path / "w"), data_dir=tiny_data, devices=jax.devices()[:1])
     other = small(tiny_config.copy_and_resolve_references(), 2, mesh_shape=(1, 1))
     other.model.amfn.mlp_dim = 48
-    with pytest.raises(ValueError, match=r"(?s)does not fit this config.*mfe.*fc1.*kernel.*checkpoint shape "
-                                         r"\(2, 32, 64\), model shape \(2, 32, 48\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"(?s)does not fit this config.*mfe.*fc1.*kernel.*checkpoint shape "
+        r"\(2, 32, 64\), model shape \(2, 32, 48\)",
+    ):
         train(other, str(tmp_path / "w"), data_dir=tiny_data, devices=jax.devices()[:1])
 
 
 def test_sigterm_saves_and_exits_zero(tiny_data, tmp_path):
-    proc = subprocess.Popen(_train_cmd(tmp_path, tiny_data, 100000, 100000), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=ONE_DEVICE)
+    proc = subprocess.Popen(
+        _train_cmd(tmp_path, tiny_data, 100000, 100000),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=ONE_DEVICE,
+    )
     deadline = time.time() + 300
     metrics = tmp_path / "metrics.jsonl"
     while time.time() < deadline and not (metrics.exists() and metrics.read_text().strip()):

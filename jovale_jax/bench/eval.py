@@ -415,14 +415,23 @@ def run_eval_bench(
             result, wall, cpu = _timed(ava.evaluate, *args)
             full[name] = {"wall_s": round(wall, 3), "cpu_s": round(cpu, 3), "mAP": result["mAP"]}
         # What `launch.py eval` adds on top of the two evaluations: every box x class as CSV.
-        preds = {"video_ids": det.video_ids, "timestamps": det.timestamps, "boxes": det.boxes,
-                 "scores": det.scores}
-        rows, wall, cpu = _timed(write_detections_csv, os.path.join(tmp, "all.csv"), preds,
-                                 det.class_ids)
-        full[f"detections CSV ({rows} rows)"] = {"wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
-                                                 "mAP": math.nan}
-    eval_output_s = sum(row["wall_s"] for name, row in full.items()
-                        if name.startswith(("dense", "detections CSV")))
+        preds = {
+            "video_ids": det.video_ids,
+            "timestamps": det.timestamps,
+            "boxes": det.boxes,
+            "scores": det.scores,
+        }
+        rows, wall, cpu = _timed(
+            write_detections_csv, os.path.join(tmp, "all.csv"), preds, det.class_ids
+        )
+        full[f"detections CSV ({rows} rows)"] = {
+            "wall_s": round(wall, 3),
+            "cpu_s": round(cpu, 3),
+            "mAP": math.nan,
+        }
+    eval_output_s = sum(
+        row["wall_s"] for name, row in full.items() if name.startswith(("dense", "detections CSV"))
+    )
 
     end_to_end = baseline[f"CSV end to end, cap {caps[0]}"]
     summary = {
@@ -454,8 +463,10 @@ def run_eval_bench(
     print(f"{'run':<44} {'wall s':>8} {'CPU s':>8} {'mAP':>7}")
     for name, row in full.items():
         print(f"{name:<44} {row['wall_s']:>8.3f} {row['cpu_s']:>8.3f} {row['mAP']:>7.4f}")
-    print(f"launch.py eval's share at this size (CSV of every box x class, mAP with and without "
-          f"the cap): {eval_output_s:.1f} s")
+    print(
+        f"launch.py eval's share at this size (CSV of every box x class, mAP with and without "
+        f"the cap): {eval_output_s:.1f} s"
+    )
     print(f"fast vs loop: max |AP difference| {summary['max_abs_diff']:.1e}")
     print(json.dumps(summary))
     return summary

@@ -68,13 +68,26 @@ def legacy_decode_images(
 
     out = {}
     if "video" in model.modalities:
-        out["video"] = frames(example["frames"], model.video.num_frames,
-                              tuple(model.video.image_size), input_pipeline.VIDEOMAE_MEAN,
-                              input_pipeline.VIDEOMAE_STD, "bilinear", False)
+        out["video"] = frames(
+            example["frames"],
+            model.video.num_frames,
+            tuple(model.video.image_size),
+            input_pipeline.VIDEOMAE_MEAN,
+            input_pipeline.VIDEOMAE_STD,
+            "bilinear",
+            False,
+        )
     if "scene" in model.modalities:
         size = (model.scene.image_size,) * 2
-        out["scene"] = frames(example["scene_frames"], model.scene.num_frames, size,
-                              input_pipeline.BLIP_MEAN, input_pipeline.BLIP_STD, "bicubic", True)
+        out["scene"] = frames(
+            example["scene_frames"],
+            model.scene.num_frames,
+            size,
+            input_pipeline.BLIP_MEAN,
+            input_pipeline.BLIP_STD,
+            "bicubic",
+            True,
+        )
     return out
 
 
@@ -103,8 +116,11 @@ def _throughput(items: Iterator[Any], num_items: int, examples_per_item: int) ->
     for _ in range(num_items - 1):
         next(items)
     examples = (num_items - 1) * examples_per_item
-    return Rate(first - start, examples / (time.perf_counter() - first),
-                examples / max(time.process_time() - cpu, 1e-9))
+    return Rate(
+        first - start,
+        examples / (time.perf_counter() - first),
+        examples / max(time.process_time() - cpu, 1e-9),
+    )
 
 
 def _stage_rate(
@@ -122,7 +138,9 @@ def _numpy_rate(waveforms: list[np.ndarray], config: ml_collections.ConfigDict) 
     def features() -> Iterator[np.ndarray]:
         for waveform in waveforms:
             yield audio_features.audio_features_numpy(
-                waveform, num_frames=audio.num_frames, num_mel_bins=audio.num_mel_bins,
+                waveform,
+                num_frames=audio.num_frames,
+                num_mel_bins=audio.num_mel_bins,
                 window_type=audio.window_type,
             )
 
@@ -145,13 +163,15 @@ def fixture_builder(config: ml_collections.ConfigDict, data_dir: str) -> tfds.co
     from jovale_jax.datasets import ava_fixture
 
     if config.dataset != "ava":
-        raise ValueError(f"the input bench's fixture is AVA data; config.dataset is "
-                         f"{config.dataset!r}")
+        raise ValueError(
+            f"the input bench's fixture is AVA data; config.dataset is {config.dataset!r}"
+        )
     raw_dir = os.path.join(data_dir, "raw")
     if not os.path.exists(os.path.join(raw_dir, "ava_train_v2.2.csv")):
         ava_fixture.generate_raw(raw_dir, num_classes=config.model.num_classes)
-    datasets.build_dataset("ava", config=config, raw_dir=raw_dir, data_dir=data_dir,
-                           split=config.data.train_split)
+    datasets.build_dataset(
+        "ava", config=config, raw_dir=raw_dir, data_dir=data_dir, split=config.data.train_split
+    )
     return datasets.get_builder(config, data_dir)
 
 
@@ -199,11 +219,15 @@ def run_input_bench(
             stage_config = config.copy_and_resolve_references()
             stage_config.model.modalities = keys
             rates[key] = _stage_rate(
-                raw, lambda e, c=stage_config: input_pipeline.decode_images(e, c, training=True),
-                config, n)
+                raw,
+                lambda e, c=stage_config: input_pipeline.decode_images(e, c, training=True),
+                config,
+                n,
+            )
     if {"video", "scene"} & set(modalities):
         rates["decode"] = _stage_rate(
-            raw, lambda e: input_pipeline.decode_images(e, config, training=True), config, n)
+            raw, lambda e: input_pipeline.decode_images(e, config, training=True), config, n
+        )
         old["decode"] = _stage_rate(raw, lambda e: legacy_decode_images(e, config), config, n)
     if "audio" in modalities:
         rates["audio features (tf)"] = _stage_rate(
@@ -281,20 +305,26 @@ def _print_table(result: dict[str, Any]) -> None:
         f"{result['cores']} cores; {g['frames']} frames at stride {g['frame_stride']}, short side "
         f"{g['short_side']} on a {g['canvas'][0]} x {g['canvas'][1]} canvas, scene {g['scene']}"
     )
-    print(f"{'stage':<26}{'clips/s':>9}{'per CPU s':>10}{'old':>8}{'old CPU':>9}{'ratio':>7}"
-          f"{'CPU':>6}")
+    print(
+        f"{'stage':<26}{'clips/s':>9}{'per CPU s':>10}{'old':>8}{'old CPU':>9}{'ratio':>7}"
+        f"{'CPU':>6}"
+    )
     for stage, rate in result["examples_per_s"].items():
         row = f"{stage:<26}{rate:>9.1f}{result['examples_per_cpu_s'][stage]:>10.1f}"
         if stage in result["old_examples_per_s"]:
-            row += (f"{result['old_examples_per_s'][stage]:>8.1f}"
-                    f"{result['old_examples_per_cpu_s'][stage]:>9.1f}"
-                    f"{result['ratio_to_old'][stage]:>7.2f}"
-                    f"{result['ratio_to_old_cpu'][stage]:>6.2f}")
+            row += (
+                f"{result['old_examples_per_s'][stage]:>8.1f}"
+                f"{result['old_examples_per_cpu_s'][stage]:>9.1f}"
+                f"{result['ratio_to_old'][stage]:>7.2f}"
+                f"{result['ratio_to_old_cpu'][stage]:>6.2f}"
+            )
         print(row)
     print(f"{'pipeline first batch (s)':<28}{result['pipeline_first_batch_s']:>10.2f}")
-    print(f"pipeline per core: {result['pipeline_clips_per_s_per_core']} clips per CPU second "
-          f"(wall clock / {result['cores']} cores: "
-          f"{result['pipeline_wall_clips_per_s_per_core']}); "
-          f"one GPU at {result['gpu_clips_per_s']} clips/s needs {result['host_cores_per_gpu']} "
-          f"host cores (old pipeline: {result['old_host_cores_per_gpu']}); load average "
-          f"{result['load_avg_1min'][0]} -> {result['load_avg_1min'][1]}")
+    print(
+        f"pipeline per core: {result['pipeline_clips_per_s_per_core']} clips per CPU second "
+        f"(wall clock / {result['cores']} cores: "
+        f"{result['pipeline_wall_clips_per_s_per_core']}); "
+        f"one GPU at {result['gpu_clips_per_s']} clips/s needs {result['host_cores_per_gpu']} "
+        f"host cores (old pipeline: {result['old_host_cores_per_gpu']}); load average "
+        f"{result['load_avg_1min'][0]} -> {result['load_avg_1min'][1]}"
+    )

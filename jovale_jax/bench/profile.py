@@ -46,17 +46,25 @@ def _instruction_kinds(hlo: str) -> dict[str, str]:
         called = re.findall(r"calls=%?([\w.\-]+)", line)
         if len(dims) >= 3 and dims[-1] == dims[-2] >= 4:
             kinds[match.group(1)] = ATTENTION_SCORES
-        elif " dot(" in line or " convolution(" in line or any(
-                has_product(c, set(called)) for c in called):
+        elif (
+            " dot(" in line
+            or " convolution(" in line
+            or any(has_product(c, set(called)) for c in called)
+        ):
             kinds[match.group(1)] = MATMULS
         else:
             kinds[match.group(1)] = OTHER
     return kinds
 
 
-def profile_breakdown(config: ml_collections.ConfigDict, *, mode: str = "step",
-                      component: str = "amfn", batch_size: int | None = None,
-                      repeats: int = 2) -> dict[str, Any]:
+def profile_breakdown(
+    config: ml_collections.ConfigDict,
+    *,
+    mode: str = "step",
+    component: str = "amfn",
+    batch_size: int | None = None,
+    repeats: int = 2,
+) -> dict[str, Any]:
     """Where a bench's compiled program spends its time, from ``jax.profiler``'s per-instruction
     events (the XLA runtime's ``hlo_op``), summed over threads and grouped by
     :func:`_instruction_kinds`; ``top`` lists the ten costliest instructions. Prints a table and
@@ -83,11 +91,19 @@ def profile_breakdown(config: ml_collections.ConfigDict, *, mode: str = "step",
     for op, op_seconds in per_op.items():
         by_kind[kinds.get(op, OTHER)] += op_seconds
     total = sum(per_op.values())
-    result = {"bench": "profile", "mode": mode, "component": component,
-              "batch_size": config.batch_size, "seconds": seconds, "thunk_seconds": total,
-              "kinds": {k: {"seconds": v, "share": v / total} for k, v in by_kind.most_common()},
-              "top": [{"op": op, "seconds": v, "kind": kinds.get(op, OTHER)}
-                      for op, v in per_op.most_common(10)]}
+    result = {
+        "bench": "profile",
+        "mode": mode,
+        "component": component,
+        "batch_size": config.batch_size,
+        "seconds": seconds,
+        "thunk_seconds": total,
+        "kinds": {k: {"seconds": v, "share": v / total} for k, v in by_kind.most_common()},
+        "top": [
+            {"op": op, "seconds": v, "kind": kinds.get(op, OTHER)}
+            for op, v in per_op.most_common(10)
+        ],
+    }
     table = [("wall per call", f"{seconds:.3f} s"), ("instruction time", f"{total:.3f} s")]
     table += [(k, f"{v['seconds']:.3f} s  {v['share']:.1%}") for k, v in result["kinds"].items()]
     table += [(t["op"], f"{t['seconds'] * 1e3:.1f} ms  {t['kind']}") for t in result["top"]]

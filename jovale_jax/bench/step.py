@@ -58,8 +58,9 @@ DEFAULT_MATMUL_SIZE = 8192
 MACS_SOURCE = "jovale_jax.flops.jaxpr_macs of the traced program (dot_general + conv)"
 
 
-def variant(config: ml_collections.ConfigDict, *, batch_size: int | None = None,
-            remat: bool | None = None) -> ml_collections.ConfigDict:
+def variant(
+    config: ml_collections.ConfigDict, *, batch_size: int | None = None, remat: bool | None = None
+) -> ml_collections.ConfigDict:
     """A copy of ``config`` with another global batch size and/or ``model.remat_policy``
     (``full`` if ``remat`` else ``none``)."""
     config = config.copy_and_resolve_references()
@@ -74,8 +75,9 @@ def batch_shapes(config: ml_collections.ConfigDict, batch_size: int) -> dict[str
     """ShapeDtypeStructs of a training batch: the model's inputs, ``audio_mask`` and ``targets``."""
     m = config.model
     shapes = abstract_batch(m, batch_size)
-    shapes["targets"] = jax.ShapeDtypeStruct((batch_size, m.num_proposals, m.num_classes),
-                                             jnp.float32)
+    shapes["targets"] = jax.ShapeDtypeStruct(
+        (batch_size, m.num_proposals, m.num_classes), jnp.float32
+    )
     if "audio" in m.modalities:
         shapes["audio_mask"] = jax.ShapeDtypeStruct((batch_size,), jnp.bool_)
     return shapes
@@ -88,8 +90,9 @@ def _random_like(rng: np.random.Generator, shape: jax.ShapeDtypeStruct) -> np.nd
     return rng.standard_normal(shape.shape, np.float32).astype(shape.dtype)
 
 
-def synthetic_batch(config: ml_collections.ConfigDict, batch_size: int,
-                    seed: int = 0) -> dict[str, np.ndarray]:
+def synthetic_batch(
+    config: ml_collections.ConfigDict, batch_size: int, seed: int = 0
+) -> dict[str, np.ndarray]:
     """A random training batch of the config's shapes: every proposal real, boxes valid, about 10%
     of the targets positive."""
     rng = np.random.default_rng(seed)
@@ -103,8 +106,12 @@ def synthetic_batch(config: ml_collections.ConfigDict, batch_size: int,
 
 def _to_devices(mesh: jax.sharding.Mesh, tree: Any) -> Any:
     """Host arrays -> global arrays with the leading (batch) axis over 'data'."""
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
-        sharding.batch_sharding(mesh, np.ndim(x)), x), tree)
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(
+            sharding.batch_sharding(mesh, np.ndim(x)), x
+        ),
+        tree,
+    )
 
 
 def _timed_rounds(calls: Sequence[Callable[[], Any]], repeats: int) -> list[list[float]]:
@@ -121,8 +128,9 @@ def _timed_rounds(calls: Sequence[Callable[[], Any]], repeats: int) -> list[list
     return times
 
 
-def _matmul(mesh: jax.sharding.Mesh, dtype: str,
-            size: int | None) -> tuple[Callable[[], jax.Array], dict[str, Any]]:
+def _matmul(
+    mesh: jax.sharding.Mesh, dtype: str, size: int | None
+) -> tuple[Callable[[], jax.Array], dict[str, Any]]:
     """A dense square matmul on the mesh's devices, ready to call, and its size and dtype.
 
     The left operand's rows are split over every device of the mesh and the right operand is
@@ -139,8 +147,9 @@ def _matmul(mesh: jax.sharding.Mesh, dtype: str,
     return (lambda: product(a, b)), {"matmul_size": size, "matmul_dtype": str(jnp.dtype(dtype))}
 
 
-def matmul_flops_per_s(mesh: jax.sharding.Mesh, dtype: str, size: int | None = None,
-                       repeats: int = 5) -> dict[str, Any]:
+def matmul_flops_per_s(
+    mesh: jax.sharding.Mesh, dtype: str, size: int | None = None, repeats: int = 5
+) -> dict[str, Any]:
     """FLOP/s (median) of the reference matmul of :func:`_matmul` on its own."""
     call, info = _matmul(mesh, dtype, size)
     seconds = statistics.median(_timed_rounds([call], repeats)[0])
@@ -159,11 +168,20 @@ def _memory_stats(compiled: jax.stages.Compiled) -> dict[str, int]:
     stats = compiled.memory_analysis()
     if stats is None:
         return {}
-    out = {"arguments": stats.argument_size_in_bytes, "outputs": stats.output_size_in_bytes,
-           "aliased": stats.alias_size_in_bytes, "temporaries": stats.temp_size_in_bytes,
-           "generated_code": stats.generated_code_size_in_bytes}
-    out["total"] = (out["arguments"] + out["outputs"] - out["aliased"] + out["temporaries"]
-                    + out["generated_code"])
+    out = {
+        "arguments": stats.argument_size_in_bytes,
+        "outputs": stats.output_size_in_bytes,
+        "aliased": stats.alias_size_in_bytes,
+        "temporaries": stats.temp_size_in_bytes,
+        "generated_code": stats.generated_code_size_in_bytes,
+    }
+    out["total"] = (
+        out["arguments"]
+        + out["outputs"]
+        - out["aliased"]
+        + out["temporaries"]
+        + out["generated_code"]
+    )
     return out
 
 
@@ -190,8 +208,9 @@ def _caller(program: _Program, compiled: jax.stages.Compiled) -> Callable[[], An
     return call
 
 
-def _measure(programs: Sequence[_Program], repeats: int, matmul: Callable[[], Any],
-             matmul_size: int) -> list[dict[str, Any]]:
+def _measure(
+    programs: Sequence[_Program], repeats: int, matmul: Callable[[], Any], matmul_size: int
+) -> list[dict[str, Any]]:
     """Trace and compile each program, then time them all and the reference ``matmul`` in the
     same rounds; MACs from the traced jaxprs."""
     compiled, found = [], []
@@ -200,19 +219,31 @@ def _measure(programs: Sequence[_Program], repeats: int, matmul: Callable[[], An
         start = time.perf_counter()
         compiled.append(traced.lower().compile())
         xla = (compiled[-1].cost_analysis() or {}).get("flops")
-        found.append({"compile_s": time.perf_counter() - start,
-                      "gmacs": jaxpr_macs(traced.jaxpr) / 1e9, "macs_source": MACS_SOURCE,
-                      "xla_gflops_per_device": None if xla is None else float(xla) / 1e9,
-                      "memory": _memory_stats(compiled[-1])})
+        found.append(
+            {
+                "compile_s": time.perf_counter() - start,
+                "gmacs": jaxpr_macs(traced.jaxpr) / 1e9,
+                "macs_source": MACS_SOURCE,
+                "xla_gflops_per_device": None if xla is None else float(xla) / 1e9,
+                "memory": _memory_stats(compiled[-1]),
+            }
+        )
     *times, matmul_times = _timed_rounds(
-        [_caller(p, c) for p, c in zip(programs, compiled, strict=True)] + [matmul], repeats)
+        [_caller(p, c) for p, c in zip(programs, compiled, strict=True)] + [matmul], repeats
+    )
     matmul_rate = 2 * matmul_size**3 / statistics.median(matmul_times) / 1e9
-    return [{**f, "seconds": statistics.median(t), "times_s": t, "matmul_gflops_per_s": matmul_rate}
-            for f, t in zip(found, times, strict=True)]
+    return [
+        {**f, "seconds": statistics.median(t), "times_s": t, "matmul_gflops_per_s": matmul_rate}
+        for f, t in zip(found, times, strict=True)
+    ]
 
 
-def _model_program(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, mode: str,
-                   prepared: ModelState | None) -> _Program:
+def _model_program(
+    config: ml_collections.ConfigDict,
+    mesh: jax.sharding.Mesh,
+    mode: str,
+    prepared: ModelState | None,
+) -> _Program:
     """The full model's train step or ``predict`` on a synthetic batch."""
     s = prepared or create(config, mesh=mesh, steps_per_epoch=1)
     batch = global_batch(mesh, synthetic_batch(config, config.batch_size, config.seed))
@@ -233,22 +264,31 @@ def fusion_input_shapes(model_cfg: ml_collections.ConfigDict, batch_size: int) -
     {m: (B, T_m, N_m, D)} (from ``jax.eval_shape`` of the encoders), box_mask and present."""
     model = nnx.eval_shape(lambda: JoVALE(model_cfg, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(model)
-    context, present, _ = jax.eval_shape(lambda s, b: nnx.merge(graphdef, s).encode(b), state,
-                                         abstract_batch(model_cfg, batch_size))
+    context, present, _ = jax.eval_shape(
+        lambda s, b: nnx.merge(graphdef, s).encode(b), state, abstract_batch(model_cfg, batch_size)
+    )
     steps = time_steps(model_cfg)
     k, dim = model_cfg.num_proposals, model_cfg.embed_dim
-    queries = {m: jax.ShapeDtypeStruct((batch_size, k, steps[m], dim), model.dtype)
-               for m in model.modalities}
-    return {"queries": queries, "context": context, "present": present,
-            "box_mask": jax.ShapeDtypeStruct((batch_size, k), jnp.bool_)}
+    queries = {
+        m: jax.ShapeDtypeStruct((batch_size, k, steps[m], dim), model.dtype)
+        for m in model.modalities
+    }
+    return {
+        "queries": queries,
+        "context": context,
+        "present": present,
+        "box_mask": jax.ShapeDtypeStruct((batch_size, k), jnp.bool_),
+    }
 
 
-def _amfn_program(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                  mode: str) -> _Program:
+def _amfn_program(
+    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, mode: str
+) -> _Program:
     """The AMFN plus heads: loss and gradients (``step``) or sigmoid scores (``forward``)."""
     m = config.model
-    part, _ = sharding.create_sharded(functools.partial(_fusion_part, m, config.seed), mesh,
-                                      sharding.rules_from_config(config))
+    part, _ = sharding.create_sharded(
+        functools.partial(_fusion_part, m, config.seed), mesh, sharding.rules_from_config(config)
+    )
     if mode == "step":
         part.train()
     else:
@@ -258,8 +298,9 @@ def _amfn_program(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
     rng = np.random.default_rng(config.seed)
     shapes = fusion_input_shapes(m, config.batch_size)
     inputs = jax.tree.map(functools.partial(_random_like, rng), shapes)
-    inputs["targets"] = (rng.uniform(size=(config.batch_size, m.num_proposals, m.num_classes))
-                         < 0.1).astype(np.float32)
+    inputs["targets"] = (
+        rng.uniform(size=(config.batch_size, m.num_proposals, m.num_classes)) < 0.1
+    ).astype(np.float32)
     inputs = _to_devices(mesh, inputs)
 
     def logits(params, queries, context, x):
@@ -268,6 +309,7 @@ def _amfn_program(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
         return head_logits(part["heads"], m.amfn.fusion, a_fuse, a_last, x["present"])
 
     if mode == "forward":
+
         def scores(params, x):
             return jax.nn.sigmoid(logits(params, x["queries"], x["context"], x))
 
@@ -275,16 +317,22 @@ def _amfn_program(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
 
     def loss_and_grads(params, x):
         def loss(p, queries, context):
-            return sigmoid_focal_loss(logits(p, queries, context, x), x["targets"], x["box_mask"],
-                                      alpha=config.focal_alpha, gamma=config.focal_gamma)
+            return sigmoid_focal_loss(
+                logits(p, queries, context, x),
+                x["targets"],
+                x["box_mask"],
+                alpha=config.focal_alpha,
+                gamma=config.focal_gamma,
+            )
 
         return jax.value_and_grad(loss, argnums=(0, 1, 2))(params, x["queries"], x["context"])
 
     return _Program(jax.jit(loss_and_grads), (params, inputs))
 
 
-def _program(config: ml_collections.ConfigDict, mode: str, component: str,
-             prepared: ModelState | None) -> tuple[jax.sharding.Mesh, _Program]:
+def _program(
+    config: ml_collections.ConfigDict, mode: str, component: str, prepared: ModelState | None
+) -> tuple[jax.sharding.Mesh, _Program]:
     """The config's mesh and the program a bench times (``config.batch_size`` sets the batch)."""
     if mode not in MODES:
         raise ValueError(f"bench mode: expected one of {MODES}, got {mode!r}")
@@ -297,30 +345,46 @@ def _program(config: ml_collections.ConfigDict, mode: str, component: str,
     return mesh, _amfn_program(config, mesh, mode)
 
 
-def _run(configs: Sequence[ml_collections.ConfigDict], mode: str, *, component: str,
-         repeats: int, matmul_size: int | None,
-         prepared: ModelState | None = None) -> list[dict[str, Any]]:
+def _run(
+    configs: Sequence[ml_collections.ConfigDict],
+    mode: str,
+    *,
+    component: str,
+    repeats: int,
+    matmul_size: int | None,
+    prepared: ModelState | None = None,
+) -> list[dict[str, Any]]:
     """Benches (no printing) of configs that share a mesh and a batch size, timed in the same
     rounds: see the module docstring for the keys. ``prepared`` serves a single config."""
     meshes, programs = zip(*(_program(c, mode, component, prepared) for c in configs), strict=True)
     mesh = meshes[0]
     platform = mesh.devices.flat[0].platform
-    matmul, info = _matmul(mesh, "float32" if platform == "cpu" else configs[0].model.dtype,
-                           matmul_size)
+    matmul, info = _matmul(
+        mesh, "float32" if platform == "cpu" else configs[0].model.dtype, matmul_size
+    )
     results = []
-    for config, measured in zip(configs, _measure(programs, repeats, matmul, info["matmul_size"]),
-                                strict=True):
+    for config, measured in zip(
+        configs, _measure(programs, repeats, matmul, info["matmul_size"]), strict=True
+    ):
         achieved = 2 * measured["gmacs"] / measured["seconds"]
-        results.append({
-            "bench": mode, "component": component, "batch_size": config.batch_size,
-            "dtype": config.model.dtype, "remat": config.model.remat_policy != "none",
-            "devices": mesh.size,
-            "device_kind": mesh.devices.flat[0].device_kind, **info, **measured,
-            "clips_per_s": config.batch_size / measured["seconds"],
-            "gmacs_per_clip": measured["gmacs"] / config.batch_size,
-            "achieved_gflops_per_s": achieved,
-            "matmul_ratio": achieved / measured["matmul_gflops_per_s"],
-            "peak_bytes_in_use": peak_bytes_in_use()})
+        results.append(
+            {
+                "bench": mode,
+                "component": component,
+                "batch_size": config.batch_size,
+                "dtype": config.model.dtype,
+                "remat": config.model.remat_policy != "none",
+                "devices": mesh.size,
+                "device_kind": mesh.devices.flat[0].device_kind,
+                **info,
+                **measured,
+                "clips_per_s": config.batch_size / measured["seconds"],
+                "gmacs_per_clip": measured["gmacs"] / config.batch_size,
+                "achieved_gflops_per_s": achieved,
+                "matmul_ratio": achieved / measured["matmul_gflops_per_s"],
+                "peak_bytes_in_use": peak_bytes_in_use(),
+            }
+        )
     return results
 
 
@@ -348,61 +412,117 @@ def _bench_rows(r: dict[str, Any]) -> list[tuple[str, Any]]:
         ("devices", f"{r['devices']} x {r['device_kind']}"),
         ("batch / dtype / remat", f"{r['batch_size']} / {r['dtype']} / {r['remat']}"),
         ("compile", f"{r['compile_s']:.1f} s"),
-        ("time (median)", f"{r['seconds'] * 1e3:.2f} ms  (runs: "
-                          + ", ".join(f"{t * 1e3:.1f}" for t in r["times_s"]) + " ms)"),
+        (
+            "time (median)",
+            f"{r['seconds'] * 1e3:.2f} ms  (runs: "
+            + ", ".join(f"{t * 1e3:.1f}" for t in r["times_s"])
+            + " ms)",
+        ),
         ("clips/s", f"{r['clips_per_s']:.3f}"),
         ("GMACs / step, / clip", f"{r['gmacs']:.3f}, {r['gmacs_per_clip']:.3f}"),
         ("achieved", f"{r['achieved_gflops_per_s']:.1f} GFLOP/s"),
-        (f"matmul {r['matmul_size']}^2 {r['matmul_dtype']}",
-         f"{r['matmul_gflops_per_s']:.1f} GFLOP/s"),
+        (
+            f"matmul {r['matmul_size']}^2 {r['matmul_dtype']}",
+            f"{r['matmul_gflops_per_s']:.1f} GFLOP/s",
+        ),
         ("matmul_ratio", f"{r['matmul_ratio']:.1%}"),
-        ("memory: args/temps/total",
-         " / ".join(_gb(mem.get(k)) for k in ("arguments", "temporaries", "total"))),
+        (
+            "memory: args/temps/total",
+            " / ".join(_gb(mem.get(k)) for k in ("arguments", "temporaries", "total")),
+        ),
         ("peak bytes in use", _gb(r["peak_bytes_in_use"])),
     ]
 
 
-def run_step_bench(config: ml_collections.ConfigDict, *, batch_size: int | None = None,
-                   component: str = "model", repeats: int = 5, matmul_size: int | None = None,
-                   prepared: ModelState | None = None) -> dict[str, Any]:
+def run_step_bench(
+    config: ml_collections.ConfigDict,
+    *,
+    batch_size: int | None = None,
+    component: str = "model",
+    repeats: int = 5,
+    matmul_size: int | None = None,
+    prepared: ModelState | None = None,
+) -> dict[str, Any]:
     """Time the jitted train step (``component='model'``) or the AMFN-plus-heads forward and
     backward (``'amfn'``) at ``batch_size`` (default ``config.batch_size``); print a table and
     a JSON line; return the numbers. ``prepared``: a :class:`~jovale_jax.state.ModelState` of
     this config to reuse (the step runs on a copy of its state)."""
     config = variant(config, batch_size=batch_size or config.batch_size)
-    (r,) = _run([config], "step", component=component, repeats=repeats, matmul_size=matmul_size,
-                prepared=prepared)
+    (r,) = _run(
+        [config],
+        "step",
+        component=component,
+        repeats=repeats,
+        matmul_size=matmul_size,
+        prepared=prepared,
+    )
     _print_report(f"bench step ({component})", _bench_rows(r), r)
     return r
 
 
-def run_forward_bench(config: ml_collections.ConfigDict, *, batch_size: int | None = None,
-                      component: str = "model", repeats: int = 5, matmul_size: int | None = None,
-                      prepared: ModelState | None = None) -> dict[str, Any]:
+def run_forward_bench(
+    config: ml_collections.ConfigDict,
+    *,
+    batch_size: int | None = None,
+    component: str = "model",
+    repeats: int = 5,
+    matmul_size: int | None = None,
+    prepared: ModelState | None = None,
+) -> dict[str, Any]:
     """As :func:`run_step_bench`, for the eval-mode forward pass (``predict``, or the AMFN plus
     heads alone)."""
     config = variant(config, batch_size=batch_size or config.batch_size)
-    (r,) = _run([config], "forward", component=component, repeats=repeats,
-                matmul_size=matmul_size, prepared=prepared)
+    (r,) = _run(
+        [config],
+        "forward",
+        component=component,
+        repeats=repeats,
+        matmul_size=matmul_size,
+        prepared=prepared,
+    )
     _print_report(f"bench forward ({component})", _bench_rows(r), r)
     return r
 
 
-def run_remat_bench(config: ml_collections.ConfigDict, *, batch_size: int | None = None,
-                    repeats: int = 5, matmul_size: int | None = None) -> dict[str, Any]:
+def run_remat_bench(
+    config: ml_collections.ConfigDict,
+    *,
+    batch_size: int | None = None,
+    repeats: int = 5,
+    matmul_size: int | None = None,
+) -> dict[str, Any]:
     """The train step with ``model.remat_policy`` none and full, timed in the same rounds: time,
     MACs and compiled temporaries, and their ratios (on / off). Prints a table and a JSON line."""
     config = variant(config, batch_size=batch_size or config.batch_size)
-    off, on = _run([variant(config, remat=False), variant(config, remat=True)], "step",
-                   component="model", repeats=repeats, matmul_size=matmul_size)
+    off, on = _run(
+        [variant(config, remat=False), variant(config, remat=True)],
+        "step",
+        component="model",
+        repeats=repeats,
+        matmul_size=matmul_size,
+    )
     runs = {"remat_false": off, "remat_true": on}
-    result = {"bench": "remat", "batch_size": off["batch_size"], "runs": runs,
-              "time_ratio": on["seconds"] / off["seconds"],
-              "gmacs_ratio": on["gmacs"] / off["gmacs"],
-              "temporaries_ratio": on["memory"]["temporaries"] / off["memory"]["temporaries"]}
-    table = [(name, ", ".join([f"{r['seconds'] * 1e3:.1f} ms", f"{r['gmacs']:.2f} GMACs",
-                               f"temporaries {_gb(r['memory']['temporaries'])}"]))
-             for name, r in runs.items()]
+    result = {
+        "bench": "remat",
+        "batch_size": off["batch_size"],
+        "runs": runs,
+        "time_ratio": on["seconds"] / off["seconds"],
+        "gmacs_ratio": on["gmacs"] / off["gmacs"],
+        "temporaries_ratio": on["memory"]["temporaries"] / off["memory"]["temporaries"],
+    }
+    table = [
+        (
+            name,
+            ", ".join(
+                [
+                    f"{r['seconds'] * 1e3:.1f} ms",
+                    f"{r['gmacs']:.2f} GMACs",
+                    f"temporaries {_gb(r['memory']['temporaries'])}",
+                ]
+            ),
+        )
+        for name, r in runs.items()
+    ]
     table += [(k, f"{result[k]:.3f}") for k in ("time_ratio", "gmacs_ratio", "temporaries_ratio")]
     _print_report(f"remat trade-off, train step at batch {off['batch_size']}", table, result)
     return result

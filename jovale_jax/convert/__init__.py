@@ -30,8 +30,22 @@ from jovale_jax.convert.slowfast import convert_slowfast
 from jovale_jax.convert.videomae import convert_hf_videomae, convert_videomae_v2
 
 __all__ = [
-    "COMPONENTS", "SOURCES", "ConversionError", "Converted", "convert_hf_ast", "convert_hf_blip",
-    "convert_hf_videomae", "convert_main", "convert_slowfast", "convert_source",
-    "convert_videomae_v2", "interpolation_matrix", "load_component", "load_into", "load_pretrained",
-    "read_checkpoint", "read_state_dict", "resize_grid",
+    "COMPONENTS",
+    "SOURCES",
+    "ConversionError",
+    "Converted",
+    "convert_hf_ast",
+    "convert_hf_blip",
+    "convert_hf_videomae",
+    "convert_main",
+    "convert_slowfast",
+    "convert_source",
+    "convert_videomae_v2",
+    "interpolation_matrix",
+    "load_component",
+    "load_into",
+    "load_pretrained",
+    "read_checkpoint",
+    "read_state_dict",
+    "resize_grid",
 ]

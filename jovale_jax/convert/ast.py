@@ -50,8 +50,9 @@ def ast_grid(hf_config: Mapping[str, Any] | None) -> tuple[int, int]:
     return t, f
 
 
-def ast_position_rule(key: str, source_grid: tuple[int, int], grid: tuple[int, int],
-                      width: int) -> Rule:
+def ast_position_rule(
+    key: str, source_grid: tuple[int, int], grid: tuple[int, int], width: int
+) -> Rule:
     """(1, 2 + f * t, width), frequency-major -> (T_a, N_a, width), time-major."""
     t, f = source_grid
 
@@ -62,24 +63,49 @@ def ast_position_rule(key: str, source_grid: tuple[int, int], grid: tuple[int, i
     return Rule(key, (1, 2 + t * f, width), make)
 
 
-def convert_hf_ast(state_dict: Mapping[str, np.ndarray], cfg,
-                   hf_config: Mapping[str, Any] | None = None) -> Converted:
+def convert_hf_ast(
+    state_dict: Mapping[str, np.ndarray], cfg, hf_config: Mapping[str, Any] | None = None
+) -> Converted:
     """A transformers AST state dict -> ``AudioPatchEmbed(cfg)`` parameters.
 
     ``cfg`` is a ``config.model.audio`` section. ``hf_config`` (``config.json``), when given,
     provides the source grid (else AudioSet's 101 x 12) and is checked against ``cfg``.
     """
     if hf_config is not None:
-        check_hf_config(hf_config, {"hidden_size": cfg.width, "patch_size": cfg.patch,
-                                    "time_stride": cfg.time_stride,
-                                    "frequency_stride": cfg.freq_stride},
-                        "hf_ast")
+        check_hf_config(
+            hf_config,
+            {
+                "hidden_size": cfg.width,
+                "patch_size": cfg.patch,
+                "time_stride": cfg.time_stride,
+                "frequency_stride": cfg.freq_stride,
+            },
+            "hf_ast",
+        )
     source_grid, grid = ast_grid(hf_config), audio_grid(cfg)
-    rules = [*conv_rules("embeddings.patch_embeddings.projection", (cfg.patch, cfg.patch), 1,
-                         cfg.width, swap_spatial=True),
-             ast_position_rule("embeddings.position_embeddings", source_grid, grid, cfg.width)]
-    spec = KeySpec("hf_ast", "audio_embed", rules, strip=("audio_spectrogram_transformer.",),
-                   unused=(r"embeddings\.cls_token$", r"embeddings\.distillation_token$",
-                           r"encoder\.", r"layers\.", r"layernorm\.", r"classifier\."),
-                   notes={"position_table": resize_note(source_grid, grid, TABLE_METHODS)})
+    rules = [
+        *conv_rules(
+            "embeddings.patch_embeddings.projection",
+            (cfg.patch, cfg.patch),
+            1,
+            cfg.width,
+            swap_spatial=True,
+        ),
+        ast_position_rule("embeddings.position_embeddings", source_grid, grid, cfg.width),
+    ]
+    spec = KeySpec(
+        "hf_ast",
+        "audio_embed",
+        rules,
+        strip=("audio_spectrogram_transformer.",),
+        unused=(
+            r"embeddings\.cls_token$",
+            r"embeddings\.distillation_token$",
+            r"encoder\.",
+            r"layers\.",
+            r"layernorm\.",
+            r"classifier\.",
+        ),
+        notes={"position_table": resize_note(source_grid, grid, TABLE_METHODS)},
+    )
     return convert_state_dict(state_dict, spec, component_shapes(AudioPatchEmbed, cfg))

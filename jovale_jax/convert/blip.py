@@ -53,13 +53,19 @@ def blip_position_rule(key: str, source_side: int, side: int, width: int) -> Rul
     return Rule(key, (1, 1 + source_side**2, width), make)
 
 
-UNUSED = {"hf_blip": (r"text_decoder\.",),
-          "hf_blip_itm": (r"text_encoder\.", r"vision_proj\.", r"text_proj\.", r"itm_head\.")}
+UNUSED = {
+    "hf_blip": (r"text_decoder\.",),
+    "hf_blip_itm": (r"text_encoder\.", r"vision_proj\.", r"text_proj\.", r"itm_head\."),
+}
 
 
-def convert_hf_blip(state_dict: Mapping[str, np.ndarray], cfg,
-                    hf_config: Mapping[str, Any] | None = None, *,
-                    source: str = "hf_blip") -> Converted:
+def convert_hf_blip(
+    state_dict: Mapping[str, np.ndarray],
+    cfg,
+    hf_config: Mapping[str, Any] | None = None,
+    *,
+    source: str = "hf_blip",
+) -> Converted:
     """A transformers BLIP state dict -> ``BlipVisionEncoder(cfg)`` parameters.
 
     ``cfg`` is a ``config.model.scene`` section. ``hf_config`` (``config.json`` of a
@@ -69,26 +75,58 @@ def convert_hf_blip(state_dict: Mapping[str, np.ndarray], cfg,
     """
     vision = None if hf_config is None else hf_config.get("vision_config", hf_config)
     if vision is not None:
-        check_hf_config(vision, {
-            "hidden_size": cfg.width, "num_hidden_layers": cfg.depth,
-            "num_attention_heads": cfg.num_heads, "intermediate_size": cfg.mlp_dim,
-            "patch_size": cfg.patch, "hidden_act": "gelu"}, source)
+        check_hf_config(
+            vision,
+            {
+                "hidden_size": cfg.width,
+                "num_hidden_layers": cfg.depth,
+                "num_attention_heads": cfg.num_heads,
+                "intermediate_size": cfg.mlp_dim,
+                "patch_size": cfg.patch,
+                "hidden_act": "gelu",
+            },
+            source,
+        )
     source_size = BLIP_IMAGE_SIZE if vision is None else vision.get("image_size", BLIP_IMAGE_SIZE)
     w, h = cfg.width, cfg.num_heads
     source_side, side = source_size // cfg.patch, cfg.image_size // cfg.patch
-    rules = [*conv_rules("embeddings.patch_embedding", (cfg.patch, cfg.patch), 3, w),
-             Rule("embeddings.class_embedding", (1, 1, w), lambda c: {"class_embedding": c[0, 0]}),
-             blip_position_rule("embeddings.position_embedding", source_side, side, w),
-             *layer_norm_rules("post_layernorm", "post_layernorm", w)]
+    rules = [
+        *conv_rules("embeddings.patch_embedding", (cfg.patch, cfg.patch), 3, w),
+        Rule("embeddings.class_embedding", (1, 1, w), lambda c: {"class_embedding": c[0, 0]}),
+        blip_position_rule("embeddings.position_embedding", source_side, side, w),
+        *layer_norm_rules("post_layernorm", "post_layernorm", w),
+    ]
     for i in range(cfg.depth):
         p, dst = f"encoder.layers.{i}", f"encoder/layers/{i}"
-        rules += [heads_rule(f"{p}.self_attn.qkv.{part}", f"{dst}/attn", ("query", "key", "value"),
-                             w, h, bias=part == "bias") for part in ("weight", "bias")]
-        rules += block_rules(dst, cfg, norm1=f"{p}.layer_norm1", norm2=f"{p}.layer_norm2",
-                             out=f"{p}.self_attn.projection", fc1=f"{p}.mlp.fc1",
-                             fc2=f"{p}.mlp.fc2")
-    spec = KeySpec(source, "scene_encoder", rules, strip=("vision_model.",),
-                   unused=UNUSED[source],
-                   notes={"position_table": resize_note((source_side,) * 2, (side,) * 2,
-                                                        TABLE_METHODS), **eps_note(vision, cfg)})
+        rules += [
+            heads_rule(
+                f"{p}.self_attn.qkv.{part}",
+                f"{dst}/attn",
+                ("query", "key", "value"),
+                w,
+                h,
+                bias=part == "bias",
+            )
+            for part in ("weight", "bias")
+        ]
+        rules += block_rules(
+            dst,
+            cfg,
+            norm1=f"{p}.layer_norm1",
+            norm2=f"{p}.layer_norm2",
+            out=f"{p}.self_attn.projection",
+            fc1=f"{p}.mlp.fc1",
+            fc2=f"{p}.mlp.fc2",
+        )
+    spec = KeySpec(
+        source,
+        "scene_encoder",
+        rules,
+        strip=("vision_model.",),
+        unused=UNUSED[source],
+        notes={
+            "position_table": resize_note((source_side,) * 2, (side,) * 2, TABLE_METHODS),
+            **eps_note(vision, cfg),
+        },
+    )
     return convert_state_dict(state_dict, spec, component_shapes(BlipVisionEncoder, cfg))

@@ -167,7 +167,7 @@ def _normalise(state_dict: Mapping[str, np.ndarray], spec: KeySpec) -> tuple[dic
         new = key
         for prefix in spec.strip:
             if new.startswith(prefix):
-                new = new[len(prefix):]
+                new = new[len(prefix) :]
                 break
         for pattern, repl in spec.renames:
             new = re.sub(pattern, repl, new)
@@ -177,8 +177,9 @@ def _normalise(state_dict: Mapping[str, np.ndarray], spec: KeySpec) -> tuple[dic
     return arrays, original, errors
 
 
-def convert_state_dict(state_dict: Mapping[str, np.ndarray], spec: KeySpec,
-                       expected: Mapping[str, Shape]) -> Converted:
+def convert_state_dict(
+    state_dict: Mapping[str, np.ndarray], spec: KeySpec, expected: Mapping[str, Shape]
+) -> Converted:
     """Check every key of ``state_dict`` against ``spec``, then convert.
 
     ``expected`` are the shapes of the target module's variables (:func:`variable_shapes`). Raises
@@ -190,50 +191,74 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], spec: KeySpec,
         if rule.key not in arrays:
             errors.append(f"missing key {rule.key!r} (expected shape {rule.shape})")
         elif tuple(arrays[rule.key].shape) != rule.shape:
-            errors.append(f"key {original[rule.key]!r} has shape {tuple(arrays[rule.key].shape)}, "
-                          f"expected {rule.shape}")
+            errors.append(
+                f"key {original[rule.key]!r} has shape {tuple(arrays[rule.key].shape)}, "
+                f"expected {rule.shape}"
+            )
     unused_re = re.compile("|".join(f"(?:{p})" for p in spec.unused)) if spec.unused else None
     unused = []
     for key in sorted(set(arrays) - rule_keys):
         if unused_re is not None and unused_re.match(key):
             unused.append(original[key])
         else:
-            errors.append(f"unexpected key {original[key]!r} with shape {tuple(arrays[key].shape)}: "
-                          f"nothing in {spec.component} takes it")
+            errors.append(
+                f"unexpected key {original[key]!r} with shape {tuple(arrays[key].shape)}: "
+                f"nothing in {spec.component} takes it"
+            )
     if errors:
-        raise ConversionError(f"{spec.source} checkpoint does not fit {spec.component}:\n  "
-                              + "\n  ".join(errors))
+        raise ConversionError(
+            f"{spec.source} checkpoint does not fit {spec.component}:\n  " + "\n  ".join(errors)
+        )
     flat = dict(spec.derived)
     for rule in spec.rules:
         for path, value in rule.make(np.asarray(arrays[rule.key], np.float32)).items():
             flat[path] = np.ascontiguousarray(value, np.float32)
     flat = stack_layers(flat)
     check_complete(flat, expected, f"{spec.source} -> {spec.component}")
-    return Converted(spec.source, spec.component, unflatten(flat),
-                     tuple(original[rule.key] for rule in spec.rules), tuple(unused),
-                     dict(spec.notes))
+    return Converted(
+        spec.source,
+        spec.component,
+        unflatten(flat),
+        tuple(original[rule.key] for rule in spec.rules),
+        tuple(unused),
+        dict(spec.notes),
+    )
 
 
-def check_complete(flat: Mapping[str, np.ndarray], expected: Mapping[str, Shape], what: str) -> None:
+def check_complete(
+    flat: Mapping[str, np.ndarray], expected: Mapping[str, Shape], what: str
+) -> None:
     """Every expected variable present with its shape, and nothing else."""
-    errors = [f"{path}: missing (model shape {shape})" for path, shape in expected.items()
-              if path not in flat]
-    errors += [f"{path}: not a variable of the model (shape {tuple(v.shape)})"
-               for path, v in flat.items() if path not in expected]
-    errors += [f"{path}: shape {tuple(flat[path].shape)}, model shape {shape}"
-               for path, shape in expected.items()
-               if path in flat and tuple(flat[path].shape) != tuple(shape)]
+    errors = [
+        f"{path}: missing (model shape {shape})"
+        for path, shape in expected.items()
+        if path not in flat
+    ]
+    errors += [
+        f"{path}: not a variable of the model (shape {tuple(v.shape)})"
+        for path, v in flat.items()
+        if path not in expected
+    ]
+    errors += [
+        f"{path}: shape {tuple(flat[path].shape)}, model shape {shape}"
+        for path, shape in expected.items()
+        if path in flat and tuple(flat[path].shape) != tuple(shape)
+    ]
     if errors:
         raise ConversionError(f"{what}:\n  " + "\n  ".join(sorted(errors)))
 
 
 def check_hf_config(hf_config: Mapping[str, Any], expected: Mapping[str, Any], source: str) -> None:
     """Fields of a transformers ``config.json`` that shapes cannot reveal (e.g. the head count)."""
-    errors = [f"config.json {name} = {hf_config[name]!r}, the config needs {want!r}"
-              for name, want in expected.items() if name in hf_config and hf_config[name] != want]
+    errors = [
+        f"config.json {name} = {hf_config[name]!r}, the config needs {want!r}"
+        for name, want in expected.items()
+        if name in hf_config and hf_config[name] != want
+    ]
     if errors:
-        raise ConversionError(f"{source}: the checkpoint's config does not match:\n  "
-                              + "\n  ".join(errors))
+        raise ConversionError(
+            f"{source}: the checkpoint's config does not match:\n  " + "\n  ".join(errors)
+        )
 
 
 def eps_note(hf_config: Mapping[str, Any] | None, cfg) -> dict[str, Any]:
@@ -241,8 +266,9 @@ def eps_note(hf_config: Mapping[str, Any] | None, cfg) -> dict[str, Any]:
     by far less than 1e-4, so it is recorded, not refused)."""
     if hf_config is None or "layer_norm_eps" not in hf_config:
         return {}
-    return {"layer_norm_eps": {"checkpoint": hf_config["layer_norm_eps"],
-                               "model": cfg.layer_norm_eps}}
+    return {
+        "layer_norm_eps": {"checkpoint": hf_config["layer_norm_eps"], "model": cfg.layer_norm_eps}
+    }
 
 
 # ----------------------------------------------------------------------------- layouts
@@ -250,18 +276,23 @@ def eps_note(hf_config: Mapping[str, Any] | None, cfg) -> dict[str, Any]:
 
 def linear_rules(src: str, dst: str, n_in: int, n_out: int) -> list[Rule]:
     """``torch.nn.Linear`` (weight (out, in), bias) -> ``Dense`` (kernel (in, out), bias)."""
-    return [Rule(f"{src}.weight", (n_out, n_in), lambda w: {f"{dst}/kernel": w.T}),
-            Rule(f"{src}.bias", (n_out,), lambda b: {f"{dst}/bias": b})]
+    return [
+        Rule(f"{src}.weight", (n_out, n_in), lambda w: {f"{dst}/kernel": w.T}),
+        Rule(f"{src}.bias", (n_out,), lambda b: {f"{dst}/bias": b}),
+    ]
 
 
 def layer_norm_rules(src: str, dst: str, width: int) -> list[Rule]:
     """``torch.nn.LayerNorm`` (weight, bias) -> ``LayerNorm`` (scale, bias)."""
-    return [Rule(f"{src}.weight", (width,), lambda w: {f"{dst}/scale": w}),
-            Rule(f"{src}.bias", (width,), lambda b: {f"{dst}/bias": b})]
+    return [
+        Rule(f"{src}.weight", (width,), lambda w: {f"{dst}/scale": w}),
+        Rule(f"{src}.bias", (width,), lambda b: {f"{dst}/bias": b}),
+    ]
 
 
-def heads_rule(key: str, dst: str, names: Sequence[str], width: int, heads: int,
-               bias: bool) -> Rule:
+def heads_rule(
+    key: str, dst: str, names: Sequence[str], width: int, heads: int, bias: bool
+) -> Rule:
     """Projections to heads, fused along the output axis in ``names`` order (``query, key,
     value`` for a fused qkv): weight (n * width, width) -> kernels (width, heads, head_dim),
     bias (n * width,) -> (heads, head_dim)."""
@@ -270,33 +301,53 @@ def heads_rule(key: str, dst: str, names: Sequence[str], width: int, heads: int,
     def make(a: np.ndarray) -> dict[str, np.ndarray]:
         parts = np.split(a, n, axis=0)
         if bias:
-            return {f"{dst}/{name}_bias": p.reshape(heads, head_dim) for name, p in zip(names, parts, strict=True)}
-        return {f"{dst}/{name}_kernel": p.T.reshape(width, heads, head_dim)
-                for name, p in zip(names, parts, strict=True)}
+            return {
+                f"{dst}/{name}_bias": p.reshape(heads, head_dim)
+                for name, p in zip(names, parts, strict=True)
+            }
+        return {
+            f"{dst}/{name}_kernel": p.T.reshape(width, heads, head_dim)
+            for name, p in zip(names, parts, strict=True)
+        }
 
     return Rule(key, (n * width,) if bias else (n * width, width), make)
 
 
 def attention_out_rules(src: str, dst: str, width: int, heads: int) -> list[Rule]:
     """Output projection: weight (width, width) -> out_kernel (heads, head_dim, width)."""
-    return [Rule(f"{src}.weight", (width, width),
-                 lambda w: {f"{dst}/out_kernel": w.T.reshape(heads, width // heads, width)}),
-            Rule(f"{src}.bias", (width,), lambda b: {f"{dst}/out_bias": b})]
+    return [
+        Rule(
+            f"{src}.weight",
+            (width, width),
+            lambda w: {f"{dst}/out_kernel": w.T.reshape(heads, width // heads, width)},
+        ),
+        Rule(f"{src}.bias", (width,), lambda b: {f"{dst}/out_bias": b}),
+    ]
 
 
-def block_rules(dst: str, cfg, *, norm1: str, norm2: str, out: str, fc1: str, fc2: str) -> list[Rule]:
+def block_rules(
+    dst: str, cfg, *, norm1: str, norm2: str, out: str, fc1: str, fc2: str
+) -> list[Rule]:
     """Everything of a pre-norm ViT block except the q/k/v projections, whose layout differs
     between sources; arguments are the source key prefixes."""
     w = cfg.width
-    return [*layer_norm_rules(norm1, f"{dst}/norm1", w),
-            *attention_out_rules(out, f"{dst}/attn", w, cfg.num_heads),
-            *layer_norm_rules(norm2, f"{dst}/norm2", w),
-            *linear_rules(fc1, f"{dst}/mlp/fc1", w, cfg.mlp_dim),
-            *linear_rules(fc2, f"{dst}/mlp/fc2", cfg.mlp_dim, w)]
+    return [
+        *layer_norm_rules(norm1, f"{dst}/norm1", w),
+        *attention_out_rules(out, f"{dst}/attn", w, cfg.num_heads),
+        *layer_norm_rules(norm2, f"{dst}/norm2", w),
+        *linear_rules(fc1, f"{dst}/mlp/fc1", w, cfg.mlp_dim),
+        *linear_rules(fc2, f"{dst}/mlp/fc2", cfg.mlp_dim, w),
+    ]
 
 
-def conv_rules(src: str, kernel_shape: Sequence[int], in_channels: int, width: int,
-               *, swap_spatial: bool = False) -> list[Rule]:
+def conv_rules(
+    src: str,
+    kernel_shape: Sequence[int],
+    in_channels: int,
+    width: int,
+    *,
+    swap_spatial: bool = False,
+) -> list[Rule]:
     """``torch.nn.ConvNd`` weight (out, in, *k) -> ``patch_kernel`` (*k, in, out), bias ->
     ``patch_bias``. ``swap_spatial`` reverses a 2D kernel's two spatial axes (AST runs its conv on
     (frequency, time), ours on (time, frequency))."""
@@ -304,9 +355,14 @@ def conv_rules(src: str, kernel_shape: Sequence[int], in_channels: int, width: i
     order = (*range(2, 2 + k), 1, 0)
     if swap_spatial:
         order = (*order[:k][::-1], 1, 0)
-    return [Rule(f"{src}.weight", (width, in_channels, *kernel_shape),
-                 lambda w: {"patch_kernel": w.transpose(order)}),
-            Rule(f"{src}.bias", (width,), lambda b: {"patch_bias": b})]
+    return [
+        Rule(
+            f"{src}.weight",
+            (width, in_channels, *kernel_shape),
+            lambda w: {"patch_kernel": w.transpose(order)},
+        ),
+        Rule(f"{src}.bias", (width,), lambda b: {"patch_bias": b}),
+    ]
 
 
 # ----------------------------------------------------------------------------- table resizing
@@ -344,7 +400,7 @@ def interpolation_matrix(n_in: int, n_out: int, method: str) -> np.ndarray:
         if n_out > n_in:
             return interpolation_matrix(n_in, n_out, "linear")
         start = n_in // 2 - n_out // 2
-        return np.eye(n_in)[start:start + n_out]
+        return np.eye(n_in)[start : start + n_out]
     src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
     if method == "linear":
         src = np.maximum(src, 0.0)
@@ -363,8 +419,10 @@ def resize_grid(table: np.ndarray, grid: Sequence[int], methods: Sequence[str]) 
     """Resize a position table laid out as (*grid_in, channels) to (*grid, channels), one
     :func:`interpolation_matrix` per grid axis (computed in float64)."""
     if table.ndim != len(grid) + 1 or len(methods) != len(grid):
-        raise ValueError(f"table of shape {table.shape} cannot be resized to grid {tuple(grid)} "
-                         f"with methods {tuple(methods)}")
+        raise ValueError(
+            f"table of shape {table.shape} cannot be resized to grid {tuple(grid)} "
+            f"with methods {tuple(methods)}"
+        )
     out = table.astype(np.float64)
     for axis, (n_out, method) in enumerate(zip(grid, methods)):
         matrix = interpolation_matrix(out.shape[axis], n_out, method)
@@ -375,6 +433,9 @@ def resize_grid(table: np.ndarray, grid: Sequence[int], methods: Sequence[str]) 
 def resize_note(grid_in: Iterable[int], grid_out: Iterable[int], methods: Sequence[str]) -> dict:
     """What a position table went through, for the manifest."""
     grid_in, grid_out = tuple(grid_in), tuple(grid_out)
-    return {"from_grid": list(grid_in), "to_grid": list(grid_out),
-            "methods": list(methods) if grid_in != grid_out else "identity",
-            "positions": [math.prod(grid_in), math.prod(grid_out)]}
+    return {
+        "from_grid": list(grid_in),
+        "to_grid": list(grid_out),
+        "methods": list(methods) if grid_in != grid_out else "identity",
+        "positions": [math.prod(grid_in), math.prod(grid_out)],
+    }

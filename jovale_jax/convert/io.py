@@ -63,16 +63,22 @@ class Source:
 
 
 SOURCES: dict[str, Source] = {
-    "videomae_v2": Source("video", lambda sd, cfg, _, source_grid: convert_videomae_v2(
-        sd, cfg, source_grid), ("source_grid",)),
+    "videomae_v2": Source(
+        "video",
+        lambda sd, cfg, _, source_grid: convert_videomae_v2(sd, cfg, source_grid),
+        ("source_grid",),
+    ),
     "hf_videomae": Source("video", convert_hf_videomae, ("source_grid",)),
     "hf_blip": Source("scene", convert_hf_blip),
-    "hf_blip_itm": Source("scene", lambda sd, cfg, hf: convert_hf_blip(sd, cfg, hf,
-                                                                      source="hf_blip_itm")),
+    "hf_blip_itm": Source(
+        "scene", lambda sd, cfg, hf: convert_hf_blip(sd, cfg, hf, source="hf_blip_itm")
+    ),
     "hf_clip": Source("scene", convert_hf_clip),
     "hf_ast": Source("audio", convert_hf_ast),
-    **{kind: Source("video", lambda sd, cfg, _, kind=kind: convert_slowfast(sd, cfg, kind))
-       for kind in ("pyslowfast", "acar", "pytorchvideo")},
+    **{
+        kind: Source("video", lambda sd, cfg, _, kind=kind: convert_slowfast(sd, cfg, kind))
+        for kind in ("pyslowfast", "acar", "pytorchvideo")
+    },
 }
 
 
@@ -88,7 +94,8 @@ def check_scene_source(scene_cfg, kind: str, where: str) -> None:
         raise ConversionError(
             f"{where} is a {kind!r} scene encoder, which config field model.scene.encoder = "
             f"{wants!r} takes; the config has {encoder!r} (allowed values {SCENE_ENCODERS}, taking "
-            f"{tuple(SCENE_SOURCES.values())} checkpoints respectively)")
+            f"{tuple(SCENE_SOURCES.values())} checkpoints respectively)"
+        )
 
 
 # ----------------------------------------------------------------------------- reading
@@ -98,8 +105,10 @@ def _read_torch(path: Path) -> dict[str, np.ndarray]:
     try:
         import torch
     except ImportError as e:
-        raise ImportError(f"reading {path} needs torch (pip install 'jovale-jax[convert]'); "
-                          "safetensors files and transformers directories do not") from e
+        raise ImportError(
+            f"reading {path} needs torch (pip install 'jovale-jax[convert]'); "
+            "safetensors files and transformers directories do not"
+        ) from e
     import argparse
 
     with torch.serialization.safe_globals([argparse.Namespace]):
@@ -111,8 +120,10 @@ def _read_torch(path: Path) -> dict[str, np.ndarray]:
             break
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise ConversionError(f"{path}: entries {bad[:5]} are not tensors; expected a state dict "
-                              "(optionally under 'model', 'module', 'state_dict' or 'model_state')")
+        raise ConversionError(
+            f"{path}: entries {bad[:5]} are not tensors; expected a state dict "
+            "(optionally under 'model', 'module', 'state_dict' or 'model_state')"
+        )
     return {k: v.detach().to(torch.float32).numpy() for k, v in obj.items()}
 
 
@@ -132,8 +143,10 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
         if index.exists():
             shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
             return {k: v for s in shards for k, v in _read_safetensors(path / s).items()}, config
-        for name, reader in (("model.safetensors", _read_safetensors),
-                             ("pytorch_model.bin", _read_torch)):
+        for name, reader in (
+            ("model.safetensors", _read_safetensors),
+            ("pytorch_model.bin", _read_torch),
+        ):
             if (path / name).exists():
                 return reader(path / name), config
         raise FileNotFoundError(f"{path}: no model.safetensors(.index.json) or pytorch_model.bin")
@@ -143,19 +156,30 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
         return _read_safetensors(path), None
     if path.suffix in (".pth", ".pt", ".bin", ".pyth", ".tar"):  # .pyth: PySlowFast; .pth.tar
         return _read_torch(path), None
-    raise ValueError(f"{path}: expected a .pth/.pt/.bin/.pyth/.pth.tar or .safetensors file or a "
-                     "transformers model directory")
+    raise ValueError(
+        f"{path}: expected a .pth/.pt/.bin/.pyth/.pth.tar or .safetensors file or a "
+        "transformers model directory"
+    )
 
 
 # The sizes a transformers config.json holds: its field -> the field of the config section.
-_VIT_SIZES = {"hidden_size": "width", "num_hidden_layers": "depth",
-              "num_attention_heads": "num_heads", "intermediate_size": "mlp_dim",
-              "patch_size": "patch", "layer_norm_eps": "layer_norm_eps"}
+_VIT_SIZES = {
+    "hidden_size": "width",
+    "num_hidden_layers": "depth",
+    "num_attention_heads": "num_heads",
+    "intermediate_size": "mlp_dim",
+    "patch_size": "patch",
+    "layer_norm_eps": "layer_norm_eps",
+}
 CONFIG_JSON_SIZES = {
     "hf_videomae": {**_VIT_SIZES, "tubelet_size": "tubelet"},
     "hf_blip": _VIT_SIZES,
-    "hf_ast": {"hidden_size": "width", "patch_size": "patch", "time_stride": "time_stride",
-               "frequency_stride": "freq_stride"},
+    "hf_ast": {
+        "hidden_size": "width",
+        "patch_size": "patch",
+        "time_stride": "time_stride",
+        "frequency_stride": "freq_stride",
+    },
 }
 
 
@@ -189,8 +213,9 @@ def convert_source(kind: str, path: str | os.PathLike, model_cfg, **options: Any
         check_scene_source(model_cfg.scene, kind, f"--from {kind} --src {path}")
     state_dict, hf_config = read_state_dict(path)
     section, differs = sized_by_config_json(kind, model_cfg[source.section], hf_config)
-    converted = source.convert(state_dict, section, hf_config,
-                               **{k: options.get(k) for k in source.options})
+    converted = source.convert(
+        state_dict, section, hf_config, **{k: options.get(k) for k in source.options}
+    )
     if not differs:
         return converted
     note = {f"model.{source.section}.{field}": v for field, v in differs.items()}
@@ -201,9 +226,14 @@ def convert_source(kind: str, path: str | os.PathLike, model_cfg, **options: Any
 # ----------------------------------------------------------------------------- writing
 
 
-def convert_main(sources: Sequence[tuple[str, str]], out_dir: str | os.PathLike, config,
-                 *, overwrite: bool = False,
-                 source_grid: Sequence[int] | None = None) -> dict[str, Any]:
+def convert_main(
+    sources: Sequence[tuple[str, str]],
+    out_dir: str | os.PathLike,
+    config,
+    *,
+    overwrite: bool = False,
+    source_grid: Sequence[int] | None = None,
+) -> dict[str, Any]:
     """Convert every ``(kind, path)`` source for ``config.model`` and write one checkpoint.
 
     ``config`` is a full preset config (``config.model`` sizes every component). Every source is
@@ -228,14 +258,23 @@ def convert_main(sources: Sequence[tuple[str, str]], out_dir: str | os.PathLike,
     for kind, path in sources:
         result = convert_source(kind, path, config.model, source_grid=source_grid)
         if result.component in converted:
-            raise ValueError(f"{kind} {path} and {converted[result.component].source} "
-                             f"{paths[result.component]} both convert {result.component}")
+            raise ValueError(
+                f"{kind} {path} and {converted[result.component].source} "
+                f"{paths[result.component]} both convert {result.component}"
+            )
         converted[result.component], paths[result.component] = result, str(Path(path).resolve())
     manifest = {
         "format": "jovale-jax pretrained components",
-        "components": {c: {"source": r.source, "path": paths[c], "used_keys": len(r.used_keys),
-                           "unused_keys": list(r.unused_keys), **r.notes}
-                       for c, r in converted.items()},
+        "components": {
+            c: {
+                "source": r.source,
+                "path": paths[c],
+                "used_keys": len(r.used_keys),
+                "unused_keys": list(r.unused_keys),
+                **r.notes,
+            }
+            for c, r in converted.items()
+        },
     }
     if out.exists():
         shutil.rmtree(out)
@@ -251,11 +290,15 @@ def summary(manifest: Mapping[str, Any], out_dir: str | os.PathLike) -> str:
     manifest is."""
     lines = []
     for name, entry in manifest["components"].items():
-        lines.append(f"{name} <- {entry['source']} {entry['path']}: {entry['used_keys']} keys "
-                     f"converted, {len(entry['unused_keys'])} unused")
+        lines.append(
+            f"{name} <- {entry['source']} {entry['path']}: {entry['used_keys']} keys "
+            f"converted, {len(entry['unused_keys'])} unused"
+        )
         if entry.get("differs_from_preset"):
-            flags = " ".join(f"--config.{field}={new}"
-                             for field, (_, new) in entry["differs_from_preset"].items())
+            flags = " ".join(
+                f"--config.{field}={new}"
+                for field, (_, new) in entry["differs_from_preset"].items()
+            )
             lines.append(f"  sized by its config.json, not the preset: train with {flags}")
     out = Path(out_dir)
     return "\n".join([*lines, f"wrote {out / PARAMS}; manifest: {out / MANIFEST}"])
@@ -281,8 +324,9 @@ def load_component(module: nnx.Module, params: Mapping[str, Any]) -> None:
     """
     state, variables = module_variables(module)
     given = flatten(params)
-    check_complete(given, {p: tuple(v.shape) for p, v in variables.items()},
-                   f"loading {type(module).__name__}")
+    check_complete(
+        given, {p: tuple(v.shape) for p, v in variables.items()}, f"loading {type(module).__name__}"
+    )
     for path, var in variables.items():
         var.set_value(_placed(given[path], var.get_value()))
     nnx.update(module, state)
@@ -327,8 +371,11 @@ def load_pretrained(model: nnx.Module, ckpt_dir: str | os.PathLike) -> dict[str,
     """Restore a converted checkpoint into ``model``; returns :func:`load_into`'s report. A scene
     encoder converted from another kind than ``model.scene.encoder`` takes is an error."""
     manifest = Path(ckpt_dir) / MANIFEST
-    scene = json.loads(manifest.read_text())["components"].get("scene_encoder") if (
-        manifest.exists()) else None
+    scene = (
+        json.loads(manifest.read_text())["components"].get("scene_encoder")
+        if (manifest.exists())
+        else None
+    )
     if scene is not None and getattr(model, "scene_encoder", None) is not None:
         check_scene_source(model.cfg.scene, scene["source"], f"{ckpt_dir}'s scene_encoder")
     return load_into(model, read_checkpoint(ckpt_dir))

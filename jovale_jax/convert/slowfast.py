@@ -104,8 +104,13 @@ def _unit_of(module_path: tuple[str, ...]) -> tuple:
         return ("stem", int(module_path[0] == "fast_stem"))
     if module_path[0] == "fusions":
         return ("fusion", int(module_path[1]))
-    return ("block", int(module_path[0] == "fast_stages"), int(module_path[1]),
-            int(module_path[2]), module_path[3])
+    return (
+        "block",
+        int(module_path[0] == "fast_stages"),
+        int(module_path[1]),
+        int(module_path[2]),
+        module_path[3],
+    )
 
 
 def _rule(key: str, shape: tuple[int, ...], dst: str, is_kernel: bool) -> Rule:
@@ -120,7 +125,7 @@ def _check_depth(state_dict: Mapping[str, np.ndarray], kind: str, cfg) -> None:
     layout = LAYOUTS[kind][0]
     keys = set(state_dict)
     strip = LAYOUTS[kind][1]
-    keys = {next((k[len(p):] for p in strip if k.startswith(p)), k) for k in keys}
+    keys = {next((k[len(p) :] for p in strip if k.startswith(p)), k) for k in keys}
     res4 = 0
     while f"{layout(('block', 0, 2, res4, 'conv_a'), cfg)[0]}.weight" in keys:
         res4 += 1
@@ -129,7 +134,8 @@ def _check_depth(state_dict: Mapping[str, np.ndarray], kind: str, cfg) -> None:
         given = {v[2]: d for d, v in STAGE_DEPTHS.items()}.get(res4, f"with {res4} res4 blocks")
         raise ConversionError(
             f"{kind}: config field model.video.slowfast.depth is {cfg.slowfast.depth} ({want} res4 "
-            f"blocks) but the checkpoint is a SlowFast-R{given} ({res4} res4 blocks)")
+            f"blocks) but the checkpoint is a SlowFast-R{given} ({res4} res4 blocks)"
+        )
 
 
 def convert_slowfast(state_dict: Mapping[str, np.ndarray], cfg, kind: str) -> Converted:
@@ -138,8 +144,10 @@ def convert_slowfast(state_dict: Mapping[str, np.ndarray], cfg, kind: str) -> Co
     if kind not in LAYOUTS:
         raise ValueError(f"unknown SlowFast layout {kind!r}; expected one of {sorted(LAYOUTS)}")
     if not is_slowfast(cfg):
-        raise ConversionError(f"{kind}: config field model.video.backbone is "
-                              f"{cfg.get('backbone', 'vit')!r}, expected 'slowfast'")
+        raise ConversionError(
+            f"{kind}: config field model.video.backbone is "
+            f"{cfg.get('backbone', 'vit')!r}, expected 'slowfast'"
+        )
     _check_depth(state_dict, kind, cfg)
     layout, strip, unused = LAYOUTS[kind]
     rules = []
@@ -151,6 +159,12 @@ def convert_slowfast(state_dict: Mapping[str, np.ndarray], cfg, kind: str) -> Co
         else:
             prefix = layout(_unit_of(parts[:-1]), cfg)[0]
             rules.append(_rule(f"{prefix}.weight", shape, path, True))
-    spec = KeySpec(kind, "video_encoder", rules, strip=strip, unused=unused,
-                   notes={"layout": kind, "depth": cfg.slowfast.depth})
+    spec = KeySpec(
+        kind,
+        "video_encoder",
+        rules,
+        strip=strip,
+        unused=unused,
+        notes={"layout": kind, "depth": cfg.slowfast.depth},
+    )
     return convert_state_dict(state_dict, spec, component_shapes(SlowFast, cfg))

@@ -48,8 +48,10 @@ from jovale_jax.convert.common import (
 from jovale_jax.models.vit import VideoEncoder, sincos_table, video_grid
 
 VIDEOMAE_V2_GRID = (8, 14, 14)  # vit_base_patch16_224 at 16 frames, tubelet 2
-GRID_HELP = ("give the token grid it was trained on as --source_grid T,H,W (source_grid=...; "
-             "8,14,14 for VideoMAE v2's vit_*_patch16_224 at 16 frames)")
+GRID_HELP = (
+    "give the token grid it was trained on as --source_grid T,H,W (source_grid=...; "
+    "8,14,14 for VideoMAE v2's vit_*_patch16_224 at 16 frames)"
+)
 TABLE_METHODS = ("linear", "cubic", "cubic")
 
 
@@ -62,21 +64,34 @@ def video_position_table(cfg, source_grid: Sequence[int]) -> tuple[np.ndarray, d
     return resized, resize_note(source_grid, grid, TABLE_METHODS)
 
 
-def _video_spec(source: str, cfg, layer_rules: Callable[[int, str], list[Rule]],
-                source_grid: Sequence[int], patch_key: str,
-                notes: Mapping[str, Any], **keys: Any) -> KeySpec:
+def _video_spec(
+    source: str,
+    cfg,
+    layer_rules: Callable[[int, str], list[Rule]],
+    source_grid: Sequence[int],
+    patch_key: str,
+    notes: Mapping[str, Any],
+    **keys: Any,
+) -> KeySpec:
     """What both layouts share: the patch conv, ``layer_rules(i, dst)`` per block and the
     rebuilt position table; ``keys`` are the layout's ``KeySpec`` key options."""
     table, note = video_position_table(cfg, source_grid)
     rules = conv_rules(patch_key, (cfg.tubelet, cfg.patch, cfg.patch), 3, cfg.width)
     for i in range(cfg.depth):
         rules += layer_rules(i, f"encoder/layers/{i}")
-    return KeySpec(source, "video_encoder", rules, derived={"pos_embed": table},
-                   notes={"position_table": note, **notes}, **keys)
+    return KeySpec(
+        source,
+        "video_encoder",
+        rules,
+        derived={"pos_embed": table},
+        notes={"position_table": note, **notes},
+        **keys,
+    )
 
 
-def convert_videomae_v2(state_dict: Mapping[str, np.ndarray], cfg,
-                        source_grid: Sequence[int] | None = None) -> Converted:
+def convert_videomae_v2(
+    state_dict: Mapping[str, np.ndarray], cfg, source_grid: Sequence[int] | None = None
+) -> Converted:
     """A VideoMAE v2 ``vit_*_patch16_224`` state dict -> ``VideoEncoder(cfg)`` parameters.
 
     ``cfg`` is a ``config.model.video`` section; ``source_grid`` the token grid the checkpoint
@@ -85,27 +100,46 @@ def convert_videomae_v2(state_dict: Mapping[str, np.ndarray], cfg,
     ``.pth``: it is taken from ``cfg``.
     """
     if source_grid is None:
-        raise ConversionError(f"videomae_v2: the checkpoint does not record its token grid; "
-                              f"{GRID_HELP}")
+        raise ConversionError(
+            f"videomae_v2: the checkpoint does not record its token grid; {GRID_HELP}"
+        )
     w, h = cfg.width, cfg.num_heads
 
     def layer(i: int, dst: str):
         p = f"blocks.{i}"
-        return [heads_rule(f"{p}.attn.qkv.weight", f"{dst}/attn", ("query", "key", "value"), w, h,
-                           bias=False),
-                heads_rule(f"{p}.attn.q_bias", f"{dst}/attn", ("query",), w, h, bias=True),
-                heads_rule(f"{p}.attn.v_bias", f"{dst}/attn", ("value",), w, h, bias=True),
-                *block_rules(dst, cfg, norm1=f"{p}.norm1", norm2=f"{p}.norm2",
-                             out=f"{p}.attn.proj", fc1=f"{p}.mlp.fc1", fc2=f"{p}.mlp.fc2")]
+        return [
+            heads_rule(
+                f"{p}.attn.qkv.weight", f"{dst}/attn", ("query", "key", "value"), w, h, bias=False
+            ),
+            heads_rule(f"{p}.attn.q_bias", f"{dst}/attn", ("query",), w, h, bias=True),
+            heads_rule(f"{p}.attn.v_bias", f"{dst}/attn", ("value",), w, h, bias=True),
+            *block_rules(
+                dst,
+                cfg,
+                norm1=f"{p}.norm1",
+                norm2=f"{p}.norm2",
+                out=f"{p}.attn.proj",
+                fc1=f"{p}.mlp.fc1",
+                fc2=f"{p}.mlp.fc2",
+            ),
+        ]
 
-    spec = _video_spec("videomae_v2", cfg, layer, source_grid, "patch_embed.proj", {},
-                       strip=("module.", "_orig_mod."),
-                       unused=(r"fc_norm\.", r"head\.", r"norm\."))
+    spec = _video_spec(
+        "videomae_v2",
+        cfg,
+        layer,
+        source_grid,
+        "patch_embed.proj",
+        {},
+        strip=("module.", "_orig_mod."),
+        unused=(r"fc_norm\.", r"head\.", r"norm\."),
+    )
     return convert_state_dict(state_dict, spec, component_shapes(VideoEncoder, cfg))
 
 
-def hf_videomae_grid(hf_config: Mapping[str, Any] | None,
-                     source_grid: Sequence[int] | None = None) -> tuple[int, int, int]:
+def hf_videomae_grid(
+    hf_config: Mapping[str, Any] | None, source_grid: Sequence[int] | None = None
+) -> tuple[int, int, int]:
     """The token grid of a transformers VideoMAE checkpoint: from its config, else
     ``source_grid``; both given must agree, neither is an error."""
     if hf_config is None:
@@ -117,42 +151,80 @@ def hf_videomae_grid(hf_config: Mapping[str, Any] | None,
     p = hf_config.get("patch_size", 16)
     grid = (hf_config.get("num_frames", 16) // hf_config.get("tubelet_size", 2), hh // p, ww // p)
     if source_grid is not None and tuple(source_grid) != grid:
-        raise ConversionError(f"hf_videomae: --source_grid {tuple(source_grid)} differs from the "
-                              f"grid {grid} of the checkpoint's config.json")
+        raise ConversionError(
+            f"hf_videomae: --source_grid {tuple(source_grid)} differs from the "
+            f"grid {grid} of the checkpoint's config.json"
+        )
     return grid
 
 
-def convert_hf_videomae(state_dict: Mapping[str, np.ndarray], cfg,
-                        hf_config: Mapping[str, Any] | None = None,
-                        source_grid: Sequence[int] | None = None) -> Converted:
+def convert_hf_videomae(
+    state_dict: Mapping[str, np.ndarray],
+    cfg,
+    hf_config: Mapping[str, Any] | None = None,
+    source_grid: Sequence[int] | None = None,
+) -> Converted:
     """A transformers VideoMAE state dict -> ``VideoEncoder(cfg)`` parameters.
 
     ``hf_config`` (the checkpoint's ``config.json``), when given, sets the source grid and is
     checked against ``cfg`` (width, depth, heads, MLP, patch, tubelet, activation).
     """
     if hf_config is not None:
-        check_hf_config(hf_config, {
-            "hidden_size": cfg.width, "num_hidden_layers": cfg.depth,
-            "num_attention_heads": cfg.num_heads, "intermediate_size": cfg.mlp_dim,
-            "patch_size": cfg.patch, "tubelet_size": cfg.tubelet, "hidden_act": "gelu",
-            "qv_bias": True}, "hf_videomae")
+        check_hf_config(
+            hf_config,
+            {
+                "hidden_size": cfg.width,
+                "num_hidden_layers": cfg.depth,
+                "num_attention_heads": cfg.num_heads,
+                "intermediate_size": cfg.mlp_dim,
+                "patch_size": cfg.patch,
+                "tubelet_size": cfg.tubelet,
+                "hidden_act": "gelu",
+                "qv_bias": True,
+            },
+            "hf_videomae",
+        )
     w, h = cfg.width, cfg.num_heads
 
     def layer(i: int, dst: str):
         p = f"encoder.layer.{i}"
         a = f"{p}.attention.attention"
-        return [*(heads_rule(f"{a}.{n}.weight", f"{dst}/attn", (n,), w, h, bias=False)
-                  for n in ("query", "key", "value")),
-                *(heads_rule(f"{a}.{n}.bias", f"{dst}/attn", (n,), w, h, bias=True)
-                  for n in ("query", "value")),
-                *block_rules(dst, cfg, norm1=f"{p}.layernorm_before", norm2=f"{p}.layernorm_after",
-                             out=f"{p}.attention.output.dense", fc1=f"{p}.intermediate.dense",
-                             fc2=f"{p}.output.dense")]
+        return [
+            *(
+                heads_rule(f"{a}.{n}.weight", f"{dst}/attn", (n,), w, h, bias=False)
+                for n in ("query", "key", "value")
+            ),
+            *(
+                heads_rule(f"{a}.{n}.bias", f"{dst}/attn", (n,), w, h, bias=True)
+                for n in ("query", "value")
+            ),
+            *block_rules(
+                dst,
+                cfg,
+                norm1=f"{p}.layernorm_before",
+                norm2=f"{p}.layernorm_after",
+                out=f"{p}.attention.output.dense",
+                fc1=f"{p}.intermediate.dense",
+                fc2=f"{p}.output.dense",
+            ),
+        ]
 
-    spec = _video_spec("hf_videomae", cfg, layer, hf_videomae_grid(hf_config, source_grid),
-                       "embeddings.patch_embeddings.projection", eps_note(hf_config, cfg),
-                       strip=("videomae.",),
-                       renames=((r"\.q_bias$", ".query.bias"), (r"\.v_bias$", ".value.bias")),
-                       unused=(r"layernorm\.", r"fc_norm\.", r"classifier\.", r"decoder\.",
-                               r"encoder_to_decoder\.", r"mask_token$"))
+    spec = _video_spec(
+        "hf_videomae",
+        cfg,
+        layer,
+        hf_videomae_grid(hf_config, source_grid),
+        "embeddings.patch_embeddings.projection",
+        eps_note(hf_config, cfg),
+        strip=("videomae.",),
+        renames=((r"\.q_bias$", ".query.bias"), (r"\.v_bias$", ".value.bias")),
+        unused=(
+            r"layernorm\.",
+            r"fc_norm\.",
+            r"classifier\.",
+            r"decoder\.",
+            r"encoder_to_decoder\.",
+            r"mask_token$",
+        ),
+    )
     return convert_state_dict(state_dict, spec, component_shapes(VideoEncoder, cfg))

@@ -59,7 +59,8 @@ def _builder(name: str, config: Any, data_dir: str | None, **kwargs: Any) -> com
     if config.dataset != name:
         raise ValueError(f"config.dataset is {config.dataset!r} but the dataset is {name!r}")
     return _builder_class(name)(
-        config=common.clip_config(config), data_dir=data_dir or config.data.data_dir, **kwargs)
+        config=common.clip_config(config), data_dir=data_dir or config.data.data_dir, **kwargs
+    )
 
 
 def get_builder(config: Any, data_dir: str | None = None) -> common.KeyframeBuilder:
@@ -73,7 +74,8 @@ def get_builder(config: Any, data_dir: str | None = None) -> common.KeyframeBuil
         raise FileNotFoundError(
             f"no complete {config.dataset} dataset for this config at {builder.data_path}: "
             f"build it with `python launch.py build-data --dataset {config.dataset} "
-            f"--config <this config> --data_dir {data_dir or config.data.data_dir}`")
+            f"--config <this config> --data_dir {data_dir or config.data.data_dir}`"
+        )
     return builder
 
 
@@ -82,7 +84,8 @@ def load_split(config: Any, split: str, data_dir: str | None = None) -> tuple[tf
     builder = get_builder(config, data_dir)
     if split not in builder.info.splits:
         raise ValueError(
-            f"{builder.data_dir} has splits {list(builder.info.splits)}, not {split!r}")
+            f"{builder.data_dir} has splits {list(builder.info.splits)}, not {split!r}"
+        )
     return builder.as_dataset(split=split), builder.info.splits[split].num_examples
 
 
@@ -93,7 +96,7 @@ def eval_dir(config: Any, data_dir: str | None = None) -> str:
 
 RAW_FILES = {
     "ava": f"{ava.LABEL_MAP}, ava_<split>_v2.2.csv, ava_<split>_excluded_timestamps_v2.2.csv, "
-           "the person proposals and videos/",
+    "the person proposals and videos/",
     "ucf24": f"{Ucf24Builder.PICKLE}, {ucf_jhmdb.PROPOSALS} and {ucf_jhmdb.FRAMES}/",
     "jhmdb21": f"{Jhmdb21Builder.PICKLE}, {ucf_jhmdb.PROPOSALS} and {ucf_jhmdb.FRAMES}/",
 }
@@ -146,12 +149,16 @@ def build_dataset(
     if builder.is_prepared():
         missing = set(splits) - set(builder.info.splits)
         if missing:
-            raise ValueError(f"{builder.data_dir} was built without split(s) {sorted(missing)}; "
-                             "remove it and build again with every split you need")
+            raise ValueError(
+                f"{builder.data_dir} was built without split(s) {sorted(missing)}; "
+                "remove it and build again with every split you need"
+            )
         logger.info("%s: reusing the dataset at %s", name, builder.data_dir)
         summary = builder.stats.summary()
-        summary.update(reused=True, examples={
-            s: builder.info.splits[s].num_examples for s in builder.info.splits})
+        summary.update(
+            reused=True,
+            examples={s: builder.info.splits[s].num_examples for s in builder.info.splits},
+        )
     else:
         prefix = tfds.core.constants.INCOMPLETE_PREFIX
         for leftover in builder.data_path.parent.glob(f"{prefix}*_{builder.data_path.name}"):
@@ -165,13 +172,18 @@ def build_dataset(
         tfds.display_progress_bar(False)  # the builders show their own (videos, examples, ETA)
         try:
             with tempfile.TemporaryDirectory() as downloads:  # TFDS wants one; nothing goes there
-                builder.download_and_prepare(download_dir=downloads, download_config=(
-                    tfds.download.DownloadConfig(manual_dir=raw_dir, try_download_gcs=False)))
+                builder.download_and_prepare(
+                    download_dir=downloads,
+                    download_config=(
+                        tfds.download.DownloadConfig(manual_dir=raw_dir, try_download_gcs=False)
+                    ),
+                )
         finally:
             tfds.display_progress_bar(True)
         summary = builder.stats.summary()
         summary["reused"] = False
-    summary.update(dataset=name, data_path=os.fspath(builder.data_dir),
-                   seconds=round(time.time() - start, 1))
+    summary.update(
+        dataset=name, data_path=os.fspath(builder.data_dir), seconds=round(time.time() - start, 1)
+    )
     logger.info("%s: %s", name, summary)
     return summary

@@ -37,8 +37,13 @@ PROPOSAL_FILES = (  # looked for in this order
     "ava_{split}_predicted_boxes.csv",  # SlowFast's name
 )
 
-_ROW = [("video_id", str), ("timestamp", int), *common.BOX_COLUMNS, ("action_id", int),
-        ("person_id", int)]
+_ROW = [
+    ("video_id", str),
+    ("timestamp", int),
+    *common.BOX_COLUMNS,
+    ("action_id", int),
+    ("person_id", int),
+]
 _KEYFRAME = [("video_id", str), ("timestamp", int)]
 
 Keyframes = dict[str, dict[int, tuple[np.ndarray, np.ndarray]]]  # video -> ts -> (boxes, labels)
@@ -91,7 +96,8 @@ def find_proposals(raw_dir: str, split: str) -> str:
             return path
     raise FileNotFoundError(
         f"no person proposals for split {split!r} in {raw_dir}: expected one of "
-        + ", ".join(p.format(split=split) for p in PROPOSAL_FILES))
+        + ", ".join(p.format(split=split) for p in PROPOSAL_FILES)
+    )
 
 
 def video_files(videos_dir: str) -> dict[str, str]:
@@ -101,7 +107,8 @@ def video_files(videos_dir: str) -> dict[str, str]:
         video_id = os.path.splitext(name)[0]
         if video_id in files:
             raise common.BadInputError(
-                f"{videos_dir}: two files for video {video_id!r}: {files[video_id]} and {name}")
+                f"{videos_dir}: two files for video {video_id!r}: {files[video_id]} and {name}"
+            )
         files[video_id] = os.path.join(videos_dir, name)
     return files
 
@@ -123,14 +130,19 @@ class AvaBuilder(common.KeyframeBuilder):
         for split in self.splits:
             excluded = read_excluded(os.path.join(raw, f"ava_{split}_excluded_timestamps_v2.2.csv"))
             keyframes, rows = read_annotations(
-                os.path.join(raw, f"ava_{split}_v2.2.csv"), label_map, excluded, self.stats)
+                os.path.join(raw, f"ava_{split}_v2.2.csv"), label_map, excluded, self.stats
+            )
             common.write_eval_files(
-                os.path.join(self.data_dir, "eval"), split, label_map, rows, sorted(excluded))
+                os.path.join(self.data_dir, "eval"), split, label_map, rows, sorted(excluded)
+            )
             proposals = common.read_proposals(find_proposals(raw, split), spec.feature_dim)
             generators[split] = self._generate_examples(
-                split, {vid: len(frames) for vid, frames in keyframes.items()},
-                functools.partial(self._video_examples, keyframes=keyframes, proposals=proposals,
-                                  videos=videos))
+                split,
+                {vid: len(frames) for vid, frames in keyframes.items()},
+                functools.partial(
+                    self._video_examples, keyframes=keyframes, proposals=proposals, videos=videos
+                ),
+            )
         return generators
 
     def _video_examples(
@@ -156,8 +168,19 @@ class AvaBuilder(common.KeyframeBuilder):
                     continue
                 ts = timestamps[i]
                 boxes, labels = keyframes[video_id][ts]
-                yield f"{video_id},{ts:04d}", common.make_example(
-                    self.builder_config, self.stats, video_id=video_id, timestamp=ts,
-                    frames=clip.frames, scene_frames=clip.scene_frames, waveform=clip.waveform,
-                    has_audio=clip.has_audio, gt_boxes=boxes, gt_labels=labels,
-                    proposals=proposals.get((video_id, ts)))
+                yield (
+                    f"{video_id},{ts:04d}",
+                    common.make_example(
+                        self.builder_config,
+                        self.stats,
+                        video_id=video_id,
+                        timestamp=ts,
+                        frames=clip.frames,
+                        scene_frames=clip.scene_frames,
+                        waveform=clip.waveform,
+                        has_audio=clip.has_audio,
+                        gt_boxes=boxes,
+                        gt_labels=labels,
+                        proposals=proposals.get((video_id, ts)),
+                    ),
+                )

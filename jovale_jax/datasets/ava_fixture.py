@@ -34,8 +34,9 @@ def _texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     return image
 
 
-def _frames(rng: np.random.Generator, size: tuple[int, int], num_frames: int,
-            figures: np.ndarray) -> Iterator[np.ndarray]:
+def _frames(
+    rng: np.random.Generator, size: tuple[int, int], num_frames: int, figures: np.ndarray
+) -> Iterator[np.ndarray]:
     """The video: the texture panning one pixel per frame, figures (rows x, y, w, h, vx in
     normalised units) drawn as coloured rectangles moving sideways, light grain."""
     height, width = size
@@ -69,18 +70,30 @@ def generate_raw(
     """
     videos_dir = os.path.join(out_dir, "videos")
     os.makedirs(videos_dir, exist_ok=True)
-    common.write_label_map(os.path.join(out_dir, ava.LABEL_MAP),
-                           {i: f"fixture action {i}" for i in range(1, num_classes + 1)})
+    common.write_label_map(
+        os.path.join(out_dir, ava.LABEL_MAP),
+        {i: f"fixture action {i}" for i in range(1, num_classes + 1)},
+    )
     rng = np.random.default_rng(seed)
     rows, proposals = [], {}
     for v in range(num_videos):
         video_id = f"fixture{v:02d}"
-        figures = np.column_stack([rng.uniform(0.1, 0.6, 2), rng.uniform(0.2, 0.4, 2),
-                                   rng.uniform(0.05, 0.1, 2), rng.uniform(0.3, 0.5, 2),
-                                   rng.uniform(-0.02, 0.02, 2)])
+        figures = np.column_stack(
+            [
+                rng.uniform(0.1, 0.6, 2),
+                rng.uniform(0.2, 0.4, 2),
+                rng.uniform(0.05, 0.1, 2),
+                rng.uniform(0.3, 0.5, 2),
+                rng.uniform(-0.02, 0.02, 2),
+            ]
+        )
         audio = (rng.normal(0, 0.05, seconds * synthetic.SAMPLE_RATE) * 32767).astype(np.int16)
-        synthetic.write_mp4(os.path.join(videos_dir, f"{video_id}.mp4"),
-                            _frames(rng, size, seconds * FPS, figures), audio, FPS)
+        synthetic.write_mp4(
+            os.path.join(videos_dir, f"{video_id}.mp4"),
+            _frames(rng, size, seconds * FPS, figures),
+            audio,
+            FPS,
+        )
         for second in range(2, seconds - 1):
             timestamp = int(ava.TRIMMED_START_S) + second
             x, y, w, h, vx = figures.T
@@ -88,13 +101,16 @@ def generate_raw(
             boxes = np.clip(boxes, 0, 1)
             for person, box in enumerate(boxes):
                 actions = rng.choice(num_classes, int(rng.integers(1, 3)), replace=False) + 1
-                rows += [(video_id, f"{timestamp:04d}", *np.round(box, 4), a, person)
-                         for a in sorted(actions)]
+                rows += [
+                    (video_id, f"{timestamp:04d}", *np.round(box, 4), a, person)
+                    for a in sorted(actions)
+                ]
             jitter = boxes + rng.normal(0, 0.01, boxes.shape)
             scores = rng.uniform(0.8, 0.99, (len(boxes), 1))
             false_positive = [[0.7, 0.1, 0.8, 0.5, 0.2]]
             proposals[f"{video_id},{timestamp:04d}"] = np.concatenate(
-                [np.concatenate([jitter, scores], axis=1), false_positive]).astype(np.float32)
+                [np.concatenate([jitter, scores], axis=1), false_positive]
+            ).astype(np.float32)
     with open(os.path.join(out_dir, "ava_train_v2.2.csv"), "w", newline="") as f:
         csv.writer(f).writerows(rows)
     open(os.path.join(out_dir, "ava_train_excluded_timestamps_v2.2.csv"), "w").close()

@@ -81,8 +81,12 @@ class ClipConfig(tfds.core.BuilderConfig):
 
     def assignment_kwargs(self) -> dict[str, float]:
         cost_class, cost_l1, cost_giou, iou_threshold = self.match
-        return {"cost_class": cost_class, "cost_l1": cost_l1, "cost_giou": cost_giou,
-                "iou_threshold": iou_threshold}
+        return {
+            "cost_class": cost_class,
+            "cost_l1": cost_l1,
+            "cost_giou": cost_giou,
+            "iou_threshold": iou_threshold,
+        }
 
 
 def clip_config(config: Any) -> ClipConfig:
@@ -104,8 +108,10 @@ def clip_config(config: Any) -> ClipConfig:
     description = json.dumps(fields, sort_keys=True)
     digest = hashlib.sha1(description.encode()).hexdigest()[:8]
     prefix = f"split{fields['split_index']}_" if config.dataset == "jhmdb21" else ""
-    name = (f"{prefix}f{fields['num_frames']}x{fields['frame_stride']}_s{fields['scene_frames']}"
-            f"_k{fields['num_proposals']}_{digest}")
+    name = (
+        f"{prefix}f{fields['num_frames']}x{fields['frame_stride']}_s{fields['scene_frames']}"
+        f"_k{fields['num_proposals']}_{digest}"
+    )
     return ClipConfig(name=name, description=description, **fields)
 
 
@@ -118,21 +124,24 @@ def features(spec: ClipConfig) -> tfds.features.FeaturesDict:
     c, f = spec.num_classes, spec.feature_dim
     jpeg = tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg")
     optional = {"proposal_features": tfds.features.Tensor(shape=(None, f), dtype=np.float32)}
-    return tfds.features.FeaturesDict({
-        "video_id": tfds.features.Text(),
-        "timestamp": tfds.features.Scalar(np.int64),
-        "frames": tfds.features.Sequence(jpeg),
-        "scene_frames": tfds.features.Sequence(jpeg),
-        "waveform": tfds.features.Tensor(
-            shape=(None,), dtype=np.int16, encoding=tfds.features.Encoding.BYTES),
-        "has_audio": tfds.features.Scalar(np.bool_),
-        "gt_boxes": tfds.features.Tensor(shape=(None, 4), dtype=np.float32),
-        "gt_labels": tfds.features.Tensor(shape=(None, c), dtype=np.int8),
-        "proposals": tfds.features.Tensor(shape=(None, 4), dtype=np.float32),
-        "proposal_scores": tfds.features.Tensor(shape=(None,), dtype=np.float32),
-        "targets": tfds.features.Tensor(shape=(None, c), dtype=np.int8),
-        **(optional if f else {}),
-    })
+    return tfds.features.FeaturesDict(
+        {
+            "video_id": tfds.features.Text(),
+            "timestamp": tfds.features.Scalar(np.int64),
+            "frames": tfds.features.Sequence(jpeg),
+            "scene_frames": tfds.features.Sequence(jpeg),
+            "waveform": tfds.features.Tensor(
+                shape=(None,), dtype=np.int16, encoding=tfds.features.Encoding.BYTES
+            ),
+            "has_audio": tfds.features.Scalar(np.bool_),
+            "gt_boxes": tfds.features.Tensor(shape=(None, 4), dtype=np.float32),
+            "gt_labels": tfds.features.Tensor(shape=(None, c), dtype=np.int8),
+            "proposals": tfds.features.Tensor(shape=(None, 4), dtype=np.float32),
+            "proposal_scores": tfds.features.Tensor(shape=(None,), dtype=np.float32),
+            "targets": tfds.features.Tensor(shape=(None, c), dtype=np.int8),
+            **(optional if f else {}),
+        }
+    )
 
 
 @dataclasses.dataclass
@@ -191,13 +200,15 @@ class KeyframeBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
-            builder=self, description=self.__doc__, features=features(self.builder_config))
+            builder=self, description=self.__doc__, features=features(self.builder_config)
+        )
 
     def check_classes(self, label_map: dict[int, str], source: str) -> None:
         if len(label_map) != self.builder_config.num_classes:
             raise BadInputError(
                 f"{source} lists {len(label_map)} classes but the config's model.num_classes is "
-                f"{self.builder_config.num_classes}")
+                f"{self.builder_config.num_classes}"
+            )
 
     def _generate_examples(
         self,
@@ -213,8 +224,12 @@ class KeyframeBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         """
         stats = self.stats
         keyframes = {video_id: count for video_id, count in keyframes.items() if count}
-        with tqdm.tqdm(total=sum(keyframes.values()), desc=f"{self.name}/{split}",
-                       unit="keyframe", dynamic_ncols=True) as bar:
+        with tqdm.tqdm(
+            total=sum(keyframes.values()),
+            desc=f"{self.name}/{split}",
+            unit="keyframe",
+            dynamic_ncols=True,
+        ) as bar:
             for n, (video_id, count) in enumerate(keyframes.items(), start=1):
                 bar.set_postfix_str(f"videos {n}/{len(keyframes)}, written {stats.examples[split]}")
                 done = lost = 0
@@ -232,8 +247,12 @@ class KeyframeBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                     stats.video_lost(video_id, str(e), count - done, truncated=False)
                     continue
                 if lost:
-                    stats.video_lost(video_id, f"the decoded video ends before {lost} keyframe(s)",
-                                     lost, truncated=True)
+                    stats.video_lost(
+                        video_id,
+                        f"the decoded video ends before {lost} keyframe(s)",
+                        lost,
+                        truncated=True,
+                    )
 
 
 # ----------------------------------------------------------------------------- parsing raw files
@@ -263,23 +282,26 @@ def read_csv(path: str, columns: Sequence[Column], optional: int = 0) -> Iterato
             if not len(columns) - optional <= len(row) <= len(columns):
                 raise BadInputError(
                     f"{path}:{lineno}: expected {len(columns) - optional} to {len(columns)} "
-                    f"columns, got {len(row)}: {','.join(row)!r}")
+                    f"columns, got {len(row)}: {','.join(row)!r}"
+                )
             values = []
             for (name, parse), value in zip(columns, row):
                 try:
                     values.append(parse(value.strip()))
                 except ValueError:
                     raise BadInputError(
-                        f"{path}:{lineno}: cannot parse {name} {value!r} "
-                        f"(row {','.join(row)!r})") from None
+                        f"{path}:{lineno}: cannot parse {name} {value!r} (row {','.join(row)!r})"
+                    ) from None
             yield tuple(values)
 
 
 def write_label_map(path: str, label_map: dict[int, str]) -> None:
     """Writes {id: name} in the official AVA pbtxt format (what the ActivityNet evaluator reads)."""
     with open(path, "w") as f:
-        f.writelines(f'item {{\n  name: "{name}"\n  id: {class_id}\n}}\n'
-                     for class_id, name in label_map.items())
+        f.writelines(
+            f'item {{\n  name: "{name}"\n  id: {class_id}\n}}\n'
+            for class_id, name in label_map.items()
+        )
 
 
 def read_proposals(path: str, feature_dim: int) -> dict[tuple[str, int], np.ndarray]:
@@ -294,8 +316,13 @@ def read_proposals(path: str, feature_dim: int) -> dict[tuple[str, int], np.ndar
     if path.endswith(".csv"):
         if feature_dim:
             raise BadInputError(f"{path}: a CSV carries no detector features (F={feature_dim})")
-        columns = [("video_id", str), ("timestamp", int), *BOX_COLUMNS, ("action", str),
-                   ("score", parse_finite)]
+        columns = [
+            ("video_id", str),
+            ("timestamp", int),
+            *BOX_COLUMNS,
+            ("action", str),
+            ("score", parse_finite),
+        ]
         rows = collections.defaultdict(list)
         for vid, ts, *box, _, score in read_csv(path, columns):
             rows[vid, ts].append([*box, score])
@@ -312,7 +339,8 @@ def read_proposals(path: str, feature_dim: int) -> dict[tuple[str, int], np.ndar
             raise BadInputError(
                 f"{path}: entry {key!r} with shape {np.shape(value)}: expected key "
                 f"'video_id,timestamp' and rows of {width} values (x1, y1, x2, y2, score"
-                f"{', features' if feature_dim else ''})")
+                f"{', features' if feature_dim else ''})"
+            )
         proposals[vid, int(ts)] = array
     return proposals
 
@@ -363,7 +391,8 @@ def make_example(
         "proposals": boxes,
         "proposal_scores": scores,
         "targets": assignment.assign_targets(
-            boxes, scores, gt_boxes, gt_labels, **spec.assignment_kwargs()),
+            boxes, scores, gt_boxes, gt_labels, **spec.assignment_kwargs()
+        ),
     }
     if spec.feature_dim:
         example["proposal_features"] = rows[:, 5:].astype(np.float32)
@@ -386,7 +415,9 @@ def write_eval_files(
     os.makedirs(eval_dir, exist_ok=True)
     write_label_map(os.path.join(eval_dir, "label_map.pbtxt"), label_map)
     with open(os.path.join(eval_dir, f"{split}_groundtruth.csv"), "w") as f:
-        f.writelines(f"{vid},{ts:04d},{x1:.6f},{y1:.6f},{x2:.6f},{y2:.6f},{action},{person}\n"
-                     for vid, ts, x1, y1, x2, y2, action, person in groundtruth)
+        f.writelines(
+            f"{vid},{ts:04d},{x1:.6f},{y1:.6f},{x2:.6f},{y2:.6f},{action},{person}\n"
+            for vid, ts, x1, y1, x2, y2, action, person in groundtruth
+        )
     with open(os.path.join(eval_dir, f"{split}_excluded_timestamps.csv"), "w") as f:
         f.writelines(f"{vid},{ts:04d}\n" for vid, ts in excluded)

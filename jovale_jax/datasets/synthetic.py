@@ -110,8 +110,9 @@ def _background(rng: np.random.Generator, tiled: bool, ball: bool) -> tuple[np.n
     if rng.random() < 0.5:  # a distractor: a square of another colour, no label
         side = int(rng.integers(7, 13))
         x0, y0 = int(rng.integers(0, WIDTH - side)), int(rng.integers(0, HEIGHT // 2))
-        image[y0 : y0 + side, x0 : x0 + side] = rng.choice([(40, 90, 220), (200, 60, 60),
-                                                            (60, 190, 90)])
+        image[y0 : y0 + side, x0 : x0 + side] = rng.choice(
+            [(40, 90, 220), (200, 60, 60), (60, 190, 90)]
+        )
     return image, labels
 
 
@@ -217,18 +218,21 @@ def write_mp4(path: str, frames: Iterable[np.ndarray], audio: np.ndarray, fps: f
     frames = iter(frames)
     first = next(frames)
     with av.open(path, "w") as container:
-        stream = container.add_stream("libx264", rate=fps,
-                                      options={"crf": "20", "preset": "veryfast"})
+        stream = container.add_stream(
+            "libx264", rate=fps, options={"crf": "20", "preset": "veryfast"}
+        )
         stream.width, stream.height, stream.pix_fmt = first.shape[1], first.shape[0], "yuv420p"
-        sound = container.add_stream("aac", rate=SAMPLE_RATE, layout="mono",
-                                     options={"aac_coder": "fast"})
+        sound = container.add_stream(
+            "aac", rate=SAMPLE_RATE, layout="mono", options={"aac_coder": "fast"}
+        )
         for image in itertools.chain([first], frames):
             container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
         container.mux(stream.encode())
         samples = audio.astype(np.float32) / 32768
         for start in range(0, len(samples), _AAC_FRAME):
             frame = av.AudioFrame.from_ndarray(
-                samples[None, start : start + _AAC_FRAME], format="fltp", layout="mono")
+                samples[None, start : start + _AAC_FRAME], format="fltp", layout="mono"
+            )
             frame.sample_rate, frame.pts = SAMPLE_RATE, start
             container.mux(sound.encode(frame))
         container.mux(sound.encode())
@@ -257,8 +261,10 @@ def _make_video(videos_dir: str, split: str, split_id: int, seed: int, i: int) -
             out.excluded.append((video_id, timestamp))
             continue
         for person, (actor, box) in enumerate(zip(video.actors, boxes)):
-            out.rows += [(video_id, f"{timestamp:04d}", *np.round(box, 4), label, person)
-                         for label in _labels(video, actor, second)]
+            out.rows += [
+                (video_id, f"{timestamp:04d}", *np.round(box, 4), label, person)
+                for label in _labels(video, actor, second)
+            ]
     return out
 
 
@@ -279,18 +285,24 @@ def generate_raw(
     os.makedirs(videos_dir, exist_ok=True)
     common.write_label_map(os.path.join(out_dir, ava.LABEL_MAP), CLASSES)
     for split_id, (split, num_videos) in enumerate(
-            [("train", num_train_videos), ("val", num_val_videos)]):
+        [("train", num_train_videos), ("val", num_val_videos)]
+    ):
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            made = pool.map(functools.partial(_make_video, videos_dir, split, split_id, seed),
-                            range(num_videos))
-            videos = list(tqdm.tqdm(made, total=num_videos, desc=f"synthetic/{split} videos",
-                                    dynamic_ncols=True))
+            made = pool.map(
+                functools.partial(_make_video, videos_dir, split, split_id, seed), range(num_videos)
+            )
+            videos = list(
+                tqdm.tqdm(
+                    made, total=num_videos, desc=f"synthetic/{split} videos", dynamic_ncols=True
+                )
+            )
         with open(os.path.join(out_dir, f"ava_{split}_v2.2.csv"), "w", newline="") as f:
             csv.writer(f).writerows(row for v in videos for row in v.rows)
         with open(os.path.join(out_dir, f"ava_{split}_excluded_timestamps_v2.2.csv"), "w") as f:
             f.writelines(f"{vid},{ts:04d}\n" for v in videos for vid, ts in v.excluded)
-        with open(os.path.join(out_dir, f"ava_dense_proposals_{split}.FAIR.recall_93.9.pkl"),
-                  "wb") as f:
+        with open(
+            os.path.join(out_dir, f"ava_dense_proposals_{split}.FAIR.recall_93.9.pkl"), "wb"
+        ) as f:
             pickle.dump({k: p for v in videos for k, p in v.proposals.items()}, f)
 
 

@@ -87,13 +87,20 @@ class _FrameFolderBuilder(common.KeyframeBuilder, skip_registration=True):
             keyframes, rows = {}, []
             for video in sorted(lists[spec.split_index - 1]):
                 keyframes[video], video_rows = read_annotations(
-                    annotations, video, spec.num_classes, split == "test", self.stats)
+                    annotations, video, spec.num_classes, split == "test", self.stats
+                )
                 rows += video_rows
             common.write_eval_files(os.path.join(self.data_dir, "eval"), split, label_map, rows, [])
             generators[split] = self._generate_examples(
-                split, {video: len(frames) for video, frames in keyframes.items()},
-                functools.partial(self._video_examples, keyframes=keyframes, proposals=proposals,
-                                  frames_dir=os.path.join(raw, FRAMES)))
+                split,
+                {video: len(frames) for video, frames in keyframes.items()},
+                functools.partial(
+                    self._video_examples,
+                    keyframes=keyframes,
+                    proposals=proposals,
+                    frames_dir=os.path.join(raw, FRAMES),
+                ),
+            )
         return generators
 
     def _video_examples(
@@ -107,8 +114,11 @@ class _FrameFolderBuilder(common.KeyframeBuilder, skip_registration=True):
         """One item per keyframe of the video (see `KeyframeBuilder._generate_examples`)."""
         spec = self.builder_config
         folder = os.path.join(frames_dir, video)
-        available = len([n for n in os.listdir(folder) if n.endswith(".jpg")]) if os.path.isdir(
-            folder) else 0
+        available = (
+            len([n for n in os.listdir(folder) if n.endswith(".jpg")])
+            if os.path.isdir(folder)
+            else 0
+        )
         if not available:
             raise common.VideoError(f"no frames in {folder}")
 
@@ -120,12 +130,22 @@ class _FrameFolderBuilder(common.KeyframeBuilder, skip_registration=True):
             if frame > available:
                 yield None
                 continue
-            yield f"{video},{frame:05d}", common.make_example(
-                spec, self.stats, video_id=video, timestamp=frame,
-                frames=[read(frame + o) for o in spec.clip_offsets()],
-                scene_frames=[read(frame + o) for o in spec.scene_offsets()],
-                waveform=np.zeros(0, np.int16), has_audio=False, gt_boxes=boxes, gt_labels=labels,
-                proposals=proposals.get((video, frame)))
+            yield (
+                f"{video},{frame:05d}",
+                common.make_example(
+                    spec,
+                    self.stats,
+                    video_id=video,
+                    timestamp=frame,
+                    frames=[read(frame + o) for o in spec.clip_offsets()],
+                    scene_frames=[read(frame + o) for o in spec.scene_offsets()],
+                    waveform=np.zeros(0, np.int16),
+                    has_audio=False,
+                    gt_boxes=boxes,
+                    gt_labels=labels,
+                    proposals=proposals.get((video, frame)),
+                ),
+            )
 
 
 class Ucf24Builder(_FrameFolderBuilder):

@@ -96,8 +96,13 @@ class _Requests:
 
     def __init__(self, centres: np.ndarray, spec: common.ClipConfig) -> None:
         period = 1.0 / spec.fps
-        times = np.concatenate([centres[:, None] + spec.clip_offsets() * period,
-                                centres[:, None] + spec.scene_offsets() * period], axis=1)
+        times = np.concatenate(
+            [
+                centres[:, None] + spec.clip_offsets() * period,
+                centres[:, None] + spec.scene_offsets() * period,
+            ],
+            axis=1,
+        )
         kinds = [0] * spec.num_frames + [1] * spec.scene_frames  # clip or scene frame
         by_time = np.argsort(times.ravel(), kind="stable")
         self.slots = np.empty(times.size, np.int64)
@@ -120,8 +125,12 @@ class _Requests:
             image = self._reformatter.reformat(frame, format="rgb24").to_image()
             return common.encode_jpeg(image.resize((size, size), Image.BICUBIC))
         scale = min(1.0, self._spec.clip_short_side / min(frame.width, frame.height))
-        rgb = self._reformatter.reformat(frame, format="rgb24", width=round(frame.width * scale),
-                                         height=round(frame.height * scale))
+        rgb = self._reformatter.reformat(
+            frame,
+            format="rgb24",
+            width=round(frame.width * scale),
+            height=round(frame.height * scale),
+        )
         return common.encode_jpeg(rgb.to_image())
 
     def resolve_until(self, prev: _Frame | None, cur: _Frame, until: float) -> None:
@@ -177,8 +186,9 @@ def read_clips(
 
     def clip(k: int, has_audio: bool) -> Clip:
         jpegs = requests.take(k)
-        waveform = samples.window(audio_starts[k], audio_length) if has_audio else np.zeros(
-            0, np.int16)
+        waveform = (
+            samples.window(audio_starts[k], audio_length) if has_audio else np.zeros(0, np.int16)
+        )
         return Clip(jpegs[: spec.num_frames], jpegs[spec.num_frames :], waveform, has_audio)
 
     k = 0  # the next keyframe to yield
@@ -197,10 +207,15 @@ def read_clips(
             requests.resolve_until(prev, cur, cur.time)
             prev = cur
         # Yield every keyframe whose frames and audio are all in.
-        while (k < len(centres) and requests.slots[k].max() < requests.next
-               and (audio is None or samples.end() >= audio_ends[k])):
-            yield int(order[k]), (clip(k, audio is not None)
-                                  if centres[k] >= first.time - period else None)
+        while (
+            k < len(centres)
+            and requests.slots[k].max() < requests.next
+            and (audio is None or samples.end() >= audio_ends[k])
+        ):
+            yield (
+                int(order[k]),
+                (clip(k, audio is not None) if centres[k] >= first.time - period else None),
+            )
             k += 1
     if prev is None:
         raise common.VideoError(f"no decodable video frame in {container.name}")

@@ -41,8 +41,9 @@ def _decoded_duration(path: str) -> float:
     return frames / float(stream.average_rate)
 
 
-def keyframe_times(container: av.container.InputContainer, path: str,
-                   every: float) -> tuple[float, np.ndarray]:
+def keyframe_times(
+    container: av.container.InputContainer, path: str, every: float
+) -> tuple[float, np.ndarray]:
     """(video time of the first frame, keyframe times in seconds from it: 0, every, ...)."""
     stream = container.streams.video[0]
     origin = 0.0 if stream.start_time is None else float(stream.start_time * stream.time_base)
@@ -63,10 +64,16 @@ def example_inputs(config, clip: video_io.Clip, boxes: np.ndarray) -> dict[str, 
     if "audio" in model.modalities:
         has_audio = clip.has_audio and clip.waveform.size > 0
         shape = (model.audio.num_frames, model.audio.num_mel_bins)
-        out["audio"] = audio_features.audio_features_numpy(
-            clip.waveform, num_frames=shape[0], num_mel_bins=shape[1],
-            window_type=model.audio.window_type,
-        ) if has_audio else np.zeros(shape, np.float32)
+        out["audio"] = (
+            audio_features.audio_features_numpy(
+                clip.waveform,
+                num_frames=shape[0],
+                num_mel_bins=shape[1],
+                window_type=model.audio.window_type,
+            )
+            if has_audio
+            else np.zeros(shape, np.float32)
+        )
         out["audio_mask"] = np.asarray(has_audio)
     k = model.num_proposals
     out["boxes"] = np.zeros((k, 4), np.float32)
@@ -77,9 +84,12 @@ def example_inputs(config, clip: video_io.Clip, boxes: np.ndarray) -> dict[str, 
 
 def stack_padded(examples: Sequence[dict[str, np.ndarray]], size: int) -> dict[str, np.ndarray]:
     """A batch of `size` examples: `examples` then all-zero ones (no real box)."""
-    return {key: np.stack([e[key] for e in examples]
-                          + [np.zeros_like(examples[0][key])] * (size - len(examples)))
-            for key in examples[0]}
+    return {
+        key: np.stack(
+            [e[key] for e in examples] + [np.zeros_like(examples[0][key])] * (size - len(examples))
+        )
+        for key in examples[0]
+    }
 
 
 def predict_keyframes(
@@ -104,17 +114,21 @@ def predict_keyframes(
     def flush() -> Iterator[Keyframe]:
         indices = [i for i, _ in pending]
         images = [Image.open(io.BytesIO(clip.frames[key])).convert("RGB") for _, clip in pending]
-        boxes = [proposals.top_proposals(rows, config.model.num_proposals)
-                 for rows in propose(indices, images)]
-        batch = stack_padded([example_inputs(config, clip, b)
-                              for (_, clip), b in zip(pending, boxes)], batch_size)
+        boxes = [
+            proposals.top_proposals(rows, config.model.num_proposals)
+            for rows in propose(indices, images)
+        ]
+        batch = stack_padded(
+            [example_inputs(config, clip, b) for (_, clip), b in zip(pending, boxes)], batch_size
+        )
         scores = predict_batch(s, batch)
         pending.clear()
         for n, (i, image, b) in enumerate(zip(indices, images, boxes)):
             yield Keyframe(i, float(times[i]), image, b, scores[n, : len(b)])
 
-    with tqdm.tqdm(total=len(centres), desc="detect", unit="keyframe",
-                   dynamic_ncols=True) as progress:
+    with tqdm.tqdm(
+        total=len(centres), desc="detect", unit="keyframe", dynamic_ncols=True
+    ) as progress:
         try:
             for i, clip in video_io.read_clips(container, centres, spec, name):
                 progress.update(1)
@@ -140,9 +154,11 @@ def checkpoint_or_demo(checkpoint: str | None) -> str:
                 return DEMO_WORKDIR
             except FileNotFoundError:
                 pass
-        raise FileNotFoundError(f"no checkpoint given and no trained demo checkpoint in "
-                                f"{DEMO_WORKDIR}/checkpoints: run `make demo` first, or pass "
-                                f"--checkpoint WORKDIR")
+        raise FileNotFoundError(
+            f"no checkpoint given and no trained demo checkpoint in "
+            f"{DEMO_WORKDIR}/checkpoints: run `make demo` first, or pass "
+            f"--checkpoint WORKDIR"
+        )
     if not os.path.exists(checkpoint):
         raise FileNotFoundError(f"checkpoint {checkpoint}: no such file or folder")
     resolve_checkpoint(checkpoint)
@@ -200,20 +216,27 @@ def detect(
     options = config.detect
     keyframe_every, detector = float(options.keyframe_every), options.detector or None
     if not (math.isfinite(keyframe_every) and keyframe_every > 0):
-        raise ValueError(f"config.detect.keyframe_every must be a positive number of seconds: "
-                         f"{keyframe_every}")
+        raise ValueError(
+            f"config.detect.keyframe_every must be a positive number of seconds: {keyframe_every}"
+        )
     if boxes_csv is not None and detector is not None:
         raise ValueError("give boxes_csv or config.detect.detector, not both")
     if video_out and os.path.splitext(video_out)[1].lower() not in outputs.VIDEO_OUT_FORMATS:
-        raise ValueError(f"video_out {video_out}: expected a file name ending in "
-                         f"{', '.join(outputs.VIDEO_OUT_FORMATS)}")
+        raise ValueError(
+            f"video_out {video_out}: expected a file name ending in "
+            f"{', '.join(outputs.VIDEO_OUT_FORMATS)}"
+        )
     if config.model.actor.detector_feature_dim:
-        raise ValueError("detect has no detector RoI features: use a config with "
-                         "model.actor.detector_feature_dim = 0")
+        raise ValueError(
+            "detect has no detector RoI features: use a config with "
+            "model.actor.detector_feature_dim = 0"
+        )
     video_id = os.path.splitext(os.path.basename(video))[0]
     with open_input_video(video) as container:
         origin, times = keyframe_times(container, video, keyframe_every)
-        boxes, unused = proposals.read_boxes_csv(boxes_csv, video_id, times) if boxes_csv else (None, 0)
+        boxes, unused = (
+            proposals.read_boxes_csv(boxes_csv, video_id, times) if boxes_csv else (None, 0)
+        )
         staging = outputs.Staging(out_dir)
         classes = outputs.label_map_of(config, label_map)
         checkpoint = None if model_state else checkpoint_or_demo(checkpoint)
@@ -221,34 +244,53 @@ def detect(
         has_audio = bool(container.streams.audio)
         audio_masked = not has_audio and "audio" in config.model.modalities
         source = "boxes_csv" if boxes_csv else "detector" if detector else "whole_frame"
-        print(f"detect: {video} ({stream.codec_context.width}x{stream.codec_context.height}, "
-              f"{len(times)} keyframe(s) every {format_time(keyframe_every)} s, audio track: "
-              f"{'yes' if has_audio else 'none'}), proposals: {source}", flush=True)
-        notes = [f"{video} has no audio track: the audio modality is masked (audio_mask false)"
-                 ] if audio_masked else []
+        print(
+            f"detect: {video} ({stream.codec_context.width}x{stream.codec_context.height}, "
+            f"{len(times)} keyframe(s) every {format_time(keyframe_every)} s, audio track: "
+            f"{'yes' if has_audio else 'none'}), proposals: {source}",
+            flush=True,
+        )
+        notes = (
+            [f"{video} has no audio track: the audio modality is masked (audio_mask false)"]
+            if audio_masked
+            else []
+        )
         if unused:
-            notes.append(f"{unused} row(s) of {boxes_csv} for {video_id} are at no keyframe "
-                         f"time: not used")
+            notes.append(
+                f"{unused} row(s) of {boxes_csv} for {video_id} are at no keyframe time: not used"
+            )
         if source == "whole_frame":
             notes.append("no boxes_csv or detector: one whole-frame proposal per keyframe")
 
-        propose = proposals.make_proposer(boxes, proposals.PersonDetector(
-            detector, threshold=options.detector_threshold) if detector else None)
+        propose = proposals.make_proposer(
+            boxes,
+            proposals.PersonDetector(detector, threshold=options.detector_threshold)
+            if detector
+            else None,
+        )
         s = model_state or load_trained(config, checkpoint, devices=devices)
         data = s.mesh.shape["data"]
         size = options.batch_size or min(config.eval_batch_size, len(times))
         size = -(-size // data) * data
         with staging:
             shown = outputs.write_keyframes(
-                staging.path, video_id, classes, predict_keyframes(
-                    s, container, origin + times, times, propose, batch_size=size, name=video))
+                staging.path,
+                video_id,
+                classes,
+                predict_keyframes(
+                    s, container, origin + times, times, propose, batch_size=size, name=video
+                ),
+            )
             if len(shown) < len(times):
-                notes.append(f"{len(times) - len(shown)} keyframe(s) past the decoded end of "
-                             f"{video}: skipped")
+                notes.append(
+                    f"{len(times) - len(shown)} keyframe(s) past the decoded end of "
+                    f"{video}: skipped"
+                )
             frames = 0
             if video_out:
-                frames = outputs.write_video_out(staging, video, video_out, origin, shown,
-                                          keyframe_every, config.data.fps)
+                frames = outputs.write_video_out(
+                    staging, video, video_out, origin, shown, keyframe_every, config.data.fps
+                )
             manifest = {
                 "video": os.path.abspath(video),
                 "video_id": video_id,
@@ -272,8 +314,9 @@ def detect(
             staging.commit(manifest)
     for note in notes:
         print(note, flush=True)
-    print(f"wrote {manifest['detection_rows']} detection rows for {len(shown)} keyframe(s) to "
-          f"{staging.out_dir}" + (f" and {video_out}" if video_out else ""), flush=True)
+    print(
+        f"wrote {manifest['detection_rows']} detection rows for {len(shown)} keyframe(s) to "
+        f"{staging.out_dir}" + (f" and {video_out}" if video_out else ""),
+        flush=True,
+    )
     return manifest
-
-

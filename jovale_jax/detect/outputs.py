@@ -53,12 +53,15 @@ def label_map_of(config, path: str | None = None) -> dict[int, str]:
         try:
             path = os.path.join(datasets.eval_dir(config), "label_map.pbtxt")
         except FileNotFoundError as e:
-            raise FileNotFoundError(f"{common.one_line(e)}; or pass the label map (label_map=PBTXT)") \
-                from None
+            raise FileNotFoundError(
+                f"{common.one_line(e)}; or pass the label map (label_map=PBTXT)"
+            ) from None
         label_map = read_labelmap(path)
     if len(label_map) != config.model.num_classes:
-        raise common.BadInputError(f"label map {path} has {len(label_map)} classes, the model "
-                                   f"{config.model.num_classes} (config.model.num_classes)")
+        raise common.BadInputError(
+            f"label map {path} has {len(label_map)} classes, the model "
+            f"{config.model.num_classes} (config.model.num_classes)"
+        )
     return label_map
 
 
@@ -72,11 +75,15 @@ class Staging:
     def __init__(self, out_dir: str):
         self.out_dir = os.path.abspath(out_dir)
         if os.path.exists(self.out_dir) and not (
-                os.path.isdir(self.out_dir) and (not os.listdir(self.out_dir) or os.path.exists(
-                    os.path.join(self.out_dir, MANIFEST)))):
+            os.path.isdir(self.out_dir)
+            and (
+                not os.listdir(self.out_dir) or os.path.exists(os.path.join(self.out_dir, MANIFEST))
+            )
+        ):
             raise common.BadInputError(
                 f"output folder {out_dir} exists and is not a detect output (no {MANIFEST}): "
-                f"choose another folder or remove it")
+                f"choose another folder or remove it"
+            )
         self.path = ""
 
     def __enter__(self) -> Self:
@@ -98,16 +105,18 @@ class Staging:
             json.dump(manifest, f, indent=1)
         old = None
         if os.path.exists(self.out_dir):
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(self.out_dir)}.old-",
-                                   dir=os.path.dirname(self.out_dir))
+            old = tempfile.mkdtemp(
+                prefix=f".{os.path.basename(self.out_dir)}.old-", dir=os.path.dirname(self.out_dir)
+            )
             os.rename(self.out_dir, os.path.join(old, "previous"))
         os.rename(self.path, self.out_dir)
         if old is not None:
             shutil.rmtree(old)
 
 
-def write_annotated_video(path: str, out: str, origin: float, shown: Sequence[Shown],
-                          every: float, fallback_fps: float) -> int:
+def write_annotated_video(
+    path: str, out: str, origin: float, shown: Sequence[Shown], every: float, fallback_fps: float
+) -> int:
     """Writes `path` again (H.264, no audio) with every frame showing the detections of its
     nearest keyframe within `every` / 2; returns the number of frames written."""
     times = np.array([t for t, _, _ in shown])
@@ -124,8 +133,9 @@ def write_annotated_video(path: str, out: str, origin: float, shown: Sequence[Sh
             image = draw_detections(frame.to_image(), boxes, labels)
             image = image.crop((0, 0, image.width // 2 * 2, image.height // 2 * 2))  # yuv420p
             if stream is None:
-                stream = sink.add_stream("libx264", rate=rate,
-                                         options={"crf": "20", "preset": "veryfast"})
+                stream = sink.add_stream(
+                    "libx264", rate=rate, options={"crf": "20", "preset": "veryfast"}
+                )
                 stream.width, stream.height, stream.pix_fmt = image.width, image.height, "yuv420p"
             sink.mux(stream.encode(av.VideoFrame.from_image(image)))
         if stream is not None:
@@ -133,8 +143,9 @@ def write_annotated_video(path: str, out: str, origin: float, shown: Sequence[Sh
     return count
 
 
-def write_keyframes(folder: str, video_id: str, classes: dict[int, str],
-                     keyframes: Iterator[Keyframe]) -> list[Shown]:
+def write_keyframes(
+    folder: str, video_id: str, classes: dict[int, str], keyframes: Iterator[Keyframe]
+) -> list[Shown]:
     """Writes detections.csv and keyframes/*.png into `folder` as the results come."""
     os.makedirs(os.path.join(folder, "keyframes"))
     names = list(classes.values())
@@ -142,8 +153,15 @@ def write_keyframes(folder: str, video_id: str, classes: dict[int, str],
     with open(os.path.join(folder, "detections.csv"), "wb") as f:
         for kf in keyframes:
             timestamp = format_time(kf.time)
-            f.write(detection_rows([video_id] * len(kf.boxes), [kf.time] * len(kf.boxes),
-                                   kf.boxes, kf.scores, list(classes))[0])
+            f.write(
+                detection_rows(
+                    [video_id] * len(kf.boxes),
+                    [kf.time] * len(kf.boxes),
+                    kf.boxes,
+                    kf.scores,
+                    list(classes),
+                )[0]
+            )
             labels = top_labels(kf.scores, names)
             image = draw_detections(kf.image, kf.boxes, labels, title=f"{video_id} @ {timestamp} s")
             image.save(os.path.join(folder, "keyframes", f"{kf.index:05d}_{timestamp}s.png"))
@@ -153,14 +171,25 @@ def write_keyframes(folder: str, video_id: str, classes: dict[int, str],
     return shown
 
 
-def write_video_out(staging: Staging, video: str, video_out: str, origin: float,
-                     shown: Sequence[Shown], every: float, fallback_fps: float) -> int:
+def write_video_out(
+    staging: Staging,
+    video: str,
+    video_out: str,
+    origin: float,
+    shown: Sequence[Shown],
+    every: float,
+    fallback_fps: float,
+) -> int:
     """The annotated video, written in the staging folder; moved to `video_out` now when it lies
     outside `out_dir`, else with the folder at commit."""
     target = os.path.abspath(video_out)
     inside = os.path.commonpath([target, staging.out_dir]) == staging.out_dir
-    partial = os.path.join(staging.path, os.path.relpath(target, staging.out_dir) if inside
-                           else "annotated" + os.path.splitext(target)[1])
+    partial = os.path.join(
+        staging.path,
+        os.path.relpath(target, staging.out_dir)
+        if inside
+        else "annotated" + os.path.splitext(target)[1],
+    )
     os.makedirs(os.path.dirname(partial), exist_ok=True)
     frames = write_annotated_video(video, partial, origin, shown, every, fallback_fps)
     if not inside:

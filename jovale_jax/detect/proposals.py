@@ -15,14 +15,19 @@ from jovale_jax.datasets import common
 from jovale_jax.evaluation.detections_csv import format_time
 
 WHOLE_FRAME = np.array([[0.0, 0.0, 1.0, 1.0, 1.0]], np.float32)  # x1, y1, x2, y2, score
-_BOX_COLUMNS = [("video_id", str), ("timestamp", common.parse_finite), *common.BOX_COLUMNS,
-                ("score", common.parse_finite)]
+_BOX_COLUMNS = [
+    ("video_id", str),
+    ("timestamp", common.parse_finite),
+    *common.BOX_COLUMNS,
+    ("score", common.parse_finite),
+]
 
 Proposer = Callable[[Sequence[int], Sequence[Image.Image]], list[np.ndarray]]
 
 
-def read_boxes_csv(path: str, video_id: str,
-                   times: np.ndarray) -> tuple[dict[int, np.ndarray], int]:
+def read_boxes_csv(
+    path: str, video_id: str, times: np.ndarray
+) -> tuple[dict[int, np.ndarray], int]:
     """The rows of a boxes CSV for `video_id` by keyframe index ((N, 5): box, score), and the
     number of its rows at no keyframe time. See the module docstring for the format."""
     if not os.path.isfile(path):
@@ -42,12 +47,14 @@ def read_boxes_csv(path: str, video_id: str,
         shown = ", ".join(sorted(other_ids)[:5]) + (", ..." if len(other_ids) > 5 else "")
         raise common.BadInputError(
             f"boxes CSV {path} has no row for video {video_id!r} (the video ids it has: "
-            f"{shown or 'none'})")
+            f"{shown or 'none'})"
+        )
     if not rows:
         keyframes = ", ".join(map(format_time, times[:3])) + (", ..." if len(times) > 3 else "")
         raise common.BadInputError(
             f"boxes CSV {path}: none of the {unmatched} rows of video {video_id!r} is at a "
-            f"keyframe time ({keyframes} s from the first frame)")
+            f"keyframe time ({keyframes} s from the first frame)"
+        )
     return {i: np.asarray(r, np.float32) for i, r in rows.items()}, unmatched
 
 
@@ -62,19 +69,23 @@ class PersonDetector:
             import torch
             from transformers import AutoImageProcessor, AutoModelForObjectDetection
         except ImportError:
-            raise ImportError("--detector needs transformers and torch: "
-                              "pip install -e '.[convert]'") from None
+            raise ImportError(
+                "--detector needs transformers and torch: pip install -e '.[convert]'"
+            ) from None
         try:
             self.processor = AutoImageProcessor.from_pretrained(name_or_path)
             self.model = AutoModelForObjectDetection.from_pretrained(name_or_path).eval()
         except (OSError, ValueError) as e:
-            raise FileNotFoundError(f"cannot load the detector {name_or_path}: {common.one_line(e)}") \
-                from None
+            raise FileNotFoundError(
+                f"cannot load the detector {name_or_path}: {common.one_line(e)}"
+            ) from None
         labels = self.model.config.id2label
         persons = [int(i) for i, name in labels.items() if str(name).lower() == "person"]
         if not persons:
-            raise common.BadInputError(f"detector {name_or_path} has no class named 'person' "
-                                       f"(its classes: {', '.join(map(str, labels.values()))})")
+            raise common.BadInputError(
+                f"detector {name_or_path} has no class named 'person' "
+                f"(its classes: {', '.join(map(str, labels.values()))})"
+            )
         self.person = persons[0]
         self.threshold = threshold
         self._no_grad = torch.no_grad
@@ -85,7 +96,8 @@ class PersonDetector:
             outputs = self.model(**inputs)
         sizes = [(image.height, image.width) for image in images]
         results = self.processor.post_process_object_detection(
-            outputs, threshold=self.threshold, target_sizes=sizes)
+            outputs, threshold=self.threshold, target_sizes=sizes
+        )
         rows = []
         for result, (h, w) in zip(results, sizes):
             person = result["labels"].numpy() == self.person

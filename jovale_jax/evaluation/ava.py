@@ -438,9 +438,7 @@ class _Filter:
     k: int
 
 
-def _row_detections(
-    det: AvaBoxes, where: _Filter
-) -> tuple[FrameBoxes, np.ndarray, dict[str, int]]:
+def _row_detections(det: AvaBoxes, where: _Filter) -> tuple[FrameBoxes, np.ndarray, dict[str, int]]:
     """Detection rows filtered and capped, the ground-truth frame ids in the same numbering, and
     the number of rows dropped per reason (:data:`IGNORED_REASONS`)."""
     videos, class_ids, k = where.videos, where.class_ids, where.k

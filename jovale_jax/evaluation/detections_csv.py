@@ -52,47 +52,62 @@ def _score_bytes(scores: np.ndarray) -> np.ndarray:
     return out
 
 
-def detection_rows(video_ids: Sequence[str], timestamps: Sequence[float], boxes: np.ndarray,
-                   scores: np.ndarray, class_ids: Sequence[int], min_score: float = 0.0
-                   ) -> tuple[bytes, int]:
+def detection_rows(
+    video_ids: Sequence[str],
+    timestamps: Sequence[float],
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    class_ids: Sequence[int],
+    min_score: float = 0.0,
+) -> tuple[bytes, int]:
     """The CSV text of these boxes' rows (every class with a score >= ``min_score``) and the
     number of rows."""
     scores = np.asarray(scores).reshape(len(boxes), len(class_ids))
     if not len(boxes):
         return b"", 0
-    prefix = np.array([f"{v},{format_time(t)},{b[0]:.4f},{b[1]:.4f},{b[2]:.4f},{b[3]:.4f},"
-                       for v, t, b in zip(video_ids, timestamps, np.asarray(boxes), strict=True)],
-                      "S")
+    prefix = np.array(
+        [
+            f"{v},{format_time(t)},{b[0]:.4f},{b[1]:.4f},{b[2]:.4f},{b[3]:.4f},"
+            for v, t, b in zip(video_ids, timestamps, np.asarray(boxes), strict=True)
+        ],
+        "S",
+    )
     classes = np.array([f"{int(c)}," for c in class_ids], "S")
     tail = _score_bytes(scores)
     if tail is None:
         tail = np.array([[f"{s:.6f}\n" for s in row] for row in scores.astype(np.float64)], "S")
         tail = tail.view(np.uint8).reshape(scores.shape + (-1,))
     n, c = scores.shape
-    pieces = [np.broadcast_to(prefix.view(np.uint8).reshape(n, 1, -1), (n, c, prefix.itemsize)),
-              np.broadcast_to(classes.view(np.uint8).reshape(1, c, -1), (n, c, classes.itemsize)),
-              tail]
+    pieces = [
+        np.broadcast_to(prefix.view(np.uint8).reshape(n, 1, -1), (n, c, prefix.itemsize)),
+        np.broadcast_to(classes.view(np.uint8).reshape(1, c, -1), (n, c, classes.itemsize)),
+        tail,
+    ]
     block = np.concatenate(pieces, axis=2)  # NUL bytes pad the shorter prefixes and ids
     keep = scores >= min_score
     block[~keep] = 0
     return block[block != 0].tobytes(), int(keep.sum())
 
 
-def write_detections_csv(path: str, preds: Mapping[str, np.ndarray], class_ids: Sequence[int],
-                         min_score: float = 0.0) -> int:
+def write_detections_csv(
+    path: str, preds: Mapping[str, np.ndarray], class_ids: Sequence[int], min_score: float = 0.0
+) -> int:
     """Writes ``preds`` ({"video_ids", "timestamps", "boxes", "scores" (N, C)}) to ``path``
     (through a temporary file, renamed at the end); returns the number of rows."""
     total, tmp = 0, path + ".tmp"
     ids, times = np.asarray(preds["video_ids"]), np.asarray(preds["timestamps"])
     boxes, scores = np.asarray(preds["boxes"]), np.asarray(preds["scores"])
     if not (len(ids) == len(times) == len(boxes) == len(scores)):
-        raise ValueError(f"detections of unequal lengths: {len(ids)} video ids, {len(times)} "
-                         f"timestamps, {len(boxes)} boxes, {len(scores)} score rows")
+        raise ValueError(
+            f"detections of unequal lengths: {len(ids)} video ids, {len(times)} "
+            f"timestamps, {len(boxes)} boxes, {len(scores)} score rows"
+        )
     with open(tmp, "wb") as f:
         for start in range(0, len(boxes), CHUNK_BOXES):
             part = slice(start, start + CHUNK_BOXES)
-            text, rows = detection_rows(ids[part].tolist(), times[part], boxes[part],
-                                        scores[part], class_ids, min_score)
+            text, rows = detection_rows(
+                ids[part].tolist(), times[part], boxes[part], scores[part], class_ids, min_score
+            )
             f.write(text)
             total += rows
     os.replace(tmp, path)

@@ -52,8 +52,10 @@ def average_results(results: Sequence[dict[str, Any]], paths: Sequence[str]) -> 
     classes = list(results[0]["per_class"])
     for result, path in zip(results[1:], paths[1:]):
         if set(result["per_class"]) != set(classes):
-            raise ValueError(f"{path}: classes {sorted(result['per_class'])} differ from "
-                             f"{paths[0]}'s {sorted(classes)}")
+            raise ValueError(
+                f"{path}: classes {sorted(result['per_class'])} differ from "
+                f"{paths[0]}'s {sorted(classes)}"
+            )
     seen: dict[str, str] = {}
     for result, path in zip(results, paths):
         key = result.get("checkpoint") or path
@@ -65,13 +67,21 @@ def average_results(results: Sequence[dict[str, Any]], paths: Sequence[str]) -> 
         "mAP_per_run": [r["mAP"] for r in results],
         "per_class": {c: _mean([r["per_class"][c] for r in results]) for c in classes},
         "names": results[0].get("names", {}),
-        "runs": [{"path": p, "split": r.get("split"), "step": r.get("step"),
-                  "checkpoint": r.get("checkpoint")} for r, p in zip(results, paths)],
+        "runs": [
+            {
+                "path": p,
+                "split": r.get("split"),
+                "step": r.get("step"),
+                "checkpoint": r.get("checkpoint"),
+            }
+            for r, p in zip(results, paths)
+        ],
     }
 
 
 def format_table(average: dict[str, Any], results: Sequence[dict[str, Any]]) -> str:
     """Per-class AP of each run and their mean, then the mAPs."""
+
     def cell(v):
         return "   n/a" if v is None else f"{v:.4f}"
 
@@ -81,15 +91,22 @@ def format_table(average: dict[str, Any], results: Sequence[dict[str, Any]]) -> 
     for c, mean in average["per_class"].items():
         row = "  ".join(cell(r["per_class"][c]) for r in results)
         lines.append(f"{c:>3} {names.get(c, '')[:30]:<30}{row}  {cell(mean)}")
-    lines.append(f"{'mAP':<34}" + "  ".join(cell(m) for m in average["mAP_per_run"])
-                 + f"  {cell(average['mAP'])}")
+    lines.append(
+        f"{'mAP':<34}"
+        + "  ".join(cell(m) for m in average["mAP_per_run"])
+        + f"  {cell(average['mAP'])}"
+    )
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--results", nargs="+", required=True,
-                        help="results.json of each split's run (launch.py eval)")
+    parser.add_argument(
+        "--results",
+        nargs="+",
+        required=True,
+        help="results.json of each split's run (launch.py eval)",
+    )
     parser.add_argument("--out", required=True, help="where to write the average (JSON)")
     args = parser.parse_args(argv)
     try:

@@ -10,6 +10,16 @@ from jovale_jax.models.slowfast import SlowFast
 from jovale_jax.models.vit import VideoEncoder
 
 __all__ = [
-    "AMFN", "MFA", "MFE", "ActionHead", "ActorFeatures", "AudioPatchEmbed", "BlipVisionEncoder",
-    "JoVALE", "SlowFast", "VideoEncoder", "resample_matrix", "roi_align",
+    "AMFN",
+    "MFA",
+    "MFE",
+    "ActionHead",
+    "ActorFeatures",
+    "AudioPatchEmbed",
+    "BlipVisionEncoder",
+    "JoVALE",
+    "SlowFast",
+    "VideoEncoder",
+    "resample_matrix",
+    "roi_align",
 ]

@@ -89,12 +89,15 @@ def masked_mean(x: jax.Array, mask: jax.Array, axis: int) -> jax.Array:
 class MFE(nnx.Module):
     """Multi-modal Feature Encoding for one modality (eqs. 2-3)."""
 
-    def __init__(self, dim: int, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32,
-                 attention_impl: str = "xla"):
-        self.bottleneck_attn = Attention(dim, cfg.num_heads, rngs=rngs, dtype=dtype,
-                                         implementation=attention_impl)
-        self.encoder = encoder_block(dim, cfg, rngs=rngs, dtype=dtype,
-                                     attention_impl=attention_impl)
+    def __init__(
+        self, dim: int, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32, attention_impl: str = "xla"
+    ):
+        self.bottleneck_attn = Attention(
+            dim, cfg.num_heads, rngs=rngs, dtype=dtype, implementation=attention_impl
+        )
+        self.encoder = encoder_block(
+            dim, cfg, rngs=rngs, dtype=dtype, attention_impl=attention_impl
+        )
 
     def __call__(self, actors: jax.Array, context: jax.Array, actor_mask: jax.Array):
         """actors (B, K, T, D), context (B, T, N, D), actor_mask (B, K) -> (â (B, K, T, D), f (B, T, N, D))."""
@@ -106,10 +109,20 @@ class MFE(nnx.Module):
 class MFA(nnx.Module):
     """Multi-modal Feature Aggregation (eqs. 4-8) over the modalities in ``modalities``."""
 
-    def __init__(self, dim: int, modalities: tuple[str, ...], t_common: int, cfg, *, rngs: nnx.Rngs,
-                 dtype=jnp.float32):
+    def __init__(
+        self,
+        dim: int,
+        modalities: tuple[str, ...],
+        t_common: int,
+        cfg,
+        *,
+        rngs: nnx.Rngs,
+        dtype=jnp.float32,
+    ):
         if cfg.fusion not in FUSIONS:
-            raise ValueError(f"config field model.amfn.fusion: expected one of {FUSIONS}, got {cfg.fusion!r}")
+            raise ValueError(
+                f"config field model.amfn.fusion: expected one of {FUSIONS}, got {cfg.fusion!r}"
+            )
         self.modalities = tuple(modalities)
         self.t_common = t_common
         self.fusion = cfg.fusion
@@ -125,7 +138,8 @@ class MFA(nnx.Module):
         if self.fusion != "gated":
             return {m: jnp.full_like(aligned[m][:, :, 0], UNIFORM_WEIGHT) for m in self.modalities}
         pooled = jnp.concatenate(
-            [aligned[m].mean(2) * present[m][:, None, None] for m in self.modalities], axis=-1)
+            [aligned[m].mean(2) * present[m][:, None, None] for m in self.modalities], axis=-1
+        )
         w = jax.nn.sigmoid(self.fc2(jax.nn.relu(self.fc1(pooled))))
         return dict(zip(self.modalities, jnp.split(w, len(self.modalities), axis=-1), strict=True))
 
@@ -139,24 +153,40 @@ class MFA(nnx.Module):
             gates = jnp.stack([w[m].mean(-1) for m in self.modalities], -1)
             self.sow(nnx.Intermediate, "gates", gates)
         total = sum(present[m] for m in self.modalities)[:, None, None, None]
-        a_fuse = sum(present[m][:, None, None, None] * w[m][:, :, None] * aligned[m]
-                     for m in self.modalities) / jnp.maximum(total, 1.0)
+        a_fuse = sum(
+            present[m][:, None, None, None] * w[m][:, :, None] * aligned[m] for m in self.modalities
+        ) / jnp.maximum(total, 1.0)
         if self.fusion == "late":
             return dict(a_hat), a_fuse
-        nxt = {m: resample_time(a_fuse, a_hat[m].shape[2], axis=2) + w[m][:, :, None] * a_hat[m]
-               for m in self.modalities}
+        nxt = {
+            m: resample_time(a_fuse, a_hat[m].shape[2], axis=2) + w[m][:, :, None] * a_hat[m]
+            for m in self.modalities
+        }
         return nxt, a_fuse
 
 
 class AMFNLayer(nnx.Module):
     """One AMFN layer: an MFE per modality (or the Table 6 encoder ``kind``), then the MFA."""
 
-    def __init__(self, dim: int, modalities: tuple[str, ...], t_common: int, cfg, *,
-                 rngs: nnx.Rngs, dtype=jnp.float32, attention_impl: str = "xla",
-                 kind: str = "mfe"):
+    def __init__(
+        self,
+        dim: int,
+        modalities: tuple[str, ...],
+        t_common: int,
+        cfg,
+        *,
+        rngs: nnx.Rngs,
+        dtype=jnp.float32,
+        attention_impl: str = "xla",
+        kind: str = "mfe",
+    ):
         make = MFE if kind == "mfe" else LAYER_CLASSES[kind]
-        self.mfe = nnx.Dict({m: make(dim, cfg, rngs=rngs, dtype=dtype,
-                                     attention_impl=attention_impl) for m in modalities})
+        self.mfe = nnx.Dict(
+            {
+                m: make(dim, cfg, rngs=rngs, dtype=dtype, attention_impl=attention_impl)
+                for m in modalities
+            }
+        )
         self.mfa = MFA(dim, modalities, t_common, cfg, rngs=rngs, dtype=dtype)
 
     def __call__(self, queries, context, actor_mask, present):
@@ -179,30 +209,64 @@ class AMFN(nnx.Module):
     modality's context for the whole stack.
     """
 
-    def __init__(self, dim: int, modalities: tuple[str, ...], t_common: int, cfg, *,
-                 rngs: nnx.Rngs, dtype=jnp.float32, remat_policy: str = "none",
-                 attention_impl: str = "xla", time_steps: Mapping[str, int] | None = None):
+    def __init__(
+        self,
+        dim: int,
+        modalities: tuple[str, ...],
+        t_common: int,
+        cfg,
+        *,
+        rngs: nnx.Rngs,
+        dtype=jnp.float32,
+        remat_policy: str = "none",
+        attention_impl: str = "xla",
+        time_steps: Mapping[str, int] | None = None,
+    ):
         self.t_common = t_common
         self.remat_policy = check_remat_policy(remat_policy)
         self.encoder = check_encoder(cfg)
 
         def stack(kind: str, depth: int) -> nnx.Module:
             return stack_layers(
-                lambda r: AMFNLayer(dim, modalities, t_common, cfg, rngs=r, dtype=dtype,
-                                    attention_impl=attention_impl, kind=kind),
-                depth, rngs)
+                lambda r: AMFNLayer(
+                    dim,
+                    modalities,
+                    t_common,
+                    cfg,
+                    rngs=r,
+                    dtype=dtype,
+                    attention_impl=attention_impl,
+                    kind=kind,
+                ),
+                depth,
+                rngs,
+            )
 
         (kind, depth), *rest = layer_kinds(cfg)
         self.layers = stack(kind, depth)
         self.temporal_layers = stack(*rest[0]) if rest else None
         if self.encoder == "cross_frame" and time_steps is None:
             raise ValueError("AMFN: the cross_frame encoder needs time_steps {modality: T_m}")
-        self.messages = nnx.Dict({
-            m: param(rngs, nnx.initializers.normal(0.02), (time_steps[m], dim), (None, EMBED))
-            for m in modalities}) if self.encoder == "cross_frame" else None
+        self.messages = (
+            nnx.Dict(
+                {
+                    m: param(
+                        rngs, nnx.initializers.normal(0.02), (time_steps[m], dim), (None, EMBED)
+                    )
+                    for m in modalities
+                }
+            )
+            if self.encoder == "cross_frame"
+            else None
+        )
 
-    def __call__(self, queries: Mapping[str, jax.Array], context: Mapping[str, jax.Array],
-                 actor_mask: jax.Array, present: Mapping[str, jax.Array]):
+    def __call__(
+        self,
+        queries: Mapping[str, jax.Array],
+        context: Mapping[str, jax.Array],
+        actor_mask: jax.Array,
+        present: Mapping[str, jax.Array],
+    ):
         some = next(iter(queries.values()))
         b, k, _, d = some.shape
         a_fuse = jnp.zeros((b, k, self.t_common, d), some.dtype)  # replaced by every layer
@@ -211,7 +275,8 @@ class AMFN(nnx.Module):
             for m, ctx in context.items():
                 msg = self.messages[m][...].astype(ctx.dtype)[None, :, None]
                 context[m] = jnp.concatenate(
-                    [ctx, jnp.broadcast_to(msg, ctx.shape[:2] + (1, d))], axis=2)
+                    [ctx, jnp.broadcast_to(msg, ctx.shape[:2] + (1, d))], axis=2
+                )
 
         def body(layer, carry, _):
             return layer(carry[0], carry[1], actor_mask, present)

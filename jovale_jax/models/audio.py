@@ -22,8 +22,10 @@ def audio_grid(cfg) -> tuple[int, int]:
     t = (cfg.num_frames - cfg.patch) // cfg.time_stride + 1
     f = (cfg.num_mel_bins - cfg.patch) // cfg.freq_stride + 1
     if t < 1 or f < 1:
-        raise ValueError(f"model.audio: a {cfg.num_frames} x {cfg.num_mel_bins} spectrogram is smaller "
-                         f"than one {cfg.patch} x {cfg.patch} patch")
+        raise ValueError(
+            f"model.audio: a {cfg.num_frames} x {cfg.num_mel_bins} spectrogram is smaller "
+            f"than one {cfg.patch} x {cfg.patch} patch"
+        )
     return t, f
 
 
@@ -34,14 +36,27 @@ class AudioPatchEmbed(nnx.Module):
         self.cfg = cfg
         self.dtype = dtype_of(dtype)
         p = cfg.patch
-        self.patch_kernel = param(rngs, nnx.initializers.lecun_normal(), (p, p, 1, cfg.width),
-                                  (None, None, CONV_IN, EMBED))
+        self.patch_kernel = param(
+            rngs,
+            nnx.initializers.lecun_normal(),
+            (p, p, 1, cfg.width),
+            (None, None, CONV_IN, EMBED),
+        )
         self.patch_bias = param(rngs, nnx.initializers.zeros, (cfg.width,), (EMBED,))
-        self.position_embedding = param(rngs, nnx.initializers.normal(0.02),
-                                        audio_grid(cfg) + (cfg.width,), (None, None, EMBED))
+        self.position_embedding = param(
+            rngs, nnx.initializers.normal(0.02), audio_grid(cfg) + (cfg.width,), (None, None, EMBED)
+        )
 
     def __call__(self, spectrogram: jax.Array) -> jax.Array:
         x = jax.lax.conv_general_dilated(
-            spectrogram[..., None].astype(self.dtype), self.patch_kernel[...].astype(self.dtype),
-            window_strides=(self.cfg.time_stride, self.cfg.freq_stride), padding="VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        return x + self.patch_bias[...].astype(self.dtype) + self.position_embedding[...].astype(self.dtype)
+            spectrogram[..., None].astype(self.dtype),
+            self.patch_kernel[...].astype(self.dtype),
+            window_strides=(self.cfg.time_stride, self.cfg.freq_stride),
+            padding="VALID",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        return (
+            x
+            + self.patch_bias[...].astype(self.dtype)
+            + self.position_embedding[...].astype(self.dtype)
+        )

@@ -24,13 +24,19 @@ class ActionHead(nnx.Module):
     the logits' whole spread at initialisation.
     """
 
-    def __init__(self, dim: int, num_classes: int, *, rngs: nnx.Rngs, dropout: float = 0.0,
-                 dtype=jnp.float32):
+    def __init__(
+        self, dim: int, num_classes: int, *, rngs: nnx.Rngs, dropout: float = 0.0, dtype=jnp.float32
+    ):
         self.norm = LayerNorm(dim, rngs=rngs, epsilon=1e-5, dtype=dtype)
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
-        self.classifier = Dense(dim, num_classes, rngs=rngs, axes=(EMBED, CLASSES),
-                                kernel_init=nnx.initializers.normal(0.01),
-                                bias_init=nnx.initializers.constant(PRIOR_BIAS))
+        self.classifier = Dense(
+            dim,
+            num_classes,
+            rngs=rngs,
+            axes=(EMBED, CLASSES),
+            kernel_init=nnx.initializers.normal(0.01),
+            bias_init=nnx.initializers.constant(PRIOR_BIAS),
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.classifier(self.dropout(self.norm(x.mean(axis=2))))

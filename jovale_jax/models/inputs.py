@@ -23,8 +23,10 @@ BLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 def video_statistics(video_cfg) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The (mean, std) the video encoder's weights were trained with: ``model.video.pixel_mean``
     / ``pixel_std`` where the preset sets them (SlowFast checkpoints), VideoMAE's otherwise."""
-    return (tuple(video_cfg.get("pixel_mean", VIDEOMAE_MEAN)),
-            tuple(video_cfg.get("pixel_std", VIDEOMAE_STD)))
+    return (
+        tuple(video_cfg.get("pixel_mean", VIDEOMAE_MEAN)),
+        tuple(video_cfg.get("pixel_std", VIDEOMAE_STD)),
+    )
 
 
 def normalize_frames(
@@ -35,7 +37,8 @@ def normalize_frames(
         return frames
     scale = 1.0 / (255.0 * jnp.asarray(std, jnp.float32))
     return frames.astype(jnp.float32) * scale - jnp.asarray(mean, jnp.float32) / jnp.asarray(
-        std, jnp.float32)
+        std, jnp.float32
+    )
 
 
 def frame_to_canvas(boxes: jax.Array, frame_extent: jax.Array) -> jax.Array:

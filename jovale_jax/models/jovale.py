@@ -49,23 +49,31 @@ def modalities_of(cfg) -> tuple[str, ...]:
     mods = tuple(cfg.modalities)
     unknown = [m for m in mods if m not in MODALITIES]
     if not mods or unknown or len(set(mods)) != len(mods):
-        raise ValueError(f"config field model.modalities: expected a non-empty subset of {MODALITIES}, "
-                         f"got {mods}")
+        raise ValueError(
+            f"config field model.modalities: expected a non-empty subset of {MODALITIES}, "
+            f"got {mods}"
+        )
     return tuple(m for m in MODALITIES if m in mods)
 
 
 def time_steps(cfg) -> dict[str, int]:
     """T_m of every modality's embeddings for a ``config.model``."""
     grid = slowfast_grid if is_slowfast(cfg.video) else video_grid
-    return {"video": grid(cfg.video)[0], "audio": audio_grid(cfg.audio)[0],
-            "scene": cfg.scene.num_frames}
+    return {
+        "video": grid(cfg.video)[0],
+        "audio": audio_grid(cfg.audio)[0],
+        "scene": cfg.scene.num_frames,
+    }
 
 
 def context_grid(cfg) -> dict[str, tuple[int, int]]:
     """(T_m, N_m) of every modality's context embeddings f_m for a ``config.model``."""
     _, h, w = video_grid(cfg.video)
-    return {"video": (time_steps(cfg)["video"], h * w), "audio": audio_grid(cfg.audio),
-            "scene": (cfg.scene.num_frames, 1 + blip_num_patches(cfg.scene))}
+    return {
+        "video": (time_steps(cfg)["video"], h * w),
+        "audio": audio_grid(cfg.audio),
+        "scene": (cfg.scene.num_frames, 1 + blip_num_patches(cfg.scene)),
+    }
 
 
 def expected_inputs(cfg) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -80,11 +88,15 @@ def expected_inputs(cfg) -> dict[str, tuple[tuple[int, ...], str]]:
         s = cfg.scene.image_size
         shapes["scene"] = ((cfg.scene.num_frames, s, s, 3), "model.scene.num_frames/image_size")
     if "audio" in mods:
-        shapes["audio"] = ((cfg.audio.num_frames, cfg.audio.num_mel_bins),
-                           "model.audio.num_frames/num_mel_bins")
+        shapes["audio"] = (
+            (cfg.audio.num_frames, cfg.audio.num_mel_bins),
+            "model.audio.num_frames/num_mel_bins",
+        )
     if cfg.actor.detector_feature_dim:
-        shapes["proposal_features"] = ((k, cfg.actor.detector_feature_dim),
-                                       "model.num_proposals/actor.detector_feature_dim")
+        shapes["proposal_features"] = (
+            (k, cfg.actor.detector_feature_dim),
+            "model.num_proposals/actor.detector_feature_dim",
+        )
     return shapes
 
 
@@ -93,51 +105,73 @@ def check_batch(cfg, batch: Mapping[str, jax.Array]) -> None:
     mods = modalities_of(cfg)
     for m in MODALITIES:
         if m not in mods and m in batch:
-            raise ValueError(f"batch has {m!r} but config field model.modalities is {mods}; "
-                             f"drop the key or add the modality")
+            raise ValueError(
+                f"batch has {m!r} but config field model.modalities is {mods}; "
+                f"drop the key or add the modality"
+            )
     batch_size = None
     for key, (shape, field) in expected_inputs(cfg).items():
         if key not in batch:
-            raise ValueError(f"batch lacks {key!r}, required by config field {field} (modalities {mods})")
+            raise ValueError(
+                f"batch lacks {key!r}, required by config field {field} (modalities {mods})"
+            )
         got = tuple(batch[key].shape)
         if len(got) != len(shape) + 1 or got[1:] != shape:
-            raise ValueError(f"batch[{key!r}]: expected shape (B, {', '.join(map(str, shape))}) from "
-                             f"config field {field}, got {got}")
+            raise ValueError(
+                f"batch[{key!r}]: expected shape (B, {', '.join(map(str, shape))}) from "
+                f"config field {field}, got {got}"
+            )
         if batch_size not in (None, got[0]):
             raise ValueError(f"batch[{key!r}]: batch size {got[0]} differs from {batch_size}")
         batch_size = got[0]
         want_bool = key == "box_mask"
         is_bool = jnp.issubdtype(batch[key].dtype, jnp.bool_)
         ok = jnp.issubdtype(batch[key].dtype, jnp.floating) or (
-            key in FRAME_INPUTS and batch[key].dtype == jnp.uint8)
+            key in FRAME_INPUTS and batch[key].dtype == jnp.uint8
+        )
         if want_bool != is_bool or (not want_bool and not ok):
-            kind = ("bool" if want_bool else "uint8 or floating" if key in FRAME_INPUTS
-                    else "floating")
-            raise ValueError(f"batch[{key!r}]: expected a {kind} array, "
-                             f"got dtype {batch[key].dtype}")
+            kind = (
+                "bool" if want_bool else "uint8 or floating" if key in FRAME_INPUTS else "floating"
+            )
+            raise ValueError(
+                f"batch[{key!r}]: expected a {kind} array, got dtype {batch[key].dtype}"
+            )
     if "frame_extent" in batch and tuple(batch["frame_extent"].shape) != (batch_size, 4):
-        raise ValueError(f"batch['frame_extent']: expected shape ({batch_size}, 4), "
-                         f"got {tuple(batch['frame_extent'].shape)}")
+        raise ValueError(
+            f"batch['frame_extent']: expected shape ({batch_size}, 4), "
+            f"got {tuple(batch['frame_extent'].shape)}"
+        )
 
 
-def build_fusion(cfg, modalities: tuple[str, ...], *, rngs: nnx.Rngs, dtype=jnp.float32,
-                 **layer_kwargs) -> nnx.Module:
+def build_fusion(
+    cfg, modalities: tuple[str, ...], *, rngs: nnx.Rngs, dtype=jnp.float32, **layer_kwargs
+) -> nnx.Module:
     """The fusion stage of ``cfg.fusion_strategy``: the AMFN, or a Table 5 alternative
     (:mod:`jovale_jax.models.fusion`, whose ``out_dim`` is its head's width). ``layer_kwargs``:
     ``remat_policy`` and ``attention_impl`` of the transformer layers."""
     strategy = check_strategy(cfg, modalities)
     dim, steps = cfg.embed_dim, time_steps(cfg)
     if strategy == "amfn":
-        return AMFN(dim, modalities, steps["video"], cfg.amfn, rngs=rngs, dtype=dtype,
-                    time_steps=steps, **layer_kwargs)
+        return AMFN(
+            dim,
+            modalities,
+            steps["video"],
+            cfg.amfn,
+            rngs=rngs,
+            dtype=dtype,
+            time_steps=steps,
+            **layer_kwargs,
+        )
     if strategy == "global_relation":
-        return GlobalRelation(dim, modalities, steps["video"], cfg, rngs=rngs, dtype=dtype,
-                              **layer_kwargs)
-    grids = {"video": video_grid(cfg.video)[1:],
-             "scene": (cfg.scene.image_size // cfg.scene.patch,) * 2}
+        return GlobalRelation(
+            dim, modalities, steps["video"], cfg, rngs=rngs, dtype=dtype, **layer_kwargs
+        )
+    grids = {
+        "video": video_grid(cfg.video)[1:],
+        "scene": (cfg.scene.image_size // cfg.scene.patch,) * 2,
+    }
     make = RoIFeatureFusion if strategy == "roi_feature_fusion" else RoIRelation
-    return make(dim, {m: grids[m] for m in modalities}, cfg, rngs=rngs, dtype=dtype,
-                **layer_kwargs)
+    return make(dim, {m: grids[m] for m in modalities}, cfg, rngs=rngs, dtype=dtype, **layer_kwargs)
 
 
 def run_fusion(fusion: nnx.Module, queries, context, box_mask, present, boxes):
@@ -158,13 +192,20 @@ class ActorFeatures(nnx.Module):
         else:
             self.box_embed = Dense(4, dim, rngs=rngs, axes=(None, EMBED), dtype=dtype)
         if cfg.detector_feature_dim:
-            self.detector_proj = Dense(cfg.detector_feature_dim, dim, rngs=rngs, axes=(None, EMBED),
-                                       dtype=dtype)
+            self.detector_proj = Dense(
+                cfg.detector_feature_dim, dim, rngs=rngs, axes=(None, EMBED), dtype=dtype
+            )
 
-    def __call__(self, feature_map: jax.Array | None, boxes: jax.Array,
-                 detector_features: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self,
+        feature_map: jax.Array | None,
+        boxes: jax.Array,
+        detector_features: jax.Array | None = None,
+    ) -> jax.Array:
         if feature_map is not None:
-            pool = jax.vmap(lambda f, b: roi_align(f, b, self.cfg.roi_size, self.cfg.sampling_ratio))
+            pool = jax.vmap(
+                lambda f, b: roi_align(f, b, self.cfg.roi_size, self.cfg.sampling_ratio)
+            )
             x = self.proj(pool(feature_map, boxes.astype(feature_map.dtype)).max(axis=(3, 4)))
         else:
             x = self.box_embed(boxes)[:, :, None]
@@ -183,15 +224,18 @@ class JoVALE(nnx.Module):
         dim = cfg.embed_dim
         steps = time_steps(cfg)
         self.dtype = dtype
-        layers = {"remat_policy": cfg.remat_policy,
-                  "attention_impl": attention_implementation(cfg.attention_impl, dtype)}
+        layers = {
+            "remat_policy": cfg.remat_policy,
+            "attention_impl": attention_implementation(cfg.attention_impl, dtype),
+        }
         source_width = 0
         if "video" in self.modalities:
             # SlowFast: the Slow map and the time-pooled Fast map, concatenated (2048 + 256).
             if is_slowfast(cfg.video):
                 width = sum(slowfast_widths(cfg.video))
-                self.video_encoder = SlowFast(cfg.video, rngs=rngs, dtype=dtype.name,
-                                              remat_policy=cfg.remat_policy)
+                self.video_encoder = SlowFast(
+                    cfg.video, rngs=rngs, dtype=dtype.name, remat_policy=cfg.remat_policy
+                )
             else:
                 width = cfg.video.width
                 self.video_encoder = VideoEncoder(cfg.video, rngs=rngs, dtype=dtype.name, **layers)
@@ -207,9 +251,12 @@ class JoVALE(nnx.Module):
             self.audio_embed = AudioPatchEmbed(cfg.audio, rngs=rngs, dtype=dtype.name)
             self.audio_proj = Dense(cfg.audio.width, dim, rngs=rngs, dtype=dtype)
         self.actor_features = ActorFeatures(source_width, dim, cfg.actor, rngs=rngs, dtype=dtype)
-        self.query_time_embed = nnx.Dict({
-            m: param(rngs, nnx.initializers.normal(0.02), (steps[m], dim), (None, EMBED))
-            for m in self.modalities})
+        self.query_time_embed = nnx.Dict(
+            {
+                m: param(rngs, nnx.initializers.normal(0.02), (steps[m], dim), (None, EMBED))
+                for m in self.modalities
+            }
+        )
         self.fusion_strategy = check_strategy(cfg, self.modalities)
         fusion = build_fusion(cfg, self.modalities, rngs=rngs, dtype=dtype, **layers)
         if self.fusion_strategy == "amfn":
@@ -219,9 +266,14 @@ class JoVALE(nnx.Module):
         head_dim = getattr(fusion, "out_dim", dim)
         late = self.fusion_strategy == "amfn" and cfg.amfn.fusion == "late"
         head_names = self.modalities if late else ("fused",)
-        self.heads = nnx.Dict({n: ActionHead(head_dim, cfg.num_classes, rngs=rngs,
-                                             dropout=cfg.head_dropout, dtype=dtype)
-                               for n in head_names})
+        self.heads = nnx.Dict(
+            {
+                n: ActionHead(
+                    head_dim, cfg.num_classes, rngs=rngs, dropout=cfg.head_dropout, dtype=dtype
+                )
+                for n in head_names
+            }
+        )
 
     def encode(self, batch: Mapping[str, jax.Array]):
         """The streams: context embeddings {m: (B, T_m, N_m, D)}, modality presence {m: (B,)} and
@@ -229,7 +281,9 @@ class JoVALE(nnx.Module):
         context, present, feature_map = {}, {}, None
         b = batch["boxes"].shape[0]
         if "video" in self.modalities:
-            fv = self.video_encoder(normalize_frames(batch["video"], *video_statistics(self.cfg.video)))
+            fv = self.video_encoder(
+                normalize_frames(batch["video"], *video_statistics(self.cfg.video))
+            )
             feature_map = fv
             ctx = self.video_proj(self.video_norm(fv))
             context["video"] = ctx.reshape(b, ctx.shape[1], -1, ctx.shape[-1])
@@ -256,8 +310,11 @@ class JoVALE(nnx.Module):
         if "video" in self.modalities and "frame_extent" in batch:  # frame within the canvas
             boxes = frame_to_canvas(boxes, batch["frame_extent"])
         actors = self.actor_features(feature_map, boxes, batch.get("proposal_features"))
-        queries = {m: resample_time(actors, self.query_time_embed[m].shape[0], axis=2)
-                   + self.query_time_embed[m][...].astype(actors.dtype) for m in self.modalities}
+        queries = {
+            m: resample_time(actors, self.query_time_embed[m].shape[0], axis=2)
+            + self.query_time_embed[m][...].astype(actors.dtype)
+            for m in self.modalities
+        }
         inputs = self.fuse(queries, context, box_mask, present, batch["boxes"])
         if "fused" in inputs:
             return self.heads["fused"](inputs["fused"])
@@ -284,8 +341,13 @@ class JoVALE(nnx.Module):
         return logits, gates
 
 
-def head_logits(heads: nnx.Dict, fusion: str, a_fuse: jax.Array | None,
-                a_last: Mapping[str, jax.Array], present: Mapping[str, jax.Array]) -> jax.Array:
+def head_logits(
+    heads: nnx.Dict,
+    fusion: str,
+    a_fuse: jax.Array | None,
+    a_last: Mapping[str, jax.Array],
+    present: Mapping[str, jax.Array],
+) -> jax.Array:
     """The action heads on the AMFN's outputs: the fused head, or with late fusion the mean of
     the per-modality heads over the modalities present in each example."""
     if fusion != "late":

@@ -41,9 +41,18 @@ XAVIER_UNIFORM = nnx.initializers.xavier_uniform()
 class Dense(nnx.Module):
     """``y = x @ kernel + bias`` over the last axis, with sharding names for both dimensions."""
 
-    def __init__(self, in_features: int, out_features: int, *, rngs: nnx.Rngs,
-                 axes: Axes = (EMBED, EMBED), use_bias: bool = True, dtype=jnp.float32,
-                 kernel_init=XAVIER_UNIFORM, bias_init=nnx.initializers.zeros):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        rngs: nnx.Rngs,
+        axes: Axes = (EMBED, EMBED),
+        use_bias: bool = True,
+        dtype=jnp.float32,
+        kernel_init=XAVIER_UNIFORM,
+        bias_init=nnx.initializers.zeros,
+    ):
         self.kernel = param(rngs, kernel_init, (in_features, out_features), axes)
         self.bias = param(rngs, bias_init, (out_features,), axes[1:]) if use_bias else None
         self.dtype = dtype
@@ -80,8 +89,9 @@ def attention_implementation(name: str, dtype) -> str:
     attention on an NVIDIA GPU computing in bfloat16 / float16 (the only dtypes cuDNN takes), XLA
     otherwise."""
     if name not in ATTENTION_IMPLS:
-        raise ValueError(f"config field model.attention_impl: expected one of {ATTENTION_IMPLS}, "
-                         f"got {name!r}")
+        raise ValueError(
+            f"config field model.attention_impl: expected one of {ATTENTION_IMPLS}, got {name!r}"
+        )
     if name != "auto":
         return name
     fused = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and jax.default_backend() == "gpu"
@@ -96,9 +106,16 @@ class Attention(nnx.Module):
     ``jax.nn.dot_product_attention`` (``xla`` or ``cudnn``, see :func:`attention_implementation`).
     """
 
-    def __init__(self, width: int, num_heads: int, *, rngs: nnx.Rngs,
-                 qkv_bias: tuple[bool, bool, bool] = (True, True, True), dtype=jnp.float32,
-                 implementation: str = "xla"):
+    def __init__(
+        self,
+        width: int,
+        num_heads: int,
+        *,
+        rngs: nnx.Rngs,
+        qkv_bias: tuple[bool, bool, bool] = (True, True, True),
+        dtype=jnp.float32,
+        implementation: str = "xla",
+    ):
         if width % num_heads:
             raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
         head_dim = width // num_heads
@@ -153,8 +170,15 @@ ACTIVATIONS = {"gelu": exact_gelu, "quick_gelu": quick_gelu}
 class Mlp(nnx.Module):
     """Two dense layers with exact GELU (ViT/BLIP/MFE feed-forward) or CLIP's ``quick_gelu``."""
 
-    def __init__(self, width: int, hidden: int, *, rngs: nnx.Rngs, dtype=jnp.float32,
-                 activation: str = "gelu"):
+    def __init__(
+        self,
+        width: int,
+        hidden: int,
+        *,
+        rngs: nnx.Rngs,
+        dtype=jnp.float32,
+        activation: str = "gelu",
+    ):
         self.fc1 = Dense(width, hidden, rngs=rngs, axes=(EMBED, MLP), dtype=dtype)
         self.fc2 = Dense(hidden, width, rngs=rngs, axes=(MLP, EMBED), dtype=dtype)
         self.activation = activation
@@ -190,13 +214,31 @@ class TransformerBlock(nnx.Module):
     at the rate given to the call.
     """
 
-    def __init__(self, width: int, num_heads: int, mlp_dim: int, *, rngs: nnx.Rngs,
-                 norm_first: bool = True, layer_norm_eps: float = 1e-6, dropout: float = 0.0,
-                 qkv_bias: tuple[bool, bool, bool] = (True, True, True), dtype=jnp.float32,
-                 attention_impl: str = "xla", drop_path: bool = False, activation: str = "gelu"):
+    def __init__(
+        self,
+        width: int,
+        num_heads: int,
+        mlp_dim: int,
+        *,
+        rngs: nnx.Rngs,
+        norm_first: bool = True,
+        layer_norm_eps: float = 1e-6,
+        dropout: float = 0.0,
+        qkv_bias: tuple[bool, bool, bool] = (True, True, True),
+        dtype=jnp.float32,
+        attention_impl: str = "xla",
+        drop_path: bool = False,
+        activation: str = "gelu",
+    ):
         self.norm1 = LayerNorm(width, rngs=rngs, epsilon=layer_norm_eps, dtype=dtype)
-        self.attn = Attention(width, num_heads, rngs=rngs, qkv_bias=qkv_bias, dtype=dtype,
-                              implementation=attention_impl)
+        self.attn = Attention(
+            width,
+            num_heads,
+            rngs=rngs,
+            qkv_bias=qkv_bias,
+            dtype=dtype,
+            implementation=attention_impl,
+        )
         self.norm2 = LayerNorm(width, rngs=rngs, epsilon=layer_norm_eps, dtype=dtype)
         self.mlp = Mlp(width, mlp_dim, rngs=rngs, dtype=dtype, activation=activation)
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
@@ -209,8 +251,9 @@ class TransformerBlock(nnx.Module):
         y = self.dropout(y)
         return y if self.drop_path is None else self.drop_path(y, drop_rate)
 
-    def __call__(self, x: jax.Array, key_mask: jax.Array | None = None,
-                 drop_rate: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, key_mask: jax.Array | None = None, drop_rate: jax.Array | None = None
+    ) -> jax.Array:
         if self.norm_first:
             x = x + self._branch(self.attn(self.norm1(x), key_mask), drop_rate)
             return x + self._branch(self.mlp(self.norm2(x)), drop_rate)
@@ -231,13 +274,16 @@ REMAT_POLICIES = {
 def check_remat_policy(name: str) -> str:
     """Validate ``model.remat_policy``."""
     if name not in REMAT_POLICIES:
-        raise ValueError(f"config field model.remat_policy: expected one of "
-                         f"{tuple(REMAT_POLICIES)}, got {name!r}")
+        raise ValueError(
+            f"config field model.remat_policy: expected one of "
+            f"{tuple(REMAT_POLICIES)}, got {name!r}"
+        )
     return name
 
 
-def stack_layers(make_layer: Callable[[nnx.Rngs], nnx.Module], depth: int,
-                 rngs: nnx.Rngs) -> nnx.Module:
+def stack_layers(
+    make_layer: Callable[[nnx.Rngs], nnx.Module], depth: int, rngs: nnx.Rngs
+) -> nnx.Module:
     """``depth`` independently initialised ``make_layer(rngs)`` as one module whose variables
     carry a leading layer axis (replicated: ``None`` is prefixed to their ``logical_axes``)."""
 
@@ -261,8 +307,9 @@ def batch_major(tree: Any) -> Any:
     return jax.tree.map(lambda x: constrain(x, (BATCH,) + (None,) * (x.ndim - 1)), tree)
 
 
-def scan_layers(layers: nnx.Module, body: Callable, carry: Any, xs: Any = (),
-                remat_policy: str = "none") -> Any:
+def scan_layers(
+    layers: nnx.Module, body: Callable, carry: Any, xs: Any = (), remat_policy: str = "none"
+) -> Any:
     """Run ``carry = body(layer, carry, x)`` over the stacked ``layers`` (and the leading axis of
     ``xs``) with ``nnx.scan``, each step under ``nnx.remat`` with the named policy unless
     ``none``. Arrays the body closes over are broadcast to every layer. The carry (batch-major
@@ -281,7 +328,8 @@ def drop_path_rates(rate: float, depth: int) -> np.ndarray:
     """Per-layer stochastic-depth rates rising linearly from 0 to ``rate`` (timm, VideoMAE)."""
     if not 0.0 <= rate < 1.0:
         raise ValueError(
-            f"config field model.video.drop_path: expected a rate in [0, 1), got {rate}")
+            f"config field model.video.drop_path: expected a rate in [0, 1), got {rate}"
+        )
     return np.linspace(0.0, rate, depth, dtype=np.float32)
 
 
@@ -293,21 +341,45 @@ class Encoder(nnx.Module):
     (:data:`REMAT_POLICIES`); ``drop_path`` is the stochastic depth of the last block.
     """
 
-    def __init__(self, cfg, *, rngs: nnx.Rngs, qkv_bias: tuple[bool, bool, bool],
-                 remat_policy: str = "none", dtype=jnp.float32, attention_impl: str = "xla",
-                 drop_path: float = 0.0, activation: str = "gelu"):
+    def __init__(
+        self,
+        cfg,
+        *,
+        rngs: nnx.Rngs,
+        qkv_bias: tuple[bool, bool, bool],
+        remat_policy: str = "none",
+        dtype=jnp.float32,
+        attention_impl: str = "xla",
+        drop_path: float = 0.0,
+        activation: str = "gelu",
+    ):
         self.drop_rates = tuple(float(r) for r in drop_path_rates(drop_path, cfg.depth))
         self.remat_policy = check_remat_policy(remat_policy)
         self.layers = stack_layers(
-            lambda r: TransformerBlock(cfg.width, cfg.num_heads, cfg.mlp_dim, rngs=r,
-                                       qkv_bias=qkv_bias, layer_norm_eps=cfg.layer_norm_eps,
-                                       dtype=dtype, attention_impl=attention_impl,
-                                       drop_path=drop_path > 0, activation=activation),
-            cfg.depth, rngs)
+            lambda r: TransformerBlock(
+                cfg.width,
+                cfg.num_heads,
+                cfg.mlp_dim,
+                rngs=r,
+                qkv_bias=qkv_bias,
+                layer_norm_eps=cfg.layer_norm_eps,
+                dtype=dtype,
+                attention_impl=attention_impl,
+                drop_path=drop_path > 0,
+                activation=activation,
+            ),
+            cfg.depth,
+            rngs,
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return scan_layers(self.layers, lambda blk, h, rate: blk(h, drop_rate=rate), x,
-                           jnp.asarray(self.drop_rates, jnp.float32), self.remat_policy)
+        return scan_layers(
+            self.layers,
+            lambda blk, h, rate: blk(h, drop_rate=rate),
+            x,
+            jnp.asarray(self.drop_rates, jnp.float32),
+            self.remat_policy,
+        )
 
 
 def dtype_of(name: str):
@@ -316,6 +388,7 @@ def dtype_of(name: str):
     if name == "auto":
         return jnp.dtype(jnp.bfloat16 if jax.default_backend() == "gpu" else jnp.float32)
     if name not in ("float32", "bfloat16"):
-        raise ValueError(f"config field model.dtype: expected 'float32', 'bfloat16' or 'auto', "
-                         f"got {name!r}")
+        raise ValueError(
+            f"config field model.dtype: expected 'float32', 'bfloat16' or 'auto', got {name!r}"
+        )
     return jnp.dtype(name)

@@ -27,8 +27,9 @@ def _axis_weights(start: jax.Array, end: jax.Array, size: int, bins: int, ratio:
     return weights * valid[..., None]
 
 
-def roi_align(features: jax.Array, boxes: jax.Array, output_size: int = 7,
-              sampling_ratio: int = 2) -> jax.Array:
+def roi_align(
+    features: jax.Array, boxes: jax.Array, output_size: int = 7, sampling_ratio: int = 2
+) -> jax.Array:
     """Pool each box from a feature map.
 
     Args:

@@ -45,8 +45,9 @@ def is_slowfast(video_cfg) -> bool:
     """Whether ``model.video.backbone`` selects SlowFast (else the ViT)."""
     backbone = video_cfg.get("backbone", "vit")
     if backbone not in ("vit", "slowfast"):
-        raise ValueError(f"config field model.video.backbone: expected 'vit' or 'slowfast', "
-                         f"got {backbone!r}")
+        raise ValueError(
+            f"config field model.video.backbone: expected 'vit' or 'slowfast', got {backbone!r}"
+        )
     return backbone == "slowfast"
 
 
@@ -61,13 +62,17 @@ def stage_depths(cfg) -> tuple[int, int, int, int]:
     blocks = tuple(_sf(cfg).get("stage_blocks", ()))
     if blocks:
         if len(blocks) != 4 or min(blocks) < 1:
-            raise ValueError(f"config field model.video.slowfast.stage_blocks: expected 4 positive "
-                             f"block counts (res2..res5), got {blocks}")
+            raise ValueError(
+                f"config field model.video.slowfast.stage_blocks: expected 4 positive "
+                f"block counts (res2..res5), got {blocks}"
+            )
         return blocks
     depth = _sf(cfg).depth
     if depth not in STAGE_DEPTHS:
-        raise ValueError(f"config field model.video.slowfast.depth: expected one of "
-                         f"{sorted(STAGE_DEPTHS)}, got {depth}")
+        raise ValueError(
+            f"config field model.video.slowfast.depth: expected one of "
+            f"{sorted(STAGE_DEPTHS)}, got {depth}"
+        )
     return STAGE_DEPTHS[depth]
 
 
@@ -81,16 +86,22 @@ def slowfast_grid(cfg) -> tuple[int, int, int]:
     sf = _sf(cfg)
     stage_depths(cfg)
     if sf.alpha < 1 or cfg.num_frames % sf.alpha:
-        raise ValueError(f"config field model.video.num_frames: {cfg.num_frames} frames must be "
-                         f"a multiple of model.video.slowfast.alpha = {sf.alpha}")
+        raise ValueError(
+            f"config field model.video.num_frames: {cfg.num_frames} frames must be "
+            f"a multiple of model.video.slowfast.alpha = {sf.alpha}"
+        )
     if sf.slow_sampling not in SLOW_SAMPLINGS:
-        raise ValueError(f"config field model.video.slowfast.slow_sampling: expected one of "
-                         f"{SLOW_SAMPLINGS}, got {sf.slow_sampling!r}")
+        raise ValueError(
+            f"config field model.video.slowfast.slow_sampling: expected one of "
+            f"{SLOW_SAMPLINGS}, got {sf.slow_sampling!r}"
+        )
     stride = total_stride(cfg)
     h, w = cfg.image_size
     if h < stride or w < stride or h % stride or w % stride:
-        raise ValueError(f"config field model.video.image_size: {(h, w)} must be a multiple of the "
-                         f"SlowFast stride {stride} (at least {stride} x {stride})")
+        raise ValueError(
+            f"config field model.video.image_size: {(h, w)} must be a multiple of the "
+            f"SlowFast stride {stride} (at least {stride} x {stride})"
+        )
     return cfg.num_frames // sf.alpha, h // stride, w // stride
 
 
@@ -130,22 +141,41 @@ class ConvBN(nnx.Module):
     """Conv3d without bias (PyTorch padding: symmetric, ``kernel // 2`` x dilation), then
     BatchNorm, optionally ReLU."""
 
-    def __init__(self, c_in: int, c_out: int, kernel: Sequence[int], cfg, *, rngs: nnx.Rngs,
-                 stride: Sequence[int] = (1, 1, 1), dilation: Sequence[int] = (1, 1, 1),
-                 bn: bool = True, relu: bool = True, dtype=jnp.float32):
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        kernel: Sequence[int],
+        cfg,
+        *,
+        rngs: nnx.Rngs,
+        stride: Sequence[int] = (1, 1, 1),
+        dilation: Sequence[int] = (1, 1, 1),
+        bn: bool = True,
+        relu: bool = True,
+        dtype=jnp.float32,
+    ):
         sf = _sf(cfg)
         init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
         self.kernel = param(rngs, init, (*kernel, c_in, c_out), (None, None, None, CONV_IN, EMBED))
-        self.bn = BatchNorm(c_out, eps=sf.bn_eps, freeze_affine=sf.freeze_bn_affine,
-                            rngs=rngs) if bn else None
+        self.bn = (
+            BatchNorm(c_out, eps=sf.bn_eps, freeze_affine=sf.freeze_bn_affine, rngs=rngs)
+            if bn
+            else None
+        )
         self.stride, self.dilation, self.relu = tuple(stride), tuple(dilation), relu
         self.padding = tuple((k // 2 * d,) * 2 for k, d in zip(kernel, dilation, strict=True))
         self.dtype = dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
         y = jax.lax.conv_general_dilated(
-            x.astype(self.dtype), self.kernel[...].astype(self.dtype), self.stride, self.padding,
-            rhs_dilation=self.dilation, dimension_numbers=("NTHWC", "THWIO", "NTHWC"))
+            x.astype(self.dtype),
+            self.kernel[...].astype(self.dtype),
+            self.stride,
+            self.padding,
+            rhs_dilation=self.dilation,
+            dimension_numbers=("NTHWC", "THWIO", "NTHWC"),
+        )
         if self.bn is not None:
             y = self.bn(y)
         return jax.nn.relu(y) if self.relu else y
@@ -155,16 +185,36 @@ class Bottleneck(nnx.Module):
     """ResNet-3D bottleneck: t x 1 x 1 -> 1 x 3 x 3 (stride, dilation) -> 1 x 1 x 1, each with
     BatchNorm; a 1 x 1 x 1 projection shortcut when the shape changes; ReLU after the sum."""
 
-    def __init__(self, c_in: int, c_inner: int, c_out: int, temporal: int, stride: int,
-                 dilation: int, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    def __init__(
+        self,
+        c_in: int,
+        c_inner: int,
+        c_out: int,
+        temporal: int,
+        stride: int,
+        dilation: int,
+        cfg,
+        *,
+        rngs: nnx.Rngs,
+        dtype=jnp.float32,
+    ):
         kw = {"rngs": rngs, "dtype": dtype}
         self.conv_a = ConvBN(c_in, c_inner, (temporal, 1, 1), cfg, **kw)
-        self.conv_b = ConvBN(c_inner, c_inner, (1, 3, 3), cfg, stride=(1, stride, stride),
-                             dilation=(1, dilation, dilation), **kw)
+        self.conv_b = ConvBN(
+            c_inner,
+            c_inner,
+            (1, 3, 3),
+            cfg,
+            stride=(1, stride, stride),
+            dilation=(1, dilation, dilation),
+            **kw,
+        )
         self.conv_c = ConvBN(c_inner, c_out, (1, 1, 1), cfg, relu=False, **kw)
-        self.shortcut = (ConvBN(c_in, c_out, (1, 1, 1), cfg, stride=(1, stride, stride),
-                                relu=False, **kw)
-                         if c_in != c_out or stride != 1 else None)
+        self.shortcut = (
+            ConvBN(c_in, c_out, (1, 1, 1), cfg, stride=(1, stride, stride), relu=False, **kw)
+            if c_in != c_out or stride != 1
+            else None
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         y = self.conv_c(self.conv_b(self.conv_a(x)))
@@ -176,14 +226,20 @@ class Stem(nnx.Module):
     stride (1, 2, 2) and padding (0, 1, 1)."""
 
     def __init__(self, c_out: int, temporal: int, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32):
-        self.conv = ConvBN(3, c_out, (temporal, 7, 7), cfg, stride=(1, 2, 2), rngs=rngs,
-                           dtype=dtype)
+        self.conv = ConvBN(
+            3, c_out, (temporal, 7, 7), cfg, stride=(1, 2, 2), rngs=rngs, dtype=dtype
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         y = self.conv(x)
-        return jax.lax.reduce_window(y, -jnp.inf, jax.lax.max,  # a scalar init: differentiable
-                                     (1, 1, 3, 3, 1), (1, 1, 2, 2, 1),
-                                     ((0, 0), (0, 0), (1, 1), (1, 1), (0, 0)))
+        return jax.lax.reduce_window(
+            y,
+            -jnp.inf,
+            jax.lax.max,  # a scalar init: differentiable
+            (1, 1, 3, 3, 1),
+            (1, 1, 2, 2, 1),
+            ((0, 0), (0, 0), (1, 1), (1, 1), (0, 0)),
+        )
 
 
 class Fusion(nnx.Module):
@@ -193,34 +249,49 @@ class Fusion(nnx.Module):
     def __init__(self, c_fast: int, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32):
         sf = _sf(cfg)
         bn = sf.fusion_bn_relu
-        self.conv = ConvBN(c_fast, c_fast * sf.fusion_channel_ratio, (sf.fusion_kernel, 1, 1), cfg,
-                           stride=(sf.alpha, 1, 1), bn=bn, relu=bn, rngs=rngs, dtype=dtype)
+        self.conv = ConvBN(
+            c_fast,
+            c_fast * sf.fusion_channel_ratio,
+            (sf.fusion_kernel, 1, 1),
+            cfg,
+            stride=(sf.alpha, 1, 1),
+            bn=bn,
+            relu=bn,
+            rngs=rngs,
+            dtype=dtype,
+        )
 
     def __call__(self, slow: jax.Array, fast: jax.Array) -> jax.Array:
         lateral = self.conv(fast)
         if lateral.shape[1] != slow.shape[1]:
-            raise ValueError(f"SlowFast fusion: the lateral connection gives {lateral.shape[1]} "
-                             f"time steps, the Slow pathway has {slow.shape[1]}")
+            raise ValueError(
+                f"SlowFast fusion: the lateral connection gives {lateral.shape[1]} "
+                f"time steps, the Slow pathway has {slow.shape[1]}"
+            )
         return jnp.concatenate([slow, lateral.astype(slow.dtype)], axis=-1)
 
 
 class SlowFast(nnx.Module):
     """SlowFast encoder: (B, T, H, W, 3) -> (B, T / alpha, H / 16, W / 16, C_slow + C_fast)."""
 
-    def __init__(self, cfg, *, rngs: nnx.Rngs, dtype: str = "float32",
-                 remat_policy: str = "none"):
+    def __init__(self, cfg, *, rngs: nnx.Rngs, dtype: str = "float32", remat_policy: str = "none"):
         self.cfg = cfg
         self.dtype = dtype_of(dtype)
         sf = _sf(cfg)
         depths = stage_depths(cfg)
         slowfast_grid(cfg)
         temporal_blocks = tuple(sf.temporal_kernel_blocks) or depths
-        if len(temporal_blocks) != 4 or len(sf.slow_temporal_kernels) != 5 or len(
-                sf.fast_temporal_kernels) != 5:
-            raise ValueError("config fields model.video.slowfast.temporal_kernel_blocks (4 stages) "
-                             "and slow/fast_temporal_kernels (stem + 4 stages) have wrong lengths: "
-                             f"{tuple(temporal_blocks)}, {tuple(sf.slow_temporal_kernels)}, "
-                             f"{tuple(sf.fast_temporal_kernels)}")
+        if (
+            len(temporal_blocks) != 4
+            or len(sf.slow_temporal_kernels) != 5
+            or len(sf.fast_temporal_kernels) != 5
+        ):
+            raise ValueError(
+                "config fields model.video.slowfast.temporal_kernel_blocks (4 stages) "
+                "and slow/fast_temporal_kernels (stem + 4 stages) have wrong lengths: "
+                f"{tuple(temporal_blocks)}, {tuple(sf.slow_temporal_kernels)}, "
+                f"{tuple(sf.fast_temporal_kernels)}"
+            )
         kw = {"rngs": rngs, "dtype": self.dtype}
         w, beta_inv, ratio = sf.width, sf.beta_inv, sf.fusion_channel_ratio
         self.slow_stem = Stem(w, sf.slow_temporal_kernels[0], cfg, **kw)
@@ -232,14 +303,27 @@ class SlowFast(nnx.Module):
         c_slow, c_fast = w + w // beta_inv * ratio, w // beta_inv
         for i, n in enumerate(depths):
             out, inner = w * 4 * 2**i, w * 2**i
-            for kernels, stages, c_in, div in ((sf.slow_temporal_kernels, slow_stages, c_slow, 1),
-                                               (sf.fast_temporal_kernels, fast_stages, c_fast,
-                                                beta_inv)):
-                stages.append(nnx.List([
-                    Bottleneck(c_in if j == 0 else out // div, inner // div, out // div,
-                               kernels[i + 1] if j < temporal_blocks[i] else 1,
-                               strides[i] if j == 0 else 1, dilations[i], cfg, **kw)
-                    for j in range(n)]))
+            for kernels, stages, c_in, div in (
+                (sf.slow_temporal_kernels, slow_stages, c_slow, 1),
+                (sf.fast_temporal_kernels, fast_stages, c_fast, beta_inv),
+            ):
+                stages.append(
+                    nnx.List(
+                        [
+                            Bottleneck(
+                                c_in if j == 0 else out // div,
+                                inner // div,
+                                out // div,
+                                kernels[i + 1] if j < temporal_blocks[i] else 1,
+                                strides[i] if j == 0 else 1,
+                                dilations[i],
+                                cfg,
+                                **kw,
+                            )
+                            for j in range(n)
+                        ]
+                    )
+                )
             if i < 3:
                 self.fusions.append(Fusion(out // beta_inv, cfg, **kw))
             c_slow, c_fast = out + out // beta_inv * ratio, out // beta_inv
@@ -259,8 +343,10 @@ class SlowFast(nnx.Module):
         """(B, T, H, W, 3) -> Slow (B, T / alpha, h, w, C_slow) and Fast (B, T, h, w, C_fast)."""
         sf = _sf(self.cfg)
         if video.shape[1] != self.cfg.num_frames:
-            raise ValueError(f"SlowFast: got {video.shape[1]} frames, config field "
-                             f"model.video.num_frames is {self.cfg.num_frames}")
+            raise ValueError(
+                f"SlowFast: got {video.shape[1]} frames, config field "
+                f"model.video.num_frames is {self.cfg.num_frames}"
+            )
         idx = slow_indices(video.shape[1], sf.alpha, sf.slow_sampling)
         video = video.astype(self.dtype)
         slow, fast = self.slow_stem(video[:, idx]), self.fast_stem(video)

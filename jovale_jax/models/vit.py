@@ -38,7 +38,8 @@ def video_grid(cfg) -> tuple[int, int, int]:
     if cfg.num_frames % cfg.tubelet or h % cfg.patch or w % cfg.patch:
         raise ValueError(
             f"model.video: num_frames {cfg.num_frames} must divide by tubelet {cfg.tubelet} and "
-            f"image_size {(h, w)} by patch {cfg.patch}")
+            f"image_size {(h, w)} by patch {cfg.patch}"
+        )
     return cfg.num_frames // cfg.tubelet, h // cfg.patch, w // cfg.patch
 
 
@@ -50,27 +51,48 @@ class VideoEncoder(nnx.Module):
     :class:`jovale_jax.models.layers.Encoder`.
     """
 
-    def __init__(self, cfg, *, rngs: nnx.Rngs, dtype: str = "float32",
-                 remat_policy: str = "none", attention_impl: str = "xla"):
+    def __init__(
+        self,
+        cfg,
+        *,
+        rngs: nnx.Rngs,
+        dtype: str = "float32",
+        remat_policy: str = "none",
+        attention_impl: str = "xla",
+    ):
         self.cfg = cfg
         self.dtype = dtype_of(dtype)
         t, p = cfg.tubelet, cfg.patch
-        self.patch_kernel = param(rngs, nnx.initializers.lecun_normal(), (t, p, p, 3, cfg.width),
-                                  (None, None, None, CONV_IN, EMBED))
+        self.patch_kernel = param(
+            rngs,
+            nnx.initializers.lecun_normal(),
+            (t, p, p, 3, cfg.width),
+            (None, None, None, CONV_IN, EMBED),
+        )
         self.patch_bias = param(rngs, nnx.initializers.zeros, (cfg.width,), (EMBED,))
         grid = video_grid(cfg)
-        self.pos_embed = PositionTable(jnp.asarray(sincos_table(int(np.prod(grid)), cfg.width)),
-                                       logical_axes=(None, EMBED))
-        self.encoder = Encoder(cfg, rngs=rngs, qkv_bias=(True, False, True),
-                               remat_policy=remat_policy, dtype=self.dtype,
-                               attention_impl=attention_impl, drop_path=cfg.get("drop_path", 0.0))
+        self.pos_embed = PositionTable(
+            jnp.asarray(sincos_table(int(np.prod(grid)), cfg.width)), logical_axes=(None, EMBED)
+        )
+        self.encoder = Encoder(
+            cfg,
+            rngs=rngs,
+            qkv_bias=(True, False, True),
+            remat_policy=remat_policy,
+            dtype=self.dtype,
+            attention_impl=attention_impl,
+            drop_path=cfg.get("drop_path", 0.0),
+        )
 
     def __call__(self, video: jax.Array) -> jax.Array:
         t, p = self.cfg.tubelet, self.cfg.patch
         x = jax.lax.conv_general_dilated(
-            video.astype(self.dtype), self.patch_kernel[...].astype(self.dtype),
-            window_strides=(t, p, p), padding="VALID",
-            dimension_numbers=("NTHWC", "THWIO", "NTHWC"))
+            video.astype(self.dtype),
+            self.patch_kernel[...].astype(self.dtype),
+            window_strides=(t, p, p),
+            padding="VALID",
+            dimension_numbers=("NTHWC", "THWIO", "NTHWC"),
+        )
         x = x + self.patch_bias[...].astype(self.dtype)
         b, gt, gh, gw, c = x.shape
         x = x.reshape(b, gt * gh * gw, c) + self.pos_embed[...].astype(self.dtype)
