@@ -6,7 +6,7 @@ Commands:
   train       train (resumes from the newest checkpoint in --workdir)
   eval        evaluate a checkpoint on the eval split (mAP, CSV, per-class chart)
   detect      run a trained model on any video file
-  convert     import pretrained VideoMAE v2 / BLIP / AST weights (--from KIND --src PATH, repeatable)
+  convert     import pretrained weights (--from KIND --src PATH, repeatable)
   flops       parameters and multiply-accumulates per component (no execution)
   bench       step | forward | memory | remat | profile | input | eval measurements
   build-data  write the TFRecord shards of a dataset

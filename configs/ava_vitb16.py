@@ -15,7 +15,8 @@ VARIANTS = {"": 384, "blip384": 384, "blip288": 288, "blip192": 192}
 def get_config(variant: str = ""):
     if variant not in VARIANTS:
         raise ValueError(
-            f"configs/ava_vitb16.py: unknown variant {variant!r}; expected one of {sorted(VARIANTS)}"
+            f"configs/ava_vitb16.py: unknown variant {variant!r}; "
+            f"expected one of {sorted(VARIANTS)}"
         )
     c = common.base_config()
     c.dataset = "ava"

@@ -4,7 +4,8 @@
         [--config.eval.split=val]
 
 Every example of the split is scored (the padded tail of the last batch is masked out). AVA-style
-datasets (ava, synthetic) are scored with the official AVA protocol (``evaluation/ava.py``) both with
+datasets (ava, synthetic) are scored with the official AVA protocol (``evaluation/ava.py``)
+both with
 the official cap of 50 detection rows per frame and without a cap, since published AVA numbers come
 from either; UCF101-24 and JHMDB51-21 with VOC frame mAP (``evaluation/frame_map.py``).
 """
@@ -274,7 +275,8 @@ def evaluate_checkpoint(
     devices=None,
     compare_to: str | None = None,
 ) -> dict:
-    """Run the model of ``checkpoint`` on ``split``; write detections.csv, results.json and charts."""
+    """Run the model of ``checkpoint`` on ``split``; write detections.csv, results.json and
+    charts."""
     from jovale_jax.state import load_trained, resolve_checkpoint
 
     split = split or config.data.eval_split

@@ -46,7 +46,8 @@ def _eqn_macs(eqn) -> int:
 
 
 def jaxpr_macs(jaxpr) -> int:
-    """Multiply-accumulates of a (closed) jaxpr, recursing into sub-jaxprs (scan bodies x length)."""
+    """Multiply-accumulates of a (closed) jaxpr, recursing into sub-jaxprs (scan bodies x
+    length)."""
     jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
     total = 0
     for eqn in jaxpr.eqns:

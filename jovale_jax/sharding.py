@@ -46,7 +46,8 @@ def mesh_shape_for(shape: Sequence[int], num_devices: int) -> tuple[int, ...]:
         shape = tuple(num_devices // known if s == -1 else s for s in shape)
     if math.prod(shape) != num_devices:
         raise ValueError(
-            f"config.mesh_shape {shape} needs {math.prod(shape)} devices, but {num_devices} are available"
+            f"config.mesh_shape {shape} needs {math.prod(shape)} devices, "
+            f"but {num_devices} are available"
         )
     return shape
 

@@ -20,7 +20,8 @@ in the npz, so the test needs neither file. For every signal the npz holds ``<na
 (``torchaudio.load``'s float32 scaling int16 / 32768, minus the waveform's mean, then
 ``kaldi.fbank(w, htk_compat=True, sample_frequency=16000, use_energy=False,
 window_type=..., num_mel_bins=..., dither=0.0, frame_shift=10)``) in float32 as AST runs it
-(``<name>/fbank32``) and in float64 (``<name>/fbank64``, the same code on a float64 waveform, stored rounded to float32).
+(``<name>/fbank32``) and in float64 (``<name>/fbank64``, the same code on a float64 waveform,
+stored rounded to float32).
 """
 
 import argparse

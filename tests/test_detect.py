@@ -2,7 +2,8 @@
 
 The model is the synthetic `test` config with random weights, saved as a checkpoint at the start;
 one test loads it through `checkpoint=` (as the command line does), the others share the loaded
-`ModelState` (`model_state=`) so that the forward pass compiles once. Videos: 97 x 61 at 12 fps for 1 s with
+`ModelState` (`model_state=`) so that the forward pass compiles once. Videos: 97 x 61 at 12 fps for
+1 s with
 a 44.1 kHz stereo AAC track, the same frames without audio, 64 x 48 at 5 fps for 20 s without
 audio (Matroska), 40 x 30 for 0.5 s (shorter than the model's 1 s window). The person detector is
 a randomly initialised tiny DETR saved to a folder, biased towards its 'person' class.
@@ -94,7 +95,8 @@ def videos(tmp_path_factory) -> dict[str, str]:
 @pytest.fixture(scope="module", autouse=True)
 def compilation_cache(tmp_path_factory):
     """XLA's persistent cache for this module, so that `load_trained` compiles nothing that the
-    `trained` fixture's `state.create` already compiled (the same model, the same shapes); the process's
+    `trained` fixture's `state.create` already compiled (the same model, the same shapes); the
+    process's
     settings are restored afterwards."""
     from jax.experimental.compilation_cache import compilation_cache as cache
 

@@ -250,7 +250,8 @@ def random_case(rng, num_frames: int = 40) -> tuple[str, str, list[tuple[str, in
     order = rng.permutation(len(det))
     truth_text = "".join(f"{v},{t},{','.join(map(repr, b.tolist()))},{a}\n" for v, t, b, a in truth)
     det_text = "".join(
-        f"{det[i][0]},{det[i][1]},{','.join(map(repr, det[i][2].tolist()))},{det[i][3]},{scores[i]!r}\n"
+        f"{det[i][0]},{det[i][1]},{','.join(map(repr, det[i][2].tolist()))},"
+        f"{det[i][3]},{scores[i]!r}\n"
         for i in order
     )
     excluded = [frames[i] for i in rng.choice(num_frames, 3, replace=False)]

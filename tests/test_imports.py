@@ -1,4 +1,5 @@
-"""The import graph: reusing the model costs no data or training stack (pyproject's base install)."""
+"""The import graph: reusing the model costs no data or training stack (pyproject's base
+install)."""
 
 import pathlib
 import subprocess

@@ -166,7 +166,8 @@ def test_logits_and_gates_of_the_last_mfa(tiny_config, fusion):
 
 def test_resample_hand_checked():
     x = np.arange(20, dtype=np.float32)
-    # 20 -> 8: PyTorch adaptive pooling bins [0,3) [2,5) [5,8) [7,10) [10,13) [12,15) [15,18) [17,20)
+    # 20 -> 8: PyTorch adaptive pooling bins
+    # [0,3) [2,5) [5,8) [7,10) [10,13) [12,15) [15,18) [17,20)
     want = [1.0, 3.0, 6.0, 8.0, 11.0, 13.0, 16.0, 18.0]
     np.testing.assert_allclose(resample_matrix(20, 8) @ x, want)
     # and back 8 -> 20: repetition of the nearest earlier step

@@ -8,7 +8,8 @@ The package: `proposals.py` (person boxes), `outputs.py` (what is written, and h
 (keyframes, model inputs, prediction, and `detect` itself). Options that are configuration live
 in `config.detect` (configs/common.py); arguments name files and folders.
 
-Keyframes: one every `detect.keyframe_every` seconds from the first frame: t = 0, e, 2e, ... below the
+Keyframes: one every `detect.keyframe_every` seconds from the first frame: t = 0, e, 2e, ...
+below the
 video's duration (at least one). Timestamps in the outputs are these seconds, written as integers
 when they are whole (AVA's format) and with up to 3 decimals otherwise.
 

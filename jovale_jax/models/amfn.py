@@ -3,7 +3,8 @@
 Notation of the paper (eqs. 2-8). For a modality ``m`` with T_m time steps, N_m context tokens and
 K actors:
 
-* **MFE** (Multi-modal Feature Encoding, eqs. 2-3). The *temporal bottleneck* b_m = SA(mean over real
+* **MFE** (Multi-modal Feature Encoding, eqs. 2-3). The *temporal bottleneck* b_m = SA(mean over
+  real
   actors of a_m) has shape T_m x D: one token per time step summarising all actors, mixed over time
   by self-attention. Then, independently at every time step t, one transformer encoder layer
   (pre-norm by default; ``norm_first=False`` gives the post-norm original) runs over the tokens
@@ -100,7 +101,8 @@ class MFE(nnx.Module):
         )
 
     def __call__(self, actors: jax.Array, context: jax.Array, actor_mask: jax.Array):
-        """actors (B, K, T, D), context (B, T, N, D), actor_mask (B, K) -> (â (B, K, T, D), f (B, T, N, D))."""
+        """actors (B, K, T, D), context (B, T, N, D), actor_mask (B, K)
+        -> (â (B, K, T, D), f (B, T, N, D))."""
         bottleneck = self.bottleneck_attn(masked_mean(actors, actor_mask[:, :, None, None], axis=1))
         tokens, key_mask = frame_tokens(actors, context, actor_mask, bottleneck[:, :, None])
         return split_frame_tokens(self.encoder(tokens, key_mask), actors.shape[1], context.shape[2])
@@ -144,7 +146,8 @@ class MFA(nnx.Module):
         return dict(zip(self.modalities, jnp.split(w, len(self.modalities), axis=-1), strict=True))
 
     def __call__(self, a_hat: Mapping[str, jax.Array], present: Mapping[str, jax.Array]):
-        """a_hat[m] (B, K, T_m, D); present[m] (B,) -> (next queries {m: (B, K, T_m, D)}, a_fuse (B, K, T_c, D))."""
+        """a_hat[m] (B, K, T_m, D); present[m] (B,)
+        -> (next queries {m: (B, K, T_m, D)}, a_fuse (B, K, T_c, D))."""
         dtype = a_hat[self.modalities[0]].dtype
         present = {m: present[m].astype(dtype) for m in self.modalities}
         aligned = {m: resample_time(a_hat[m], self.t_common, axis=2) for m in self.modalities}

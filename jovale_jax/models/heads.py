@@ -1,4 +1,5 @@
-"""The action classification head: mean over time, LayerNorm, dropout, linear (SPEC.md section 1)."""
+"""The action classification head: mean over time, LayerNorm, dropout, linear (SPEC.md
+section 1)."""
 
 from __future__ import annotations
 

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 
 
 def _axis_weights(start: jax.Array, end: jax.Array, size: int, bins: int, ratio: int) -> jax.Array:
-    """Bilinear weights (K, bins * ratio, size) of the sample points between start and end (pixels)."""
+    """Bilinear weights (K, bins * ratio, size) of the sample points between start and end
+    (pixels)."""
     bin_size = (end - start) / bins  # (K,)
     offsets = (jnp.arange(bins * ratio) + 0.5) / ratio  # sample centres, in bins
     coords = start[:, None] + offsets[None, :] * bin_size[:, None]  # (K, bins * ratio)
