@@ -37,7 +37,8 @@ def decays(path) -> bool:
     """Whether weight decay applies to the parameter at ``path`` (a pytree key path).
 
     By the parameter's name, as the models name them: ``*kernel`` is decayed; ``*bias``,
-    ``*scale`` and anything under an ``*embed`` / ``*embedding`` / ``*token`` name is not. Any other
+    ``*scale`` and anything under an ``*embed`` / ``*embedding`` / ``*token`` / ``messages`` name
+    (learned tokens: cross-frame message tokens included) is not. Any other
     name is an error, so that a new kind of parameter is classified before it trains.
     """
     names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
@@ -46,7 +47,7 @@ def decays(path) -> bool:
         return True
     if leaf.endswith(("bias", "scale")):
         return False
-    if any(n.endswith(("embed", "embedding", "token", "tokens")) for n in names):
+    if any(n.endswith(("embed", "embedding", "token", "tokens", "messages")) for n in names):
         return False
     raise ValueError(
         f"weight decay: unclassified parameter {'/'.join(names)} (name it *kernel, "

@@ -82,6 +82,8 @@ def test_adamw_decays_only_the_masked_parameters(tiny_config):
 def test_unclassified_parameter_is_an_error():
     with pytest.raises(ValueError, match="unclassified parameter amfn/gate"):
         optim.decays((jax.tree_util.DictKey("amfn"), jax.tree_util.DictKey("gate")))
+    keys = [jax.tree_util.DictKey(k) for k in ("amfn", "messages", "audio")]  # cross-frame tokens
+    assert optim.decays(tuple(keys)) is False
     assert (
         optim.decays((jax.tree_util.DictKey("blip"), jax.tree_util.DictKey("class_embedding")))
         is False

@@ -128,7 +128,6 @@ class MFA(nnx.Module):
         self.modalities = tuple(modalities)
         self.t_common = t_common
         self.fusion = cfg.fusion
-        self.sow_gates = False  # True: sow the gates (see `JoVALE.gates`) under nnx.capture
         if cfg.fusion == "gated":
             width = dim * len(modalities)
             self.fc1 = Dense(width, cfg.bottleneck_dim, rngs=rngs, axes=(EMBED, MLP), dtype=dtype)
@@ -148,24 +147,27 @@ class MFA(nnx.Module):
     def __call__(self, a_hat: Mapping[str, jax.Array], present: Mapping[str, jax.Array]):
         """a_hat[m] (B, K, T_m, D); present[m] (B,)
         -> (next queries {m: (B, K, T_m, D)}, a_fuse (B, K, T_c, D))."""
+        nxt, a_fuse, _ = self.fuse(a_hat, present)
+        return nxt, a_fuse
+
+    def fuse(self, a_hat: Mapping[str, jax.Array], present: Mapping[str, jax.Array]):
+        """As ``__call__``, and the gates: per actor, the channel mean of each w_m (B, K, M)."""
         dtype = a_hat[self.modalities[0]].dtype
         present = {m: present[m].astype(dtype) for m in self.modalities}
         aligned = {m: resample_time(a_hat[m], self.t_common, axis=2) for m in self.modalities}
         w = self.weights(aligned, present)
-        if self.sow_gates:  # per actor, the channel mean of each w_m: (B, K, M)
-            gates = jnp.stack([w[m].mean(-1) for m in self.modalities], -1)
-            self.sow(nnx.Intermediate, "gates", gates)
+        gates = jnp.stack([w[m].mean(-1) for m in self.modalities], -1).astype(jnp.float32)
         total = sum(present[m] for m in self.modalities)[:, None, None, None]
         a_fuse = sum(
             present[m][:, None, None, None] * w[m][:, :, None] * aligned[m] for m in self.modalities
         ) / jnp.maximum(total, 1.0)
         if self.fusion == "late":
-            return dict(a_hat), a_fuse
+            return dict(a_hat), a_fuse, gates
         nxt = {
             m: resample_time(a_fuse, a_hat[m].shape[2], axis=2) + w[m][:, :, None] * a_hat[m]
             for m in self.modalities
         }
-        return nxt, a_fuse
+        return nxt, a_fuse, gates
 
 
 class AMFNLayer(nnx.Module):
@@ -196,8 +198,8 @@ class AMFNLayer(nnx.Module):
         a_hat, new_context = {}, {}
         for m in self.mfa.modalities:
             a_hat[m], new_context[m] = self.mfe[m](queries[m], context[m], actor_mask)
-        queries, a_fuse = self.mfa(a_hat, present)
-        return queries, new_context, a_fuse
+        queries, a_fuse, gates = self.mfa.fuse(a_hat, present)
+        return queries, new_context, a_fuse, gates
 
 
 class AMFN(nnx.Module):
@@ -226,6 +228,7 @@ class AMFN(nnx.Module):
         time_steps: Mapping[str, int] | None = None,
     ):
         self.t_common = t_common
+        self.sow_gates = False  # True: sow the last layer's gates (`JoVALE.logits_and_gates`)
         self.remat_policy = check_remat_policy(remat_policy)
         self.encoder = check_encoder(cfg)
 
@@ -284,9 +287,12 @@ class AMFN(nnx.Module):
         def body(layer, carry, _):
             return layer(carry[0], carry[1], actor_mask, present)
 
-        carry = (dict(queries), context, a_fuse)
+        gates = jnp.zeros((b, k, len(queries)), jnp.float32)  # replaced by every layer's MFA
+        carry = (dict(queries), context, a_fuse, gates)
         for layers in (self.layers, self.temporal_layers):
             if layers is not None:
                 carry = scan_layers(layers, body, carry, remat_policy=self.remat_policy)
-        queries, _, a_fuse = carry
+        queries, _, a_fuse, gates = carry
+        if self.sow_gates:  # the last layer's MFA gates (B, K, M), under nnx.capture
+            self.sow(nnx.Intermediate, "gates", gates)
         return a_fuse, queries

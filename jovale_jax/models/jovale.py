@@ -331,12 +331,11 @@ class JoVALE(nnx.Module):
     def logits_and_gates(self, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
         """The logits and the last AMFN layer's MFA gates (B, K, M): per actor, the mean over
         channels of w_m for each modality of ``self.modalities`` (ones unless fusion is gated)."""
-        mfa = self.amfn.layers[-1].mfa
-        mfa.sow_gates = True
+        self.amfn.sow_gates = True
         try:
             logits, sown = nnx.capture(self, nnx.Intermediate)(batch)
         finally:
-            mfa.sow_gates = False
+            self.amfn.sow_gates = False
         (gates,) = jax.tree.leaves(sown)
         return logits, gates
 
