@@ -63,7 +63,7 @@ def test_scanned_amfn_equals_unrolled(tiny_config):
     a_fuse, last = amfn(queries, context, mask, present)
     q, c = dict(queries), dict(context)
     for i in range(cfg.amfn.num_layers):
-        q, c, want = layer(amfn.layers, i)(q, c, mask, present)
+        q, c, want, _ = layer(amfn.layers, i)(q, c, mask, present)  # and its gates
     np.testing.assert_allclose(a_fuse, want, atol=TOL)
     for m in mods:
         np.testing.assert_allclose(last[m], q[m], atol=TOL)
