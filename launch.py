@@ -243,8 +243,7 @@ def cmd_bench(argv):
         elif what == "remat":
             step.run_remat_bench(_config(), batch_size=FLAGS.batch_size)
         else:
-            fn = step.run_step_bench if what == "step" else step.run_forward_bench
-            fn(_config(), batch_size=FLAGS.batch_size, component=FLAGS.component)
+            step.run_bench(_config(), what, batch_size=FLAGS.batch_size, component=FLAGS.component)
 
 
 def print_memory(config, batch_size: int) -> None:

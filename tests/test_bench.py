@@ -44,14 +44,14 @@ def last_json(capsys):
 
 
 def test_model_step_and_forward(tiny_config, prepared, capsys):
-    step = bench.run_step_bench(
-        tiny_config, batch_size=BATCH, repeats=1, matmul_size=MATMUL, prepared=prepared
+    step = bench.run_bench(
+        tiny_config, "step", batch_size=BATCH, repeats=1, matmul_size=MATMUL, prepared=prepared
     )
     check_bench(step, bench_name="step", component="model")
     assert last_json(capsys) == json.loads(json.dumps(step))
     assert int(prepared.state["step"]) == 0  # the step ran on a copy: prepared stays usable
-    forward = bench.run_forward_bench(
-        tiny_config, batch_size=BATCH, repeats=1, matmul_size=MATMUL, prepared=prepared
+    forward = bench.run_bench(
+        tiny_config, "forward", batch_size=BATCH, repeats=1, matmul_size=MATMUL, prepared=prepared
     )
     check_bench(forward, bench_name="forward", component="model")
     # The step adds the backward pass: about twice the forward's matmuls again (the frozen BLIP
@@ -72,8 +72,8 @@ def one_stream(tiny_config):
 
 
 def test_amfn_step(one_stream):
-    r = bench.run_step_bench(
-        one_stream, batch_size=BATCH, component="amfn", repeats=1, matmul_size=MATMUL
+    r = bench.run_bench(
+        one_stream, "step", batch_size=BATCH, component="amfn", repeats=1, matmul_size=MATMUL
     )
     check_bench(r, bench_name="step", component="amfn")
     from jovale_jax.flops import component_costs

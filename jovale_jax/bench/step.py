@@ -286,9 +286,8 @@ def _amfn_program(
 ) -> _Program:
     """The AMFN plus heads: loss and gradients (``step``) or sigmoid scores (``forward``)."""
     m = config.model
-    part, _ = sharding.create_sharded(
-        functools.partial(_fusion_part, m, config.seed), mesh, sharding.rules_from_config(config)
-    )
+    rules = sharding.rules_from_config(config)
+    part, _ = sharding.create_sharded(functools.partial(_fusion_part, m, config.seed), mesh, rules)
     if mode == "step":
         part.train()
     else:
@@ -313,7 +312,7 @@ def _amfn_program(
         def scores(params, x):
             return jax.nn.sigmoid(logits(params, x["queries"], x["context"], x))
 
-        return _Program(jax.jit(scores), (params, inputs))
+        return _Program(sharding.TracedInMesh(jax.jit(scores), mesh, rules), (params, inputs))
 
     def loss_and_grads(params, x):
         def loss(p, queries, context):
@@ -327,7 +326,8 @@ def _amfn_program(
 
         return jax.value_and_grad(loss, argnums=(0, 1, 2))(params, x["queries"], x["context"])
 
-    return _Program(jax.jit(loss_and_grads), (params, inputs))
+    # Traced in the mesh, as the trainer's step: the layers' batch constraints apply.
+    return _Program(sharding.TracedInMesh(jax.jit(loss_and_grads), mesh, rules), (params, inputs))
 
 
 def _program(
@@ -434,8 +434,9 @@ def _bench_rows(r: dict[str, Any]) -> list[tuple[str, Any]]:
     ]
 
 
-def run_step_bench(
+def run_bench(
     config: ml_collections.ConfigDict,
+    mode: str = "step",
     *,
     batch_size: int | None = None,
     component: str = "model",
@@ -443,44 +444,21 @@ def run_step_bench(
     matmul_size: int | None = None,
     prepared: ModelState | None = None,
 ) -> dict[str, Any]:
-    """Time the jitted train step (``component='model'``) or the AMFN-plus-heads forward and
-    backward (``'amfn'``) at ``batch_size`` (default ``config.batch_size``); print a table and
-    a JSON line; return the numbers. ``prepared``: a :class:`~jovale_jax.state.ModelState` of
-    this config to reuse (the step runs on a copy of its state)."""
+    """Time the jitted train step (``mode='step'``) or the eval-mode forward pass (``'forward'``)
+    of the whole model (``component='model'``) or of the AMFN plus heads alone (``'amfn'``) at
+    ``batch_size`` (default ``config.batch_size``); print a table and a JSON line; return the
+    numbers. ``prepared``: a :class:`~jovale_jax.state.ModelState` of this config to reuse (the
+    step runs on a copy of its state)."""
     config = variant(config, batch_size=batch_size or config.batch_size)
     (r,) = _run(
         [config],
-        "step",
+        mode,
         component=component,
         repeats=repeats,
         matmul_size=matmul_size,
         prepared=prepared,
     )
-    _print_report(f"bench step ({component})", _bench_rows(r), r)
-    return r
-
-
-def run_forward_bench(
-    config: ml_collections.ConfigDict,
-    *,
-    batch_size: int | None = None,
-    component: str = "model",
-    repeats: int = 5,
-    matmul_size: int | None = None,
-    prepared: ModelState | None = None,
-) -> dict[str, Any]:
-    """As :func:`run_step_bench`, for the eval-mode forward pass (``predict``, or the AMFN plus
-    heads alone)."""
-    config = variant(config, batch_size=batch_size or config.batch_size)
-    (r,) = _run(
-        [config],
-        "forward",
-        component=component,
-        repeats=repeats,
-        matmul_size=matmul_size,
-        prepared=prepared,
-    )
-    _print_report(f"bench forward ({component})", _bench_rows(r), r)
+    _print_report(f"bench {mode} ({component})", _bench_rows(r), r)
     return r
 
 
