@@ -100,6 +100,14 @@ def _deadline(timeout_s: float, message: str):
         done.set()
 
 
+def _coordinator_client():
+    """The coordination-service client of ``jax.distributed`` (None before ``initialize``). JAX
+    has no public accessor: its own ``multihost_utils`` and orbax read the same private state."""
+    from jax._src import distributed as jax_distributed
+
+    return jax_distributed.global_state.client
+
+
 def _flat(tree, prefix: str = "") -> dict[str, object]:
     if not isinstance(tree, dict):
         return {prefix: tree}
@@ -122,9 +130,7 @@ def config_difference(mine: str, other: str) -> tuple[str, object, object] | Non
 def _check_same_config(config, topology: Topology, timeout_s: float) -> None:
     """Every process publishes its config in the coordinator's key-value store and compares it
     with every other one; all processes fail alike when any two differ."""
-    from jax._src import distributed as jax_distributed
-
-    client = jax_distributed.global_state.client
+    client = _coordinator_client()
     ms = int(timeout_s * 1000)
     mine = config.to_json_best_effort(sort_keys=True)
     client.key_value_set(CONFIG_KEY.format(topology.process_id), mine)
@@ -184,9 +190,7 @@ def sync(name: str, timeout_s: float = 1800.0) -> None:
     """Wait until every process gets here (a barrier of the coordinator, not a collective); no-op
     on one process. Call it after compiling and before the first collective: gloo gives up on a
     peer after 30 s, and one process may compile for longer than that."""
-    from jax._src import distributed as jax_distributed
-
-    client = jax_distributed.global_state.client
+    client = _coordinator_client()
     if client is not None:
         client.wait_at_barrier(f"jovale/{name}/{next(_BARRIERS)}", int(timeout_s * 1000))
 
