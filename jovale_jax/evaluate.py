@@ -106,7 +106,7 @@ def score(
     max_dets_per_frame: int | None = None,
 ) -> dict[str, Any]:
     """The dataset's metric for predictions of ``split`` (files from the built dataset's eval/)."""
-    from jovale_jax.datasets import eval_dir
+    from jovale_jax.datasets import class_groups, eval_dir
 
     folder = eval_dir(config, data_dir)
     names = ava.read_labelmap(os.path.join(folder, "label_map.pbtxt"))
@@ -123,8 +123,9 @@ def score(
         excl = os.path.join(folder, f"{split}_excluded_timestamps.csv")
         excl = excl if os.path.exists(excl) else None
         cap = config.max_dets_per_frame if max_dets_per_frame is None else max_dets_per_frame
-        result = ava.evaluate(gt_path, dets, names, excl, cap)
-        uncapped = ava.evaluate(gt_path, dets, names, excl, 0)
+        groups = class_groups(config.dataset)
+        result = ava.evaluate(gt_path, dets, names, excl, cap, groups)
+        uncapped = ava.evaluate(gt_path, dets, names, excl, 0, groups)
         result["mAP_no_cap"] = uncapped["mAP"]
     else:
         gt = ava.read_csv(gt_path)

@@ -44,6 +44,7 @@ def test_demo_report_and_eval_outputs(short, tiny_data, tmp_path, monkeypatch):
     eval_dir = tmp_path / "demo" / "eval"
     results = json.loads((eval_dir / "results.json").read_text())
     assert set(results["per_class"]) == {"1", "2", "3", "4", "5", "6"}
+    assert set(results["groups"]) == {"motion", "sound", "scene"}  # the set's groups, not AVA's
     from jovale_jax.datasets import load_split
 
     ds, n = load_split(short, "val", data_dir=tiny_data)

@@ -230,6 +230,21 @@ def test_group_maps():
     assert mine["a"] == 0.5 and mine["b"] == 1.0 and math.isnan(mine["c"])
 
 
+def test_evaluate_averages_the_groups_it_is_given(tmp_path):
+    """Another dataset's groups (the synthetic set's) replace AVA's in the result and report."""
+    gt = write_file(tmp_path, "gt.csv", "v,0902,0.1,0.1,0.5,0.5,1\nv,0902,0.1,0.1,0.5,0.5,3\n")
+    det = write_file(tmp_path, "det.csv", "v,0902,0.1,0.1,0.5,0.5,1,0.9\n")
+    result = ava.evaluate(gt, det, NAMES, groups={"motion": [1, 2], "sound": [3]})
+    assert result["groups"] == {"motion": 1.0, "sound": 0.0}
+    report = ava.format_report(result, NAMES)
+    assert "group mAP  motion" in report and "person pose" not in report
+    assert set(ava.evaluate(gt, det, NAMES)["groups"]) == {"pose", "object", "interaction"}
+    from jovale_jax.datasets import class_groups
+
+    assert class_groups("synthetic") == {"motion": [1, 2], "sound": [3, 4], "scene": [5, 6]}
+    assert list(class_groups("ava")["pose"]) == list(range(1, 15)) and class_groups("ucf24") == {}
+
+
 def random_case(rng, num_frames: int = 40) -> tuple[str, str, list[tuple[str, int]]]:
     """Random ground truth and detections as CSV text, with distinct scores, plus exclusions."""
     frames = [(f"vid{i % 3}", 902 + i) for i in range(num_frames)]

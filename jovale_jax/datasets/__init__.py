@@ -94,6 +94,18 @@ def eval_dir(config: Any, data_dir: str | None = None) -> str:
     return os.path.join(get_builder(config, data_dir).data_dir, "eval")
 
 
+def class_groups(dataset: str) -> dict[str, list[int]]:
+    """The class groups a dataset's report averages ({group: label-map ids}): AVA's pose / object
+    / interaction, the synthetic set's motion / sound / scene; none for UCF101-24 and JHMDB51-21."""
+    from jovale_jax.evaluation.ava import ACTION_GROUPS
+
+    if dataset == "ava":
+        return {k: list(range(first, last + 1)) for k, (_, first, last) in ACTION_GROUPS.items()}
+    if dataset == "synthetic":
+        return {k: list(v) for k, v in synthetic.CLASS_GROUPS.items()}
+    return {}
+
+
 RAW_FILES = {
     "ava": f"{ava.LABEL_MAP}, ava_<split>_v2.2.csv, ava_<split>_excluded_timestamps_v2.2.csv, "
     "the person proposals and videos/",

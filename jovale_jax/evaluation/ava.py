@@ -323,6 +323,7 @@ def evaluate(
     labelmap: PathLike | Mapping[int, str],
     exclusions: PathLike | Iterable[tuple[str, int]] | None = None,
     max_dets_per_frame: int = DEFAULT_MAX_DETS_PER_FRAME,
+    groups: Mapping[str, Iterable[int]] | None = None,
 ) -> dict:
     """AVA frame mAP at IoU 0.5 with the official protocol (module docstring).
 
@@ -332,6 +333,7 @@ def evaluate(
       labelmap: the pbtxt label map, or {class id: name}.
       exclusions: the excluded-timestamps CSV, or (video id, second) pairs.
       max_dets_per_frame: detection rows kept per frame (highest scores); 0 keeps all.
+      groups: the class groups to average ({group: class ids}); default AVA's action groups.
 
     Returns:
       {"mAP": float (NaN without any ground truth), "per_class": {id: AP, NaN without ground
@@ -387,7 +389,7 @@ def evaluate(
     if np.isnan(aps).all():
         warnings.warn("no ground truth left after filtering: mAP is NaN", stacklevel=2)
     result["mAP"] = float("nan") if np.isnan(aps).all() else float(np.nanmean(aps))
-    result["groups"] = group_maps(result["per_class"])
+    result["groups"] = group_maps(result["per_class"], groups)
     result["ignored"] = ignored
     result["max_dets_per_frame"] = max_dets_per_frame
     return result
@@ -614,7 +616,8 @@ def format_report(result: Mapping, names: Mapping[int, str]) -> str:
             f"{result['num_detections'][c]:>8}  {ap_text(ap)}"
         )
     for key, value in result["groups"].items():
-        lines.append(f"group mAP  {ACTION_GROUPS[key][0]:<33} {ap_text(value)}")
+        name = ACTION_GROUPS[key][0] if key in ACTION_GROUPS else key
+        lines.append(f"group mAP  {name:<33} {ap_text(value)}")
     lines.append(
         "ignored detection rows: "
         + ", ".join(f"{reason.replace('_', ' ')} {n}" for reason, n in result["ignored"].items())
