@@ -95,6 +95,12 @@ flags.DEFINE_float(
     300.0,
     "train / eval: seconds to wait for all processes to reach the coordinator before failing.",
 )
+flags.DEFINE_string(
+    "ablation_dir",
+    None,
+    "demo: the `launch.py ablate --table 4` workdir whose table the report shows "
+    "(default runs/ablate4, when it holds one).",
+)
 flags.DEFINE_string("video", None, "detect: the video file.")
 flags.DEFINE_string("boxes", None, "detect: an AVA-style CSV of person boxes.")
 flags.DEFINE_string("video_out", None, "detect: also write an annotated mp4 here.")
@@ -309,7 +315,12 @@ def cmd_demo(argv):
 
     workdir = FLAGS.workdir or "runs/demo"
     run_log.log_to_file(workdir)
-    demo(_config() if FLAGS.config is not None else None, workdir, data_dir=FLAGS.data_dir)
+    demo(
+        _config() if FLAGS.config is not None else None,
+        workdir,
+        data_dir=FLAGS.data_dir,
+        ablation_dir=FLAGS.ablation_dir or "runs/ablate4",
+    )
 
 
 def _require(name: str) -> None:

@@ -39,8 +39,11 @@ def get_config(variant: str = ""):
         tubelet=4,
         image_size=(48, 64),
     )
+    # The scene stream sees the keyframes at full width (128 x 96 squashed to 128 x 128, BLIP's
+    # resize), so it resolves the 1 px scene cues that the video's half-size clip averages away
+    # (jovale_jax/datasets/synthetic.py): the scene group needs it, as in the paper's Table 4.
     m.scene.update(
-        width=64, depth=2, num_heads=2, mlp_dim=128, patch=16, num_frames=2, image_size=64
+        width=64, depth=2, num_heads=2, mlp_dim=128, patch=16, num_frames=2, image_size=128
     )
     m.audio.update(num_frames=101, num_mel_bins=64, width=64)
     m.amfn.update(num_layers=2, num_heads=4, mlp_dim=128, bottleneck_dim=16, dropout=0.0)

@@ -19,7 +19,8 @@ finished row's in another folder of the same parent (the paper's default model i
 written as ``W/table_<N>.md`` and ``W/table_<N>.json`` with, per row, the GMACs of one forward pass
 (batch 1) and of its fusion stage, the mAP (in %, as the paper) beside the paper's, and the mAP of
 each class group where the dataset defines groups (AVA's pose / object / person-interaction, the
-synthetic set's motion / sound / scene).
+synthetic set's motion / sound / scene); on the synthetic set a last line gives the class-prior
+baseline's mAPs (a model that ignores its input).
 """
 
 from __future__ import annotations
@@ -269,8 +270,21 @@ def _num(x: float | None, fmt: str = ".1f") -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
 
 
-def table_markdown(table: str, records: list[dict], dataset: str) -> str:
-    """The table beside the paper's numbers, as Markdown."""
+def prior_record(config, data_dir: str) -> dict[str, Any]:
+    """The class-prior baseline (``evaluate.class_prior_baseline``) on the eval split, in %,
+    with its group mAPs: the floor each row's numbers stand on."""
+    from jovale_jax.evaluate import class_prior_baseline
+
+    prior = class_prior_baseline(config, config.data.eval_split, data_dir=data_dir)
+    groups = ava.group_maps(prior["per_class"], dataset_groups(config))
+    return {"mAP": 100 * prior["mAP"], "groups": {k: 100 * v for k, v in groups.items()}}
+
+
+def table_markdown(
+    table: str, records: list[dict], dataset: str, prior: dict | None = None
+) -> str:
+    """The table beside the paper's numbers, as Markdown; ``prior`` (:func:`prior_record`) adds
+    the class-prior baseline as the last line."""
     title, rows = TABLES[table]
     groups = list(records[0]["groups"]) if records else []
     gflops = any(r.paper_gflops is not None for r in rows)
@@ -289,6 +303,10 @@ def table_markdown(table: str, records: list[dict], dataset: str) -> str:
         cells = [r["label"], _num(r["gmacs"], ".4g"), _num(r["fusion_gmacs"], ".4g")]
         cells += [_num(r["paper_gflops"])] if gflops else []
         cells += [_num(r["mAP"]), _num(r["paper_mAP"])] + [_num(r["groups"][g]) for g in groups]
+        lines.append("| " + " | ".join(cells) + " |")
+    if prior is not None:
+        cells = ["class prior (ignores the input)", "-", "-"] + (["-"] if gflops else [])
+        cells += [_num(prior["mAP"]), "-"] + [_num(prior["groups"][g]) for g in groups]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -311,12 +329,20 @@ def ablate(
         if record is None:
             return None
         records.append(record)
-    text = table_markdown(table, records, config.dataset)
+    # The synthetic set is small enough to score its class prior (AVA's train split is not).
+    prior = prior_record(config, data_dir) if config.dataset == "synthetic" else None
+    text = table_markdown(table, records, config.dataset, prior)
     with open(os.path.join(workdir, f"table_{table}.md"), "w") as f:
         f.write(text)
     with open(os.path.join(workdir, f"table_{table}.json"), "w") as f:
         json.dump(
-            {"table": table, "title": TABLES[table][0], "dataset": config.dataset, "rows": records},
+            {
+                "table": table,
+                "title": TABLES[table][0],
+                "dataset": config.dataset,
+                "rows": records,
+                "prior": prior,
+            },
             f,
             indent=1,
             default=list,

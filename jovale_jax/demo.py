@@ -130,42 +130,27 @@ def gates_by_class(
     return means, counts
 
 
-def predict_gates(config, workdir: str, data_dir: str) -> dict[str, np.ndarray]:
-    """Scores, last-layer MFA gates and targets of every real proposal of the eval split."""
-    import jax
-    from flax import nnx
-
-    from jovale_jax.input_pipeline import create_eval_iterator
-    from jovale_jax.state import global_batch, load_trained, model_inputs, to_host
-
-    s = load_trained(config, workdir)
-
-    def forward(params, frozen, batch):
-        model = nnx.merge(s.eval_graphdef, params, s.rng_template, frozen)
-        logits, gates = model.logits_and_gates(model_inputs(config.model, batch))
-        return jax.nn.sigmoid(logits), gates
-
-    forward = jax.jit(forward)
-    data = s.mesh.shape["data"]
-    it = create_eval_iterator(
-        config,
-        config.data.eval_split,
-        data_dir=data_dir,
-        batch_size=-(-config.eval_batch_size // data) * data,
-    )
-    out: dict[str, list] = {"scores": [], "gates": [], "targets": []}
-    for batch in it:
-        scores, gates = (
-            to_host(x) for x in forward(s.state["params"], s.frozen, global_batch(s.mesh, batch))
-        )
-        keep = batch["box_mask"] & batch["example_mask"][:, None]
-        for key, value in (("scores", scores), ("gates", gates), ("targets", batch["targets"])):
-            out[key].append(value[keep])
-    return {k: np.concatenate(v) for k, v in out.items()}
+def ablation_section(ablation_dir: str | None) -> list[str]:
+    """The report's lines on the modality ablation: ``<ablation_dir>/table_4.md`` (written by
+    ``launch.py ablate --table 4``) when it exists, else how to make it (the demo trains none)."""
+    path = os.path.join(ablation_dir, "table_4.md") if ablation_dir else None
+    lines = ["## Modality ablation (the paper's Table 4)", ""]
+    if path and os.path.isfile(path):
+        with open(path) as f:
+            return lines + [f"From `{path}`:", "", f.read().rstrip()]
+    return lines + [
+        "Not run here (README.md, \"Measured\", holds a run). Make it with",
+        "`python launch.py ablate --config configs/synthetic.py --table 4 --workdir runs/ablate4`;",
+        "the next `launch.py demo` (which reads `runs/ablate4` unless `--ablation_dir` names",
+        "another folder) puts it in this report.",
+    ]
 
 
-def demo(config, workdir: str, *, data_dir: str | None = None) -> dict[str, Any]:
-    """The whole system on the synthetic set; returns the report's numbers."""
+def demo(
+    config, workdir: str, *, data_dir: str | None = None, ablation_dir: str | None = None
+) -> dict[str, Any]:
+    """The whole system on the synthetic set; returns the report's numbers. The report includes
+    the Table 4 ablation found in ``ablation_dir`` (:func:`ablation_section`)."""
     from jovale_jax.evaluate import class_prior_baseline, plot_per_class
 
     start = time.time()
@@ -185,8 +170,8 @@ def demo(config, workdir: str, *, data_dir: str | None = None) -> dict[str, Any]
     keyframes = draw_keyframes(config, workdir, data_dir, report)
     groups = ava.group_maps(result["per_class"], synthetic_data.CLASS_GROUPS)
     prior_groups = ava.group_maps(baseline["per_class"], synthetic_data.CLASS_GROUPS)
-    predicted = predict_gates(config, workdir, data_dir)
-    gates, counts = gates_by_class(**predicted)
+    predicted = result["predictions"]  # the evaluation's forward pass also gave the gates
+    gates, counts = gates_by_class(*(predicted[k] for k in ("scores", "gates", "targets")))
     mods = [SHORT[m] for m in config.model.modalities]
     lines = [
         "# JoVALE demo on the synthetic audio-visual set",
@@ -222,6 +207,7 @@ def demo(config, workdir: str, *, data_dir: str | None = None) -> dict[str, Any]
         f"| {g} | {v:.4f} | {prior_groups[g]:.4f} | {v - prior_groups[g]:+.4f} |"
         for g, v in groups.items()
     ]
+    lines += [""] + ablation_section(ablation_dir)
     lines += ["", "![loss](loss.png)", "", "![per-class AP](per_class_ap.png)", ""]
     lines += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in keyframes]
     minutes = (time.time() - start) / 60

@@ -54,7 +54,9 @@ def predict_split(s, config, split: str, *, data_dir: str | None = None) -> dict
 
     Every process scores its share of the split; the padded batches (the same shapes on every
     process) are gathered once, then the real proposals kept. Returns {"video_ids": (N,) str,
-    "timestamps": (N,), "boxes": (N, 4), "scores": (N, C)}, one row per real proposal.
+    "timestamps": (N,), "boxes": (N, 4), "scores": (N, C), "targets": (N, C) the proposals' 0/1
+    training targets}, one row per real proposal, and "gates" (N, M), the last MFA's gates per
+    modality, when the fusion stage is the AMFN (the same forward pass: ``state.predict_batch``).
     """
     from tqdm import tqdm
 
@@ -70,6 +72,7 @@ def predict_split(s, config, split: str, *, data_dir: str | None = None) -> dict
         "timestamps": [],
         "boxes": [],
         "scores": [],
+        "targets": [],
         "keep": [],
     }
     for batch in tqdm(it, total=len(it), desc=f"eval {split}", disable=jax.process_index() != 0):
@@ -79,7 +82,9 @@ def predict_split(s, config, split: str, *, data_dir: str | None = None) -> dict
                     s.predict, s.state["params"], s.frozen, global_batch(s.mesh, batch)
                 )
             )
-        dense["scores"].append(predict_batch(s, batch))
+        for key, value in predict_batch(s, batch).items():
+            dense.setdefault(key, []).append(value)
+        dense["targets"].append(np.asarray(batch["targets"]))
         dense["keep"].append(batch["box_mask"] & batch["example_mask"][:, None])
         dense["video_ids"].append(_encode_ids(batch["video_id"]))
         dense["timestamps"].append(np.asarray(batch["timestamp"]))
@@ -87,13 +92,13 @@ def predict_split(s, config, split: str, *, data_dir: str | None = None) -> dict
     if not dense["scores"]:
         return {k: np.zeros((0,)) for k in ("video_ids", "timestamps", "boxes", "scores")}
     out = _allgather({k: np.concatenate(v) for k, v in dense.items()})
-    ex, box = np.nonzero(out["keep"])
-    ids = out["video_ids"][ex].view(f"S{VIDEO_ID_BYTES}").ravel()
+    ex, box = np.nonzero(out.pop("keep"))
+    ids = out.pop("video_ids")[ex].view(f"S{VIDEO_ID_BYTES}").ravel()
+    timestamps = out.pop("timestamps")[ex]
     return {
         "video_ids": np.asarray([v.decode() for v in ids]),
-        "timestamps": out["timestamps"][ex],
-        "boxes": out["boxes"][ex, box],
-        "scores": out["scores"][ex, box],
+        "timestamps": timestamps,
+        **{k: v[ex, box] for k, v in out.items()},  # boxes, scores, targets (and gates)
     }
 
 
@@ -277,7 +282,7 @@ def evaluate_checkpoint(
     compare_to: str | None = None,
 ) -> dict:
     """Run the model of ``checkpoint`` on ``split``; write detections.csv, results.json and
-    charts."""
+    charts. Returns the score (:func:`score`) with ``predictions``, :func:`predict_split`'s."""
     from jovale_jax.state import load_trained, resolve_checkpoint
 
     split = split or config.data.eval_split
@@ -286,6 +291,7 @@ def evaluate_checkpoint(
     s = load_trained(config, checkpoint, devices=devices)
     preds = predict_split(s, config, split, data_dir=data_dir)
     result = score(config, preds, split, data_dir=data_dir)
+    result["predictions"] = preds
     if jax.process_index() != 0:  # every process scored and gathered; process 0 writes
         return result
     os.makedirs(out_dir, exist_ok=True)

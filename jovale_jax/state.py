@@ -158,11 +158,18 @@ def create(
 
 
 def _make_predict(config, mesh, eval_graphdef, rng_template, params_sh, frozen_sh) -> Callable:
-    """The jitted eval-mode forward ``(params, frozen, batch) -> sigmoid scores (B, K, C)``."""
+    """The jitted eval-mode forward ``(params, frozen, batch) -> {"scores": sigmoid scores
+    (B, K, C)}``, with ``"gates"`` (B, K, M), the last AMFN layer's MFA gates per actor and
+    modality (``JoVALE.logits_and_gates``), when the fusion stage is the AMFN."""
+    with_gates = config.model.get("fusion_strategy", "amfn") == "amfn"
 
     def predict(params, frozen, batch):
         model = nnx.merge(eval_graphdef, params, rng_template, frozen)
-        return jax.nn.sigmoid(model(model_inputs(config.model, batch)))
+        inputs = model_inputs(config.model, batch)
+        if not with_gates:
+            return {"scores": jax.nn.sigmoid(model(inputs))}
+        logits, gates = model.logits_and_gates(inputs)
+        return {"scores": jax.nn.sigmoid(logits), "gates": gates}
 
     jitted = jax.jit(predict, in_shardings=(params_sh, frozen_sh, sharding.data_sharding(mesh)))
     return sharding.TracedInMesh(jitted, mesh, sharding.rules_from_config(config))
@@ -186,9 +193,11 @@ def to_host(x: jax.Array) -> np.ndarray:
     return np.concatenate([np.asarray(rows[start].data) for start in sorted(rows)])
 
 
-def predict_batch(s: ModelState, local: dict[str, np.ndarray]) -> np.ndarray:
-    """Sigmoid scores (B, K, C) of a per-process numpy batch, as numpy (this process's rows)."""
-    return to_host(s.predict(s.state["params"], s.frozen, global_batch(s.mesh, local)))
+def predict_batch(s: ModelState, local: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``s.predict`` on a per-process numpy batch: {"scores": sigmoid scores (B, K, C)} and, with
+    the AMFN, "gates" (B, K, M); numpy, this process's rows."""
+    out = s.predict(s.state["params"], s.frozen, global_batch(s.mesh, local))
+    return {k: to_host(v) for k, v in out.items()}
 
 
 def check_divisibility(config, mesh) -> None:

@@ -53,6 +53,10 @@ def test_ablate_writes_the_table(short, tiny_data, ablation_dir, table):
         assert gmacs["cross_frame"] == pytest.approx(gmacs["mfe"], rel=0.01)
     if table == "4":
         assert len(set(np.round(list(gmacs.values()), 9))) == len(rows)
+    # The synthetic set's class-prior baseline is the last line, with its group mAPs.
+    assert set(saved["prior"]["groups"]) == {"motion", "sound", "scene"}
+    [prior] = [line for line in text.splitlines() if line.startswith("| class prior (ignores")]
+    assert f" | {saved['prior']['mAP']:.1f} | - | " in prior  # its mAP; no paper number
 
 
 def test_ablate_skips_finished_rows_and_resumes_an_interrupted_one(

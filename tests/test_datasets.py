@@ -468,6 +468,40 @@ def test_synthetic_builds_with_every_class_group(tmp_path, monkeypatch):
     )
 
 
+def test_synthetic_scene_cues_need_the_full_size_keyframe(tmp_path):
+    """The 1 px tiles and ball stripes survive H.264 at full size (the scene stream's keyframe)
+    and average away at half size (the video stream's 64 x 48 clip, the builder's scaler)."""
+    raw = {
+        (tiled, ball): synthetic._background(np.random.default_rng(5), tiled=tiled, ball=ball)[0]
+        for tiled in (False, True)
+        for ball in (False, True)
+    }  # one seed: the same wall colour and disc in all four
+    images = [np.clip(image, 0, 255).astype(np.uint8) for image in raw.values()]
+    path = str(tmp_path / "walls.mp4")
+    synthetic.write_mp4(path, images, np.zeros(synthetic.SAMPLE_RATE, np.int16), synthetic.FPS)
+    with av.open(path) as container:
+        decoded = list(container.decode(video=0))
+    scaler = av.video.reformatter.VideoReformatter()
+    full = {k: f.to_ndarray(format="rgb24").mean(-1) for k, f in zip(raw, decoded)}
+    half = {
+        k: scaler.reformat(f, format="rgb24", width=64, height=48).to_ndarray().mean(-1)
+        for k, f in zip(raw, decoded)
+    }
+
+    def columns(image):  # brightness difference between neighbouring columns
+        return np.abs(image[:, 0::2] - image[:, 1::2]).mean()
+
+    assert columns(full[True, False]) > 30 and columns(full[False, False]) < 12
+    assert abs(columns(half[True, False]) - columns(half[False, False])) < 2
+    disc = np.abs(raw[False, True] - raw[False, False]).max(-1) > 0
+    assert 30 < disc.sum() < 200  # the disc: the ball and the decoy at the same place
+    rows, cols = np.nonzero(disc)
+    box = np.s_[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    assert columns(full[False, True][box]) > 30 and columns(full[False, False][box]) < 12
+    inner = np.s_[rows.min() // 2 + 1 : rows.max() // 2, cols.min() // 2 + 1 : cols.max() // 2]
+    assert np.abs(half[False, True][inner] - half[False, False][inner]).mean() < 4
+
+
 _HANG_AT_FIRST_EXAMPLE = """
 import sys, time
 from jovale_jax.datasets import common

@@ -39,6 +39,7 @@ def test_demo_report_and_eval_outputs(short, tiny_data, tmp_path, monkeypatch):
     gates = [g for row in summary["gates"].values() for g in row.values() if not np.isnan(g)]
     assert gates and all(0.0 < g < 1.0 for g in gates)
     assert set(summary["prior_groups"]) == {"motion", "sound", "scene"}
+    assert "## Modality ablation" in text and "--table 4 --workdir runs/ablate4" in text
 
     # The evaluation wrote every real proposal of every val example, scored for every class.
     eval_dir = tmp_path / "demo" / "eval"
@@ -71,6 +72,15 @@ def test_demo_report_and_eval_outputs(short, tiny_data, tmp_path, monkeypatch):
         os.path.join(folder, "val_excluded_timestamps.csv"),
     )
     assert again["mAP"] == pytest.approx(results["mAP"], abs=1e-3)  # CSV rounds scores to 1e-6
+
+
+def test_report_shows_the_table_4_run_it_finds(tmp_path):
+    (tmp_path / "table_4.md").write_text("Table 4: modalities\n\n| row | mAP |\n| v | 33.3 |\n")
+    text = "\n".join(demo.ablation_section(str(tmp_path)))
+    assert "\n| v | 33.3 |" in text and str(tmp_path / "table_4.md") in text
+    for missing in (str(tmp_path / "none"), None):  # no table: how to make one
+        text = "\n".join(demo.ablation_section(missing))
+        assert "| v |" not in text and "launch.py ablate" in text
 
 
 def test_difference_chart_and_results_roundtrip(tmp_path):

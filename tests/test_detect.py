@@ -284,7 +284,7 @@ def test_without_an_audio_track_the_audio_is_masked(config, trained, videos, tmp
     inputs = driver.example_inputs(config, clip, proposals.WHOLE_FRAME[:, :4])
     inputs["audio"][:] = 0
     inputs["audio_mask"] = np.asarray(False)
-    expected = state.predict_batch(s, driver.stack_padded([inputs], 4))
+    expected = state.predict_batch(s, driver.stack_padded([inputs], 4))["scores"]
     np.testing.assert_allclose(masked, expected[0, 0], atol=2e-6)
 
 

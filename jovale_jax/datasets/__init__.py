@@ -142,8 +142,8 @@ def build_dataset(
       name: synthetic | ava | ucf24 | jhmdb21 (must equal `config.dataset`).
       config: the model config whose clip geometry the examples follow.
       raw_dir: the raw files (data/<dataset>/README.md). For `synthetic`, the raw set is
-        generated there (default `<data_dir>/raw`) when the folder does not hold it yet and the
-        dataset is not built yet (it is deterministic).
+        generated there (default `<data_dir>/raw`) when the folder does not hold it, or holds an
+        older `synthetic.RAW_VERSION`, and the dataset is not built yet (it is deterministic).
       data_dir: where the shards go.
       strict: any video skipped or truncated is an error (nothing is written).
       split: build only this split (default: all of the dataset's splits).
@@ -178,7 +178,7 @@ def build_dataset(
             shutil.rmtree(leftover)
         if name == "synthetic":
             raw_dir = raw_dir or os.path.join(data_dir, "raw")
-            if not os.path.isfile(os.path.join(raw_dir, ava.LABEL_MAP)):
+            if not synthetic.raw_is_current(raw_dir):  # absent, incomplete or older
                 synthetic.generate_raw(raw_dir)
         check_raw_dir(name, raw_dir)
         tfds.display_progress_bar(False)  # the builders show their own (videos, examples, ETA)

@@ -5,14 +5,14 @@ label CSVs, label-map pbtxt, excluded timestamps, dense-proposals pickles) and `
 builds it with the AVA builder itself, so the set goes through the same builder, pipeline, training
 and evaluation as AVA.
 
-Each video is 12 s of 128 x 96 frames at 8 fps on a plain or a tiled background, with or without a
-yellow ball lying in it (the four combinations in turn, so the scene classes are balanced), maybe a
-distractor square of another colour, and 1-6 actors (a textured body and head of a random colour)
-standing on the ground. Every second s of the video (the window s - 0.5 to s + 0.5 s)
-each actor stands still, walks horizontally or jumps, and the soundtrack (a faint hiss) holds a
-tone, a noise burst or nothing. Keyframes are the seconds 2-11 of each video (AVA timestamps
-902-911: the video is taken as AVA's 15-minute cut starting at 900 s) and the window of a keyframe
-is exactly its second, as in the synthetic config (8 frames at 8 fps).
+Each video is 12 s of 128 x 96 frames at 8 fps on a plain or a finely tiled background, with a
+yellow disc that is either the striped ball or a plain decoy (the four combinations in turn, so the
+scene classes are balanced), maybe a distractor square of another colour, and 1-6 actors (a
+textured body and head of a random colour) standing on the ground. Every second s of the video
+(the window s - 0.5 to s + 0.5 s) each actor stands still, walks horizontally or jumps, and the
+soundtrack (a faint hiss) holds a tone, a noise burst or nothing. Keyframes are the seconds 2-11 of
+each video (AVA timestamps 902-911: the video is taken as AVA's 15-minute cut starting at 900 s)
+and the window of a keyframe is exactly its second, as in the synthetic config (8 frames at 8 fps).
 
 Classes (label-map id: name, group; an actor may have several):
   1 walk         motion: the actor moves horizontally across the frame
@@ -20,8 +20,11 @@ Classes (label-map id: name, group; an actor may have several):
   3 hear_tone    sound: the actor stands still while a tone sounds (looks like any idle actor;
                  every actor standing still in that second has it)
   4 hear_noise   sound: the actor stands still while a noise burst sounds
-  5 tiled_room   scene: the background is a tiled pattern (the place, not the actor)
-  6 near_ball    scene: a yellow ball lies somewhere in the frame (an object, not on the actor)
+  5 tiled_room   scene: the background is tiled in 1 px columns (the place, not the actor)
+  6 near_ball    scene: the yellow disc in the frame is the ball, striped in 1 px columns (an
+                 object, not on the actor); the decoy is plain
+The scene cues are finer than the video stream's half-size clip resolves (`_background`): they
+need the scene stream's full-resolution keyframe, as fine detail needs BLIP's in the paper.
 `CLASS_GROUPS` lists these ids (label-map ids: column i of the labels is id i + 1).
 
 Actors with no action have no ground-truth row (they are people doing nothing the set labels).
@@ -65,6 +68,9 @@ _MISS_P = 0.07  # an actor without proposal
 _OFF_P = 0.1  # a proposal far off its actor
 _FALSE_POSITIVES = 0.3  # Poisson mean per keyframe
 _AAC_FRAME = 1024  # samples per AAC frame
+RAW_VERSION = "2"  # 2: the 1 px scene cues; a raw folder stamped otherwise is generated again
+_STAMP = "synthetic_version.txt"
+BALL_COLOUR = (215, 195, 45)  # the ball's mean colour (its stripes are +-30), the decoy's colour
 
 
 @dataclasses.dataclass
@@ -91,21 +97,28 @@ def _second(t: np.ndarray) -> np.ndarray:
 
 
 def _background(rng: np.random.Generator, tiled: bool, ball: bool) -> tuple[np.ndarray, list[int]]:
-    base = rng.uniform(50, 170, 3)
+    """A wall (tiled or plain) with a disc (the ball or a decoy) and maybe a distractor square.
+
+    The scene cues are fine-grained: the tiles are 1 px wide columns of alternating brightness and
+    the ball is a disc striped the same way, while the decoy disc (in every video without the ball)
+    has the ball's mean colour. Halving the frames, as the video stream's 64 x 48 clip does,
+    averages the stripes away (a tiled wall then looks plain, the ball like the decoy); the scene
+    stream's keyframe at full resolution resolves them, as BLIP's keyframe does in the paper.
+    """
+    base = rng.uniform(60, 170, 3)
+    ramp = np.linspace(-1, 1, HEIGHT)[:, None, None] * rng.uniform(-25, 25, 3)  # a soft gradient
+    image = np.broadcast_to(base + ramp, (HEIGHT, WIDTH, 3)).copy()
+    yy, xx = np.mgrid[:HEIGHT, :WIDTH]
+    stripes = np.where(xx % 2 == 0, 1.0, -1.0)
     if tiled:
-        tile = int(rng.integers(10, 17))
-        other = np.clip(base + rng.choice([-1, 1], 3) * rng.uniform(40, 70, 3), 0, 255)
-        yy, xx = np.mgrid[:HEIGHT, :WIDTH] // tile
-        image = np.where(((yy + xx) % 2 == 0)[..., None], base, other)
-    else:  # a plain wall with a soft gradient
-        ramp = np.linspace(-1, 1, HEIGHT)[:, None, None] * rng.uniform(-25, 25, 3)
-        image = np.broadcast_to(base + ramp, (HEIGHT, WIDTH, 3)).copy()
+        image += rng.uniform(20, 35) * stripes[..., None]
     image += rng.normal(0, 6, image.shape)
     labels = [TILED] if tiled else []
-    yy, xx = np.mgrid[:HEIGHT, :WIDTH]
-    if ball:  # a yellow disc in the upper half
-        cx, cy, r = rng.uniform(10, WIDTH - 10), rng.uniform(8, HEIGHT * 0.45), rng.uniform(4, 7)
-        image[(xx - cx) ** 2 + (yy - cy) ** 2 <= r * r] = (235, 215, 40)
+    cx, cy, r = rng.uniform(10, WIDTH - 10), rng.uniform(8, HEIGHT * 0.45), rng.uniform(4, 7)
+    disc = (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
+    image[disc] = BALL_COLOUR
+    if ball:  # the ball: the disc striped; the decoy: plain
+        image[disc] += 30 * stripes[disc][:, None]
         labels.append(BALL)
     if rng.random() < 0.5:  # a distractor: a square of another colour, no label
         side = int(rng.integers(7, 13))
@@ -304,6 +317,17 @@ def generate_raw(
             os.path.join(out_dir, f"ava_dense_proposals_{split}.FAIR.recall_93.9.pkl"), "wb"
         ) as f:
             pickle.dump({k: p for v in videos for k, p in v.proposals.items()}, f)
+    with open(os.path.join(out_dir, _STAMP), "w") as f:  # last: the folder is complete
+        f.write(RAW_VERSION + "\n")
+
+
+def raw_is_current(raw_dir: str) -> bool:
+    """Whether `raw_dir` holds a complete raw set of this generator's `RAW_VERSION`."""
+    path = os.path.join(raw_dir, _STAMP)
+    if not os.path.isfile(path):
+        return False
+    with open(path) as f:
+        return f.read().strip() == RAW_VERSION
 
 
 class SyntheticBuilder(ava.AvaBuilder):

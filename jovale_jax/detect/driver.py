@@ -121,7 +121,7 @@ def predict_keyframes(
         batch = stack_padded(
             [example_inputs(config, clip, b) for (_, clip), b in zip(pending, boxes)], batch_size
         )
-        scores = predict_batch(s, batch)
+        scores = predict_batch(s, batch)["scores"]
         pending.clear()
         for n, (i, image, b) in enumerate(zip(indices, images, boxes)):
             yield Keyframe(i, float(times[i]), image, b, scores[n, : len(b)])
