@@ -34,9 +34,6 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from jovale_jax.datasets import synthetic as synthetic_data
-from jovale_jax.evaluation import ava
-
 ALL = ("video", "audio", "scene")
 SHORT = {"video": "v", "audio": "a", "scene": "s"}
 NO_SCENE = "-scene"  # a modalities value: the config's modalities without the scene stream
@@ -163,15 +160,6 @@ def row_config(config, row: Row):
     return cfg
 
 
-def dataset_groups(config) -> Mapping[str, Any] | None:
-    """The class groups of the config's dataset ({} where it defines none)."""
-    if config.dataset == "ava":
-        return {key: range(first, last + 1) for key, (_, first, last) in ava.ACTION_GROUPS.items()}
-    if config.dataset == "synthetic":
-        return synthetic_data.CLASS_GROUPS
-    return {}
-
-
 def row_costs(cfg) -> dict[str, float]:
     """GMACs of one forward pass (batch 1) and of its fusion stage."""
     from flax import nnx
@@ -240,10 +228,9 @@ def run_row(config, row: Row, workdir: str, data_dir: str, init_from: str | None
             split,
             data_dir=data_dir,
         )
-        groups = ava.group_maps(result["per_class"], dataset_groups(cfg))
         record = {
             "mAP": 100 * result["mAP"],
-            "groups": {k: 100 * v for k, v in groups.items()},
+            "groups": {k: 100 * v for k, v in result.get("groups", {}).items()},
             "per_class": {str(c): 100 * v for c, v in result["per_class"].items()},
             "split": split,
             **row_costs(cfg),
@@ -276,13 +263,13 @@ def prior_record(config, data_dir: str) -> dict[str, Any]:
     from jovale_jax.evaluate import class_prior_baseline
 
     prior = class_prior_baseline(config, config.data.eval_split, data_dir=data_dir)
-    groups = ava.group_maps(prior["per_class"], dataset_groups(config))
-    return {"mAP": 100 * prior["mAP"], "groups": {k: 100 * v for k, v in groups.items()}}
+    return {
+        "mAP": 100 * prior["mAP"],
+        "groups": {k: 100 * v for k, v in prior.get("groups", {}).items()},
+    }
 
 
-def table_markdown(
-    table: str, records: list[dict], dataset: str, prior: dict | None = None
-) -> str:
+def table_markdown(table: str, records: list[dict], dataset: str, prior: dict | None = None) -> str:
     """The table beside the paper's numbers, as Markdown; ``prior`` (:func:`prior_record`) adds
     the class-prior baseline as the last line."""
     title, rows = TABLES[table]

@@ -20,7 +20,6 @@ import numpy as np
 
 from jovale_jax.ablate import SHORT
 from jovale_jax.datasets import synthetic as synthetic_data
-from jovale_jax.evaluation import ava
 
 
 def default_config():
@@ -139,7 +138,7 @@ def ablation_section(ablation_dir: str | None) -> list[str]:
         with open(path) as f:
             return lines + [f"From `{path}`:", "", f.read().rstrip()]
     return lines + [
-        "Not run here (README.md, \"Measured\", holds a run). Make it with",
+        'Not run here (README.md, "Measured", holds a run). Make it with',
         "`python launch.py ablate --config configs/synthetic.py --table 4 --workdir runs/ablate4`;",
         "the next `launch.py demo` (which reads `runs/ablate4` unless `--ablation_dir` names",
         "another folder) puts it in this report.",
@@ -168,8 +167,7 @@ def demo(
         prior=baseline["per_class"],
     )
     keyframes = draw_keyframes(config, workdir, data_dir, report)
-    groups = ava.group_maps(result["per_class"], synthetic_data.CLASS_GROUPS)
-    prior_groups = ava.group_maps(baseline["per_class"], synthetic_data.CLASS_GROUPS)
+    groups, prior_groups = result["groups"], baseline["groups"]  # the set's motion/sound/scene
     predicted = result["predictions"]  # the evaluation's forward pass also gave the gates
     gates, counts = gates_by_class(*(predicted[k] for k in ("scores", "gates", "targets")))
     mods = [SHORT[m] for m in config.model.modalities]
