@@ -3,9 +3,23 @@
 import os
 import tempfile
 
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-).strip()
+# XLA:CPU compiles the tiny test models 3-6x faster without its fusion emitters and LLVM's
+# expensive passes (measured: a train step 18 s -> 3 s, model init 9 s -> 2.5 s); the compiled
+# code runs about half as fast, which the tests' few steps do not notice. Subprocesses that set
+# their own XLA_FLAGS (device counts) keep these: ``xla_flags(devices)``.
+FAST_COMPILE = (
+    "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
+    "--xla_cpu_use_fusion_emitters=false"
+)
+
+
+def xla_flags(devices: int | None = None) -> str:
+    """XLA_FLAGS for a test process: fast compilation, ``devices`` fake CPU devices if given."""
+    count = f" --xla_force_host_platform_device_count={devices}" if devices else ""
+    return FAST_COMPILE + count
+
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + xla_flags(8)).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # A persistent compilation cache for this run (inherited by the subprocesses tests start): tests
 # that build the same tiny model compile it once.
