@@ -61,6 +61,68 @@ def random_batch(model_cfg, batch_size: int = 2, seed: int = 0) -> dict[str, np.
     return batch
 
 
+def make_forward(model):
+    """The jitted eval-mode forward of a JoVALE model: batch -> logits (compiled once per shape)."""
+    import jax
+    from flax import nnx
+
+    model.eval()
+    graphdef, state = nnx.split(model)
+    fn = jax.jit(lambda s, b: nnx.merge(graphdef, s)(b))
+    return lambda batch: np.asarray(fn(state, batch))
+
+
+def check_masking_and_equivariance(model_cfg, seed: int = 1, moved_actor_affects: int = 0):
+    """A JoVALE(``model_cfg``) on a batch with proposal 3 padded: the logits' shape is right and
+    finite; the padded box changes no real output; permuting real actors permutes the outputs;
+    moving actor 0's box changes actor ``moved_actor_affects``'s output (the checks are not
+    vacuous). Returns the logits."""
+    from flax import nnx
+
+    from jovale_jax.models import JoVALE
+
+    forward = make_forward(JoVALE(model_cfg, rngs=nnx.Rngs(seed)))
+    batch = random_batch(model_cfg, batch_size=2, seed=3)
+    batch["box_mask"][:] = [True, True, True, False]
+    base = forward(batch)
+    assert base.shape == (2, model_cfg.num_proposals, model_cfg.num_classes)
+    assert np.isfinite(base).all()
+    moved = dict(batch, boxes=batch["boxes"].copy())
+    moved["boxes"][:, 3] = [0.0, 0.0, 1.0, 1.0]
+    np.testing.assert_allclose(forward(moved)[:, :3], base[:, :3], atol=1e-5)
+    perm = np.array([2, 0, 1, 3])
+    permuted = dict(batch, boxes=batch["boxes"][:, perm])
+    np.testing.assert_allclose(forward(permuted)[:, :3], base[:, perm[:3]], atol=1e-5)
+    changed = dict(batch, boxes=batch["boxes"].copy())
+    changed["boxes"][:, 0] = [0.0, 0.0, 1.0, 1.0]
+    i = moved_actor_affects
+    assert np.abs(forward(changed)[:, i] - base[:, i]).max() > 1e-6
+    return base
+
+
+# The longest single tests (a training each; measured with `--durations`), collected first so
+# that `-n 2 --dist loadgroup` (Makefile) starts them early and the two workers end together.
+# The xdist groups (test_multihost.py, test_ablate.py: a shared module fixture / workdir) are
+# scheduled before single tests by xdist itself (largest group first).
+LONGEST = (
+    "test_train.py::test_resume_after_sigkill_is_exact",
+    "test_train.py::test_training_lowers_loss_and_keeps_blip_frozen",
+    "test_train.py::test_sharded_training_equals_one_device",
+    "test_slowfast.py::test_slowfast_trains_on_synthetic_with_frozen_statistics",
+    "test_demo_eval.py::test_demo_report_and_eval_outputs",
+)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST)}
+
+    def key(item):
+        name = item.nodeid.rsplit("/", 1)[-1]
+        return rank.get(name, len(LONGEST))
+
+    items.sort(key=key)  # stable: the rest keep their order
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """A tiny synthetic set (4 train videos, 2 val videos) built for the `test` config."""

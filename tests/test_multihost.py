@@ -33,6 +33,9 @@ from jovale_jax.input_pipeline import create_eval_iterator, create_train_iterato
 from jovale_jax.state import load_trained
 from jovale_jax.train import train
 
+# One xdist worker runs the whole module: the module-scoped `runs` is built once (Makefile:
+# `--dist loadgroup`).
+pytestmark = pytest.mark.xdist_group("multihost")
 TWO_DEVICES = dict(os.environ, XLA_FLAGS=xla_flags(2))
 ONE_DEVICE = dict(os.environ, XLA_FLAGS=xla_flags())
 MESH = "--config.mesh_shape=(2, 2)"  # 'data' across the 2 processes, 'model' within each
@@ -300,8 +303,6 @@ def test_checkpoint_of_the_4x2_mesh_restores_everywhere_with_equal_parameters(ru
 RESTORE_ON_PROCESSES = """
 import sys
 import numpy as np
-from conftest import xla_flags
-
 from configs import synthetic
 from jovale_jax import distributed
 port, pid, path, out = sys.argv[1:]
