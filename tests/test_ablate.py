@@ -8,10 +8,6 @@ import pytest
 
 from jovale_jax import ablate
 
-# One xdist worker runs every table: rows shared between tables are trained once in `ablation_dir`
-# (Makefile: `--dist loadgroup`).
-pytestmark = pytest.mark.xdist_group("ablate")
-
 
 @pytest.fixture
 def short(tiny_config, monkeypatch):

@@ -33,9 +33,6 @@ from jovale_jax.input_pipeline import create_eval_iterator, create_train_iterato
 from jovale_jax.state import load_trained
 from jovale_jax.train import train
 
-# One xdist worker runs the whole module: the module-scoped `runs` is built once (Makefile:
-# `--dist loadgroup`).
-pytestmark = pytest.mark.xdist_group("multihost")
 TWO_DEVICES = dict(os.environ, XLA_FLAGS=xla_flags(2))
 ONE_DEVICE = dict(os.environ, XLA_FLAGS=xla_flags())
 MESH = "--config.mesh_shape=(2, 2)"  # 'data' across the 2 processes, 'model' within each
