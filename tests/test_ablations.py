@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import random_batch
+from conftest import check_masking_and_equivariance, make_forward, random_batch
 from flax import nnx
 
 from jovale_jax.models import MFA, JoVALE
@@ -40,33 +40,6 @@ def test_uniform_weight_matches_the_gate_scale(tiny_config):
     np.testing.assert_allclose(fuse, UNIFORM_WEIGHT * np.asarray(a_hat["video"]), rtol=1e-6)
     for m in MODS:
         np.testing.assert_allclose(nxt[m], a_hat["video"], rtol=1e-5, atol=1e-6)
-
-
-def make_forward(model):
-    model.eval()
-    graphdef, state = nnx.split(model)
-    fn = jax.jit(lambda s, b: nnx.merge(graphdef, s)(b))
-    return lambda batch: np.asarray(fn(state, batch))
-
-
-def check_masking_and_equivariance(cfg, seed=1):
-    """Shapes; a padded proposal changes no real output; permuting real actors permutes outputs;
-    a real actor's box does change the others' outputs or its own (the check is not vacuous)."""
-    forward = make_forward(JoVALE(cfg, rngs=nnx.Rngs(seed)))
-    batch = random_batch(cfg, batch_size=2, seed=3)
-    batch["box_mask"][:] = [True, True, True, False]
-    base = forward(batch)
-    assert base.shape == (2, cfg.num_proposals, cfg.num_classes) and np.isfinite(base).all()
-    moved = dict(batch, boxes=batch["boxes"].copy())
-    moved["boxes"][:, 3] = [0.0, 0.0, 1.0, 1.0]
-    np.testing.assert_allclose(forward(moved)[:, :3], base[:, :3], atol=1e-5)
-    perm = np.array([2, 0, 1, 3])
-    permuted = dict(batch, boxes=batch["boxes"][:, perm])
-    np.testing.assert_allclose(forward(permuted)[:, :3], base[:, perm[:3]], atol=1e-5)
-    changed = dict(batch, boxes=batch["boxes"].copy())
-    changed["boxes"][:, 0] = [0.0, 0.0, 1.0, 1.0]
-    assert np.abs(forward(changed)[:, 0] - base[:, 0]).max() > 1e-6
-    return base
 
 
 STRATEGIES = ("roi_feature_fusion", "roi_relation", "global_relation")

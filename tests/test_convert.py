@@ -13,8 +13,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flax import nnx
+from hf_tiny import (
+    BLIP_TEXT,
+    DEPTH,
+    HEADS,
+    MLP,
+    TOL,
+    VISION,
+    W,
+    max_diff,
+    numpy_state,
+    randomise,
+    save_random,
+    tiny_config,
+)
 
-from configs import ava_vitb16, synthetic
+from configs import ava_vitb16
 from jovale_jax.convert import (
     ConversionError,
     convert_hf_ast,
@@ -37,38 +51,6 @@ from jovale_jax.sharding import create_sharded, make_mesh, rules_from_config
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 F = torch.nn.functional
-TOL = 1e-4
-W, DEPTH, HEADS, MLP = 32, 2, 4, 64  # the tiny transformers models
-
-
-def randomise(model, seed: int = 0):
-    """Every parameter random (LayerNorm scales around 1), eval mode."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(0.1 * torch.randn(p.shape, generator=gen))
-        for m in model.modules():
-            if isinstance(m, torch.nn.LayerNorm):
-                m.weight.add_(1.0)
-    return model.eval()
-
-
-def numpy_state(model) -> dict[str, np.ndarray]:
-    return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
-
-
-def max_diff(ours, theirs) -> float:
-    return float(np.max(np.abs(np.asarray(ours) - theirs.detach().numpy())))
-
-
-def tiny_config(**video):
-    """The synthetic test preset with the streams sized like the tiny transformers models."""
-    c = synthetic.get_config("test")
-    sizes = {"width": W, "depth": DEPTH, "num_heads": HEADS, "mlp_dim": MLP}
-    c.model.video.update(sizes, **{"num_frames": 4, "image_size": (32, 48), **video})
-    c.model.scene.update(sizes, image_size=64)
-    c.model.audio.update(width=W, num_frames=64, num_mel_bins=48)
-    return c
 
 
 def hf_videomae(num_frames=4, image_size=(32, 48)):
@@ -90,31 +72,9 @@ def hf_videomae(num_frames=4, image_size=(32, 48)):
 @pytest.fixture(scope="module")
 def blip_dir(tmp_path_factory):
     """A tiny BlipForConditionalGeneration saved as a transformers directory (safetensors)."""
-    cfg = transformers.BlipConfig(
-        vision_config={
-            "hidden_size": W,
-            "num_hidden_layers": DEPTH,
-            "num_attention_heads": HEADS,
-            "intermediate_size": MLP,
-            "image_size": 64,
-            "patch_size": 16,
-        },
-        text_config={
-            "vocab_size": 99,
-            "hidden_size": W,
-            "num_hidden_layers": 1,
-            "num_attention_heads": HEADS,
-            "intermediate_size": MLP,
-            "max_position_embeddings": 32,
-            "bos_token_id": 1,
-            "sep_token_id": 2,
-            "eos_token_id": 2,
-            "pad_token_id": 0,
-        },
-    )
-    path = tmp_path_factory.mktemp("blip")
-    randomise(transformers.BlipForConditionalGeneration(cfg), 1).save_pretrained(path)
-    return path
+    cfg = transformers.BlipConfig(vision_config=VISION, text_config=BLIP_TEXT)
+    model = transformers.BlipForConditionalGeneration(cfg)
+    return save_random(model, 1, tmp_path_factory.mktemp("blip"))
 
 
 @pytest.fixture(scope="module")
@@ -131,9 +91,7 @@ def ast_dir(tmp_path_factory):
         num_mel_bins=48,
         max_length=64,
     )
-    path = tmp_path_factory.mktemp("ast")
-    randomise(transformers.ASTModel(cfg), 2).save_pretrained(path)
-    return path
+    return save_random(transformers.ASTModel(cfg), 2, tmp_path_factory.mktemp("ast"))
 
 
 def to_videomae_v2(sd: dict[str, np.ndarray], depth: int, num_classes: int = 710) -> dict:

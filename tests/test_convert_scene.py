@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 from flax import nnx
-from test_convert import DEPTH, HEADS, MLP, TOL, W, max_diff, randomise, tiny_config
+from hf_tiny import BLIP_TEXT, TEXT, TOL, VISION, W, max_diff, save_random, tiny_config
 
 from jovale_jax.convert import ConversionError, convert_main, load_component, load_pretrained
 from jovale_jax.convert.io import convert_source, read_state_dict
@@ -13,64 +13,44 @@ from jovale_jax.models.clip import ClipVisionEncoder
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
-VISION = {
-    "hidden_size": W,
-    "num_hidden_layers": DEPTH,
-    "num_attention_heads": HEADS,
-    "intermediate_size": MLP,
-    "image_size": 64,
-    "patch_size": 16,
-}
 
 
 @pytest.fixture(scope="module")
 def blip_itm_dir(tmp_path_factory):
     """A tiny BlipForImageTextRetrieval saved as a transformers directory."""
     cfg = transformers.BlipConfig(
-        vision_config=VISION,
-        image_text_hidden_size=16,
-        text_config={
-            "vocab_size": 99,
-            "hidden_size": W,
-            "num_hidden_layers": 1,
-            "num_attention_heads": HEADS,
-            "intermediate_size": MLP,
-            "max_position_embeddings": 32,
-            "bos_token_id": 1,
-            "sep_token_id": 2,
-            "eos_token_id": 2,
-            "pad_token_id": 0,
-        },
+        vision_config=VISION, image_text_hidden_size=16, text_config=BLIP_TEXT
     )
-    path = tmp_path_factory.mktemp("blip_itm")
-    randomise(transformers.BlipForImageTextRetrieval(cfg), 3).save_pretrained(path)
-    return path
+    model = transformers.BlipForImageTextRetrieval(cfg)
+    return save_random(model, 3, tmp_path_factory.mktemp("blip_itm"))
 
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
     """A tiny CLIPModel (vision tower at 64 x 64, 16 x 16 patches) saved as a directory."""
     cfg = transformers.CLIPConfig(
-        vision_config={**VISION, "hidden_act": "quick_gelu"},
-        projection_dim=16,
-        text_config={
-            "vocab_size": 99,
-            "hidden_size": W,
-            "num_hidden_layers": 1,
-            "num_attention_heads": HEADS,
-            "intermediate_size": MLP,
-            "max_position_embeddings": 32,
-        },
+        vision_config={**VISION, "hidden_act": "quick_gelu"}, projection_dim=16, text_config=TEXT
     )
-    path = tmp_path_factory.mktemp("clip")
-    randomise(transformers.CLIPModel(cfg), 4).save_pretrained(path)
-    return path
+    return save_random(transformers.CLIPModel(cfg), 4, tmp_path_factory.mktemp("clip"))
 
 
 def scene_config(encoder: str, image_size: int):
     c = tiny_config()
     c.model.scene.update(encoder=encoder, image_size=image_size)
     return c
+
+
+def converted_encoder(source: str, path, encoder: str, image_size: int):
+    """(the conversion, (state dict, HF config), our scene encoder loaded with it); every key of
+    the checkpoint is used or reported unused."""
+    c = scene_config(encoder, image_size)
+    converted = convert_source(source, path, c.model)
+    sd, hf_config = read_state_dict(path)
+    assert len(converted.used_keys) + len(converted.unused_keys) == len(sd)
+    cls = {"blip": BlipVisionEncoder, "clip": ClipVisionEncoder}[encoder]
+    model = cls(c.model.scene, rngs=nnx.Rngs(0))
+    load_component(model, converted.params)
+    return converted, (sd, hf_config), model
 
 
 def frames_and_pixels(image_size: int):
@@ -83,17 +63,12 @@ def frames_and_pixels(image_size: int):
 @pytest.mark.parametrize("image_size", [64, 48])
 def test_hf_blip_itm_parity(blip_itm_dir, image_size):
     tm = transformers.BlipForImageTextRetrieval.from_pretrained(blip_itm_dir).eval()
-    c = scene_config("blip", image_size)
-    converted = convert_source("hf_blip_itm", blip_itm_dir, c.model)
-    sd, _ = read_state_dict(blip_itm_dir)
+    converted, _, model = converted_encoder("hf_blip_itm", blip_itm_dir, "blip", image_size)
     assert converted.source == "hf_blip_itm" and converted.unused_keys
     assert all(
         k.split(".")[0] in ("text_encoder", "vision_proj", "text_proj", "itm_head")
         for k in converted.unused_keys
     )
-    assert len(converted.used_keys) + len(converted.unused_keys) == len(sd)
-    model = BlipVisionEncoder(c.model.scene, rngs=nnx.Rngs(0))
-    load_component(model, converted.params)
     frames, pixels = frames_and_pixels(image_size)
     with torch.no_grad():
         want = tm.vision_model(pixels, interpolate_pos_encoding=image_size != 64).last_hidden_state
@@ -106,16 +81,11 @@ def test_hf_blip_itm_parity(blip_itm_dir, image_size):
 def test_hf_clip_parity(clip_dir, image_size):
     """Every token equals transformers' last_hidden_state through its own post_layernorm."""
     tm = transformers.CLIPModel.from_pretrained(clip_dir).eval()
-    c = scene_config("clip", image_size)
-    converted = convert_source("hf_clip", clip_dir, c.model)
-    sd, hf_config = read_state_dict(clip_dir)
+    converted, (sd, hf_config), model = converted_encoder("hf_clip", clip_dir, "clip", image_size)
     assert all(
         k.split(".")[0] in ("text_model", "visual_projection", "text_projection", "logit_scale")
         for k in converted.unused_keys
     )
-    assert len(converted.used_keys) + len(converted.unused_keys) == len(sd)
-    model = ClipVisionEncoder(c.model.scene, rngs=nnx.Rngs(0))
-    load_component(model, converted.params)
     frames, pixels = frames_and_pixels(image_size)
     with torch.no_grad():
         vision = tm.vision_model

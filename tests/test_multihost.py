@@ -24,6 +24,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from conftest import xla_flags
 
 from configs import synthetic
 from jovale_jax import distributed
@@ -32,8 +33,8 @@ from jovale_jax.input_pipeline import create_eval_iterator, create_train_iterato
 from jovale_jax.state import load_trained
 from jovale_jax.train import train
 
-TWO_DEVICES = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-ONE_DEVICE = dict(os.environ, XLA_FLAGS="")
+TWO_DEVICES = dict(os.environ, XLA_FLAGS=xla_flags(2))
+ONE_DEVICE = dict(os.environ, XLA_FLAGS=xla_flags())
 MESH = "--config.mesh_shape=(2, 2)"  # 'data' across the 2 processes, 'model' within each
 
 

@@ -10,6 +10,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from conftest import xla_flags
 
 from jovale_jax import optim
 from jovale_jax.checkpoint import Checkpointer
@@ -133,7 +134,7 @@ def _train_cmd(workdir, data_dir, steps, every):
 
 # Training subprocesses run on one CPU device (the fake 8-device flag is dropped): the sharded
 # equivalence is tested in-process above; here the point is a real process being killed.
-ONE_DEVICE = dict(os.environ, XLA_FLAGS="")
+ONE_DEVICE = dict(os.environ, XLA_FLAGS=xla_flags())
 
 
 def test_resume_after_sigkill_is_exact(tiny_data, tmp_path):
