@@ -29,6 +29,7 @@ from conftest import xla_flags
 from configs import synthetic
 from jovale_jax import distributed
 from jovale_jax.checkpoint import Checkpointer
+from jovale_jax.datasets import load_split
 from jovale_jax.input_pipeline import create_eval_iterator, create_train_iterator
 from jovale_jax.state import load_trained
 from jovale_jax.train import train
@@ -239,7 +240,7 @@ def test_sigkill_and_resume_on_two_processes_match_a_straight_run(runs):
 
 def test_resume_on_another_topology_carries_the_input_position(runs):
     """The (4, 2) checkpoint of one process went on with 2 processes: epoch and batch position
-    continue (4 global batches per epoch: 39 train examples, batch 8), the order is new."""
+    continue (4 global batches per epoch: 37 train examples, batch 8), the order is new."""
     assert (
         "checkpoint written on 1 processes, resuming on 2: epoch 0 continues after 2 batches"
         in runs["first_out"]
@@ -361,6 +362,7 @@ def test_input_shards_of_processes_are_disjoint_and_cover_the_split(tiny_data):
         }
 
     whole = keys(create_eval_iterator(config, "train", batch_size=8, data_dir=tiny_data))
+    n = load_split(config, "train", data_dir=tiny_data)[1]  # 37 in the tiny set
     shares = [
         keys(
             create_eval_iterator(
@@ -369,20 +371,21 @@ def test_input_shards_of_processes_are_disjoint_and_cover_the_split(tiny_data):
         )
         for i in range(2)
     ]
-    assert not shares[0] & shares[1] and shares[0] | shares[1] == whole and len(whole) == 39
+    assert not shares[0] & shares[1] and shares[0] | shares[1] == whole and len(whole) == n
 
     def train_share(i):  # the examples one epoch of process i reads (before decoding)
         it = create_train_iterator(
             config, seed=0, process_index=i, process_count=2, data_dir=tiny_data
         )
-        assert it.batches_per_epoch == 4  # 19 examples, 4 per batch, as on one process (39 // 8)
+        # n // 2 examples, 4 per batch: as many batches as on one process (n // 8)
+        assert it.batches_per_epoch == (n // 2) // 4 == n // 8
         return {
             (ex["video_id"], int(ex["timestamp"])) for ex in it._read_epoch(i).as_numpy_iterator()
         }
 
     train0, train1 = train_share(0), train_share(1)
-    assert not train0 & train1 and len(train0) == len(train1) == 19
-    assert len(whole - (train0 | train1)) == 1 and train0 | train1 < whole
+    assert not train0 & train1 and len(train0) == len(train1) == n // 2
+    assert len(whole - (train0 | train1)) == n % 2 and train0 | train1 <= whole
 
 
 def run_fails(procs, timeout=120):
