@@ -90,7 +90,9 @@ def predict_split(s, config, split: str, *, data_dir: str | None = None) -> dict
         dense["timestamps"].append(np.asarray(batch["timestamp"]))
         dense["boxes"].append(np.asarray(batch["boxes"]))
     if not dense["scores"]:
-        return {k: np.zeros((0,)) for k in ("video_ids", "timestamps", "boxes", "scores")}
+        return {
+            k: np.zeros((0,)) for k in ("video_ids", "timestamps", "boxes", "scores", "targets")
+        }
     out = _allgather({k: np.concatenate(v) for k, v in dense.items()})
     ex, box = np.nonzero(out.pop("keep"))
     ids = out.pop("video_ids")[ex].view(f"S{VIDEO_ID_BYTES}").ravel()

@@ -161,7 +161,7 @@ def _make_predict(config, mesh, eval_graphdef, rng_template, params_sh, frozen_s
     """The jitted eval-mode forward ``(params, frozen, batch) -> {"scores": sigmoid scores
     (B, K, C)}``, with ``"gates"`` (B, K, M), the last AMFN layer's MFA gates per actor and
     modality (``JoVALE.logits_and_gates``), when the fusion stage is the AMFN."""
-    with_gates = config.model.get("fusion_strategy", "amfn") == "amfn"
+    with_gates = config.model.fusion_strategy == "amfn"
 
     def predict(params, frozen, batch):
         model = nnx.merge(eval_graphdef, params, rng_template, frozen)

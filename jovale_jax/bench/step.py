@@ -48,6 +48,7 @@ from flax import nnx
 from jovale_jax import sharding, train
 from jovale_jax.flops import abstract_batch, jaxpr_macs
 from jovale_jax.losses import sigmoid_focal_loss
+from jovale_jax.memory import train_batch_shapes
 from jovale_jax.models.jovale import JoVALE, head_logits, time_steps
 from jovale_jax.state import ModelState, check_divisibility, create, global_batch
 
@@ -71,18 +72,6 @@ def variant(
     return config
 
 
-def batch_shapes(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, Any]:
-    """ShapeDtypeStructs of a training batch: the model's inputs, ``audio_mask`` and ``targets``."""
-    m = config.model
-    shapes = abstract_batch(m, batch_size)
-    shapes["targets"] = jax.ShapeDtypeStruct(
-        (batch_size, m.num_proposals, m.num_classes), jnp.float32
-    )
-    if "audio" in m.modalities:
-        shapes["audio_mask"] = jax.ShapeDtypeStruct((batch_size,), jnp.bool_)
-    return shapes
-
-
 def _random_like(rng: np.random.Generator, shape: jax.ShapeDtypeStruct) -> np.ndarray:
     """Standard-normal floats, or all-true booleans, of ``shape``."""
     if shape.dtype == jnp.bool_:
@@ -96,7 +85,9 @@ def synthetic_batch(
     """A random training batch of the config's shapes: every proposal real, boxes valid, about 10%
     of the targets positive."""
     rng = np.random.default_rng(seed)
-    batch = {k: _random_like(rng, s) for k, s in batch_shapes(config, batch_size).items()}
+    batch = {
+        k: _random_like(rng, s) for k, s in train_batch_shapes(config.model, batch_size).items()
+    }
     corner = rng.uniform(0.0, 0.6, batch["boxes"].shape[:-1] + (2,))
     size = rng.uniform(0.1, 0.4, corner.shape)
     batch["boxes"] = np.concatenate([corner, corner + size], -1).astype(np.float32)
