@@ -70,10 +70,18 @@ def rules_from_config(config) -> tuple[tuple[str, str | None], ...]:
 
 
 def logical_to_spec(
-    axes: Sequence[str | None] | None, rules, shape: Sequence[int] = (), mesh: Mesh | None = None
+    axes: Sequence[str | None] | None,
+    rules,
+    shape: Sequence[int] = (),
+    mesh: Mesh | None = None,
+    strict_name: str | None = None,
 ) -> PartitionSpec:
-    """Map logical names to a PartitionSpec; a mesh axis is used at most once per array and only
-    where it divides the dimension (otherwise that dimension stays replicated)."""
+    """Map logical names to a PartitionSpec; a mesh axis is used at most once per array.
+
+    A mesh axis that does not divide its dimension leaves that dimension replicated, or, with
+    ``strict_name`` (parameters: a wrong ``config.mesh_shape`` would otherwise give a slow run of
+    replicated weights, not an error), raises naming the array, the dimension and the mesh axis.
+    """
     if not axes:
         return PartitionSpec()
     table = dict(rules)
@@ -86,6 +94,13 @@ def logical_to_spec(
         ok = axis is not None and axis not in used
         if ok and mesh is not None and shape:
             ok = shape[i] % mesh.shape[axis] == 0
+            if not ok and strict_name is not None:
+                raise ValueError(
+                    f"{strict_name}: dimension {i} ({name!r}, size {shape[i]}) is not divisible by "
+                    f"mesh axis {axis!r} of size {mesh.shape[axis]} (mesh {dict(mesh.shape)}, "
+                    f"config.mesh_shape / config.sharding_rules); pick a mesh axis size that "
+                    f"divides {shape[i]} or map {name!r} to None in config.sharding_rules"
+                )
         out.append(axis if ok else None)
         if ok:
             used.add(axis)
@@ -93,14 +108,19 @@ def logical_to_spec(
 
 
 def state_shardings(state: nnx.State, mesh: Mesh, rules) -> nnx.State:
-    """NamedShardings for every variable of an (abstract) nnx state, from its ``logical_axes``."""
+    """NamedShardings for every variable of an (abstract) nnx state, from its ``logical_axes``.
 
-    def one(var):
+    A mesh axis that does not divide the dimension it is mapped to is an error naming the variable
+    (:func:`logical_to_spec` with ``strict_name``).
+    """
+
+    def one(path, var):
         axes = var.get_metadata().get("logical_axes") if isinstance(var, nnx.Variable) else None
         shape = getattr(var, "shape", ())
-        return NamedSharding(mesh, logical_to_spec(axes, rules, shape, mesh))
+        name = "/".join(str(getattr(k, "key", k)) for k in path)
+        return NamedSharding(mesh, logical_to_spec(axes, rules, shape, mesh, strict_name=name))
 
-    return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    return jax.tree.map_with_path(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def create_sharded(make_model: Callable[[], nnx.Module], mesh: Mesh, rules):

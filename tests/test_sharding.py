@@ -68,3 +68,18 @@ def test_batch_and_replicated_shardings():
     assert sharding.batch_sharding(mesh, 3).spec == P("data", None, None)
     scalar = jax.device_put(np.float32(1), sharding.replicated(mesh))
     assert sharding.replicated(mesh).spec == P() and len(scalar.sharding.device_set) == 8
+
+
+def test_mesh_axis_that_does_not_divide_a_parameter_is_an_error(tiny_config):
+    """A 'model' axis of 4 over the tiny model's 2 attention heads: an error naming the parameter,
+    the dimension and the axis, not a silently replicated (slow) run."""
+    abstract = nnx.eval_shape(lambda: JoVALE(tiny_config.model, rngs=nnx.Rngs(0)))
+    rules = sharding.rules_from_config(tiny_config)
+    good = sharding.state_shardings(nnx.state(abstract), sharding.make_mesh((4, 2)), rules)
+    assert len(jax.tree.leaves(good)) > 0
+    with pytest.raises(
+        ValueError,
+        match=r"/key_bias: dimension 1 \('heads', size 2\) is not divisible by mesh axis 'model' "
+        r"of size 4",
+    ):
+        sharding.state_shardings(nnx.state(abstract), sharding.make_mesh((2, 4)), rules)
