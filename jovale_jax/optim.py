@@ -1,8 +1,11 @@
-"""AdamW with two learning-rate groups (video backbone / everything else), step decay, warm-up.
+"""AdamW with per-parameter-group learning rates and weight decay, step decay, warm-up.
 
-Parameters under ``video_encoder`` train at ``config.backbone_lr``, the rest at ``config.lr``; both
-are multiplied by ``config.decay_factor`` at each of ``config.decay_epochs`` and ramp up linearly
-over ``config.warmup_steps``. Weight decay applies to what a parameter is, not to its rank
+Groups come from the config as big_vision's ``lr_mults`` / ``wd_mults``: ``config.lr_mults`` is a
+sequence of ``(regex, multiplier)``; a parameter whose '/'-joined path (``video_encoder/encoder/
+layers/attn/query_kernel``) fully matches a regex trains at ``config.lr`` x that multiplier (the
+first match wins; no match: x1). ``config.wd_mults`` does the same for ``config.weight_decay``. All
+rates are multiplied by ``config.decay_factor`` at each of ``config.decay_epochs`` and ramp up
+linearly over ``config.warmup_steps``. Weight decay applies to what a parameter is, not to its rank
 (:func:`decays`): kernels (dense, attention and patch-embedding weights) are decayed; biases
 (including the (heads, head_dim) attention q/k/v biases), norm scales and biases, position and
 temporal embeddings and class tokens are not. Frozen parameters (BLIP) are never handed to the
@@ -11,10 +14,10 @@ optimizer.
 
 from __future__ import annotations
 
+import re
+
 import jax
 import optax
-
-BACKBONE = "video_encoder"
 
 
 def lr_schedule(config, base_lr: float, steps_per_epoch: int) -> optax.Schedule:
@@ -27,10 +30,33 @@ def lr_schedule(config, base_lr: float, steps_per_epoch: int) -> optax.Schedule:
     return lambda step: jax.numpy.where(step < config.warmup_steps, warmup(step), decayed(step))
 
 
-def group_of(path) -> str:
-    """'backbone' for the video ViT's parameters, 'rest' otherwise."""
-    first = path[0]
-    return "backbone" if getattr(first, "key", first) == BACKBONE else "rest"
+def path_name(path) -> str:
+    """A pytree key path as the '/'-joined name the ``*_mults`` regexes match."""
+    return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+
+
+def multiplier(mults, name: str, field: str) -> float:
+    """The multiplier of the first ``(regex, mult)`` in ``mults`` that fully matches ``name``."""
+    for pattern, mult in mults:
+        try:
+            if re.fullmatch(pattern, name):
+                return float(mult)
+        except re.error as e:
+            raise ValueError(f"config.{field}: invalid regex {pattern!r}: {e}") from None
+    return 1.0
+
+
+def group_of(config, path) -> str:
+    """The optimizer group of the parameter at ``path``: its lr and wd multipliers, as a name."""
+    name = path_name(path)
+    lr = multiplier(config.lr_mults, name, "lr_mults")
+    wd = multiplier(config.wd_mults, name, "wd_mults")
+    return f"x{lr:g}" + ("" if wd == 1.0 else f"_wd_x{wd:g}")
+
+
+def _group_multipliers(group: str) -> tuple[float, float]:
+    lr, _, wd = group[1:].partition("_wd_x")
+    return float(lr), float(wd or 1.0)
 
 
 def decays(path) -> bool:
@@ -60,24 +86,33 @@ def decay_mask(params):
     return jax.tree_util.tree_map_with_path(lambda path, _: decays(path), params)
 
 
-def schedules(config, steps_per_epoch: int) -> dict[str, optax.Schedule]:
-    """The learning-rate schedule of each group."""
+def groups(config, params) -> list[str]:
+    """The groups the parameters of ``params`` fall into (``x<lr mult>[_wd_x<wd mult>]``)."""
+    return sorted({group_of(config, p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]})
+
+
+def schedules(config, steps_per_epoch: int, params) -> dict[str, optax.Schedule]:
+    """The learning-rate schedule of each group of ``params`` (config.lr x the group's mult)."""
     return {
-        "backbone": lr_schedule(config, config.backbone_lr, steps_per_epoch),
-        "rest": lr_schedule(config, config.lr, steps_per_epoch),
+        g: lr_schedule(config, config.lr * _group_multipliers(g)[0], steps_per_epoch)
+        for g in groups(config, params)
     }
 
 
-def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
-    """The optimizer for a pure-dict tree of trainable parameters."""
-    groups = {
-        name: optax.adamw(
-            sched, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay, mask=decay_mask
+def make_optimizer(config, steps_per_epoch: int, params) -> optax.GradientTransformation:
+    """The optimizer for a pure-dict tree of trainable parameters (``params`` may be abstract)."""
+    transforms = {
+        g: optax.adamw(
+            sched,
+            b1=config.b1,
+            b2=config.b2,
+            weight_decay=config.weight_decay * _group_multipliers(g)[1],
+            mask=decay_mask,
         )
-        for name, sched in schedules(config, steps_per_epoch).items()
+        for g, sched in schedules(config, steps_per_epoch, params).items()
     }
-    labels = lambda params: jax.tree_util.tree_map_with_path(lambda p, _: group_of(p), params)
-    tx = optax.multi_transform(groups, labels)
+    labels = lambda tree: jax.tree_util.tree_map_with_path(lambda p, _: group_of(config, p), tree)
+    tx = optax.multi_transform(transforms, labels)
     if config.grad_clip_norm:
         tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
     return tx

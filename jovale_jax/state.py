@@ -124,7 +124,7 @@ def create(
     def shardings_of(tree):
         return jax.tree.map(lambda x: x.sharding, tree)
 
-    tx = optim.make_optimizer(config, steps_per_epoch)
+    tx = optim.make_optimizer(config, steps_per_epoch, params)
     params_sh = shardings_of(params)
     replicated = sharding.replicated(mesh)
     opt_sh = optimizer_state_shardings(

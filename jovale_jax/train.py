@@ -185,7 +185,7 @@ def train(
             flush=True,
         )
     train_step = make_train_step(s)
-    schedules = optim.schedules(config, steps_per_epoch)
+    schedules = optim.schedules(config, steps_per_epoch, s.state["params"])
 
     # --- loop ---
     writer = run_log.MetricsWriter(workdir, total)

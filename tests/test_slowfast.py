@@ -432,7 +432,7 @@ def test_slowfast_trains_on_synthetic_with_frozen_statistics(
     c.model.modalities = ("video",)  # the backbone under training; fewer streams to compile
     c.num_train_steps, c.log_every_steps, c.checkpoint_every_steps = 40, 10, 40
     c.eval_every_steps, c.mesh_shape = 0, (1, 1)
-    c.lr = c.backbone_lr = 3e-3
+    c.lr = 3e-3
     c.warmup_steps = 5
     run = train(c, str(tmp_path / "w"), data_dir=tiny_data, devices=jax.devices()[:1])
     lines = (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()

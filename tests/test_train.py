@@ -51,21 +51,22 @@ def test_focal_loss_matches_numpy():
 
 def test_lr_schedule_boundaries(tiny_config):
     c = tiny_config
-    c.lr, c.backbone_lr, c.warmup_steps, c.decay_epochs, c.decay_factor = 1e-3, 1e-4, 10, (2,), 0.1
-    sched = optim.schedules(c, steps_per_epoch=7)
-    for name, base in (("rest", 1e-3), ("backbone", 1e-4)):
+    c.lr, c.warmup_steps, c.decay_epochs, c.decay_factor = 1e-3, 10, (2,), 0.1
+    c.lr_mults = (("video_encoder/.*", 0.1),)
+    params = {"video_encoder": {"kernel": 0}, "amfn": {"kernel": 0}}
+    sched = optim.schedules(c, steps_per_epoch=7, params=params)
+    assert sorted(sched) == ["x0.1", "x1"]
+    for name, base in (("x1", 1e-3), ("x0.1", 1e-4)):
         f = sched[name]
         assert float(f(0)) == 0.0
         assert float(f(5)) == pytest.approx(base / 2)
         assert float(f(10)) == pytest.approx(base)
         assert float(f(13)) == pytest.approx(base)  # last step before the decay epoch (2 x 7)
         assert float(f(14)) == pytest.approx(base * 0.1)
-    assert optim.group_of((jax.tree_util.DictKey("video_encoder"),)) == "backbone"
-    assert optim.group_of((jax.tree_util.DictKey("amfn"),)) == "rest"
 
 
 def test_training_lowers_loss_and_keeps_blip_frozen(tiny_config, tiny_data, tmp_path):
-    c = small(tiny_config, 100, lr=3e-3, backbone_lr=3e-3, warmup_steps=5)
+    c = small(tiny_config, 100, lr=3e-3, warmup_steps=5)
     c.log_every_steps = 10
     c.mesh_shape = (1, 1)
     from jovale_jax.state import load_trained
@@ -210,7 +211,7 @@ def test_kill_during_checkpoint_write_keeps_previous(tmp_path):
 
 
 def test_non_finite_loss_stops_and_names_step(tiny_config, tiny_data, tmp_path):
-    c = small(tiny_config, 6, lr=1e30, backbone_lr=1e30, mesh_shape=(1, 1), grad_clip_norm=0.0)
+    c = small(tiny_config, 6, lr=1e30, mesh_shape=(1, 1), grad_clip_norm=0.0)
     c.checkpoint_every_steps = 1
     with pytest.raises(
         FloatingPointError,
