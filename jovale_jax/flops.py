@@ -22,6 +22,7 @@ from jovale_jax.models.jovale import (
     context_grid,
     expected_inputs,
     modalities_of,
+    modality_boxes,
     run_fusion,
     time_steps,
 )
@@ -144,7 +145,8 @@ def component_costs(cfg, batch_size: int = 1) -> dict[str, dict[str, float]]:
     add("actor", [model.actor_features, model.query_time_embed], actor, (feature_map, batch))
     queries = jax.eval_shape(run(actor), state, (feature_map, batch))
     fusion = model.amfn if model.fusion_strategy == "amfn" else model.fusion
-    fuse_inputs = (queries, context, batch["box_mask"], present, batch["boxes"])
+    boxes = modality_boxes(batch, model.modalities)
+    fuse_inputs = (queries, context, batch["box_mask"], present, boxes)
     add("amfn", [fusion], lambda m, x: m.fuse(*x), fuse_inputs)
     head_inputs = jax.eval_shape(run(lambda m, x: m.fuse(*x)), state, fuse_inputs)
     add("heads", [model.heads], lambda m, x: {k: m.heads[k](v) for k, v in x.items()}, head_inputs)
@@ -174,6 +176,6 @@ def fusion_gmacs(cfg, batch_size: int = 1) -> float:
         {m: spec(b, *grid[m], d) for m in mods},
         spec(b, k, dtype=jnp.bool_),
         {m: spec(b, dtype=jnp.bool_) for m in mods},
-        spec(b, k, 4, dtype=jnp.float32),
+        modality_boxes({"boxes": spec(b, k, 4, dtype=jnp.float32)}, mods),
     )
     return count_macs(lambda s, x: run_fusion(nnx.merge(graphdef, s), *x), state, inputs) / 1e9

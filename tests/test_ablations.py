@@ -146,7 +146,13 @@ def test_variant_sharded_forward_equals_single_device(tiny_config, field, value)
     stage (where the variants differ; tests/test_sharding.py runs the whole model) computes what
     it computes on one device."""
     from jovale_jax import sharding
-    from jovale_jax.models.jovale import build_fusion, context_grid, run_fusion, time_steps
+    from jovale_jax.models.jovale import (
+        build_fusion,
+        context_grid,
+        modality_boxes,
+        run_fusion,
+        time_steps,
+    )
 
     cfg = tiny_config.model
     section, leaf = (cfg.amfn, "encoder") if field == "amfn.encoder" else (cfg, field)
@@ -162,7 +168,7 @@ def test_variant_sharded_forward_equals_single_device(tiny_config, field, value)
         {m: rng.normal(size=(b, *grid[m], d)).astype(np.float32) for m in mods},
         boxes["box_mask"],
         {m: np.ones((b,), bool) for m in mods},
-        boxes["boxes"],
+        modality_boxes(boxes, mods),
     )
 
     def make():

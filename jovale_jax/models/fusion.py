@@ -9,9 +9,10 @@ Paper (Table 5, video + scene, audio excluded "for a fair comparison") and the e
 * ``amfn`` (JoVALE, the default): the AMFN (``jovale_jax.models.amfn``).
 * ``roi_feature_fusion`` -- paper: "directly combines RoI actor features from each modality for
   action classification" (Gkioxari and Malik 2015). Here: for each modality m with a spatial map
-  (video, scene), r_m = Dense(max over the 7 x 7 bins of RoIAlign(box, f_m,t)), averaged over its
-  T_m steps (B, K, D); the head classifies the channel concatenation [r_video || r_scene]
-  (B, K, 2D).
+  (video, scene), r_m = Dense(max over the 7 x 7 bins of RoIAlign(box_m, f_m,t)), averaged over
+  its T_m steps (B, K, D), where box_m is the box in m's own coordinates (video: placed on its
+  canvas by ``frame_extent``; scene: its whole frames); the head classifies the channel
+  concatenation [r_video || r_scene] (B, K, 2D).
 * ``roi_relation`` -- paper: "uses cross-attention to capture relationships among RoI features
   from different modalities" (HIT, Faure et al. 2023). Here: the same r_m, then
   ``model.amfn.num_layers`` layers in which each r_m (queries) cross-attends to the RoI features
@@ -81,7 +82,10 @@ class RoIFeatures(nnx.Module):
         self.cfg = actor_cfg
         self.proj = nnx.Dict({m: Dense(dim, dim, rngs=rngs, dtype=dtype) for m in grids})
 
-    def __call__(self, context: Mapping[str, jax.Array], boxes: jax.Array) -> dict[str, jax.Array]:
+    def __call__(
+        self, context: Mapping[str, jax.Array], boxes: Mapping[str, jax.Array]
+    ) -> dict[str, jax.Array]:
+        """``boxes``: {m: (B, K, 4)}, each normalised to modality m's own map."""
         out = {}
         for m, (h, w) in self.grids.items():
             ctx = context[m]
@@ -89,7 +93,8 @@ class RoIFeatures(nnx.Module):
             pool = jax.vmap(
                 lambda f, b: roi_align(f, b, self.cfg.roi_size, self.cfg.sampling_ratio)
             )
-            out[m] = self.proj[m](pool(grid, boxes.astype(grid.dtype)).max(axis=(3, 4))).mean(2)
+            rois = pool(grid, boxes[m].astype(grid.dtype))
+            out[m] = self.proj[m](rois.max(axis=(3, 4))).mean(2)
         return out
 
 

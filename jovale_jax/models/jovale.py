@@ -174,9 +174,29 @@ def build_fusion(
     return make(dim, {m: grids[m] for m in modalities}, cfg, rngs=rngs, dtype=dtype, **layer_kwargs)
 
 
+def modality_boxes(batch: Mapping[str, jax.Array], modalities) -> dict[str, jax.Array]:
+    """Each spatial modality's RoI boxes (B, K, 4), normalised to the map it pools from: the
+    video's on the video canvas (the batch's frame-normalised boxes placed by its optional
+    ``frame_extent``, which a flip moves too), the scene's in its own whole frames."""
+    boxes = {}
+    if "video" in modalities:
+        boxes["video"] = batch["boxes"]
+        if "frame_extent" in batch:  # the frame within the canvas
+            boxes["video"] = frame_to_canvas(batch["boxes"], batch["frame_extent"])
+    if "scene" in modalities:
+        boxes["scene"] = batch["boxes"]
+    return boxes
+
+
+def actor_boxes(boxes: Mapping[str, jax.Array], batch: Mapping[str, jax.Array]) -> jax.Array:
+    """The boxes of the map the actor features pool from (video, else scene; audio alone embeds
+    the frame boxes)."""
+    return boxes.get("video", boxes.get("scene", batch["boxes"]))
+
+
 def run_fusion(fusion: nnx.Module, queries, context, box_mask, present, boxes):
     """Call a :func:`build_fusion` module: the AMFN returns (a_fuse, {m: â_m}), the others the
-    head's input."""
+    head's input. ``boxes``: {m: (B, K, 4)} of :func:`modality_boxes`."""
     if isinstance(fusion, AMFN):
         return fusion(queries, context, box_mask, present)
     return fusion(queries, context, box_mask, present, boxes)
@@ -306,16 +326,16 @@ class JoVALE(nnx.Module):
         check_batch(self.cfg, batch)
         context, present, feature_map = self.encode(batch)
         box_mask = jnp.asarray(batch["box_mask"], bool)
-        boxes = batch["boxes"]
-        if "video" in self.modalities and "frame_extent" in batch:  # frame within the canvas
-            boxes = frame_to_canvas(boxes, batch["frame_extent"])
-        actors = self.actor_features(feature_map, boxes, batch.get("proposal_features"))
+        boxes = modality_boxes(batch, self.modalities)
+        actors = self.actor_features(
+            feature_map, actor_boxes(boxes, batch), batch.get("proposal_features")
+        )
         queries = {
             m: resample_time(actors, self.query_time_embed[m].shape[0], axis=2)
             + self.query_time_embed[m][...].astype(actors.dtype)
             for m in self.modalities
         }
-        inputs = self.fuse(queries, context, box_mask, present, batch["boxes"])
+        inputs = self.fuse(queries, context, box_mask, present, boxes)
         if "fused" in inputs:
             return self.heads["fused"](inputs["fused"])
         return head_logits(self.heads, "late", None, inputs, present)
