@@ -160,7 +160,11 @@ def base_config() -> ml_collections.ConfigDict:
     r = m.actor = ml_collections.ConfigDict()
     r.roi_size = 7
     r.sampling_ratio = 2  # bilinear samples per RoI bin side (RoIAlign, aligned=True)
-    r.detector_feature_dim = 0  # > 0 when the data carries detector RoI features
+    r.detector_feature_dim = 0  # F: the width of the detector's features (query_source detector)
+    # Where the action queries come from (models/jovale.py): "backbone" (RoIAlign on the video
+    # map; without video the scene grid, audio alone box coordinates) or "detector" (the paper:
+    # per-box features of `detect.detector`'s backbone, stored by build-data; every modality's).
+    m.query_source = "backbone"
 
     f = m.amfn = ml_collections.ConfigDict()
     f.num_layers = 6  # L

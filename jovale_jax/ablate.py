@@ -4,7 +4,8 @@
 
 Every row of a table is the config with a few ``config.model`` fields changed (:data:`TABLES`):
 
-* ``4`` -- modality subsets (``model.modalities``; paper Table 4);
+* ``4`` -- modality subsets (``model.modalities``; paper Table 4); every row keeps the config's
+  ``model.query_source``, so with "detector" (the paper's) all rows start from the same queries;
 * ``5`` -- fusion strategies, video + scene (``model.fusion_strategy``; Table 5);
 * ``6`` -- MFE structures (``model.amfn.encoder``; Table 6, with the paper's GFLOPs);
 * ``7`` -- MFA fusions (``model.amfn.fusion``; Table 7);
@@ -269,9 +270,32 @@ def prior_record(config, data_dir: str) -> dict[str, Any]:
     }
 
 
-def table_markdown(table: str, records: list[dict], dataset: str, prior: dict | None = None) -> str:
+def queries_line(config) -> str:
+    """Where every row's action queries come from (``model.query_source``, which no row changes)."""
+    from jovale_jax.models.inputs import query_source
+
+    if query_source(config.model) == "detector":
+        return (
+            "Action queries in every row: the detector's per-box features (model.query_source "
+            f"'detector', {config.model.actor.detector_feature_dim} wide), as in the paper."
+        )
+    return (
+        "Action queries: RoIAlign on the video backbone (model.query_source 'backbone'); rows "
+        "without video take them from the scene grid, audio alone from the box coordinates. The "
+        "paper's rows all start from the detector's features: model.query_source 'detector'."
+    )
+
+
+def table_markdown(
+    table: str,
+    records: list[dict],
+    dataset: str,
+    prior: dict | None = None,
+    queries: str = "",
+) -> str:
     """The table beside the paper's numbers, as Markdown; ``prior`` (:func:`prior_record`) adds
-    the class-prior baseline as the last line."""
+    the class-prior baseline as the last line, ``queries`` (:func:`queries_line`) a note under
+    the title."""
     title, rows = TABLES[table]
     groups = list(records[0]["groups"]) if records else []
     gflops = any(r.paper_gflops is not None for r in rows)
@@ -282,6 +306,7 @@ def table_markdown(table: str, records: list[dict], dataset: str, prior: dict | 
         f"per row."
         if records
         else title,
+        *([queries] if queries else []),
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
@@ -318,7 +343,8 @@ def ablate(
         records.append(record)
     # The synthetic set is small enough to score its class prior (AVA's train split is not).
     prior = prior_record(config, data_dir) if config.dataset == "synthetic" else None
-    text = table_markdown(table, records, config.dataset, prior)
+    queries = queries_line(config)
+    text = table_markdown(table, records, config.dataset, prior, queries)
     with open(os.path.join(workdir, f"table_{table}.md"), "w") as f:
         f.write(text)
     with open(os.path.join(workdir, f"table_{table}.json"), "w") as f:
@@ -327,6 +353,7 @@ def ablate(
                 "table": table,
                 "title": TABLES[table][0],
                 "dataset": config.dataset,
+                "queries": queries,
                 "rows": records,
                 "prior": prior,
             },

@@ -62,3 +62,42 @@ def tiny_config(**video):
     c.model.scene.update(sizes, image_size=64)
     c.model.audio.update(width=W, num_frames=64, num_mel_bins=48)
     return c
+
+
+def tiny_detr(path, channels: int = 8) -> str:
+    """A random DETR (ResNet backbone of `channels` output channels, one layer each, no timm, no
+    download) whose class head favours 'person', saved with its image processor at ``path``."""
+    import transformers
+
+    backbone = transformers.ResNetConfig(
+        embedding_size=8,
+        hidden_sizes=[8, channels],
+        depths=[1, 1],
+        layer_type="basic",
+        out_features=["stage2"],
+    )
+    labels = {0: "N/A", 1: "person", 2: "car"}
+    model = transformers.DetrForObjectDetection(
+        transformers.DetrConfig(
+            use_timm_backbone=False,
+            backbone_config=backbone,
+            use_pretrained_backbone=False,
+            d_model=16,
+            encoder_layers=1,
+            decoder_layers=1,
+            encoder_attention_heads=2,
+            decoder_attention_heads=2,
+            encoder_ffn_dim=16,
+            decoder_ffn_dim=16,
+            num_queries=10,
+            id2label=labels,
+            label2id={v: k for k, v in labels.items()},
+        )
+    )
+    bias = model.class_labels_classifier.bias.data
+    bias[:] = -4.0
+    bias[1] = 4.0
+    model.save_pretrained(str(path))
+    processor = transformers.DetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 96})
+    processor.save_pretrained(str(path))
+    return str(path)

@@ -369,6 +369,7 @@ def frames_config(preset, **data):
     config.model.scene.num_frames = 2
     config.model.num_proposals = 4
     config.model.actor.detector_feature_dim = 3
+    config.model.query_source = "detector"  # features from the proposals pickle (no detector)
     config.data.frame_stride = 2
     config.data.update(data)
     return config

@@ -202,6 +202,7 @@ def test_proposals_padded_and_truncated_to_k(config, examples):
 def test_proposal_features_only_when_configured(config):
     with_features = _config()
     with_features.model.actor.detector_feature_dim = 3
+    with_features.model.query_source = "detector"
     examples = _examples(with_features, n=BATCH)
     batch = _eval_batches(with_features, examples)[0]
     assert batch["proposal_features"].shape == (BATCH, config.model.num_proposals, 3)

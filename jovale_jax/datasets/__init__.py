@@ -14,9 +14,11 @@ Read (what the input pipeline and the evaluator call)::
     eval_dir(config)                              # label_map.pbtxt, {split}_groundtruth.csv, ...
 
 The features are data/SCHEMA.md's (`proposal_features` only when the config's
-`model.actor.detector_feature_dim` > 0). The builder is chosen by `config.dataset` and its TFDS
-config by the clip geometry of `config` (`common.clip_config`): frames, stride, fps, T_s, K,
-classes, detector-feature width, matching weights (and JHMDB's split). Data built for another
+`model.query_source` is "detector": computed by `config.detect.detector` when it names one
+(`jovale_jax.detect.features`), else read from the proposals file). The builder is chosen by
+`config.dataset` and its TFDS config by the clip geometry of `config` (`common.clip_config`):
+frames, stride, fps, T_s, K, classes, detector-feature width and detector, matching weights (and
+JHMDB's split). Data built for another
 geometry is never read by mistake; it simply is not found. On disk,
 `<data_dir>/jovale_<dataset>/<clip config>/1.0.0/` holds the TFRecord shards, TFDS's
 `dataset_info.json` / `features.json` and the `eval/` folder. TFDS writes into a temporary
@@ -71,8 +73,16 @@ def get_builder(config: Any, data_dir: str | None = None) -> common.KeyframeBuil
     """
     builder = _builder(config.dataset, config, data_dir)
     if not builder.is_prepared():
+        spec = builder.builder_config
+        features = (
+            f" with proposal_features ({spec.feature_dim} per box, from "
+            f"{spec.detector or 'the proposals file'}: model.query_source 'detector')"
+            if spec.feature_dim
+            else ""
+        )
         raise FileNotFoundError(
-            f"no complete {config.dataset} dataset for this config at {builder.data_path}: "
+            f"no complete {config.dataset} dataset{features} for this config at "
+            f"{builder.data_path}: "
             f"build it with `python launch.py build-data --dataset {config.dataset} "
             f"--config <this config> --data_dir {data_dir or config.data.data_dir}`"
         )
@@ -172,6 +182,11 @@ def build_dataset(
             examples={s: builder.info.splits[s].num_examples for s in builder.info.splits},
         )
     else:
+        spec = builder.builder_config
+        if spec.detector:  # loaded and checked before anything is written
+            from jovale_jax.detect.features import DetectorFeatures
+
+            builder.detector = DetectorFeatures.load(spec.detector, feature_dim=spec.feature_dim)
         prefix = tfds.core.constants.INCOMPLETE_PREFIX
         for leftover in builder.data_path.parent.glob(f"{prefix}*_{builder.data_path.name}"):
             logger.warning("removing %s, left by an interrupted build", leftover)

@@ -135,7 +135,7 @@ class AvaBuilder(common.KeyframeBuilder):
             common.write_eval_files(
                 os.path.join(self.data_dir, "eval"), split, label_map, rows, sorted(excluded)
             )
-            proposals = common.read_proposals(find_proposals(raw, split), spec.feature_dim)
+            proposals = common.read_proposals(find_proposals(raw, split), spec.file_feature_dim)
             generators[split] = self._generate_examples(
                 split,
                 {vid: len(frames) for vid, frames in keyframes.items()},
@@ -182,5 +182,6 @@ class AvaBuilder(common.KeyframeBuilder):
                         gt_boxes=boxes,
                         gt_labels=labels,
                         proposals=proposals.get((video_id, ts)),
+                        detector=self.detector,
                     ),
                 )

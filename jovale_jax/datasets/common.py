@@ -26,6 +26,7 @@ import tqdm
 from PIL import Image
 
 from jovale_jax import assignment, box_ops
+from jovale_jax.models.inputs import query_source
 
 logger = logging.getLogger("jovale_jax.datasets")
 
@@ -57,6 +58,7 @@ class ClipConfig(tfds.core.BuilderConfig):
     num_proposals: int = 15
     num_classes: int = 60
     feature_dim: int = 0
+    detector: str = ""  # config.detect.detector when build-data computes the features with it
     match: tuple[float, float, float, float] = (1.0, 5.0, 2.0, 0.0)  # class, l1, giou, iou thr
     split_index: int = 1  # JHMDB's split (1-3); recorded for every dataset, used by JHMDB only
     clip_short_side: int = 224  # video frames: short side at most this (the config's largest)
@@ -79,6 +81,11 @@ class ClipConfig(tfds.core.BuilderConfig):
         parts = (np.arange(self.scene_frames) + 0.5) * self.window / self.scene_frames
         return -(self.window // 2) + np.floor(parts).astype(np.int64)
 
+    @property
+    def file_feature_dim(self) -> int:
+        """The feature columns the proposals file must carry: F, unless the detector makes them."""
+        return 0 if self.detector else self.feature_dim
+
     def assignment_kwargs(self) -> dict[str, float]:
         cost_class, cost_l1, cost_giou, iou_threshold = self.match
         return {
@@ -90,8 +97,13 @@ class ClipConfig(tfds.core.BuilderConfig):
 
 
 def clip_config(config: Any) -> ClipConfig:
-    """The `ClipConfig` (TFDS builder config) that a model config reads and writes."""
+    """The `ClipConfig` (TFDS builder config) that a model config reads and writes.
+
+    With `model.query_source` "detector" and `config.detect.detector` set, the features are that
+    detector's (its name is part of the config); without a detector, the proposals file's columns.
+    """
     m, d = config.model, config.data
+    detector = config.detect.detector if query_source(m) == "detector" else ""
     fields = {
         "num_frames": int(m.video.num_frames),
         "frame_stride": int(d.frame_stride),
@@ -104,6 +116,7 @@ def clip_config(config: Any) -> ClipConfig:
         "split_index": int(d.get("split_index", 1)),
         "clip_short_side": int(max(d.short_side, d.eval_short_side)),
         "scene_size": int(m.scene.image_size),
+        **({"detector": str(detector)} if detector else {}),  # absent: the digests stay as before
     }
     description = json.dumps(fields, sort_keys=True)
     digest = hashlib.sha1(description.encode()).hexdigest()[:8]
@@ -183,7 +196,8 @@ class KeyframeBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Base of the dataset builders: the schema's features, split selection, the build counters.
 
     Built with a `ClipConfig` (`config=clip_config(model_config)`); `strict` makes any video lost an
-    error; `splits` restricts the build to some of `SPLITS`. `stats` holds the counts afterwards.
+    error; `splits` restricts the build to some of `SPLITS`; `detector` computes the proposals'
+    features when the config names one (`make_example`). `stats` holds the counts afterwards.
     """
 
     VERSION = tfds.core.Version("1.0.0")
@@ -193,8 +207,16 @@ class KeyframeBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     # (tensorflow/datasets#11212). Without a code path it skips the look-up.
     code_path = None
 
-    def __init__(self, *, strict: bool = False, splits: Sequence[str] | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        *,
+        strict: bool = False,
+        splits: Sequence[str] | None = None,
+        detector: Callable | None = None,
+        **kwargs: Any,
+    ):
         self.stats = BuildStats(strict=strict)
+        self.detector = detector
         self.splits = tuple(splits or self.SPLITS)
         super().__init__(**kwargs)
 
@@ -306,7 +328,7 @@ def write_label_map(path: str, label_map: dict[int, str]) -> None:
 
 def read_proposals(path: str, feature_dim: int) -> dict[tuple[str, int], np.ndarray]:
     """Detector boxes per keyframe: {(video_id, timestamp): (N, 5 + F) rows x1, y1, x2, y2, score,
-    features}, normalised.
+    features}, normalised. F > 0 (`ClipConfig.file_feature_dim`): the file must carry the features.
 
     `.pkl`: the dense-proposals dict of SlowFast / MMAction2, keys "video_id,timestamp" (any zero
     padding), values (N, 5 + F) arrays. `.csv`: AVA-style rows video_id, timestamp, x1, y1, x2, y2,
@@ -315,7 +337,7 @@ def read_proposals(path: str, feature_dim: int) -> dict[tuple[str, int], np.ndar
     width = 5 + feature_dim
     if path.endswith(".csv"):
         if feature_dim:
-            raise BadInputError(f"{path}: a CSV carries no detector features (F={feature_dim})")
+            raise BadInputError(f"{path}: a CSV carries no detector features; {_NO_FEATURES}")
         columns = [
             ("video_id", str),
             ("timestamp", int),
@@ -335,6 +357,11 @@ def read_proposals(path: str, feature_dim: int) -> dict[tuple[str, int], np.ndar
         array = np.asarray(value, np.float32)
         if array.size == 0:
             array = array.reshape(0, width)
+        if feature_dim and array.ndim == 2 and array.shape[1] == 5:
+            raise BadInputError(
+                f"{path}: entry {key!r} has no proposal_features (rows of 5 values, not 5 + "
+                f"{feature_dim}); {_NO_FEATURES}"
+            )
         if not vid or not ts.strip().isdigit() or array.ndim != 2 or array.shape[1] != width:
             raise BadInputError(
                 f"{path}: entry {key!r} with shape {np.shape(value)}: expected key "
@@ -343,6 +370,12 @@ def read_proposals(path: str, feature_dim: int) -> dict[tuple[str, int], np.ndar
             )
         proposals[vid, int(ts)] = array
     return proposals
+
+
+_NO_FEATURES = (
+    "model.query_source 'detector' needs model.actor.detector_feature_dim features per box: "
+    "store them after the score, or set config.detect.detector to compute them"
+)
 
 
 # ----------------------------------------------------------------------------- one example
@@ -367,12 +400,16 @@ def make_example(
     gt_boxes: np.ndarray,
     gt_labels: np.ndarray,
     proposals: np.ndarray | None,
+    detector: Callable | None = None,
 ) -> dict[str, Any]:
     """One keyframe's example: top-K proposals by score, clipped, with their Hungarian targets.
 
-    `proposals` are (N, 5 + F) detector rows or None (the keyframe is kept with no proposals).
+    `proposals` are (N, 5 + `spec.file_feature_dim`) detector rows or None (the keyframe is kept
+    with no proposals). With `spec.detector`, `detector` (`detect.features.DetectorFeatures`)
+    computes the features of the kept boxes on the keyframe, the clip frame nearest to it.
     """
-    rows = np.zeros((0, 5 + spec.feature_dim), np.float32) if proposals is None else proposals
+    width = 5 + spec.file_feature_dim
+    rows = np.zeros((0, width), np.float32) if proposals is None else proposals
     rows = rows[np.argsort(-rows[:, 4], kind="stable")[: spec.num_proposals]]
     boxes, clipped = box_ops.clip_boxes(rows[:, :4])
     stats.boxes_clipped["proposals"] += clipped
@@ -394,7 +431,10 @@ def make_example(
             boxes, scores, gt_boxes, gt_labels, **spec.assignment_kwargs()
         ),
     }
-    if spec.feature_dim:
+    if spec.detector:
+        keyframe = Image.open(io.BytesIO(frames[int(np.argmin(np.abs(spec.clip_offsets())))]))
+        (example["proposal_features"],) = detector([keyframe.convert("RGB")], [boxes])
+    elif spec.feature_dim:
         example["proposal_features"] = rows[:, 5:].astype(np.float32)
     return example
 

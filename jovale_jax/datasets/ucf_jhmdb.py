@@ -78,7 +78,7 @@ class _FrameFolderBuilder(common.KeyframeBuilder, skip_registration=True):
             annotations = pickle.load(f, encoding="latin1")
         label_map = {i + 1: name for i, name in enumerate(annotations["labels"])}
         self.check_classes(label_map, os.path.join(raw, self.PICKLE))
-        proposals = common.read_proposals(os.path.join(raw, PROPOSALS), spec.feature_dim)
+        proposals = common.read_proposals(os.path.join(raw, PROPOSALS), spec.file_feature_dim)
         generators = {}
         for split in self.splits:
             lists = annotations[f"{split}_videos"]
@@ -144,6 +144,7 @@ class _FrameFolderBuilder(common.KeyframeBuilder, skip_registration=True):
                     gt_boxes=boxes,
                     gt_labels=labels,
                     proposals=proposals.get((video, frame)),
+                    detector=self.detector,
                 ),
             )
 

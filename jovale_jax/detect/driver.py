@@ -21,8 +21,10 @@ from jovale_jax import audio_features, input_pipeline
 from jovale_jax.datasets import common
 from jovale_jax.datasets import video as video_io
 from jovale_jax.detect import outputs, proposals
+from jovale_jax.detect.features import DetectorFeatures
 from jovale_jax.detect.outputs import Keyframe
 from jovale_jax.evaluation.detections_csv import format_time
+from jovale_jax.models.inputs import query_source
 from jovale_jax.state import ModelState, load_trained, predict_batch, resolve_checkpoint
 
 DEMO_WORKDIR = os.path.join("runs", "demo")  # where `make demo` trains, from the repository root
@@ -56,8 +58,11 @@ def keyframe_times(
 # ----------------------------------------------------------------------------- model inputs
 
 
-def example_inputs(config, clip: video_io.Clip, boxes: np.ndarray) -> dict[str, np.ndarray]:
-    """One keyframe's model inputs (data/SCHEMA.md's batch entries, without the batch axis)."""
+def example_inputs(
+    config, clip: video_io.Clip, boxes: np.ndarray, features: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """One keyframe's model inputs (data/SCHEMA.md's batch entries, without the batch axis);
+    `features`: the boxes' detector features (model.query_source "detector")."""
     model = config.model
     encoded = {"frames": tf.constant(clip.frames), "scene_frames": tf.constant(clip.scene_frames)}
     out = {k: v.numpy() for k, v in input_pipeline.decode_images(encoded, config).items()}
@@ -79,6 +84,9 @@ def example_inputs(config, clip: video_io.Clip, boxes: np.ndarray) -> dict[str, 
     out["boxes"] = np.zeros((k, 4), np.float32)
     out["boxes"][: len(boxes)] = boxes
     out["box_mask"] = np.arange(k) < len(boxes)
+    if features is not None:
+        out["proposal_features"] = np.zeros((k, features.shape[1]), np.float32)
+        out["proposal_features"][: len(boxes)] = features
     return out
 
 
@@ -101,11 +109,12 @@ def predict_keyframes(
     *,
     batch_size: int,
     name: str,
+    featurize: DetectorFeatures | None = None,
 ) -> Iterator[Keyframe]:
     """Reads the keyframes' clips in one pass and yields their results in time order, predicting
     `batch_size` keyframes at a time, with a progress bar. `centres` are the keyframes' video
     times, `times` the same from the first frame. Keyframes that the decoded video does not reach
-    are skipped."""
+    are skipped. `featurize` gives the boxes' detector features (the model's queries)."""
     config = s.config
     spec = common.clip_config(config)
     key = int(np.argmin(np.abs(spec.clip_offsets())))  # the clip frame nearest to the keyframe
@@ -118,8 +127,13 @@ def predict_keyframes(
             proposals.top_proposals(rows, config.model.num_proposals)
             for rows in propose(indices, images)
         ]
+        features = featurize(images, boxes) if featurize else [None] * len(boxes)
         batch = stack_padded(
-            [example_inputs(config, clip, b) for (_, clip), b in zip(pending, boxes)], batch_size
+            [
+                example_inputs(config, clip, b, f)
+                for (_, clip), b, f in zip(pending, boxes, features)
+            ],
+            batch_size,
         )
         scores = predict_batch(s, batch)["scores"]
         pending.clear()
@@ -219,17 +233,18 @@ def detect(
         raise ValueError(
             f"config.detect.keyframe_every must be a positive number of seconds: {keyframe_every}"
         )
-    if boxes_csv is not None and detector is not None:
+    detector_queries = query_source(config.model) == "detector"
+    if boxes_csv is not None and detector is not None and not detector_queries:
         raise ValueError("give boxes_csv or config.detect.detector, not both")
+    if detector_queries and detector is None:
+        raise ValueError(
+            "config field model.query_source is 'detector': detect needs config.detect.detector, "
+            "the detector whose features the model was trained on"
+        )
     if video_out and os.path.splitext(video_out)[1].lower() not in outputs.VIDEO_OUT_FORMATS:
         raise ValueError(
             f"video_out {video_out}: expected a file name ending in "
             f"{', '.join(outputs.VIDEO_OUT_FORMATS)}"
-        )
-    if config.model.actor.detector_feature_dim:
-        raise ValueError(
-            "detect has no detector RoI features: use a config with "
-            "model.actor.detector_feature_dim = 0"
         )
     video_id = os.path.splitext(os.path.basename(video))[0]
     with open_input_video(video) as container:
@@ -244,6 +259,11 @@ def detect(
         has_audio = bool(container.streams.audio)
         audio_masked = not has_audio and "audio" in config.model.modalities
         source = "boxes_csv" if boxes_csv else "detector" if detector else "whole_frame"
+        featurize = (
+            DetectorFeatures.load(detector, feature_dim=config.model.actor.detector_feature_dim)
+            if detector_queries
+            else None
+        )
         print(
             f"detect: {video} ({stream.codec_context.width}x{stream.codec_context.height}, "
             f"{len(times)} keyframe(s) every {format_time(keyframe_every)} s, audio track: "
@@ -265,7 +285,7 @@ def detect(
         propose = proposals.make_proposer(
             boxes,
             proposals.PersonDetector(detector, threshold=options.detector_threshold)
-            if detector
+            if detector and boxes is None
             else None,
         )
         s = model_state or load_trained(config, checkpoint, devices=devices)
@@ -278,7 +298,14 @@ def detect(
                 video_id,
                 classes,
                 predict_keyframes(
-                    s, container, origin + times, times, propose, batch_size=size, name=video
+                    s,
+                    container,
+                    origin + times,
+                    times,
+                    propose,
+                    batch_size=size,
+                    name=video,
+                    featurize=featurize,
                 ),
             )
             if len(shown) < len(times):

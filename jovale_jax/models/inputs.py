@@ -47,3 +47,23 @@ def frame_to_canvas(boxes: jax.Array, frame_extent: jax.Array) -> jax.Array:
     lo = frame_extent[:, None, :2].astype(boxes.dtype)
     size = frame_extent[:, None, 2:].astype(boxes.dtype) - lo
     return jnp.concatenate([lo + boxes[..., :2] * size, lo + boxes[..., 2:] * size], axis=-1)
+
+
+QUERY_SOURCES = ("backbone", "detector")
+
+
+def query_source(cfg) -> str:
+    """``cfg.query_source`` of a ``config.model``, checked against ``actor.detector_feature_dim``:
+    "detector" needs the features' width F > 0, "backbone" takes none (F = 0)."""
+    source, dim = cfg.get("query_source", "backbone"), int(cfg.actor.detector_feature_dim)
+    if source not in QUERY_SOURCES:
+        raise ValueError(
+            f"config field model.query_source: expected one of {QUERY_SOURCES}, got {source!r}"
+        )
+    if (source == "detector") != (dim > 0):
+        need = "> 0 (the detector's feature width)" if source == "detector" else "0"
+        raise ValueError(
+            f"config field model.actor.detector_feature_dim is {dim} but must be {need} with "
+            f"model.query_source {source!r}"
+        )
+    return source

@@ -6,11 +6,12 @@ action logits (B, K, num_classes). uint8 frames are normalised here, on the devi
 (``models/inputs.py``). Which streams exist is ``config.model.modalities`` (any non-empty
 subset of video, audio, scene; Table 4 of the paper).
 
-Actor proposal features (the initial action queries) come from RoIAlign of each box on the video
-encoder's feature map at every time step, max-pooled over the 7 x 7 bins and projected to D. Without
-the video stream they come from the scene encoder's patch grid (one map per scene frame), and with
-audio alone from an embedding of the box coordinates. Detector RoI features, when the data has them,
-are projected to D and added.
+Actor proposal features (the initial action queries of every modality) come from
+``model.query_source``. "detector" (the paper): the person detector's per-box features (the batch's
+``proposal_features``, stored by build-data), projected to D. "backbone": RoIAlign of each box on
+the video encoder's feature map at every time step, max-pooled over the 7 x 7 bins and projected to
+D; without the video stream the scene encoder's patch grid (one map per scene frame), and with
+audio alone an embedding of the box coordinates.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from jovale_jax.models.inputs import (
     BLIP_STD,
     frame_to_canvas,
     normalize_frames,
+    query_source,
     video_statistics,
 )
 from jovale_jax.models.layers import Dense, LayerNorm, attention_implementation, dtype_of, param
@@ -92,7 +94,7 @@ def expected_inputs(cfg) -> dict[str, tuple[tuple[int, ...], str]]:
             (cfg.audio.num_frames, cfg.audio.num_mel_bins),
             "model.audio.num_frames/num_mel_bins",
         )
-    if cfg.actor.detector_feature_dim:
+    if query_source(cfg) == "detector":
         shapes["proposal_features"] = (
             (k, cfg.actor.detector_feature_dim),
             "model.num_proposals/actor.detector_feature_dim",
@@ -203,18 +205,23 @@ def run_fusion(fusion: nnx.Module, queries, context, box_mask, present, boxes):
 
 
 class ActorFeatures(nnx.Module):
-    """Actor proposal features (B, K, T_src, D) from a feature map (B, T_src, h, w, C) and boxes."""
+    """Actor proposal features (B, K, T_src, D): the detector's per-box features (B, K, F) with
+    ``detector`` (T_src = 1), else RoIAlign on a feature map (B, T_src, h, w, C) at the boxes, or
+    without a map an embedding of the boxes (T_src = 1)."""
 
-    def __init__(self, source_width: int, dim: int, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32):
+    def __init__(
+        self, source_width: int, dim: int, cfg, *, detector: bool, rngs: nnx.Rngs, dtype=jnp.float32
+    ):
         self.cfg = cfg
-        if source_width:
-            self.proj = Dense(source_width, dim, rngs=rngs, dtype=dtype)
-        else:
-            self.box_embed = Dense(4, dim, rngs=rngs, axes=(None, EMBED), dtype=dtype)
-        if cfg.detector_feature_dim:
+        self.detector = detector
+        if detector:
             self.detector_proj = Dense(
                 cfg.detector_feature_dim, dim, rngs=rngs, axes=(None, EMBED), dtype=dtype
             )
+        elif source_width:
+            self.proj = Dense(source_width, dim, rngs=rngs, dtype=dtype)
+        else:
+            self.box_embed = Dense(4, dim, rngs=rngs, axes=(None, EMBED), dtype=dtype)
 
     def __call__(
         self,
@@ -222,16 +229,14 @@ class ActorFeatures(nnx.Module):
         boxes: jax.Array,
         detector_features: jax.Array | None = None,
     ) -> jax.Array:
+        if self.detector:
+            return self.detector_proj(detector_features)[:, :, None]
         if feature_map is not None:
             pool = jax.vmap(
                 lambda f, b: roi_align(f, b, self.cfg.roi_size, self.cfg.sampling_ratio)
             )
-            x = self.proj(pool(feature_map, boxes.astype(feature_map.dtype)).max(axis=(3, 4)))
-        else:
-            x = self.box_embed(boxes)[:, :, None]
-        if detector_features is not None:
-            x = x + self.detector_proj(detector_features)[:, :, None]
-        return x
+            return self.proj(pool(feature_map, boxes.astype(feature_map.dtype)).max(axis=(3, 4)))
+        return self.box_embed(boxes)[:, :, None]
 
 
 class JoVALE(nnx.Module):
@@ -270,7 +275,14 @@ class JoVALE(nnx.Module):
         if "audio" in self.modalities:
             self.audio_embed = AudioPatchEmbed(cfg.audio, rngs=rngs, dtype=dtype.name)
             self.audio_proj = Dense(cfg.audio.width, dim, rngs=rngs, dtype=dtype)
-        self.actor_features = ActorFeatures(source_width, dim, cfg.actor, rngs=rngs, dtype=dtype)
+        self.actor_features = ActorFeatures(
+            source_width,
+            dim,
+            cfg.actor,
+            detector=query_source(cfg) == "detector",
+            rngs=rngs,
+            dtype=dtype,
+        )
         self.query_time_embed = nnx.Dict(
             {
                 m: param(rngs, nnx.initializers.normal(0.02), (steps[m], dim), (None, EMBED))
