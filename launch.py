@@ -13,7 +13,7 @@ Commands:
   ablate      train and evaluate every row of one of the paper's ablation tables (--table)
   demo        build the synthetic set, train, evaluate and write a report (what `make demo` runs)
 
-Options that are configuration live in the config (`--config.eval.split=val`,
+Options that are configuration live in the config (`--config.data.eval_split=val`,
 `--config.detect.keyframe_every=0.5`, configs/common.py lists them); flags name files and folders.
 train and eval run on several processes (one per host, README "Scale") with
 `--coordinator_address HOST:PORT --num_processes N --process_id I`; under SLURM or Open MPI JAX
