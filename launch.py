@@ -13,7 +13,7 @@ Commands:
   ablate      train and evaluate every row of one of the paper's ablation tables (--table)
   demo        build the synthetic set, train, evaluate and write a report (what `make demo` runs)
 
-Options that are configuration live in the config (`--config.eval.split=val`,
+Options that are configuration live in the config (`--config.data.eval_split=val`,
 `--config.detect.keyframe_every=0.5`, configs/common.py lists them); flags name files and folders.
 train and eval run on several processes (one per host, README "Scale") with
 `--coordinator_address HOST:PORT --num_processes N --process_id I`; under SLURM or Open MPI JAX
@@ -23,12 +23,14 @@ reads these from the environment.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import json
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ INFO and warnings
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # and its oneDNN note at import
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -114,19 +116,69 @@ DATASET_PRESETS = {
     "jhmdb21": "jhmdb21",
 }  # build-data --dataset NAME without --config
 DISTRIBUTED_COMMANDS = ("train", "eval")  # the commands that run on several processes
-COMMANDS = ("train", "eval", "detect", "convert", "flops", "bench", "build-data", "ablate", "demo")
+DISTRIBUTED_FLAGS = ("coordinator_address", "num_processes", "process_id", "coordinator_timeout_s")
+COMMAND_FLAGS = {  # the flags each command reads (its --help lists them; others are an error)
+    "train": ("config", "workdir", "init_from", "data_dir", *DISTRIBUTED_FLAGS),
+    "eval": ("config", "checkpoint", "out", "data_dir", "compare_to", *DISTRIBUTED_FLAGS),
+    "detect": ("config", "video", "out", "checkpoint", "boxes", "video_out"),
+    "convert": ("config", "from", "src", "out", "overwrite", "source_grid"),
+    "flops": ("config", "table", "json"),
+    "bench": (
+        "config",
+        "batch_size",
+        "component",
+        "num_batches",
+        "fixture",
+        "data_dir",
+        "gpu_clips_per_s",
+    ),
+    "build-data": ("dataset", "config", "raw_dir", "data_dir", "strict"),
+    "ablate": ("config", "table", "workdir", "data_dir", "init_from"),
+    "demo": ("config", "workdir", "data_dir", "ablation_dir"),
+}
+COMMANDS = tuple(COMMAND_FLAGS)
+PATH_FLAGS = (
+    "workdir",
+    "data_dir",
+    "raw_dir",
+    "out",
+    "init_from",
+    "checkpoint",
+    "video",
+    "boxes",
+    "video_out",
+    "compare_to",
+    "ablation_dir",
+    "src",
+)  # made absolute at the command line: the code never depends on the working directory
+HELP = ("--help", "-h", "--helpshort", "-?")
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+class InputError(Exception):
+    """A mistake on the command line: printed as one `error:` line, exit status 2."""
 
 
 def _config():
     if FLAGS.config is None:
-        raise app.UsageError("--config is required, e.g. --config configs/synthetic.py")
+        raise InputError("--config is required, e.g. --config configs/synthetic.py")
     return FLAGS.config
+
+
+def check_model(config) -> None:
+    """Every `config.model` value the model checks (modalities, strategies, sizes), checked
+    abstractly (no weights), before anything is created."""
+    from flax import nnx
+
+    from jovale_jax.models import JoVALE
+
+    nnx.eval_shape(lambda: JoVALE(config.model, rngs=nnx.Rngs(0)))
 
 
 def cmd_flops(args):
     """Print parameters and GMACs per component for one forward pass at batch 1; with --table,
     the fusion stage's GMACs for every row of that ablation table."""
-    from jovale_jax.flops import component_costs
+    from jovale_jax.flops import component_costs, format_costs
 
     if FLAGS.table is not None:
         from jovale_jax.ablate import fusion_cost_table
@@ -137,9 +189,7 @@ def cmd_flops(args):
             print(json.dumps(rows))
         return
     costs = component_costs(_config().model)
-    print(f"{'component':<10} {'params (M)':>12} {'GMACs':>10}")
-    for name, c in costs.items():
-        print(f"{name:<10} {c['params'] / 1e6:>12.2f} {c['gmacs']:>10.1f}")
+    print(format_costs(costs))
     if FLAGS.json:
         out = {
             "total_gmacs": costs["total"]["gmacs"],
@@ -156,7 +206,10 @@ def cmd_train(argv):
 
     config = _config()
     _require("workdir")
-    run_log.log_to_file(FLAGS.workdir)
+    _not_a_file("workdir")
+    check_model(config)
+    _exists("init_from")
+    run_log.log_to_file(FLAGS.workdir, config, FLAGS.verbosity)
     train.train(
         config,
         FLAGS.workdir,
@@ -167,15 +220,15 @@ def cmd_train(argv):
 
 
 def cmd_eval(argv):
-    """Evaluate --checkpoint on the eval split."""
+    """Evaluate --checkpoint on the eval split (config.data.eval_split)."""
     from jovale_jax.evaluate import evaluate_checkpoint
 
     _require("checkpoint")
+    _exists("checkpoint")
     config = _config()
     evaluate_checkpoint(
         config,
         FLAGS.checkpoint,
-        split=config.eval.split or None,
         out_dir=FLAGS.out,
         data_dir=FLAGS.data_dir,
         compare_to=FLAGS.compare_to,
@@ -188,11 +241,10 @@ def cmd_convert(argv):
     from jovale_jax.convert.io import summary
 
     _require("out")
+    _not_a_file("out")
     kinds, srcs = FLAGS["from"].value, FLAGS.src
     if not kinds or len(kinds) != len(srcs):
-        raise app.UsageError(
-            f"give one --src per --from (got {len(kinds)} --from, {len(srcs)} --src)"
-        )
+        raise InputError(f"give one --src per --from (got {len(kinds)} --from, {len(srcs)} --src)")
     grid = None if FLAGS.source_grid is None else tuple(int(n) for n in FLAGS.source_grid)
     manifest = convert_main(
         list(zip(kinds, srcs)), FLAGS.out, _config(), overwrite=FLAGS.overwrite, source_grid=grid
@@ -206,7 +258,7 @@ def cmd_build_data(argv):
 
     config = build_data_config()
     name = FLAGS.dataset or config.dataset
-    data_dir = FLAGS.data_dir or config.data.data_dir
+    data_dir = FLAGS.data_dir or os.path.abspath(config.data.data_dir)
     summary = build_dataset(
         name, config=config, raw_dir=FLAGS.raw_dir, data_dir=data_dir, strict=FLAGS.strict
     )
@@ -215,9 +267,18 @@ def cmd_build_data(argv):
 
 def build_data_config():
     """--config, or without it the preset of --dataset (DATASET_PRESETS)."""
-    if FLAGS.config is None and FLAGS.dataset in DATASET_PRESETS:
+    if FLAGS.dataset is not None and FLAGS.dataset not in DATASET_PRESETS:
+        raise InputError(
+            f"--dataset {FLAGS.dataset}: unknown dataset{_nearest(FLAGS.dataset, DATASET_PRESETS)}"
+            f"; known: {', '.join(DATASET_PRESETS)}"
+        )
+    if FLAGS.config is None and FLAGS.dataset is not None:
         return importlib.import_module(f"configs.{DATASET_PRESETS[FLAGS.dataset]}").get_config()
-    return _config()
+    if FLAGS.config is None:
+        raise InputError(
+            f"build-data needs --dataset NAME ({', '.join(DATASET_PRESETS)}) or --config"
+        )
+    return FLAGS.config
 
 
 def cmd_bench(argv):
@@ -285,6 +346,9 @@ def cmd_detect(argv):
 
     _require("video")
     _require("out")
+    _not_a_file("out")
+    for name in ("video", "checkpoint", "boxes"):
+        _exists(name)
     detect(
         _config(),
         video=FLAGS.video,
@@ -298,14 +362,22 @@ def cmd_detect(argv):
 def cmd_ablate(argv):
     """Train and evaluate every row of --table in its own folder of --workdir."""
     from jovale_jax import run_log
-    from jovale_jax.ablate import ablate
+    from jovale_jax.ablate import TABLES, ablate, check_table, validate_row
 
+    config = _config()
     _require("workdir")
     _require("table")
-    run_log.log_to_file(FLAGS.workdir)
-    ablate(
-        _config(), FLAGS.workdir, FLAGS.table, data_dir=FLAGS.data_dir, init_from=FLAGS.init_from
-    )
+    _not_a_file("workdir")
+    _exists("init_from")
+    if FLAGS.table not in TABLES:
+        raise InputError(
+            f"--table {FLAGS.table}: no such table{_nearest(FLAGS.table, TABLES)}; "
+            f"expected one of {', '.join(TABLES)}"
+        )
+    for row in TABLES[check_table(FLAGS.table)][1]:
+        validate_row(config, row)
+    run_log.log_to_file(FLAGS.workdir, config, FLAGS.verbosity)
+    ablate(config, FLAGS.workdir, FLAGS.table, data_dir=FLAGS.data_dir, init_from=FLAGS.init_from)
 
 
 def cmd_demo(argv):
@@ -313,19 +385,37 @@ def cmd_demo(argv):
     from jovale_jax import run_log
     from jovale_jax.demo import demo
 
-    workdir = FLAGS.workdir or "runs/demo"
-    run_log.log_to_file(workdir)
+    config = _config() if FLAGS.config is not None else None
+    if config is not None:
+        check_model(config)
+    workdir = FLAGS.workdir or os.path.abspath("runs/demo")
+    _not_a_file("workdir")
+    run_log.log_to_file(workdir, config, FLAGS.verbosity)
     demo(
-        _config() if FLAGS.config is not None else None,
+        config,
         workdir,
         data_dir=FLAGS.data_dir,
-        ablation_dir=FLAGS.ablation_dir or "runs/ablate4",
+        ablation_dir=FLAGS.ablation_dir or os.path.abspath("runs/ablate4"),
     )
 
 
 def _require(name: str) -> None:
     if FLAGS[name].value is None:
-        raise app.UsageError(f"--{name} is required for this command")
+        raise InputError(f"--{name} is required for this command")
+
+
+def _exists(name: str) -> None:
+    """A one-line error unless the path flag `name`, when given, exists."""
+    path = FLAGS[name].value
+    if path is not None and not os.path.exists(path):
+        raise InputError(f"--{name} {path}: no such file or folder")
+
+
+def _not_a_file(name: str) -> None:
+    """A one-line error when the folder flag `name` names an existing file."""
+    path = FLAGS[name].value
+    if path is not None and os.path.isfile(path):
+        raise InputError(f"--{name} {path}: is a file, not a folder")
 
 
 HANDLERS = {
@@ -341,15 +431,155 @@ HANDLERS = {
 }
 
 
+def _nearest(word: str, choices) -> str:
+    """`; did you mean 'x'?` for the closest of `choices`, or ''."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def check_command(argv) -> None:
     """The positional arguments left after the flags: one command (and a bench's kind)."""
-    if len(argv) < 2 or argv[1] not in COMMANDS:
-        raise app.UsageError(f"expected one command of {COMMANDS}, got {argv[1:]}")
+    if len(argv) < 2:
+        raise InputError(f"no command given; expected one of {', '.join(COMMANDS)}")
+    if argv[1] not in COMMANDS:
+        raise InputError(
+            f"unknown command {argv[1]!r}{_nearest(argv[1], COMMANDS)}; "
+            f"expected one of {', '.join(COMMANDS)}"
+        )
     if argv[1] == "bench":
         if len(argv) != 3 or argv[2] not in BENCHES:
-            raise app.UsageError(f"bench needs one of {BENCHES}, got {argv[2:]}")
+            got = argv[2] if len(argv) > 2 else ""
+            raise InputError(
+                f"bench needs one of {', '.join(BENCHES)}, got {' '.join(argv[2:]) or 'none'}"
+                + _nearest(got, BENCHES)
+            )
     elif len(argv) != 2:
-        raise app.UsageError(f"unexpected arguments {argv[2:]}")
+        raise InputError(f"unexpected arguments {' '.join(argv[2:])} after {argv[1]}")
+    given = [n for n in _command_line_flags() if n not in COMMAND_FLAGS[argv[1]]]
+    if given:
+        raise InputError(
+            f"--{given[0]} does not apply to {argv[1]}; its flags: "
+            + ", ".join(f"--{n}" for n in COMMAND_FLAGS[argv[1]])
+        )
+
+
+def _command_line_flags() -> list[str]:
+    """The launch.py flags given on the command line (not the config's overrides, nor absl's)."""
+    ours = {n for flags_ in COMMAND_FLAGS.values() for n in flags_}
+    return [n for n in ours if FLAGS[n].present]
+
+
+def resolve_paths() -> None:
+    """Every path flag made absolute (relative to the working directory), `~` expanded."""
+    for name in PATH_FLAGS:
+        value = FLAGS[name].value
+        if isinstance(value, list):
+            FLAGS[name].value = [os.path.abspath(os.path.expanduser(v)) for v in value]
+        elif value is not None:
+            FLAGS[name].value = os.path.abspath(os.path.expanduser(value))
+
+
+def command_help(command: str) -> str:
+    """`launch.py COMMAND --help`: what the command does and the flags it reads."""
+    usage = f"usage: python launch.py {command}"
+    if command == "bench":
+        usage += " {" + ",".join(BENCHES) + "}"
+    lines = [usage + " [flags]", "", HANDLERS[command].__doc__.strip(), "", "flags:"]
+    for name in COMMAND_FLAGS[command]:
+        flag = FLAGS[name]
+        default = "" if flag.default in (None, False, []) else f" (default {flag.default})"
+        lines.append(f"  --{name}: {flag.help}{default}")
+    if "config" in COMMAND_FLAGS[command]:
+        lines.append("  --config.FIELD=VALUE: set any config field (configs/common.py lists them)")
+    lines.append("  --verbosity=0: libraries' INFO lines in the run's log.txt (1: DEBUG)")
+    return "\n".join(lines)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with per-command --help and one-line errors (exit status 2) for an
+    unknown flag or config field, a missing or broken config file, an unknown variant or
+    command, and a flag the command does not read."""
+    command = next((a for a in argv[1:] if a in COMMANDS), None)
+    if command is not None and any(a in HELP for a in argv[1:]):
+        FLAGS([argv[0]], known_only=True)  # defaults only, to read the flags' help
+        print(command_help(command))
+        sys.exit(0)
+    try:
+        try:
+            rest = FLAGS(argv)
+        except (flags.Error, AttributeError, KeyError, ValueError, OSError) as e:
+            raise InputError(flag_error(e, argv)) from None
+        check_command(rest)
+        if FLAGS["config"].present:
+            try:
+                FLAGS.config.keys()  # a config file that failed to load raises here
+            except OSError as e:
+                raise InputError(flag_error(e, argv)) from None
+        resolve_paths()
+    except InputError as e:
+        fail(str(e))
+    return rest
+
+
+def flag_error(e: Exception, argv: list[str]) -> str:
+    """One line for a flag parsing error: the flag, the value and the nearest valid one."""
+    text = str(e)
+    override = _unknown_override(argv)
+    if override:
+        return override
+    if "No such file or directory" in text or "Failed loading config file" in text:
+        path = str(FLAGS["config"].config_filename or "").split(":")[0]
+        folder = os.path.dirname(os.path.abspath(path))
+        names = os.listdir(folder) if os.path.isdir(folder) else []
+        hint = _nearest(os.path.basename(path), names) if path else ""
+        return f"--config {path}: no such file{hint}"
+    last = [line.strip() for line in text.splitlines() if line.strip()][-1]
+    return last.split(": ", 1)[1] if last.split(": ", 1)[0].endswith("Error") else last
+
+
+def _unknown_override(argv: list[str]) -> str | None:
+    """The first `--config.a.b=v` of ``argv`` whose field does not exist, with the nearest one
+    that does; None when every override names a field (or the config did not load)."""
+    config = _preset(argv)
+    if config is None:
+        return None
+    for arg in argv:
+        if not arg.startswith("--config."):
+            continue
+        path = arg[len("--config.") :].split("=", 1)[0].split(".")
+        section, done = config, []
+        for key in path:
+            keys = list(section.keys()) if hasattr(section, "keys") else []
+            if key not in keys:
+                where = f"config.{'.'.join(done)}" if done else "the config"
+                return f"{arg.split('=', 1)[0]}: {where} has no field {key!r}{_nearest(key, keys)}"
+            section, done = section[key], [*done, key]
+    return None
+
+
+def _preset(argv: list[str]):
+    """The config that ``--config`` in ``argv`` names, without the overrides; None if it does not
+    load (the flag parser, which applies the overrides too, failed)."""
+    import importlib.util
+
+    given = [a for i, a in enumerate(argv) if i and argv[i - 1] == "--config"]
+    given += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    if not given:
+        return None
+    path, _, variant = given[-1].partition(":")
+    try:
+        spec = importlib.util.spec_from_file_location("_preset", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.get_config(variant) if variant else module.get_config()
+    except Exception:  # noqa: BLE001 (the parser's own error is reported instead)
+        return None
+
+
+def fail(message: str, status: int = 2) -> None:
+    """The one-line error, then exit."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(status)
 
 
 def start_processes(command: str) -> None:
@@ -357,30 +587,43 @@ def start_processes(command: str) -> None:
     jovale_jax/distributed.py."""
     from jovale_jax import distributed
 
-    names = ("coordinator_address", "num_processes", "process_id")
+    names = DISTRIBUTED_FLAGS[:3]
     if command not in DISTRIBUTED_COMMANDS:
-        given = [f"--{n}" for n in names if FLAGS[n].value is not None]
-        if given:
-            raise app.UsageError(
-                f"{', '.join(given)}: only {DISTRIBUTED_COMMANDS} run on several "
-                f"processes, not {command}"
-            )
         return
     distributed.start(
         _config(), *(FLAGS[n].value for n in names), timeout_s=FLAGS.coordinator_timeout_s
     )
 
 
+def raised_here(e: BaseException) -> bool:
+    """Whether ``e`` was raised by this project's code (its innermost frame is in launch.py,
+    configs/ or jovale_jax/), i.e. is a check of the user's input, not a bug or a library's
+    error (a shape error inside jit keeps its traceback)."""
+    import jovale_jax
+
+    roots = (HERE + os.sep, os.path.dirname(os.path.abspath(jovale_jax.__file__)) + os.sep)
+    tb, last = e.__traceback__, None
+    while tb is not None:
+        last, tb = tb.tb_frame.f_code.co_filename, tb.tb_next
+    return last is not None and os.path.abspath(last).startswith(roots)
+
+
 def main(argv):
-    check_command(argv)
+    from jovale_jax import run_log
+
+    run_log.quiet_console()
     runtime.configure_jax()  # settings only: the backend is still untouched
     try:
         start_processes(argv[1])
         HANDLERS[argv[1]](argv)
-    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as e:
+    except InputError as e:
+        fail(str(e))
+    except (ValueError, OSError, FloatingPointError) as e:
+        if not raised_here(e):
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 1
 
 
 if __name__ == "__main__":
-    sys.exit(app.run(main))
+    sys.exit(app.run(main, flags_parser=parse_flags))

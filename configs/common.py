@@ -242,10 +242,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_batch_size = 16
     c.max_dets_per_frame = 50  # the official AVA evaluator keeps the 50 top rows per frame
 
-    # ---------------- evaluation and detection (launch.py eval / detect) ----------------
-    e = c.eval = ml_collections.ConfigDict()
-    e.split = ""  # "": data.eval_split
-
+    # ---------------- detection (launch.py detect; eval uses data.eval_split) ----------------
     t = c.detect = ml_collections.ConfigDict()
     t.keyframe_every = 1.0  # seconds between keyframes, from the first frame
     t.detector = ""  # a transformers object-detection model (hub id or folder); "": no detector

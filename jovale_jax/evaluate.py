@@ -1,7 +1,7 @@
 """Evaluate a model on a whole eval split: detections CSV, frame mAP, per-class table and chart.
 
     python launch.py eval --config configs/synthetic.py --checkpoint runs/demo \
-        [--config.eval.split=val]
+        [--config.data.eval_split=val]
 
 Every example of the split is scored (the padded tail of the last batch is masked out). AVA-style
 datasets (ava, synthetic) are scored with the official AVA protocol (``evaluation/ava.py``)
@@ -168,16 +168,13 @@ def plot_per_class(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    def value(x):
-        return 0.0 if x is None or np.isnan(x) else float(x)
-
     names = result["names"]
     ids = list(result["per_class"])
     rows = [
         (
             f"{c} {names.get(c, '')}"[:40],
-            value(result["per_class"][c]),
-            value(prior.get(c)) if prior is not None else float("nan"),
+            _ap(result["per_class"][c]),
+            _ap(prior.get(c)) if prior is not None else float("nan"),
         )
         for c in ids
     ]
@@ -207,27 +204,41 @@ def plot_per_class(
 
 def plot_difference(
     a: Mapping[str, Any], b: Mapping[str, Any], path: str, labels=("A", "B")
-) -> None:
-    """Per-class AP of B minus A, sorted (the paper's visual-only vs multi-modal figure)."""
+) -> list[tuple[str, float]]:
+    """Per-class AP of B minus A (the paper's visual-only vs multi-modal figure), in the class
+    order of :func:`plot_per_class`, titled with both mAPs. Returns the rows drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    common = [c for c in a["per_class"] if c in b["per_class"]]
-    diff = sorted(((b["per_class"][c] or 0.0) - (a["per_class"][c] or 0.0), c) for c in common)
     names = b.get("names", {})
-    fig, ax = plt.subplots(figsize=(7, 0.28 * len(diff) + 1.2))
+    rows = [
+        (f"{c} {names.get(c, '')}"[:40], _ap(b["per_class"][c]) - _ap(a["per_class"][c]))
+        for c in b["per_class"]
+        if c in a["per_class"]
+    ]
+    fig, ax = plt.subplots(figsize=(7, 0.28 * len(rows) + 1.4))
     ax.barh(
-        [f"{c} {names.get(c, '')}"[:40] for _, c in diff],
-        [d for d, _ in diff],
-        color=["tab:red" if d < 0 else "tab:green" for d, _ in diff],
+        [r[0] for r in rows],
+        [r[1] for r in rows],
+        color=["tab:red" if d < 0 else "tab:green" for _, d in rows],
     )
+    ax.invert_yaxis()
     ax.axvline(0, color="black", lw=0.8)
     ax.set_xlabel(f"AP({labels[1]}) - AP({labels[0]})")
+    ax.set_title(
+        f"{labels[1]} (mAP {_ap(b['mAP']):.4f}) against {labels[0]} (mAP {_ap(a['mAP']):.4f})"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return rows
+
+
+def _ap(x) -> float:
+    """An AP for arithmetic: NaN (a class without ground truth) and None count as 0."""
+    return 0.0 if x is None or np.isnan(x) else float(x)
 
 
 def periodic_evaluator(config, data_dir: str | None = None):
@@ -262,15 +273,29 @@ def results_payload(result: Mapping[str, Any], **extra) -> dict[str, Any]:
 
 
 def load_results(path: str) -> dict[str, Any]:
-    """A results.json back as a result dict (int class ids, NaN for null)."""
-    with open(path) as f:
-        r = json.load(f)
+    """A results.json back as a result dict (int class ids, NaN for null); a one-line error
+    naming the file and the field when it is not one."""
+    try:
+        with open(path) as f:
+            r = json.load(f)
+    except OSError as e:
+        raise FileNotFoundError(f"{path}: cannot read it ({e.strerror})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not JSON ({e.msg} at line {e.lineno}); expected a results.json")
     nan = float("nan")
-    return {
-        "mAP": r["mAP"] if r["mAP"] is not None else nan,
-        "per_class": {int(c): (nan if v is None else v) for c, v in r["per_class"].items()},
-        "names": {int(c): n for c, n in r.get("names", {}).items()},
-    }
+    for field, kind in (("mAP", (int, float, type(None))), ("per_class", dict)):
+        if not isinstance(r, dict) or field not in r or not isinstance(r[field], kind):
+            raise ValueError(
+                f"{path}: no {field!r} field of a results.json (written by launch.py eval)"
+            )
+    try:
+        return {
+            "mAP": r["mAP"] if r["mAP"] is not None else nan,
+            "per_class": {int(c): (nan if v is None else v) for c, v in r["per_class"].items()},
+            "names": {int(c): n for c, n in r.get("names", {}).items()},
+        }
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: field 'per_class' is not {{class id: AP}}") from None
 
 
 def evaluate_checkpoint(
@@ -288,6 +313,7 @@ def evaluate_checkpoint(
     from jovale_jax.state import load_trained, resolve_checkpoint
 
     split = split or config.data.eval_split
+    before = load_results(compare_to) if compare_to else None  # checked before evaluating
     workdir, step = resolve_checkpoint(checkpoint)
     out_dir = out_dir or os.path.join(workdir, f"eval_{split}_{step}")
     s = load_trained(config, checkpoint, devices=devices)
@@ -318,13 +344,17 @@ def evaluate_checkpoint(
     plot_per_class(
         result, os.path.join(out_dir, "per_class_ap.png"), f"{config.dataset} {split} step {step}"
     )
-    if compare_to:
-        plot_difference(
-            load_results(compare_to),
-            result,
-            os.path.join(out_dir, "per_class_ap_diff.png"),
-            labels=(os.path.basename(os.path.dirname(compare_to)) or "A", "this run"),
+    diff_chart = os.path.join(out_dir, "per_class_ap_diff.png")
+    if before is not None:
+        label = os.path.basename(os.path.dirname(os.path.abspath(compare_to))) or "before"
+        plot_difference(before, result, diff_chart, labels=(label, "this run"))
+        print(
+            f"compared with {compare_to}: mAP {_ap(before['mAP']):.4f} then, "
+            f"{_ap(result['mAP']):.4f} now ({_ap(result['mAP']) - _ap(before['mAP']):+.4f}); "
+            f"per class: {diff_chart}"
         )
+    elif os.path.exists(diff_chart):  # an earlier run's comparison does not describe this one
+        os.remove(diff_chart)
     print(json.dumps({k: payload[k] for k in ("mAP", "mAP_no_cap", "split", "step")}))
     print(f"wrote {out_dir}")
     result["out_dir"] = out_dir

@@ -179,3 +179,22 @@ def fusion_gmacs(cfg, batch_size: int = 1) -> float:
         modality_boxes({"boxes": spec(b, k, 4, dtype=jnp.float32)}, mods),
     )
     return count_macs(lambda s, x: run_fusion(nnx.merge(graphdef, s), *x), state, inputs) / 1e9
+
+
+def significant(x: float, digits: int = 4) -> str:
+    """``x`` with ``digits`` significant digits, without an exponent: 644.8, 0.002131."""
+    if x == 0 or not math.isfinite(x):
+        return f"{x:g}"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(x))))
+    return f"{x:.{decimals}f}"
+
+
+def format_costs(costs: dict[str, dict[str, float]]) -> str:
+    """:func:`component_costs` as a table: parameters in millions, GMACs to 4 significant digits
+    (the tiny presets' components cost thousandths of a GMAC)."""
+    lines = [f"{'component':<10} {'params (M)':>12} {'GMACs':>10}"]
+    for name, c in costs.items():
+        lines.append(
+            f"{name:<10} {significant(c['params'] / 1e6):>12} {significant(c['gmacs']):>10}"
+        )
+    return "\n".join(lines)

@@ -234,7 +234,9 @@ def resolve_checkpoint(path: str) -> tuple[str, int]:
     parent, last = os.path.split(path)
     if last.isdigit() and os.path.basename(parent) == "checkpoints":
         return os.path.dirname(parent), int(last)
-    step = Checkpointer(path).latest_step()
+    step = None
+    if os.path.isdir(os.path.join(path, "checkpoints")):  # a manager would create the folder
+        step = Checkpointer(path).latest_step()
     if step is None:
         raise FileNotFoundError(
             f"no checkpoint in {path}/checkpoints (train first: "
