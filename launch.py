@@ -8,7 +8,7 @@ Commands:
   detect      run a trained model on any video file
   convert     import pretrained weights (--from KIND --src PATH, repeatable)
   flops       parameters and multiply-accumulates per component (no execution)
-  bench       step | forward | memory | remat | profile | input | eval measurements
+  bench       step | forward | memory | remat | profile | input | eval | loop | peers measurements
   build-data  write the TFRecord shards of a dataset
   ablate      train and evaluate every row of one of the paper's ablation tables (--table)
   demo        build the synthetic set, train, evaluate and write a report (what `make demo` runs)
@@ -71,7 +71,7 @@ flags.DEFINE_integer("num_batches", 20, "bench input: batches to time.")
 flags.DEFINE_bool(
     "fixture",
     False,
-    "bench input: generate and build the tiny AVA-geometry fixture "
+    "bench input / loop: generate and build the tiny AVA-geometry fixture "
     "into --data_dir (default runs/data/ava_fixture) and time that.",
 )
 flags.DEFINE_float(
@@ -108,7 +108,7 @@ flags.DEFINE_string("boxes", None, "detect: an AVA-style CSV of person boxes.")
 flags.DEFINE_string("video_out", None, "detect: also write an annotated mp4 here.")
 
 FLAGS = flags.FLAGS
-BENCHES = ("step", "forward", "memory", "remat", "profile", "input", "eval")
+BENCHES = ("step", "forward", "memory", "remat", "profile", "input", "eval", "loop", "peers")
 DATASET_PRESETS = {
     "synthetic": "synthetic",
     "ava": "ava_vitb16",
@@ -282,9 +282,18 @@ def build_data_config():
 
 
 def cmd_bench(argv):
-    """bench step | forward | memory | remat | profile | input | eval (bench/README.md)."""
+    """bench step | forward | memory | remat | profile | input | eval | loop | peers
+    (bench/README.md)."""
     what = argv[2]
-    if what == "input":
+    if what == "loop":
+        from jovale_jax.bench.loop import run_loop_bench
+
+        run_loop_bench(_config(), FLAGS.data_dir, fixture=FLAGS.fixture)
+    elif what == "peers":
+        from jovale_jax.bench.peers import run_peers_bench
+
+        run_peers_bench(_config())
+    elif what == "input":
         from jovale_jax.bench.input import run_input_bench
 
         run_input_bench(

@@ -236,6 +236,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     # ---------------- loop, checkpoints, logging ----------------
     c.log_every_steps = 50
+    # Batches already on the devices while a step runs (big_vision's n_prefetch); 0: synchronous.
+    c.device_prefetch = 2
     c.checkpoint_every_steps = 1000
     c.keep_checkpoints = 3
     c.eval_every_steps = 5000
@@ -248,6 +250,25 @@ def base_config() -> ml_collections.ConfigDict:
     t.detector = ""  # a transformers object-detection model (hub id or folder); "": no detector
     t.detector_threshold = 0.5  # the detector's minimum person score
     t.batch_size = 0  # keyframes per forward pass; 0: eval_batch_size, at most the keyframes
+
+    # ---------------- benches (launch.py bench loop / peers; bench/README.md) ----------------
+    b = c.bench = ml_collections.ConfigDict()
+    b.rounds = 3  # alternating timed rounds; the best of each side is kept
+    b.loop_steps = 20  # bench loop: steps per round
+    # bench peers: which pairs run (slowfast50, slowfast101, videomae, blip, input, evaluator),
+    # the clips per call, and the geometry: () keeps the preset's (SlowFast 32 x 256 x 464, ViT-B
+    # 16 x 224 x 224, BLIP 384); smaller values state a reduced CPU geometry.
+    b.peers = ("slowfast50", "slowfast101", "videomae", "blip", "input", "evaluator")
+    b.batch_size = 1
+    b.slowfast_input = ()  # (frames, H, W) of the Fast pathway's clip
+    b.vit_input = ()  # (frames, H, W) of the ViT-B video encoder's clip
+    b.vit_depth = 0  # ViT-B and BLIP blocks; 0: the full 12
+    b.blip_size = 384
+    b.torch_compile = True  # also time the torch peers under torch.compile
+    b.input_clips = 8  # bench peers input: clips read by each loader
+    b.input_dir = ""  # bench peers input: the AVA fixture's folder ("": runs/data/ava_fixture)
+    b.eval_frames = 300  # bench peers evaluator: keyframes of the AVA-val-like files
+    b.activitynet_dir = ""  # bench peers evaluator: ActivityNet's Evaluation folder (checkout)
 
     # ---------------- sharding ----------------
     c.mesh_shape = (-1, 1)  # ('data', 'model'); -1 fills the rest

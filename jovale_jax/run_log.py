@@ -170,7 +170,6 @@ class MetricsWriter:
     def __init__(self, workdir: str, total_steps: int):
         self.enabled = jax.process_index() == 0
         self.total = total_steps
-        self.t0, self.step0 = time.time(), None
         if self.enabled:
             os.makedirs(workdir, exist_ok=True)
             # closed in close(), like the TensorBoard writer
@@ -180,24 +179,25 @@ class MetricsWriter:
             self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
+        """One record; the console line shows steps/s and the ETA when ``metrics`` has
+        ``steps_per_s`` (the trainer's window mean). Non-finite values are written as null, so
+        that every line of ``metrics.jsonl`` is valid JSON."""
         if not self.enabled:
             return
-        if self.step0 is None:
-            self.step0, self.t0 = step, time.time()
-            rate = float("nan")
-        else:
-            rate = (step - self.step0) / max(time.time() - self.t0, 1e-9)
-        eta = (self.total - step) / rate if rate > 0 else float("nan")
-        record = {"step": step, **metrics, "steps_per_s": rate}
-        self.jsonl.write(json.dumps({k: _finite(v) for k, v in record.items()}) + "\n")
+        record = {"step": step, **{k: _finite(v) for k, v in metrics.items()}}
+        self.jsonl.write(json.dumps(record, allow_nan=False) + "\n")
         self.jsonl.flush()
         for k, v in record.items():
-            if k != "step" and math.isfinite(v):
+            if k != "step" and v is not None:
                 self.tb.add_scalar(k, v, step)
         self.tb.flush()
-        parts = " ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-        eta_s = "?" if math.isnan(eta) else time.strftime("%H:%M:%S", time.gmtime(eta))
-        print(f"step {step}/{self.total} {parts} | {rate:.2f} steps/s | ETA {eta_s}", flush=True)
+        shown = {k: v for k, v in metrics.items() if k != "steps_per_s"}
+        line = f"step {step}/{self.total} " + " ".join(f"{k} {v:.4g}" for k, v in shown.items())
+        rate = metrics.get("steps_per_s", 0.0)
+        if rate > 0:
+            eta = time.strftime("%H:%M:%S", time.gmtime((self.total - step) / rate))
+            line += f" | {rate:.2f} steps/s | ETA {eta}"
+        print(line, flush=True)
 
     def close(self):
         if self.enabled:

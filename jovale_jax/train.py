@@ -7,13 +7,21 @@ sharded state (``state.create``); the jitted train step (explicit in/out shardin
 donated, no host synchronisation inside); checkpoint restore; the loop (progress line, JSON-lines
 metrics, TensorBoard, periodic checkpoints and evaluation, SIGTERM and non-finite loss handling).
 Dropout keys are derived from (seed, step), so a resumed run is bit-identical.
+
+The loop never waits for the host when the input keeps up: ``config.device_prefetch`` batches are
+already on the devices (sharded global arrays) while a step runs (:class:`DeviceBatches`, as
+big_vision's ``n_prefetch``), and the step runs under ``jax.transfer_guard("disallow")``, so an
+accidental host transfer inside it is an error. Logged metrics are means over the logging window,
+with steps/s and ``input_wait``, the share of the window spent getting the next batch.
 """
 
 from __future__ import annotations
 
+import collections
 import math
 import signal
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -86,6 +94,56 @@ def make_train_step(s: ModelState) -> Callable:
         out_shardings=(s.state_shardings, sharding.replicated(s.mesh)),
     )
     return sharding.TracedInMesh(jitted, s.mesh, sharding.rules_from_config(cfg))
+
+
+class DeviceBatches:
+    """Global batches put on the devices ``n_prefetch`` steps ahead (0: synchronous).
+
+    ``make_array_from_process_local_data`` (:func:`state.global_batch`) returns before the copy
+    ends, so the next batches travel while the step runs. Each batch carries the input pipeline's
+    position after it: :attr:`state` is that of the last batch handed out, i.e. what a checkpoint
+    must record (not the prefetched ones). :attr:`waited_s` sums the time spent in ``next``.
+    """
+
+    def __init__(self, data: Iterator, mesh, n_prefetch: int):
+        self._data, self._mesh, self._ahead = data, mesh, n_prefetch
+        self._queue: collections.deque = collections.deque()
+        self.state = data.get_state()
+        self.waited_s = 0.0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, jax.Array]:
+        start = time.perf_counter()
+        while len(self._queue) <= self._ahead:
+            self._queue.append((global_batch(self._mesh, next(self._data)), self._data.get_state()))
+        batch, self.state = self._queue.popleft()
+        self.waited_s += time.perf_counter() - start
+        return batch
+
+
+class _Window:
+    """The logging window: metrics of its steps (device arrays until logged), its wall time less
+    checkpointing and evaluation, and the input wait in it."""
+
+    def __init__(self, batches: DeviceBatches):
+        self.batches = batches
+        self.reset()
+
+    def reset(self) -> None:
+        self.pending: list[tuple[int, dict]] = []
+        self.start, self.paused_s, self.waited0 = time.perf_counter(), 0.0, self.batches.waited_s
+
+    def summary(self, fetched: list[dict]) -> dict[str, float]:
+        """Means of ``fetched`` (the window's metrics on the host), steps/s and input wait."""
+        seconds = max(time.perf_counter() - self.start - self.paused_s, 1e-9)
+        return {
+            "loss": sum(float(m["loss"]) for m in fetched) / len(fetched),
+            "grad_norm": sum(float(m["grad_norm"]) for m in fetched) / len(fetched),
+            "steps_per_s": len(fetched) / seconds,
+            "input_wait": (self.batches.waited_s - self.waited0) / seconds,
+        }
 
 
 class _Stop:
@@ -191,53 +249,55 @@ def train(
     writer = run_log.MetricsWriter(workdir, total)
     state, frozen = s.state, s.frozen
     step = int(state["step"])
-    pending: list[tuple[int, dict]] = []
+    batches = DeviceBatches(data, mesh, config.device_prefetch)
+    window = _Window(batches)
     pending_compile = True
     status = "done"
 
-    def flush_pending() -> bool:
-        """Fetch the metrics of finished steps; False when one of them was not finite."""
+    def flush_pending() -> list[dict] | None:
+        """The window's metrics on the host; None when one of them was not finite."""
         nonlocal status
-        for i, m in pending:
-            if not bool(m["finite"]):
+        fetched = jax.device_get([m for _, m in window.pending])
+        for (i, _), m in zip(window.pending, fetched):
+            if not m["finite"]:
                 status = f"non-finite loss or gradient at step {i}"
-                return False
-        return True
+                return None
+        return fetched
 
     def save(step_now: int) -> None:
         ckpt.save(
             step_now,
             {"state": state, "frozen": frozen},
             {
-                "input_state": data.get_state(),
+                "input_state": batches.state,
                 "config": config.to_json_best_effort(),
                 "topology": topology(mesh),
             },
         )
 
     while step < total:
-        batch = global_batch(mesh, next(data))
+        batch = next(batches)
         if pending_compile:  # every process compiles before any runs (multi-process: gloo)
             train_step, pending_compile = (
                 distributed.compile_synced(train_step, state, frozen, batch),
                 False,
             )
-        state, metrics = train_step(state, frozen, batch)
+            window.reset()  # steps/s and the input wait count from the first compiled step
+        with jax.transfer_guard("disallow"):  # the batch is on the devices: no copy in the step
+            state, metrics = train_step(state, frozen, batch)
         step += 1
-        pending.append((step, metrics))
+        window.pending.append((step, metrics))
         if step % config.log_every_steps == 0 or step == total:
-            if not flush_pending():
+            fetched = flush_pending()
+            if fetched is None:
                 break
-            last = pending[-1][1]
             lrs = {f"lr_{k}": float(f(step - 1)) for k, f in schedules.items()}
-            writer.write(
-                step, {"loss": float(last["loss"]), "grad_norm": float(last["grad_norm"]), **lrs}
-            )
-            pending.clear()
+            writer.write(step, {**window.summary(fetched), **lrs})
+            window.reset()
+        paused = time.perf_counter()
         if step % config.checkpoint_every_steps == 0 or step == total or _Stop.requested:
-            if not flush_pending():
+            if flush_pending() is None:
                 break
-            pending.clear()
             save(step)
         if (
             evaluate_fn is not None
@@ -245,6 +305,7 @@ def train(
             and (step % config.eval_every_steps == 0 or step == total)
         ):
             writer.write(step, evaluate_fn(s.replace(state=state), step))
+        window.paused_s += time.perf_counter() - paused
         if _Stop.requested:
             status = "stopped by SIGTERM"
             break

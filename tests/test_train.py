@@ -130,6 +130,7 @@ def _train_cmd(workdir, data_dir, steps, every):
         f"--config.checkpoint_every_steps={every}",
         "--config.log_every_steps=1",
         "--config.eval_every_steps=0",
+        "--config.device_prefetch=2",  # batches past a checkpoint are in flight when killed
     ]
 
 
