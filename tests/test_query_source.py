@@ -254,7 +254,8 @@ def test_every_table_4_row_takes_its_queries_from_the_detector(detector):
         if row.name not in ("a", "s"):
             continue
         model = JoVALE(cfg.model, rngs=nnx.Rngs(0))
-        assert model.actor_features.detector, row.name
+        # only the detector's projection: no RoIAlign projection, no box-coordinate embedding
+        assert set(nnx.state(model.actor_features, nnx.Param).keys()) == {"detector_proj"}
         forward = make_forward(model)
         batch = random_batch(cfg.model)
         moved = {**batch, "proposal_features": batch["proposal_features"].copy()}
