@@ -42,6 +42,7 @@ from jovale_jax.models.inputs import (  # noqa: F401
     BLIP_STD,
     VIDEOMAE_MEAN,
     VIDEOMAE_STD,
+    query_source,
     video_statistics,
 )
 
@@ -218,8 +219,8 @@ def pad_proposals(example: dict[str, tf.Tensor], config: ml_collections.ConfigDi
         "proposal_scores": fit(example["proposal_scores"], ()),
         "targets": fit(example["targets"], (config.model.num_classes,)),
     }
-    feature_dim = config.model.actor.detector_feature_dim
-    if feature_dim > 0:
+    if query_source(config.model) == "detector":  # the action queries' source
+        feature_dim = config.model.actor.detector_feature_dim
         out["proposal_features"] = fit(example["proposal_features"], (feature_dim,))
     return out
 
@@ -476,7 +477,7 @@ def read_features(config: ml_collections.ConfigDict) -> tuple[str, ...]:
     keys += ["scene_frames"] if "scene" in model.modalities else []
     keys += ["waveform", "has_audio"] if "audio" in model.modalities else []
     # Written only when F > 0 (SCHEMA.md): TF's parser crashes on a (None, 0) tensor (SIGFPE).
-    keys += ["proposal_features"] if model.actor.detector_feature_dim > 0 else []
+    keys += ["proposal_features"] if query_source(model) == "detector" else []
     return tuple(keys)
 
 

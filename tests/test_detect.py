@@ -20,6 +20,7 @@ import jax
 import numpy as np
 import pytest
 import tensorflow as tf
+from hf_tiny import tiny_detr
 from PIL import Image
 
 from configs import synthetic
@@ -148,42 +149,9 @@ def trained(config, tmp_path_factory) -> tuple[str, state.ModelState]:
 
 @pytest.fixture(scope="module")
 def tiny_detector(tmp_path_factory) -> str:
-    """A random DETR (ResNet backbone of 8 channels, one layer each) whose class head favours
-    'person', saved with its image processor."""
-    transformers = pytest.importorskip("transformers")
-    backbone = transformers.ResNetConfig(
-        embedding_size=8,
-        hidden_sizes=[8, 8],
-        depths=[1, 1],
-        layer_type="basic",
-        out_features=["stage2"],
-    )
-    labels = {0: "N/A", 1: "person", 2: "car"}
-    model_config = transformers.DetrConfig(
-        use_timm_backbone=False,
-        backbone_config=backbone,
-        use_pretrained_backbone=False,
-        d_model=16,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=16,
-        decoder_ffn_dim=16,
-        num_queries=10,
-        id2label=labels,
-        label2id={v: k for k, v in labels.items()},
-    )
-    model = transformers.DetrForObjectDetection(model_config)
-    bias = model.class_labels_classifier.bias.data
-    bias[:] = -4.0
-    bias[1] = 4.0
-    folder = str(tmp_path_factory.mktemp("detr"))
-    model.save_pretrained(folder)
-    transformers.DetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 96}).save_pretrained(
-        folder
-    )
-    return folder
+    """A random DETR whose class head favours 'person' (`hf_tiny.tiny_detr`)."""
+    pytest.importorskip("transformers")
+    return tiny_detr(tmp_path_factory.mktemp("detr"))
 
 
 def read_rows(out_dir: str) -> list[list[str]]:

@@ -3,7 +3,7 @@
 Most tests feed the core functions a tf.data.Dataset of encoded examples (the SCHEMA.md features,
 JPEGs undecoded, as TFDS yields them with SkipDecoding); the last ones build a tiny TFDS dataset
 with three shards to go through the builder path and the split over processes. As SCHEMA.md says,
-`proposal_features` exists only when `detector_feature_dim` > 0.
+`proposal_features` exists only with `model.query_source` "detector" (F = `detector_feature_dim`).
 """
 
 import io

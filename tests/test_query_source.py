@@ -107,6 +107,20 @@ def test_a_detector_that_is_not_an_object_detector_is_a_one_line_error(detector,
     assert "\n" not in str(e.value)
     with pytest.raises(common.BadInputError, match="detector_feature_dim is 5 but .* 12-channel"):
         DetectorFeatures.load(detector, feature_dim=5)
+    yolos = str(tmp_path / "yolos")  # an object detector without a convolutional backbone
+    transformers.YolosForObjectDetection(
+        transformers.YolosConfig(
+            hidden_size=8,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=8,
+            image_size=[32, 32],
+            num_detection_tokens=2,
+        )
+    ).save_pretrained(yolos)
+    transformers.YolosImageProcessor().save_pretrained(yolos)
+    with pytest.raises(common.BadInputError, match="YolosForObjectDetection has no convolutional"):
+        DetectorFeatures.load(yolos)
     # build-data refuses before writing anything
     config = detector_config(not_detector)
     data_dir = tmp_path / "data"
@@ -240,7 +254,8 @@ def test_every_table_4_row_takes_its_queries_from_the_detector(detector):
         if row.name not in ("a", "s"):
             continue
         model = JoVALE(cfg.model, rngs=nnx.Rngs(0))
-        assert model.actor_features.detector, row.name
+        # only the detector's projection: no RoIAlign projection, no box-coordinate embedding
+        assert set(nnx.state(model.actor_features, nnx.Param).keys()) == {"detector_proj"}
         forward = make_forward(model)
         batch = random_batch(cfg.model)
         moved = {**batch, "proposal_features": batch["proposal_features"].copy()}

@@ -215,7 +215,8 @@ def detect(
       checkpoint: a workdir or workdir/checkpoints/STEP; None: the demo's (`runs/demo`), unless
         `model_state` is given.
       boxes_csv: person boxes (not together with `config.detect.detector`; neither: one
-        whole-frame box per keyframe).
+        whole-frame box per keyframe). With `model.query_source` "detector" the detector is
+        required: it gives the boxes' features (`detect/features.py`), at its own boxes or these.
       video_out: also write the annotated video there (.mp4, .mkv or .mov).
       label_map: an AVA label-map pbtxt (default: see `outputs.label_map_of`).
       devices: the devices of the mesh (default all).
