@@ -209,7 +209,7 @@ def cmd_train(argv):
     _not_a_file("workdir")
     check_model(config)
     _exists("init_from")
-    run_log.log_to_file(FLAGS.workdir, config, FLAGS.verbosity)
+    run_log.log_to_file(FLAGS.workdir, config, _verbosity())
     train.train(
         config,
         FLAGS.workdir,
@@ -376,7 +376,7 @@ def cmd_ablate(argv):
         )
     for row in TABLES[check_table(FLAGS.table)][1]:
         validate_row(config, row)
-    run_log.log_to_file(FLAGS.workdir, config, FLAGS.verbosity)
+    run_log.log_to_file(FLAGS.workdir, config, _verbosity())
     ablate(config, FLAGS.workdir, FLAGS.table, data_dir=FLAGS.data_dir, init_from=FLAGS.init_from)
 
 
@@ -390,13 +390,19 @@ def cmd_demo(argv):
         check_model(config)
     workdir = FLAGS.workdir or os.path.abspath("runs/demo")
     _not_a_file("workdir")
-    run_log.log_to_file(workdir, config, FLAGS.verbosity)
+    run_log.log_to_file(workdir, config, _verbosity())
     demo(
         config,
         workdir,
         data_dir=FLAGS.data_dir,
         ablation_dir=FLAGS.ablation_dir or os.path.abspath("runs/ablate4"),
     )
+
+
+def _verbosity() -> int:
+    """absl's --verbosity when given (0: libraries' INFO in log.txt, 1: DEBUG), else -1 (absl
+    turns an absent flag into 0 after parsing)."""
+    return FLAGS.verbosity if FLAGS["verbosity"].present else -1
 
 
 def _require(name: str) -> None:
