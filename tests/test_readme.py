@@ -108,6 +108,17 @@ def test_every_shown_command_parses(monkeypatch):
     reset_flags()
 
 
+def test_every_shown_command_is_valid_bash():
+    """Each command pastes into bash as written (a tuple value quoted: `"--config.x=(1,2)"`)."""
+    import subprocess
+
+    for where, command in shown_commands():
+        run = subprocess.run(
+            ["bash", "-n"], input=command, text=True, capture_output=True, check=False
+        )
+        assert run.returncode == 0, f"{where}: {command}: {run.stderr.strip()}"
+
+
 def reset_flags():
     """launch.py's flags unparsed, without the `--config.x` overrides the last parse defined."""
     from absl import flags
