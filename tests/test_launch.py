@@ -99,3 +99,19 @@ def test_difference_chart_keeps_the_class_order(tmp_path):
     rows = evaluate.plot_difference(a, b, str(tmp_path / "diff.png"), labels=("v", "v+a+s"))
     assert [r[0] for r in rows] == ["1 x", "2 y", "3 "]  # per_class_ap.png's order, not sorted
     assert rows[0][1] == pytest.approx(0.3) and rows[2][1] == pytest.approx(-0.5)
+
+
+def test_checkpoint_of_another_embed_dim_names_the_field(trained, tiny_data):
+    """Issue 25 item 8: a workdir checkpoint read with another `model.embed_dim` names the
+    field, both values and the override that reads it."""
+    cwd, _ = trained
+    config = synthetic.get_config("test")
+    config.mesh_shape = (1, 1)
+    trained_dim = config.model.embed_dim
+    config.model.embed_dim = 2 * trained_dim
+    with pytest.raises(ValueError) as error:
+        state.load_trained(config, str(cwd / "runs" / "w"), devices=jax.devices()[:1])
+    assert str(error.value).startswith(
+        f"written with model.embed_dim {trained_dim} (this config: {2 * trained_dim}): read it "
+        f"with --config.model.embed_dim={trained_dim}; checkpoint "
+    )
