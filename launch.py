@@ -58,7 +58,12 @@ flags.DEFINE_string(
     "build-data: synthetic | ava | ucf24 | jhmdb21 (without --config: that dataset's preset).",
 )
 flags.DEFINE_bool("strict", False, "build-data: a corrupt video is an error instead of skipped.")
-flags.DEFINE_multi_string("from", [], "convert: source kind, repeat with --src.")
+flags.DEFINE_multi_string(
+    "from",
+    [],
+    "convert: source kind, one per --src: videomae_v2 | hf_videomae | hf_blip | hf_blip_itm | "
+    "hf_clip | hf_ast | pyslowfast | acar | pytorchvideo (README, Pretrained weights).",
+)
 flags.DEFINE_multi_string("src", [], "convert: source path, one per --from.")
 flags.DEFINE_string("out", None, "convert / detect: output folder.")
 flags.DEFINE_bool("overwrite", False, "convert: replace an earlier converted --out.")
