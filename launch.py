@@ -612,11 +612,14 @@ def raised_here(e: BaseException) -> bool:
     error (a shape error inside jit keeps its traceback)."""
     import jovale_jax
 
-    roots = (HERE + os.sep, os.path.dirname(os.path.abspath(jovale_jax.__file__)) + os.sep)
+    roots = (
+        os.path.join(HERE, "configs") + os.sep,
+        os.path.dirname(os.path.abspath(jovale_jax.__file__)) + os.sep,
+    )
     tb, last = e.__traceback__, None
     while tb is not None:
-        last, tb = tb.tb_frame.f_code.co_filename, tb.tb_next
-    return last is not None and os.path.abspath(last).startswith(roots)
+        last, tb = os.path.abspath(tb.tb_frame.f_code.co_filename), tb.tb_next
+    return last is not None and (last == os.path.abspath(__file__) or last.startswith(roots))
 
 
 def main(argv):
