@@ -61,6 +61,15 @@ def test_console_is_quiet_and_log_txt_records_the_run(trained):
     ]
     assert records[0]["steps_per_s"] is None  # no rate before a second line: null, not NaN
     assert [r["step"] for r in records] == [1, 2, 2] and "eval_mAP" in records[-1]
+    import tensorflow as tf
+
+    tags = {
+        value.tag
+        for events in (cwd / "runs" / "w" / "tensorboard").glob("events.*")
+        for event in tf.compat.v1.train.summary_iterator(str(events))
+        for value in event.summary.value
+    }
+    assert {"loss", "eval_mAP", "steps_per_s"} <= tags
 
 
 def test_compare_to_on_the_console_and_stale_chart_removed(trained, tiny_data, tmp_path, capsys):
