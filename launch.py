@@ -19,6 +19,13 @@ train and eval run on several processes (one per host, README "Scale") with
 `--coordinator_address HOST:PORT --num_processes N --process_id I`; under SLURM or Open MPI JAX
 reads these from the environment.
 `build-data --dataset NAME` without --config uses the dataset's own preset (DATASET_PRESETS).
+
+`launch.py COMMAND --help` lists the flags a command reads (COMMAND_FLAGS; another is an error).
+Paths are made absolute at the command line. Every mistake on the command line (a typo in a
+command, flag, config field, variant, dataset or table; a missing file) is one `error:` line with
+exit status 2, and an input error found by the project's own checks one line with status 1, both
+before anything is created; other exceptions keep their traceback. The console shows what the
+program prints and warnings; `train`, `ablate` and `demo` write the run's log.txt (run_log.py).
 """
 
 from __future__ import annotations
