@@ -395,11 +395,10 @@ def cmd_ablate(argv):
 def cmd_demo(argv):
     """Build the synthetic set, train, evaluate, and write the report."""
     from jovale_jax import run_log
-    from jovale_jax.demo import demo
+    from jovale_jax.demo import default_config, demo
 
-    config = _config() if FLAGS.config is not None else None
-    if config is not None:
-        check_model(config)
+    config = _config() if FLAGS.config is not None else default_config()
+    check_model(config)
     workdir = FLAGS.workdir or os.path.abspath("runs/demo")
     _not_a_file("workdir")
     run_log.log_to_file(workdir, config, _verbosity())
