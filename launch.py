@@ -374,7 +374,7 @@ def cmd_detect(argv):
 def cmd_ablate(argv):
     """Train and evaluate every row of --table in its own folder of --workdir."""
     from jovale_jax import run_log
-    from jovale_jax.ablate import TABLES, ablate, check_table, validate_row
+    from jovale_jax.ablate import TABLES, ablate, validate_row
 
     config = _config()
     _require("workdir")
@@ -386,7 +386,7 @@ def cmd_ablate(argv):
             f"--table {FLAGS.table}: no such table{_nearest(FLAGS.table, TABLES)}; "
             f"expected one of {', '.join(TABLES)}"
         )
-    for row in TABLES[check_table(FLAGS.table)][1]:
+    for row in TABLES[FLAGS.table][1]:  # every row's config, before anything is created
         validate_row(config, row)
     run_log.log_to_file(FLAGS.workdir, config, _verbosity())
     ablate(config, FLAGS.workdir, FLAGS.table, data_dir=FLAGS.data_dir, init_from=FLAGS.init_from)
