@@ -19,6 +19,13 @@ train and eval run on several processes (one per host, README "Scale") with
 `--coordinator_address HOST:PORT --num_processes N --process_id I`; under SLURM or Open MPI JAX
 reads these from the environment.
 `build-data --dataset NAME` without --config uses the dataset's own preset (DATASET_PRESETS).
+
+`launch.py COMMAND --help` lists the flags a command reads (COMMAND_FLAGS; another is an error).
+Paths are made absolute at the command line. Every mistake on the command line (a typo in a
+command, flag, config field, variant, dataset or table; a missing file) is one `error:` line with
+exit status 2, and an input error found by the project's own checks one line with status 1, both
+before anything is created; other exceptions keep their traceback. The console shows what the
+program prints and warnings; `train`, `ablate` and `demo` write the run's log.txt (run_log.py).
 """
 
 from __future__ import annotations
@@ -58,7 +65,12 @@ flags.DEFINE_string(
     "build-data: synthetic | ava | ucf24 | jhmdb21 (without --config: that dataset's preset).",
 )
 flags.DEFINE_bool("strict", False, "build-data: a corrupt video is an error instead of skipped.")
-flags.DEFINE_multi_string("from", [], "convert: source kind, repeat with --src.")
+flags.DEFINE_multi_string(
+    "from",
+    [],
+    "convert: source kind, one per --src: videomae_v2 | hf_videomae | hf_blip | hf_blip_itm | "
+    "hf_clip | hf_ast | pyslowfast | acar | pytorchvideo (README, Pretrained weights).",
+)
 flags.DEFINE_multi_string("src", [], "convert: source path, one per --from.")
 flags.DEFINE_string("out", None, "convert / detect: output folder.")
 flags.DEFINE_bool("overwrite", False, "convert: replace an earlier converted --out.")
@@ -209,7 +221,7 @@ def cmd_train(argv):
     _not_a_file("workdir")
     check_model(config)
     _exists("init_from")
-    run_log.log_to_file(FLAGS.workdir, config, FLAGS.verbosity)
+    run_log.log_to_file(FLAGS.workdir, config, _verbosity())
     train.train(
         config,
         FLAGS.workdir,
@@ -371,7 +383,7 @@ def cmd_detect(argv):
 def cmd_ablate(argv):
     """Train and evaluate every row of --table in its own folder of --workdir."""
     from jovale_jax import run_log
-    from jovale_jax.ablate import TABLES, ablate, check_table, validate_row
+    from jovale_jax.ablate import TABLES, ablate, validate_row
 
     config = _config()
     _require("workdir")
@@ -383,29 +395,34 @@ def cmd_ablate(argv):
             f"--table {FLAGS.table}: no such table{_nearest(FLAGS.table, TABLES)}; "
             f"expected one of {', '.join(TABLES)}"
         )
-    for row in TABLES[check_table(FLAGS.table)][1]:
+    for row in TABLES[FLAGS.table][1]:  # every row's config, before anything is created
         validate_row(config, row)
-    run_log.log_to_file(FLAGS.workdir, config, FLAGS.verbosity)
+    run_log.log_to_file(FLAGS.workdir, config, _verbosity())
     ablate(config, FLAGS.workdir, FLAGS.table, data_dir=FLAGS.data_dir, init_from=FLAGS.init_from)
 
 
 def cmd_demo(argv):
     """Build the synthetic set, train, evaluate, and write the report."""
     from jovale_jax import run_log
-    from jovale_jax.demo import demo
+    from jovale_jax.demo import default_config, demo
 
-    config = _config() if FLAGS.config is not None else None
-    if config is not None:
-        check_model(config)
+    config = _config() if FLAGS.config is not None else default_config()
+    check_model(config)
     workdir = FLAGS.workdir or os.path.abspath("runs/demo")
     _not_a_file("workdir")
-    run_log.log_to_file(workdir, config, FLAGS.verbosity)
+    run_log.log_to_file(workdir, config, _verbosity())
     demo(
         config,
         workdir,
         data_dir=FLAGS.data_dir,
         ablation_dir=FLAGS.ablation_dir or os.path.abspath("runs/ablate4"),
     )
+
+
+def _verbosity() -> int:
+    """absl's --verbosity when given (0: libraries' INFO in log.txt, 1: DEBUG), else -1 (absl
+    turns an absent flag into 0 after parsing)."""
+    return FLAGS.verbosity if FLAGS["verbosity"].present else -1
 
 
 def _require(name: str) -> None:
@@ -610,11 +627,14 @@ def raised_here(e: BaseException) -> bool:
     error (a shape error inside jit keeps its traceback)."""
     import jovale_jax
 
-    roots = (HERE + os.sep, os.path.dirname(os.path.abspath(jovale_jax.__file__)) + os.sep)
+    roots = (
+        os.path.join(HERE, "configs") + os.sep,
+        os.path.dirname(os.path.abspath(jovale_jax.__file__)) + os.sep,
+    )
     tb, last = e.__traceback__, None
     while tb is not None:
-        last, tb = tb.tb_frame.f_code.co_filename, tb.tb_next
-    return last is not None and os.path.abspath(last).startswith(roots)
+        last, tb = os.path.abspath(tb.tb_frame.f_code.co_filename), tb.tb_next
+    return last is not None and (last == os.path.abspath(__file__) or last.startswith(roots))
 
 
 def main(argv):

@@ -14,7 +14,7 @@ optimizer state.
 from __future__ import annotations
 
 import dataclasses
-import logging
+import json
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -28,8 +28,6 @@ from flax import nnx
 from jovale_jax import optim, sharding
 from jovale_jax.checkpoint import Checkpointer, abstract_like
 from jovale_jax.models.jovale import JoVALE, expected_inputs
-
-log = logging.getLogger(__name__)
 
 
 def model_inputs(cfg, batch: dict[str, Any]) -> dict[str, Any]:
@@ -86,7 +84,12 @@ def make_sharded_model(config, mesh, init_from: str | None = None) -> JoVALE:
         from jovale_jax.convert import load_pretrained
 
         filled = load_pretrained(model, init_from)
-        log.info("initialised from %s: %s", init_from, filled)
+        kept = f"; initialised at random: {', '.join(filled['not_in_checkpoint'])}"
+        print(
+            f"pretrained weights from {init_from}: {', '.join(filled['filled']) or 'none'}"
+            + (kept if filled["not_in_checkpoint"] else ""),
+            flush=True,
+        )
     return model
 
 
@@ -217,15 +220,38 @@ def check_divisibility(config, mesh) -> None:
 
 
 def restore(s: ModelState, ckpt: Checkpointer, step: int) -> ModelState:
-    """``s`` with the train state and frozen parameters of checkpoint ``step``."""
-    restored, _ = ckpt.restore(
-        step,
-        abstract_like(
-            {"state": s.state, "frozen": s.frozen},
-            {"state": s.state_shardings, "frozen": s.frozen_shardings},
-        ),
-    )
+    """``s`` with the train state and frozen parameters of checkpoint ``step``. A checkpoint that
+    does not fit names the ``config.model`` fields it was written with that differ."""
+    try:
+        restored, _ = ckpt.restore(
+            step,
+            abstract_like(
+                {"state": s.state, "frozen": s.frozen},
+                {"state": s.state_shardings, "frozen": s.frozen_shardings},
+            ),
+        )
+    except ValueError as e:
+        saved = json.loads(ckpt.read_meta(step).get("config", "{}")).get("model", {})
+        now = json.loads(s.config.to_json_best_effort())["model"]
+        fields = _differences(saved, now, "model")
+        if not fields:
+            raise
+        named = ", ".join(f"{f} {a} (this config: {b})" for f, (a, b) in fields.items())
+        overrides = " ".join(f"--config.{f}={a}" for f, (a, _) in fields.items())
+        raise ValueError(f"written with {named}: read it with {overrides}; {e}") from None
     return s.replace(state=restored["state"], frozen=restored["frozen"])
+
+
+def _differences(saved: dict, now: dict, prefix: str) -> dict[str, tuple]:
+    """{dotted field: (saved, now)} for the leaves of two config dicts that differ."""
+    out = {}
+    for key in sorted(set(saved) & set(now)):
+        a, b, field = saved[key], now[key], f"{prefix}.{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.update(_differences(a, b, field))
+        elif a != b:
+            out[field] = (a, b)
+    return out
 
 
 def resolve_checkpoint(path: str) -> tuple[str, int]:

@@ -5,6 +5,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from conftest import random_batch
 from flax import nnx
 
 from jovale_jax.models import JoVALE
-from jovale_jax.models.jovale import check_batch
+from jovale_jax.models.jovale import check_batch, modalities_of
 
 
 def test_wrong_shape_names_key_and_field(tiny_config):
@@ -244,3 +245,31 @@ def test_entry_point_one_line_error_from_another_folder(tmp_path):
     assert out.returncode == 2, out.stderr
     assert out.stderr.strip().splitlines() == ["error: --config configs/nope.py: no such file"]
     assert not (tmp_path / "runs").exists()
+
+
+def test_main_turns_only_our_own_input_errors_into_one_line(monkeypatch, capsys):
+    """Issue 22 item 4: a check of ours is one `error:` line (exit status 1); a ValueError from
+    inside jit (an array split that does not divide: a bug, not an input) keeps its traceback."""
+    import jax
+    import jax.numpy as jnp
+
+    import launch
+    from jovale_jax import run_log
+
+    monkeypatch.setattr(run_log, "quiet_console", lambda: None)  # this process keeps its logging
+
+    def our_check(argv):
+        modalities_of(types.SimpleNamespace(modalities=("smell",)))
+
+    def inside_jit(argv):
+        jax.jit(lambda x: jnp.split(x, 4))(jnp.ones(6))
+
+    monkeypatch.setitem(launch.HANDLERS, "flops", our_check)
+    assert launch.main(["launch.py", "flops"]) == 1
+    assert capsys.readouterr().err == (
+        "error: config field model.modalities: expected a non-empty subset of "
+        "('video', 'audio', 'scene'), got ('smell',)\n"
+    )
+    monkeypatch.setitem(launch.HANDLERS, "flops", inside_jit)
+    with pytest.raises(ValueError, match="equal division"):
+        launch.main(["launch.py", "flops"])

@@ -596,3 +596,36 @@ def test_safetensors_directory_needs_no_torch(tmp_path, blip_dir, ast_dir):
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip().splitlines()[-1] == "torch imported: False"
+
+
+def test_relative_out_and_weights_of_other_sizes_name_the_fields(blip_dir, tmp_path, monkeypatch):
+    """Issue 25 items 1 and 8: a relative output folder converts (orbax takes absolute paths
+    only); a failed write leaves no half-written folder; loading into a model of another width
+    or layer_norm_eps names the config fields and the overrides to train with."""
+    import orbax.checkpoint as ocp
+
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config()
+    convert_main([("hf_blip", str(blip_dir))], "runs/pretrained", config)
+    assert sorted(p.name for p in (tmp_path / "runs" / "pretrained").iterdir()) == [
+        "manifest.json",
+        "params",
+    ]
+    config.model.scene.update(width=2 * W, layer_norm_eps=1e-12)
+    model = nnx.eval_shape(lambda: JoVALE(config.model, rngs=nnx.Rngs(0)))
+    eps = transformers.BlipVisionConfig().layer_norm_eps
+    with pytest.raises(ConversionError) as error:
+        load_pretrained(model, "runs/pretrained")
+    assert str(error.value) == (
+        f"runs/pretrained's scene_encoder was converted for model.scene.layer_norm_eps {eps} "
+        f"(this config: 1e-12), model.scene.width {W} (this config: {2 * W}): train with "
+        f"--config.model.scene.layer_norm_eps={eps} --config.model.scene.width={W}"
+    )
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ocp.PyTreeCheckpointer, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        convert_main([("hf_blip", str(blip_dir))], "runs/again", tiny_config())
+    assert not (tmp_path / "runs" / "again").exists()

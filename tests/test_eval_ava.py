@@ -313,7 +313,7 @@ def test_command_line_prints_json_last(tmp_path):
         csv_text(("v", 902, A, 1, 0.9), ("v", 902, B, 1, 0.8), ("v", 903, B, 1, 0.7)),
     )
     command = [sys.executable, "-m", "jovale_jax.evaluation.ava", "--labelmap", labelmap]
-    command += ["--groundtruth", truth, "--detections", det]
+    command += ["--groundtruth", truth, "--detections", det, "--groups", "ava"]
     out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True).stdout
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["mAP"] == pytest.approx(5 / 6)
@@ -323,6 +323,28 @@ def test_command_line_prints_json_last(tmp_path):
     command[command.index(det)] = bad
     failed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
     assert failed.returncode == 2 and f"{bad}:1: y2 is not a number: 'x'" in failed.stderr
+
+
+def test_command_line_groups_only_for_an_ava_label_map(tmp_path, capsys):
+    """AVA's group mAPs are printed for a label map of AVA's ids, not for another (ids 1-6 of
+    the synthetic set), unless asked with --groups ava."""
+    truth = write_file(tmp_path, "gt.csv", csv_text(("v", 902, A, 1), ("v", 903, A, 3)))
+    det = write_file(tmp_path, "det.csv", csv_text(("v", 902, A, 1, 0.9), ("v", 903, A, 3, 0.7)))
+    items = "".join(f'item {{\n  name: "c{c}"\n  id: {c}\n}}\n' for c in range(1, 7))
+    other = write_file(tmp_path, "synthetic.pbtxt", items)
+    ava_ids = write_file(tmp_path, "ava.pbtxt", items.replace("id: 2\n", "id: 7\n"))
+    printed = {}
+    for name, labelmap, extra in (
+        ("other", other, []),
+        ("other, asked", other, ["--groups", "ava"]),
+        ("ava ids", ava_ids, []),
+    ):
+        argv = ["--labelmap", labelmap, "--groundtruth", truth, "--detections", det, *extra]
+        assert ava.main(argv) == 0
+        printed[name] = capsys.readouterr().out
+    assert "group mAP" not in printed["other"] and '"mAP": 1.0' in printed["other"]
+    assert "group mAP  person pose / movement" in printed["other, asked"]
+    assert "group mAP  person pose / movement" in printed["ava ids"]
 
 
 def test_does_not_import_jax_or_tensorflow():

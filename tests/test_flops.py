@@ -53,3 +53,18 @@ def test_flops_command_matches_paper(variant):
     )
     assert parts["visual"]["params"] == pytest.approx(86.4e6, rel=0.01)  # ViT-B/16 video
     assert result["params"] == sum(v["params"] for k, v in parts.items() if k != "total")
+
+
+def test_costs_printed_to_four_significant_digits():
+    """The tiny presets' components cost thousandths of a GMAC: `flops` prints them to four
+    significant digits instead of 0.0."""
+    from jovale_jax.flops import format_costs
+
+    table = format_costs(
+        {
+            "amfn": {"params": 79_890, "gmacs": 0.0023981},
+            "total": {"params": 192_912_345, "gmacs": 644.8123},
+        }
+    ).splitlines()
+    assert table[1].split() == ["amfn", "0.07989", "0.002398"]
+    assert table[2].split() == ["total", "192.9", "644.8"]

@@ -108,6 +108,35 @@ def test_every_shown_command_parses(monkeypatch):
     reset_flags()
 
 
+def test_every_shown_command_is_valid_bash():
+    """Each command pastes into bash as written (a tuple value quoted: `"--config.x=(1,2)"`)."""
+    import subprocess
+
+    for where, command in shown_commands():
+        run = subprocess.run(
+            ["bash", "-n"], input=command, text=True, capture_output=True, check=False
+        )
+        assert run.returncode == 0, f"{where}: {command}: {run.stderr.strip()}"
+
+
+def test_every_converter_kind_is_documented():
+    """Each `--from` kind appears in the README's table of pretrained weights and in convert's
+    --from help; every Markdown file the README names exists in the repo."""
+    from absl import flags
+
+    import launch  # noqa: F401 (defines the flags)
+    from jovale_jax.convert.io import SOURCES
+
+    text = (REPO / "README.md").read_text()
+    table = text.split("## Pretrained weights", 1)[1].split("```", 1)[0]
+    for kind in SOURCES:
+        assert f"`{kind}`" in table, kind
+        assert kind in flags.FLAGS["from"].help, kind
+    for name in set(re.findall(r"\b[\w/]+\.md\b", text)) - {"README.md"}:
+        if not name.startswith(("runs/", "W/")):  # what commands write
+            assert (REPO / name).exists(), name
+
+
 def reset_flags():
     """launch.py's flags unparsed, without the `--config.x` overrides the last parse defined."""
     from absl import flags

@@ -32,12 +32,7 @@ import numpy as np
 from jovale_jax.evaluation import ava
 from jovale_jax.evaluation.detections_csv import write_detections_csv
 
-AVA_60_IDS = (
-    1, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 17, 20, 22, 24, 26, 27, 28, 29, 30, 34, 36, 37,
-    38, 41, 43, 45, 46, 47, 48, 49, 51, 52, 54, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66, 67, 68,
-    69, 70, 72, 73, 74, 76, 77, 78, 79, 80,
-)  # fmt: skip
-"""The 60 action ids of the AVA v2.1/v2.2 evaluation label map."""
+AVA_60_IDS = ava.AVA_V22_IDS  # the 60 action ids of the AVA evaluation label map
 
 
 # ---------------------------------------------------------------------------------------------

@@ -183,6 +183,12 @@ CONFIG_JSON_SIZES = {
 }
 
 
+WEIGHT_FIELDS = sorted({f for sizes in CONFIG_JSON_SIZES.values() for f in sizes.values()})
+"""The fields of a config section that define a component's converted weights (their shapes, and
+``layer_norm_eps``, which the weights were trained with): recorded in the manifest and checked
+when the weights are loaded."""
+
+
 def sized_by_config_json(kind: str, section, hf_config: Mapping[str, Any] | None):
     """A copy of a config section with the sizes of a transformers ``config.json``, and what
     differs from the preset: ``{field: [preset, checkpoint]}``."""
@@ -216,6 +222,12 @@ def convert_source(kind: str, path: str | os.PathLike, model_cfg, **options: Any
     converted = source.convert(
         state_dict, section, hf_config, **{k: options.get(k) for k in source.options}
     )
+    converted_for = {
+        f"model.{source.section}.{f}": section[f] for f in WEIGHT_FIELDS if f in section
+    }
+    converted = dataclasses.replace(
+        converted, notes={**converted.notes, "converted_for": converted_for}
+    )
     if not differs:
         return converted
     note = {f"model.{source.section}.{field}": v for field, v in differs.items()}
@@ -242,7 +254,7 @@ def convert_main(
     token grid of a VideoMAE checkpoint that does not record it. Returns the manifest (also
     written as ``OUT/manifest.json``).
     """
-    out = Path(out_dir)
+    out = Path(out_dir).absolute()  # orbax takes absolute paths only
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{out} is not empty: pass --overwrite to replace it")
@@ -279,8 +291,12 @@ def convert_main(
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    ocp.PyTreeCheckpointer().save(out / PARAMS, {c: r.params for c, r in converted.items()})
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    try:
+        ocp.PyTreeCheckpointer().save(out / PARAMS, {c: r.params for c, r in converted.items()})
+        (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    except BaseException:  # no half-written output (orbax's *-tmp folder) is left behind
+        shutil.rmtree(out, ignore_errors=True)
+        raise
     logger.info("wrote %s to %s", sorted(converted), out)
     return manifest
 
@@ -369,13 +385,32 @@ def read_checkpoint(ckpt_dir: str | os.PathLike) -> dict[str, Any]:
 
 def load_pretrained(model: nnx.Module, ckpt_dir: str | os.PathLike) -> dict[str, list]:
     """Restore a converted checkpoint into ``model``; returns :func:`load_into`'s report. A scene
-    encoder converted from another kind than ``model.scene.encoder`` takes is an error."""
+    encoder converted from another kind than ``model.scene.encoder`` takes, or a component
+    converted for other sizes (:data:`WEIGHT_FIELDS`) than the model's config, is an error naming
+    the config fields."""
     manifest = Path(ckpt_dir) / MANIFEST
-    scene = (
-        json.loads(manifest.read_text())["components"].get("scene_encoder")
-        if (manifest.exists())
-        else None
-    )
+    components = json.loads(manifest.read_text())["components"] if manifest.exists() else {}
+    scene = components.get("scene_encoder")
     if scene is not None and getattr(model, "scene_encoder", None) is not None:
         check_scene_source(model.cfg.scene, scene["source"], f"{ckpt_dir}'s scene_encoder")
+    for name, entry in components.items():
+        if getattr(model, name, None) is not None:
+            check_converted_for(model.cfg, entry.get("converted_for", {}), f"{ckpt_dir}'s {name}")
     return load_into(model, read_checkpoint(ckpt_dir))
+
+
+def check_converted_for(model_cfg, converted_for: Mapping[str, Any], what: str) -> None:
+    """An error when ``model_cfg`` differs from the fields a component was converted for
+    (``{"model.scene.width": 32, ...}``): the fields, both values, the overrides to train with."""
+    differs = {}
+    for field, value in converted_for.items():
+        section = model_cfg
+        for key in field.split(".")[1:]:
+            section = section.get(key) if hasattr(section, "get") else None
+        configured = list(section) if isinstance(section, tuple) else section
+        if section is not None and configured != value:
+            differs[field] = (value, section)
+    if differs:
+        fields = ", ".join(f"{f} {v} (this config: {c})" for f, (v, c) in differs.items())
+        overrides = " ".join(f"--config.{f}={v}" for f, (v, _) in differs.items())
+        raise ConversionError(f"{what} was converted for {fields}: train with {overrides}")

@@ -225,6 +225,13 @@ class KeyframeBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             builder=self, description=self.__doc__, features=features(self.builder_config)
         )
 
+    # TFDS prints "Downloading and preparing dataset ..." though these builders download nothing.
+    def _log_download_bytes(self) -> None:
+        print(f"building {self.name} into {self.data_dir}", flush=True)
+
+    def _log_download_done(self) -> None:
+        print(f"built {self.name} in {self.data_dir}", flush=True)
+
     def check_classes(self, label_map: dict[int, str], source: str) -> None:
         if len(label_map) != self.builder_config.num_classes:
             raise BadInputError(

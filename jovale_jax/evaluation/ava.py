@@ -89,6 +89,13 @@ ACTION_GROUPS = {
 }
 """AVA's three action groups: key -> (display name, first id, last id)."""
 
+AVA_V22_IDS = (
+    1, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 17, 20, 22, 24, 26, 27, 28, 29, 30, 34, 36, 37,
+    38, 41, 43, 45, 46, 47, 48, 49, 51, 52, 54, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66, 67, 68,
+    69, 70, 72, 73, 74, 76, 77, 78, 79, 80,
+)  # fmt: skip
+"""The 60 action ids of the AVA v2.1/v2.2 evaluation label map."""
+
 PathLike = str | os.PathLike
 
 
@@ -642,11 +649,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=DEFAULT_MAX_DETS_PER_FRAME,
         help=f"detection rows kept per frame, 0 for all (default {DEFAULT_MAX_DETS_PER_FRAME})",
     )
+    parser.add_argument(
+        "--groups",
+        choices=("auto", "ava", "none"),
+        default="auto",
+        help="group mAPs: AVA's pose / object / interaction groups (ava), none, or AVA's when "
+        "every id of the label map is one of AVA v2.2's 60 (auto, the default)",
+    )
     args = parser.parse_args(argv)
     try:
         names = read_labelmap(args.labelmap)
+        ava_map = args.groups == "ava" or (args.groups == "auto" and set(names) <= set(AVA_V22_IDS))
         result = evaluate(
-            args.groundtruth, args.detections, names, args.exclusions, args.max_dets_per_frame
+            args.groundtruth,
+            args.detections,
+            names,
+            args.exclusions,
+            args.max_dets_per_frame,
+            None if ava_map else {},
         )
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
