@@ -560,7 +560,7 @@ def test_a_missing_or_empty_raw_dir_is_a_one_line_error(dataset, tmp_path):
             )
         message = str(info.value)
         assert str(raw) in message and says in message and "\n" not in message
-        assert datasets.RAW_FILES[dataset] in message  # the files expected there
+        assert datasets.BUILDERS[dataset].RAW_FILES in message  # the files expected there
 
 
 def test_build_data_from_the_command_line_picks_the_preset_and_checks_raw_dir(tmp_path):
@@ -588,7 +588,7 @@ def test_build_data_from_the_command_line_picks_the_preset_and_checks_raw_dir(tm
     errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
     want = (
         f"error: raw_dir {missing}: no such folder; ucf24 expects "
-        f"{datasets.RAW_FILES['ucf24']} there (data/ucf24/README.md)"
+        f"{datasets.BUILDERS['ucf24'].RAW_FILES} there (data/ucf24/README.md)"
     )
     assert errors == [want]
 
