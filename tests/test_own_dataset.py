@@ -1,5 +1,5 @@
-"""Your own dataset in the AVA layout (data/README.md) with no code: a preset that names its raw
-folder, its label map and its groups builds, trains, evaluates and detects.
+"""Your own dataset in the AVA layout with no code: data/README.md's preset, as written, names its
+raw folder, its label map and its groups; the set builds, trains, evaluates and detects.
 
 The raw set is the real-video AVA fixture (`datasets/ava_fixture.py`: H.264 + AAC videos, moving
 figures) made tiny (3 videos of 6 s at 64 x 48, 3 keyframes each) with 5 classes, laid out as a
@@ -8,14 +8,16 @@ user would: `my_actions.pbtxt`, `train.csv` / `val.csv` (videos 0-1 / 2), `propo
 """
 
 import csv
-import importlib.util
 import json
 import os
+import pathlib
 import pickle
+import re
 
 import jax
 import numpy as np
 
+from configs import synthetic
 from jovale_jax import datasets
 from jovale_jax.datasets import ava_fixture, common
 from jovale_jax.detect import detect
@@ -24,21 +26,22 @@ from jovale_jax.train import train
 
 CLASSES = {1: "dribble", 2: "shoot", 3: "hammer", 4: "saw", 5: "drill"}
 
-PRESET = """
-from configs import synthetic
+DATASET_FIELDS = ("layout", "raw_dir", "label_map", "class_groups", "data_dir")
 
 
-def get_config():
-    c = synthetic.get_config("test")  # the model: here the test size, yours e.g. ava_vitb16's
-    c.dataset = "my_set"
-    c.data.layout = "ava"
-    c.data.raw_dir = {raw!r}
-    c.data.label_map = "my_actions.pbtxt"
-    c.data.class_groups = (("sport", (1, 2)), ("tools", (3, 4, 5)))
-    c.data.data_dir = {data!r}
-    c.model.num_classes = 5
-    return c
-"""
+def readme_preset(raw: str, data: str):
+    """The preset of data/README.md as written, with its folders here: (its config, the tiny
+    test model's config with the preset's dataset fields)."""
+    text = (pathlib.Path(__file__).parent.parent / "data" / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text.split("## Your own dataset")[1], re.DOTALL)[1]
+    code = code.replace('"/data/my_set_tfds"', repr(data)).replace('"/data/my_set"', repr(raw))
+    namespace: dict = {}
+    exec(compile(code, "data/README.md", "exec"), namespace)  # noqa: S102 (the doc's preset)
+    preset = namespace["get_config"]()
+    config = synthetic.get_config("test")  # the model at test size
+    config.dataset, config.model.num_classes = preset.dataset, preset.model.num_classes
+    config.data.update({k: preset.data[k] for k in DATASET_FIELDS})
+    return preset, config
 
 
 def make_raw(raw: str) -> None:
@@ -64,19 +67,11 @@ def make_raw(raw: str) -> None:
         os.remove(os.path.join(raw, name))
 
 
-def load_preset(path: str):
-    spec = importlib.util.spec_from_file_location("my_set", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
 def test_own_ava_layout_set_builds_trains_evaluates_and_detects(tmp_path):
     raw, data, workdir = (str(tmp_path / name) for name in ("raw", "data", "run"))
     make_raw(raw)
-    preset = tmp_path / "my_set.py"
-    preset.write_text(PRESET.format(raw=raw, data=data))
-    config = load_preset(str(preset))
+    preset, config = readme_preset(raw, data)
+    assert preset.data.raw_dir == raw and preset.model.num_classes == 5
     config.update(batch_size=2, eval_batch_size=2, num_train_steps=2, mesh_shape=(1, 1))
     config.update(log_every_steps=1, checkpoint_every_steps=2, eval_every_steps=0)
     devices = jax.devices()[:1]
