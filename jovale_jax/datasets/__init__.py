@@ -1,5 +1,6 @@
 """Dataset builders (TFDS) for AVA v2.2, UCF101-24, JHMDB51-21 and the synthetic set, and how to
-read what they wrote. One example is one annotated keyframe (data/SCHEMA.md).
+read what they wrote. One example is one annotated keyframe (data/SCHEMA.md). Your own set in one
+of these raw layouts needs only a preset (`config.data.layout`, data/README.md).
 
 Build (what `launch.py build-data` calls)::
 
@@ -79,8 +80,10 @@ def _builder(name: str, config: Any, data_dir: str | None, **kwargs: Any) -> com
     if config.dataset != name:
         raise ValueError(f"config.dataset is {config.dataset!r} but the dataset is {name!r}")
     cls = builder_class(config)
+    # Your own set's name starts its folder's: never shared with the layout's dataset.
+    own = f"{config.dataset}_" if config.data.get("layout") else ""
     return cls(
-        config=common.clip_config(config, cls.config_prefix(config)),
+        config=common.clip_config(config, own + cls.config_prefix(config)),
         data_dir=data_dir or config.data.data_dir,
         label_map=config.data.get("label_map") or "",
         **kwargs,

@@ -134,12 +134,6 @@ class AvaBuilder(common.KeyframeBuilder):
     )
     PRESET = "ava_vitb16"
 
-    @classmethod
-    def config_prefix(cls, config: Any) -> str:
-        """Your own set in the AVA layout (`config.data.layout`): its name, so that it never
-        shares a folder with AVA or another set of the same geometry."""
-        return f"{config.dataset}_" if config.data.get("layout") else ""
-
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
         raw = os.fspath(dl_manager.manual_dir)
         spec = self.builder_config

@@ -233,7 +233,7 @@ class KeyframeBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     @classmethod
     def config_prefix(cls, config: Any) -> str:
-        """What starts the TFDS config's name besides the clip geometry (`clip_config`)."""
+        """What starts the TFDS config's name before the clip geometry (`clip_config`)."""
         return ""
 
     @classmethod
