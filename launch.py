@@ -18,7 +18,7 @@ Options that are configuration live in the config (`--config.data.eval_split=val
 train and eval run on several processes (one per host, README "Scale") with
 `--coordinator_address HOST:PORT --num_processes N --process_id I`; under SLURM or Open MPI JAX
 reads these from the environment.
-`build-data --dataset NAME` without --config uses the dataset's own preset (DATASET_PRESETS).
+`build-data --dataset NAME` without --config uses the dataset's own preset (its builder's PRESET).
 
 `launch.py COMMAND --help` lists the flags a command reads (COMMAND_FLAGS; another is an error).
 Paths are made absolute at the command line. Every mistake on the command line (a typo in a
@@ -121,12 +121,6 @@ flags.DEFINE_string("video_out", None, "detect: also write an annotated mp4 here
 
 FLAGS = flags.FLAGS
 BENCHES = ("step", "forward", "memory", "remat", "profile", "input", "eval", "loop", "peers")
-DATASET_PRESETS = {
-    "synthetic": "synthetic",
-    "ava": "ava_vitb16",
-    "ucf24": "ucf24",
-    "jhmdb21": "jhmdb21",
-}  # build-data --dataset NAME without --config
 DISTRIBUTED_COMMANDS = ("train", "eval")  # the commands that run on several processes
 DISTRIBUTED_FLAGS = ("coordinator_address", "num_processes", "process_id", "coordinator_timeout_s")
 COMMAND_FLAGS = {  # the flags each command reads (its --help lists them; others are an error)
@@ -278,18 +272,19 @@ def cmd_build_data(argv):
 
 
 def build_data_config():
-    """--config, or without it the preset of --dataset (DATASET_PRESETS)."""
-    if FLAGS.dataset is not None and FLAGS.dataset not in DATASET_PRESETS:
+    """--config, or without it the preset of --dataset (its builder's PRESET)."""
+    from jovale_jax.datasets import BUILDERS
+
+    presets = {name: builder.PRESET for name, builder in BUILDERS.items()}
+    if FLAGS.dataset is not None and FLAGS.config is None and FLAGS.dataset not in presets:
         raise InputError(
-            f"--dataset {FLAGS.dataset}: unknown dataset{_nearest(FLAGS.dataset, DATASET_PRESETS)}"
-            f"; known: {', '.join(DATASET_PRESETS)}"
+            f"--dataset {FLAGS.dataset}: unknown dataset{_nearest(FLAGS.dataset, presets)}"
+            f"; known: {', '.join(presets)} (your own set: --config, data/README.md)"
         )
     if FLAGS.config is None and FLAGS.dataset is not None:
-        return importlib.import_module(f"configs.{DATASET_PRESETS[FLAGS.dataset]}").get_config()
+        return importlib.import_module(f"configs.{presets[FLAGS.dataset]}").get_config()
     if FLAGS.config is None:
-        raise InputError(
-            f"build-data needs --dataset NAME ({', '.join(DATASET_PRESETS)}) or --config"
-        )
+        raise InputError(f"build-data needs --dataset NAME ({', '.join(presets)}) or --config")
     return FLAGS.config
 
 

@@ -189,6 +189,14 @@ def base_config() -> ml_collections.ConfigDict:
     # ---------------- data ----------------
     d = c.data = ml_collections.ConfigDict()
     d.data_dir = "runs/data"
+    # Your own dataset in a built-in raw layout (data/README.md): `config.dataset` names it,
+    # `layout` is the builder that reads it ("ava"), `raw_dir` its raw folder, `label_map` the
+    # label-map file there ("": the layout's), `class_groups` the groups its reports average, as
+    # ((name, (label-map ids...)), ...). `raw_dir` is also build-data's default --raw_dir.
+    d.layout = ""
+    d.raw_dir = ""
+    d.label_map = ""
+    d.class_groups = ()
     d.frame_stride = 4  # 16 frames x stride 4 = the 64-frame window around the keyframe
     # Video frames are resized by their short side (supplementary Table 3), aspect kept, and fitted
     # to the model.video.image_size canvas (shrunk further only if they do not fit, then padded).

@@ -328,6 +328,7 @@ def ablate(
 ) -> list[dict] | None:
     """Train and evaluate every row of ``table``; write ``table_<N>.md`` / ``.json`` in
     ``workdir``. Returns the rows' records, or None when a row was interrupted."""
+    from jovale_jax.datasets import builder_class
     from jovale_jax.demo import build_data
 
     check_table(table)
@@ -341,8 +342,8 @@ def ablate(
         if record is None:
             return None
         records.append(record)
-    # The synthetic set is small enough to score its class prior (AVA's train split is not).
-    prior = prior_record(config, data_dir) if config.dataset == "synthetic" else None
+    # A set small enough scores its class prior (the synthetic set; AVA's train split is not).
+    prior = prior_record(config, data_dir) if builder_class(config).PRIOR_BASELINE else None
     queries = queries_line(config)
     text = table_markdown(table, records, config.dataset, prior, queries)
     with open(os.path.join(workdir, f"table_{table}.md"), "w") as f:

@@ -3,11 +3,11 @@
     python launch.py eval --config configs/synthetic.py --checkpoint runs/demo \
         [--config.data.eval_split=val]
 
-Every example of the split is scored (the padded tail of the last batch is masked out). AVA-style
-datasets (ava, synthetic) are scored with the official AVA protocol (``evaluation/ava.py``)
-both with
-the official cap of 50 detection rows per frame and without a cap, since published AVA numbers come
-from either; UCF101-24 and JHMDB51-21 with VOC frame mAP (``evaluation/frame_map.py``).
+Every example of the split is scored (the padded tail of the last batch is masked out), by the
+protocol of the dataset's builder (its ``METRIC``): "ava" (AVA, the synthetic set, your own set in
+the AVA layout) with the official AVA protocol (``evaluation/ava.py``), both with the official cap
+of 50 detection rows per frame and without a cap, since published AVA numbers come from either;
+"frame_map" (UCF101-24, JHMDB51-21) with VOC frame mAP (``evaluation/frame_map.py``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from jovale_jax import distributed
 from jovale_jax.evaluation import ava, frame_map
 from jovale_jax.evaluation.detections_csv import write_detections_csv
 
-AVA_STYLE = ("ava", "synthetic")
 VIDEO_ID_BYTES = 96
 
 
@@ -113,13 +112,14 @@ def score(
     max_dets_per_frame: int | None = None,
 ) -> dict[str, Any]:
     """The dataset's metric for predictions of ``split`` (files from the built dataset's eval/)."""
-    from jovale_jax.datasets import class_groups, eval_dir
+    from jovale_jax.datasets import class_groups, eval_dir, metric
 
     folder = eval_dir(config, data_dir)
     names = ava.read_labelmap(os.path.join(folder, "label_map.pbtxt"))
     class_ids = np.asarray(sorted(names))
     gt_path = os.path.join(folder, f"{split}_groundtruth.csv")
-    if config.dataset in AVA_STYLE:
+    protocol = metric(config)
+    if protocol == "ava":
         dets = ava.AvaDenseDetections(
             video_ids=preds["video_ids"],
             timestamps=preds["timestamps"],
@@ -130,7 +130,7 @@ def score(
         excl = os.path.join(folder, f"{split}_excluded_timestamps.csv")
         excl = excl if os.path.exists(excl) else None
         cap = config.max_dets_per_frame if max_dets_per_frame is None else max_dets_per_frame
-        groups = class_groups(config.dataset)
+        groups = class_groups(config)
         result = ava.evaluate(gt_path, dets, names, excl, cap, groups)
         uncapped = ava.evaluate(gt_path, dets, names, excl, 0, groups)
         result["mAP_no_cap"] = uncapped["mAP"]
@@ -153,7 +153,7 @@ def score(
             ),
             class_ids,
         )
-    result["names"] = names
+    result["names"], result["metric"] = names, protocol
     return result
 
 
@@ -325,7 +325,7 @@ def evaluate_checkpoint(
     os.makedirs(out_dir, exist_ok=True)
     class_ids = sorted(result["names"])
     n_rows = write_detections_csv(os.path.join(out_dir, "detections.csv"), preds, class_ids)
-    if config.dataset in AVA_STYLE:
+    if result["metric"] == "ava":
         print(ava.format_report(result, result["names"]).rsplit("\n", 1)[0])
         print(f"mAP without the per-frame cap: {result['mAP_no_cap']:.4f}")
     else:

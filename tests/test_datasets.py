@@ -560,7 +560,7 @@ def test_a_missing_or_empty_raw_dir_is_a_one_line_error(dataset, tmp_path):
             )
         message = str(info.value)
         assert str(raw) in message and says in message and "\n" not in message
-        assert datasets.RAW_FILES[dataset] in message  # the files expected there
+        assert datasets.BUILDERS[dataset].RAW_FILES in message  # the files expected there
 
 
 def test_build_data_from_the_command_line_picks_the_preset_and_checks_raw_dir(tmp_path):
@@ -588,7 +588,7 @@ def test_build_data_from_the_command_line_picks_the_preset_and_checks_raw_dir(tm
     errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
     want = (
         f"error: raw_dir {missing}: no such folder; ucf24 expects "
-        f"{datasets.RAW_FILES['ucf24']} there (data/ucf24/README.md)"
+        f"{datasets.BUILDERS['ucf24'].RAW_FILES} there (data/ucf24/README.md)"
     )
     assert errors == [want]
 
@@ -609,3 +609,31 @@ def test_synthetic_generates_its_raw_set_in_a_given_raw_dir(tmp_path, monkeypatc
             data_dir=str(tmp_path / "data"),
         )
     assert calls == [str(tmp_path / "mine")]
+
+
+def test_the_builder_of_a_config_and_its_facts():
+    """`config.dataset` picks a built-in builder, `config.data.layout` your own set's; their
+    facts come from the builder class (evaluation protocol, fixed classes, preset)."""
+    config = synthetic_preset.get_config("test")
+    assert datasets.builder_class(config) is datasets.SyntheticBuilder
+    assert datasets.label_map(config)[0] == synthetic.CLASSES  # no built data needed
+    assert datasets.metric(config) == "ava" and datasets.metric(ucf_preset.get_config()) == (
+        "frame_map"
+    )
+    config.data.layout = "kinetics"
+    with pytest.raises(ValueError, match="unknown config.data.layout 'kinetics'; expected one"):
+        datasets.builder_class(config)
+    config.data.layout, config.dataset = "ava", "My Set"
+    with pytest.raises(ValueError, match="config.dataset 'My Set': your own set's name"):
+        datasets.builder_class(config)
+    config.dataset = "my_set"
+    assert datasets.builder_class(config) is datasets.AvaBuilder
+    config.data.layout, config.dataset = "", "my_set"
+    with pytest.raises(ValueError, match=r"unknown dataset 'my_set'.*config.data.layout"):
+        datasets.builder_class(config)
+    assert {name: b.PRESET for name, b in datasets.BUILDERS.items()} == {
+        "synthetic": "synthetic",
+        "ava": "ava_vitb16",
+        "ucf24": "ucf24",
+        "jhmdb21": "jhmdb21",
+    }

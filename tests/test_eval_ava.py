@@ -239,10 +239,18 @@ def test_evaluate_averages_the_groups_it_is_given(tmp_path):
     report = ava.format_report(result, NAMES)
     assert "group mAP  motion" in report and "person pose" not in report
     assert set(ava.evaluate(gt, det, NAMES)["groups"]) == {"pose", "object", "interaction"}
+    from configs import synthetic, ucf24
     from jovale_jax.datasets import class_groups
 
-    assert class_groups("synthetic") == {"motion": [1, 2], "sound": [3, 4], "scene": [5, 6]}
-    assert list(class_groups("ava")["pose"]) == list(range(1, 15)) and class_groups("ucf24") == {}
+    config = synthetic.get_config("test")
+    assert class_groups(config) == {"motion": [1, 2], "sound": [3, 4], "scene": [5, 6]}
+    config.dataset = "ava"
+    assert class_groups(config)["pose"] == list(range(1, 15))
+    assert class_groups(ucf24.get_config()) == {}
+    config.data.layout = "ava"  # your own set in the AVA layout: its groups, not AVA's
+    assert class_groups(config) == {}
+    config.data.class_groups = (("ball", (1, 2)), ("people", (5,)))
+    assert class_groups(config) == {"ball": [1, 2], "people": [5]}
 
 
 def random_case(rng, num_frames: int = 40) -> tuple[str, str, list[tuple[str, int]]]:

@@ -162,15 +162,21 @@ def fixture_builder(config: ml_collections.ConfigDict, data_dir: str) -> tfds.co
     from jovale_jax import datasets
     from jovale_jax.datasets import ava_fixture
 
-    if config.dataset != "ava":
+    if datasets.builder_class(config) is not datasets.AvaBuilder:
         raise ValueError(
             f"the input bench's fixture is AVA data; config.dataset is {config.dataset!r}"
         )
     raw_dir = os.path.join(data_dir, "raw")
     if not os.path.exists(os.path.join(raw_dir, "ava_train_v2.2.csv")):
-        ava_fixture.generate_raw(raw_dir, num_classes=config.model.num_classes)
+        ava_fixture.generate_raw(
+            raw_dir, num_classes=config.model.num_classes, label_map=config.data.label_map
+        )
     datasets.build_dataset(
-        "ava", config=config, raw_dir=raw_dir, data_dir=data_dir, split=config.data.train_split
+        config.dataset,
+        config=config,
+        raw_dir=raw_dir,
+        data_dir=data_dir,
+        split=config.data.train_split,
     )
     return datasets.get_builder(config, data_dir)
 

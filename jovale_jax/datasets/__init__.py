@@ -1,5 +1,6 @@
 """Dataset builders (TFDS) for AVA v2.2, UCF101-24, JHMDB51-21 and the synthetic set, and how to
-read what they wrote. One example is one annotated keyframe (data/SCHEMA.md).
+read what they wrote. One example is one annotated keyframe (data/SCHEMA.md). Your own set in one
+of these raw layouts needs only a preset (`config.data.layout`, data/README.md).
 
 Build (what `launch.py build-data` calls)::
 
@@ -28,6 +29,7 @@ complete one; the next build removes such leftovers.
 
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -36,7 +38,7 @@ from typing import Any
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from jovale_jax.datasets import ava, common, synthetic, ucf_jhmdb
+from jovale_jax.datasets import common
 from jovale_jax.datasets.ava import AvaBuilder
 from jovale_jax.datasets.synthetic import SyntheticBuilder
 from jovale_jax.datasets.ucf_jhmdb import Jhmdb21Builder, Ucf24Builder
@@ -47,21 +49,44 @@ BUILDERS: dict[str, type[common.KeyframeBuilder]] = {
     "ucf24": Ucf24Builder,
     "jhmdb21": Jhmdb21Builder,
 }
+"""The datasets by name (`config.dataset`). Each builder class holds its dataset's facts: its
+`METRIC`, `CLASS_GROUPS`, fixed `CLASSES`, `RAW_FILES`, `PRESET` and `prepare_raw` hook
+(`common.KeyframeBuilder`). Your own set in one of these layouts needs no entry: its config names
+the layout (`config.data.layout`, data/README.md)."""
 
 logger = logging.getLogger("jovale_jax.datasets")
 
 
-def _builder_class(name: str) -> type[common.KeyframeBuilder]:
+def builder_class(config: Any) -> type[common.KeyframeBuilder]:
+    """The builder that reads `config.dataset`: `config.data.layout`'s when set (your own set),
+    else the built-in dataset's."""
+    layout = config.data.get("layout") or ""
+    name = layout or config.dataset
+    if layout and not re.fullmatch(r"[a-z][a-z0-9_]*", config.dataset):
+        raise ValueError(
+            f"config.dataset {config.dataset!r}: your own set's name must be lower-case letters, "
+            "digits and _ (it names its data folder)"
+        )
     if name not in BUILDERS:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(BUILDERS)}")
+        what = f"config.data.layout {layout!r}" if layout else f"dataset {name!r}"
+        raise ValueError(
+            f"unknown {what}; expected one of {sorted(BUILDERS)}"
+            + ("" if layout else " (your own set: config.data.layout, data/README.md)")
+        )
     return BUILDERS[name]
 
 
 def _builder(name: str, config: Any, data_dir: str | None, **kwargs: Any) -> common.KeyframeBuilder:
     if config.dataset != name:
         raise ValueError(f"config.dataset is {config.dataset!r} but the dataset is {name!r}")
-    return _builder_class(name)(
-        config=common.clip_config(config), data_dir=data_dir or config.data.data_dir, **kwargs
+    cls = builder_class(config)
+    # Your own set's name starts its folder's: never shared with the layout's dataset.
+    own = f"{config.dataset}_" if config.data.get("layout") else ""
+    return cls(
+        config=common.clip_config(config, own + cls.config_prefix(config)),
+        data_dir=data_dir or config.data.data_dir,
+        label_map=config.data.get("label_map") or "",
+        **kwargs,
     )
 
 
@@ -104,33 +129,39 @@ def eval_dir(config: Any, data_dir: str | None = None) -> str:
     return os.path.join(get_builder(config, data_dir).data_dir, "eval")
 
 
-def class_groups(dataset: str) -> dict[str, list[int]]:
-    """The class groups a dataset's report averages ({group: label-map ids}): AVA's pose / object
-    / interaction, the synthetic set's motion / sound / scene; none for UCF101-24 and JHMDB51-21."""
-    from jovale_jax.evaluation.ava import ACTION_GROUPS
-
-    if dataset == "ava":
-        return {k: list(range(first, last + 1)) for k, (_, first, last) in ACTION_GROUPS.items()}
-    if dataset == "synthetic":
-        return {k: list(v) for k, v in synthetic.CLASS_GROUPS.items()}
-    return {}
+def metric(config: Any) -> str:
+    """The evaluation protocol of the config's dataset: "ava" | "frame_map" (its builder's)."""
+    return builder_class(config).METRIC
 
 
-RAW_FILES = {
-    "ava": f"{ava.LABEL_MAP}, ava_<split>_v2.2.csv, ava_<split>_excluded_timestamps_v2.2.csv, "
-    "the person proposals and videos/",
-    "ucf24": f"{Ucf24Builder.PICKLE}, {ucf_jhmdb.PROPOSALS} and {ucf_jhmdb.FRAMES}/",
-    "jhmdb21": f"{Jhmdb21Builder.PICKLE}, {ucf_jhmdb.PROPOSALS} and {ucf_jhmdb.FRAMES}/",
-}
-"""What each dataset's raw folder holds (data/<dataset>/README.md says where to get it)."""
+def class_groups(config: Any) -> dict[str, list[int]]:
+    """The class groups the reports average ({group: label-map ids}): your own set's
+    `config.data.class_groups`, else the builder's (AVA's pose / object / interaction, the
+    synthetic set's motion / sound / scene; none for UCF101-24 and JHMDB51-21)."""
+    groups = dict(config.data.class_groups) if config.data.get("layout") else None
+    if groups is None:
+        groups = builder_class(config).CLASS_GROUPS
+    return {k: [int(i) for i in v] for k, v in groups.items()}
 
 
-def check_raw_dir(name: str, raw_dir: str | None) -> None:
+def label_map(config: Any) -> tuple[dict[int, str], str]:
+    """({action id: name} in model-output order, where it was read): the builder's fixed
+    `CLASSES`, else the built dataset's `eval/label_map.pbtxt` (FileNotFoundError until built)."""
+    from jovale_jax.evaluation.ava import read_labelmap
+
+    cls = builder_class(config)
+    if cls.CLASSES is not None and not config.data.get("layout"):
+        return dict(cls.CLASSES), f"{cls.__module__}.{cls.__name__}.CLASSES"
+    path = os.path.join(eval_dir(config), "label_map.pbtxt")
+    return read_labelmap(path), path
+
+
+def check_raw_dir(config: Any, raw_dir: str | None) -> None:
     """A one-line error unless `raw_dir` is a folder with something in it."""
-    expected = RAW_FILES.get(name, "the raw files")
-    hint = f"{name} expects {expected} there (data/{name}/README.md)"
+    name, layout = config.dataset, config.data.get("layout") or config.dataset
+    hint = f"{name} expects {builder_class(config).RAW_FILES} there (data/{layout}/README.md)"
     if raw_dir is None:
-        raise ValueError(f"building {name} needs --raw_dir: {hint}")
+        raise ValueError(f"building {name} needs --raw_dir (or config.data.raw_dir): {hint}")
     if not os.path.isdir(raw_dir):
         raise FileNotFoundError(f"raw_dir {raw_dir}: no such folder; {hint}")
     if not os.listdir(raw_dir):
@@ -149,11 +180,11 @@ def build_dataset(
     """Writes the TFRecord shards of `name` for `config` into `data_dir`; returns a summary.
 
     Args:
-      name: synthetic | ava | ucf24 | jhmdb21 (must equal `config.dataset`).
+      name: synthetic | ava | ucf24 | jhmdb21, or your own set's (must equal `config.dataset`).
       config: the model config whose clip geometry the examples follow.
-      raw_dir: the raw files (data/<dataset>/README.md). For `synthetic`, the raw set is
-        generated there (default `<data_dir>/raw`) when the folder does not hold it, or holds an
-        older `synthetic.RAW_VERSION`, and the dataset is not built yet (it is deterministic).
+      raw_dir: the raw files (data/<dataset>/README.md); default `config.data.raw_dir`. The
+        builder's `prepare_raw` makes it ready first when the dataset is not built yet (the
+        synthetic set is generated there, default `<data_dir>/raw`).
       data_dir: where the shards go.
       strict: any video skipped or truncated is an error (nothing is written).
       split: build only this split (default: all of the dataset's splits).
@@ -163,7 +194,7 @@ def build_dataset(
       boxes_clipped: {gt|proposals: n}, seconds}. A dataset already built is reused, not rebuilt.
     """
     start = time.time()
-    known = _builder_class(name).SPLITS
+    known = builder_class(config).SPLITS
     if split is not None and split not in known:
         raise ValueError(f"{name} has splits {known}, not {split!r}")
     splits = known if split is None else (split,)
@@ -191,11 +222,8 @@ def build_dataset(
         for leftover in builder.data_path.parent.glob(f"{prefix}*_{builder.data_path.name}"):
             logger.warning("removing %s, left by an interrupted build", leftover)
             shutil.rmtree(leftover)
-        if name == "synthetic":
-            raw_dir = raw_dir or os.path.join(data_dir, "raw")
-            if not synthetic.raw_is_current(raw_dir):  # absent, incomplete or older
-                synthetic.generate_raw(raw_dir)
-        check_raw_dir(name, raw_dir)
+        raw_dir = type(builder).prepare_raw(raw_dir or config.data.get("raw_dir") or None, data_dir)
+        check_raw_dir(config, raw_dir)
         tfds.display_progress_bar(False)  # the builders show their own (videos, examples, ETA)
         try:
             with tempfile.TemporaryDirectory() as downloads:  # TFDS wants one; nothing goes there

@@ -2,7 +2,9 @@
 
 The raw layout (data/ava/README.md): the official `ava_{split}_v2.2.csv`, the 60-class
 `ava_action_list_v2.2_for_activitynet_2019.pbtxt`, `ava_{split}_excluded_timestamps_v2.2.csv`, a
-person-proposal file per split and `videos/<video_id>.<any extension>`.
+person-proposal file per split and `videos/<video_id>.<any extension>`. Your own set in this layout
+(data/README.md) may name its label map (`config.data.label_map`) and its CSVs `{split}.csv`,
+`{split}_excluded_timestamps.csv`; it has any number of classes.
 
 Keyframes are AVA's timestamps 902-1798 (seconds of the movie). A video shorter than 30 minutes is
 taken as AVA's 15-minute cut starting at 900 s of the movie (what SlowFast's and MMAction2's
@@ -17,19 +19,21 @@ import collections
 import functools
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from jovale_jax import box_ops
 from jovale_jax.datasets import common, video
-from jovale_jax.evaluation.ava import read_labelmap
+from jovale_jax.evaluation.ava import ACTION_GROUPS, read_labelmap
 
 KEYFRAMES = range(902, 1799)
 TRIMMED_START_S = 900.0  # AVA's 15-minute cuts begin at this second of the movie
 FULL_MOVIE_MIN_S = 1800.0  # a video at least this long is the full movie (time offset 0)
 LABEL_MAP = "ava_action_list_v2.2_for_activitynet_2019.pbtxt"
+ANNOTATION_FILES = ("ava_{split}_v2.2.csv", "{split}.csv")  # looked for in this order
+EXCLUDED_FILES = ("ava_{split}_excluded_timestamps_v2.2.csv", "{split}_excluded_timestamps.csv")
 PROPOSAL_FILES = (  # looked for in this order
     "proposals_{split}.pkl",
     "proposals_{split}.csv",
@@ -80,23 +84,26 @@ def read_annotations(
     return dict(keyframes), rows
 
 
-def read_excluded(path: str) -> set[tuple[str, int]]:
-    """The (video_id, timestamp) pairs of an excluded-timestamps CSV; empty when there is none."""
-    if not os.path.exists(path):
-        common.logger.warning("%s not found: no excluded timestamps", path)
+def read_excluded(raw_dir: str, split: str) -> set[tuple[str, int]]:
+    """The (video_id, timestamp) pairs of the split's excluded-timestamps CSV (`EXCLUDED_FILES`);
+    empty when there is none."""
+    try:
+        path = find_file(raw_dir, split, EXCLUDED_FILES, "excluded timestamps")
+    except FileNotFoundError as e:
+        common.logger.warning("%s: no excluded timestamps", e)
         return set()
     return set(common.read_csv(path, _KEYFRAME))
 
 
-def find_proposals(raw_dir: str, split: str) -> str:
-    """The first proposal file of `PROPOSAL_FILES` present for the split."""
-    for pattern in PROPOSAL_FILES:
+def find_file(raw_dir: str, split: str, patterns: tuple[str, ...], what: str) -> str:
+    """The first file of `patterns` present for the split."""
+    for pattern in patterns:
         path = os.path.join(raw_dir, pattern.format(split=split))
         if os.path.exists(path):
             return path
     raise FileNotFoundError(
-        f"no person proposals for split {split!r} in {raw_dir}: expected one of "
-        + ", ".join(p.format(split=split) for p in PROPOSAL_FILES)
+        f"no {what} for split {split!r} in {raw_dir}: expected one of "
+        + ", ".join(p.format(split=split) for p in patterns)
     )
 
 
@@ -119,23 +126,36 @@ class AvaBuilder(common.KeyframeBuilder):
     name = "jovale_ava"
     MANUAL_DOWNLOAD_INSTRUCTIONS = "AVA v2.2 CSVs, label map, proposals, videos: data/ava/README.md"
     SPLITS = ("train", "val")
+    METRIC = "ava"
+    CLASS_GROUPS: ClassVar = {k: tuple(range(a, b + 1)) for k, (_, a, b) in ACTION_GROUPS.items()}
+    RAW_FILES = (
+        f"{LABEL_MAP} (or config.data.label_map), ava_<split>_v2.2.csv, "
+        "ava_<split>_excluded_timestamps_v2.2.csv, the person proposals and videos/"
+    )
+    PRESET = "ava_vitb16"
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
         raw = os.fspath(dl_manager.manual_dir)
         spec = self.builder_config
-        label_map = read_labelmap(os.path.join(raw, LABEL_MAP))
-        self.check_classes(label_map, os.path.join(raw, LABEL_MAP))
+        label_map_path = os.path.join(raw, self.label_map_file or LABEL_MAP)
+        label_map = read_labelmap(label_map_path)
+        self.check_classes(label_map, label_map_path)
         videos = video_files(os.path.join(raw, "videos"))
         generators = {}
         for split in self.splits:
-            excluded = read_excluded(os.path.join(raw, f"ava_{split}_excluded_timestamps_v2.2.csv"))
+            excluded = read_excluded(raw, split)
             keyframes, rows = read_annotations(
-                os.path.join(raw, f"ava_{split}_v2.2.csv"), label_map, excluded, self.stats
+                find_file(raw, split, ANNOTATION_FILES, "annotations"),
+                label_map,
+                excluded,
+                self.stats,
             )
             common.write_eval_files(
                 os.path.join(self.data_dir, "eval"), split, label_map, rows, sorted(excluded)
             )
-            proposals = common.read_proposals(find_proposals(raw, split), spec.file_feature_dim)
+            proposals = common.read_proposals(
+                find_file(raw, split, PROPOSAL_FILES, "person proposals"), spec.file_feature_dim
+            )
             generators[split] = self._generate_examples(
                 split,
                 {vid: len(frames) for vid, frames in keyframes.items()},

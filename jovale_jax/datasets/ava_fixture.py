@@ -59,19 +59,21 @@ def generate_raw(
     seconds: int = 12,
     size: tuple[int, int] = (360, 640),
     num_classes: int = 60,
+    label_map: str = "",
     seed: int = 0,
 ) -> int:
     """Writes the raw AVA layout of the fixture (train split) into `out_dir`; returns the number
     of keyframes: `num_videos` x (`seconds` - 3), at the seconds 2 .. `seconds` - 2 of each video.
 
     `size` is (height, width); `num_classes` the label map's length (the config's
-    `model.num_classes`). Each keyframe has two actors with one or two actions, and proposals:
-    the actors' boxes jittered plus a low-scoring false positive.
+    `model.num_classes`), written as `label_map` (default AVA's file name). Each keyframe has two
+    actors with one or two actions, and proposals: the actors' boxes jittered plus a low-scoring
+    false positive.
     """
     videos_dir = os.path.join(out_dir, "videos")
     os.makedirs(videos_dir, exist_ok=True)
     common.write_label_map(
-        os.path.join(out_dir, ava.LABEL_MAP),
+        os.path.join(out_dir, label_map or ava.LABEL_MAP),
         {i: f"fixture action {i}" for i in range(1, num_classes + 1)},
     )
     rng = np.random.default_rng(seed)

@@ -18,7 +18,7 @@ import math
 import os
 import pickle
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -96,11 +96,12 @@ class ClipConfig(tfds.core.BuilderConfig):
         }
 
 
-def clip_config(config: Any) -> ClipConfig:
+def clip_config(config: Any, prefix: str = "") -> ClipConfig:
     """The `ClipConfig` (TFDS builder config) that a model config reads and writes.
 
     With `model.query_source` "detector" and `config.detect.detector` set, the features are that
     detector's (its name is part of the config); without a detector, the proposals file's columns.
+    `prefix` starts its name (the builder's `config_prefix`: JHMDB's split, your own set's name).
     """
     m, d = config.model, config.data
     detector = config.detect.detector if query_source(m) == "detector" else ""
@@ -120,7 +121,6 @@ def clip_config(config: Any) -> ClipConfig:
     }
     description = json.dumps(fields, sort_keys=True)
     digest = hashlib.sha1(description.encode()).hexdigest()[:8]
-    prefix = f"split{fields['split_index']}_" if config.dataset == "jhmdb21" else ""
     name = (
         f"{prefix}f{fields['num_frames']}x{fields['frame_stride']}_s{fields['scene_frames']}"
         f"_k{fields['num_proposals']}_{digest}"
@@ -193,15 +193,24 @@ class BuildStats:
 
 
 class KeyframeBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """Base of the dataset builders: the schema's features, split selection, the build counters.
+    """Base of the dataset builders: the schema's features, split selection, the build counters,
+    and the dataset's facts that the rest of the code reads from here (class attributes below).
 
     Built with a `ClipConfig` (`config=clip_config(model_config)`); `strict` makes any video lost an
     error; `splits` restricts the build to some of `SPLITS`; `detector` computes the proposals'
-    features when the config names one (`make_example`). `stats` holds the counts afterwards.
+    features when the config names one (`make_example`); `label_map` names the label-map file
+    of the raw folder where the layout has one (`config.data.label_map`). `stats` holds the
+    counts afterwards.
     """
 
     VERSION = tfds.core.Version("1.0.0")
     SPLITS: tuple[str, ...] = ()
+    METRIC = "ava"  # evaluation protocol: "ava" (evaluation/ava.py) | "frame_map" (VOC frame mAP)
+    CLASS_GROUPS: ClassVar[dict[str, tuple[int, ...]]] = {}  # {group: label-map ids} to average
+    CLASSES: ClassVar[dict[int, str] | None] = None  # a fixed label map; None: the built one's
+    RAW_FILES = "the raw files"  # what the raw folder holds (errors name it)
+    PRESET = ""  # configs/<PRESET>.py: `build-data --dataset NAME` without --config
+    PRIOR_BASELINE = False  # small enough to score the class-prior baseline (ablate's last row)
     # TFDS 4.9.10 finds a builder's source file (for a checksums file these builders do not have)
     # through `importlib_resources`, which it does not install on Python >= 3.9
     # (tensorflow/datasets#11212). Without a code path it skips the look-up.
@@ -213,12 +222,24 @@ class KeyframeBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         strict: bool = False,
         splits: Sequence[str] | None = None,
         detector: Callable | None = None,
+        label_map: str = "",
         **kwargs: Any,
     ):
         self.stats = BuildStats(strict=strict)
         self.detector = detector
         self.splits = tuple(splits or self.SPLITS)
+        self.label_map_file = label_map
         super().__init__(**kwargs)
+
+    @classmethod
+    def config_prefix(cls, config: Any) -> str:
+        """What starts the TFDS config's name before the clip geometry (`clip_config`)."""
+        return ""
+
+    @classmethod
+    def prepare_raw(cls, raw_dir: str | None, data_dir: str) -> str | None:
+        """The raw folder to build from, made ready first where the builder makes its own."""
+        return raw_dir
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(

@@ -41,6 +41,7 @@ import itertools
 import os
 import pickle
 from collections.abc import Iterable
+from typing import ClassVar
 
 import av
 import numpy as np
@@ -335,3 +336,16 @@ class SyntheticBuilder(ava.AvaBuilder):
 
     name = "jovale_synthetic"
     MANUAL_DOWNLOAD_INSTRUCTIONS = "written by jovale_jax.datasets.synthetic.generate_raw"
+    CLASS_GROUPS: ClassVar = {k: tuple(v) for k, v in CLASS_GROUPS.items()}
+    CLASSES = CLASSES
+    PRESET = "synthetic"
+    PRIOR_BASELINE = True  # small: the class-prior baseline is scored beside every table
+
+    @classmethod
+    def prepare_raw(cls, raw_dir: str | None, data_dir: str) -> str:
+        """Generates the raw set in `raw_dir` (default `<data_dir>/raw`) when the folder does not
+        hold it, or holds an older `RAW_VERSION` (it is deterministic)."""
+        raw_dir = raw_dir or os.path.join(data_dir, "raw")
+        if not raw_is_current(raw_dir):  # absent, incomplete or older
+            generate_raw(raw_dir)
+        return raw_dir

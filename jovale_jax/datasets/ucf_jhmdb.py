@@ -70,6 +70,7 @@ class _FrameFolderBuilder(common.KeyframeBuilder, skip_registration=True):
 
     PICKLE: str
     SPLITS = ("train", "test")
+    METRIC = "frame_map"
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
         raw = os.fspath(dl_manager.manual_dir)
@@ -155,6 +156,8 @@ class Ucf24Builder(_FrameFolderBuilder):
     name = "jovale_ucf24"
     PICKLE = "UCF101v2-GT.pkl"
     MANUAL_DOWNLOAD_INSTRUCTIONS = "UCF101-24 pickle, rgb-images, proposals: data/ucf24/README.md"
+    RAW_FILES = f"{PICKLE}, {PROPOSALS} and {FRAMES}/"
+    PRESET = "ucf24"
 
 
 class Jhmdb21Builder(_FrameFolderBuilder):
@@ -163,3 +166,10 @@ class Jhmdb21Builder(_FrameFolderBuilder):
     name = "jovale_jhmdb21"
     PICKLE = "JHMDB-GT.pkl"
     MANUAL_DOWNLOAD_INSTRUCTIONS = "JHMDB-GT.pkl, rgb-images and proposals: data/jhmdb21/README.md"
+    RAW_FILES = f"{PICKLE}, {PROPOSALS} and {FRAMES}/"
+    PRESET = "jhmdb21"
+
+    @classmethod
+    def config_prefix(cls, config: Any) -> str:
+        """The split (`config.data.split_index`): each of the three is its own dataset."""
+        return f"split{int(config.data.get('split_index', 1))}_"

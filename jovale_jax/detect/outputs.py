@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from jovale_jax import datasets
-from jovale_jax.datasets import common, synthetic
+from jovale_jax.datasets import common
 from jovale_jax.datasets import video as video_io
 from jovale_jax.evaluation.ava import read_labelmap
 from jovale_jax.evaluation.detections_csv import detection_rows, format_time
@@ -42,21 +42,18 @@ class Keyframe:
 def label_map_of(config, path: str | None = None) -> dict[int, str]:
     """{action id: name} of the classes, in model-output order.
 
-    From `path` (an AVA label-map pbtxt) when given; the synthetic set's `CLASSES` for the
-    synthetic preset; otherwise the built dataset's `eval/label_map.pbtxt`.
+    From `path` (an AVA label-map pbtxt) when given; otherwise the dataset's
+    (`datasets.label_map`: its builder's fixed classes, or the built dataset's label map).
     """
     if path is not None:
         label_map = read_labelmap(path)
-    elif config.dataset == "synthetic":
-        label_map, path = dict(synthetic.CLASSES), "jovale_jax.datasets.synthetic.CLASSES"
     else:
         try:
-            path = os.path.join(datasets.eval_dir(config), "label_map.pbtxt")
+            label_map, path = datasets.label_map(config)
         except FileNotFoundError as e:
             raise FileNotFoundError(
                 f"{common.one_line(e)}; or pass the label map (label_map=PBTXT)"
             ) from None
-        label_map = read_labelmap(path)
     if len(label_map) != config.model.num_classes:
         raise common.BadInputError(
             f"label map {path} has {len(label_map)} classes, the model "
