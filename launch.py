@@ -12,6 +12,7 @@ Commands:
   build-data  write the TFRecord shards of a dataset
   ablate      train and evaluate every row of one of the paper's ablation tables (--table)
   demo        build the synthetic set, train, evaluate and write a report (what `make demo` runs)
+  attention   the paper's Figure 6: actors' attention maps on keyframes (--checkpoint, --out)
 
 Options that are configuration live in the config (`--config.eval.split=val`,
 `--config.detect.keyframe_every=0.5`, configs/common.py lists them); flags name files and folders.
@@ -104,6 +105,11 @@ flags.DEFINE_string(
 flags.DEFINE_string("video", None, "detect: the video file.")
 flags.DEFINE_string("boxes", None, "detect: an AVA-style CSV of person boxes.")
 flags.DEFINE_string("video_out", None, "detect: also write an annotated mp4 here.")
+config_flags.DEFINE_config_file(
+    "compare_config", None, "attention: the config of --compare_checkpoint.", lock_config=True
+)
+flags.DEFINE_string("compare_checkpoint", None, "attention: a second model, drawn beside.")
+flags.DEFINE_list("classes", None, "attention: class names, one keyframe each (default: all).")
 
 FLAGS = flags.FLAGS
 BENCHES = ("step", "forward", "memory", "remat", "profile", "input", "eval")
@@ -114,7 +120,18 @@ DATASET_PRESETS = {
     "jhmdb21": "jhmdb21",
 }  # build-data --dataset NAME without --config
 DISTRIBUTED_COMMANDS = ("train", "eval")  # the commands that run on several processes
-COMMANDS = ("train", "eval", "detect", "convert", "flops", "bench", "build-data", "ablate", "demo")
+COMMANDS = (
+    "train",
+    "eval",
+    "detect",
+    "convert",
+    "flops",
+    "bench",
+    "build-data",
+    "ablate",
+    "demo",
+    "attention",
+)
 
 
 def _config():
@@ -323,6 +340,31 @@ def cmd_demo(argv):
     )
 
 
+def cmd_attention(argv):
+    """Figure 6: --checkpoint's (and --compare_checkpoint's) attention maps, in --out."""
+    from jovale_jax.attention import attention_figure
+
+    _require("checkpoint")
+    _require("out")
+    compare = None
+    if FLAGS.compare_checkpoint:
+        if FLAGS.compare_config is None:
+            raise app.UsageError("--compare_checkpoint needs --compare_config")
+        compare = (FLAGS.compare_config, FLAGS.compare_checkpoint)
+    out = os.path.join(FLAGS.out, "attention.png")
+    result = attention_figure(
+        _config(),
+        FLAGS.checkpoint,
+        out,
+        compare=compare,
+        classes=FLAGS.classes,
+        data_dir=FLAGS.data_dir,
+    )
+    with open(os.path.join(FLAGS.out, "attention.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"wrote {result['path']}")
+
+
 def _require(name: str) -> None:
     if FLAGS[name].value is None:
         raise app.UsageError(f"--{name} is required for this command")
@@ -338,6 +380,7 @@ HANDLERS = {
     "detect": cmd_detect,
     "ablate": cmd_ablate,
     "demo": cmd_demo,
+    "attention": cmd_attention,
 }
 
 

@@ -160,3 +160,27 @@ def draw_detections(
     if title:
         _label_block(draw, (0, 0), [title], font, (0, 0, 0))
     return image
+
+
+def token_heatmap(
+    grid: np.ndarray, size: tuple[int, int], frame_extent: Sequence[float] = (0, 0, 1, 1)
+) -> np.ndarray:
+    """A map over a token grid read at every pixel of a frame: (height, width), each pixel the
+    value of the token it falls in.
+
+    Args:
+      grid: (h, w) one value per token of an image's patch grid, row-major as the tokens.
+      size: the frame's (width, height) in pixels.
+      frame_extent: where the frame lies on the image the grid covers, (x1, y1, x2, y2)
+        normalised (the batch's ``frame_extent``: a frame fitted into a larger video canvas);
+        (0, 0, 1, 1) for an image the frame fills (the scene stream's S x S resize).
+    """
+    grid = np.asarray(grid)
+    h, w = grid.shape
+    width, height = size
+    x1, y1, x2, y2 = (float(v) for v in frame_extent)
+    u = x1 + (np.arange(width) + 0.5) / width * (x2 - x1)
+    v = y1 + (np.arange(height) + 0.5) / height * (y2 - y1)
+    cols = np.clip(np.floor(u * w).astype(int), 0, w - 1)
+    rows = np.clip(np.floor(v * h).astype(int), 0, h - 1)
+    return grid[rows[:, None], cols[None, :]]
