@@ -233,7 +233,9 @@ def cmd_build_data(argv):
 def build_data_config():
     """--config, or without it the preset of --dataset (DATASET_PRESETS)."""
     if FLAGS.config is None and FLAGS.dataset in DATASET_PRESETS:
-        return importlib.import_module(f"configs.{DATASET_PRESETS[FLAGS.dataset]}").get_config()
+        return importlib.import_module(
+            f"jovale_jax.configs.{DATASET_PRESETS[FLAGS.dataset]}"
+        ).get_config()
     return _config()
 
 

@@ -1,7 +1,7 @@
-"""The paper's Figure 6: each actor's attention over the video and scene context, on the keyframe.
+r"""The paper's Figure 6: each actor's attention over the video and scene context, on the keyframe.
 
-    python launch.py attention --config configs/synthetic.py --checkpoint runs/demo \\
-        --compare_checkpoint runs/demo_v --compare_config configs/synthetic.py \\
+    python launch.py attention --config configs/synthetic.py --checkpoint runs/demo \
+        --compare_checkpoint runs/demo_v --compare_config configs/synthetic.py \
         "--compare_config.model.modalities=('video',)" --out runs/figure6
 
 What is drawn: in every AMFN layer, the MFE runs one transformer layer per time step over
@@ -11,8 +11,9 @@ the heads and over the modality's T_m time steps, for the first and the last lay
 top and bottom rows). A video token is drawn where its patch lies on the keyframe (the frame's
 place on the canvas, ``frame_extent``); a scene token where its patch of BLIP's S x S resize of
 the frame lies; the scene's CLS token and the audio tokens have no place and are not drawn. Each
-panel is scaled to its own maximum; its title gives the actor's total weight on that modality's
-context (the rest goes to the actors, the bottleneck token and the other tokens).
+panel's colours run from 0 to its maximum, or to 3x its mean if that is larger (so a flat map
+shows at a third of the scale, not as a hot one); its title gives the actor's total weight on that
+modality's context tokens (the rest goes to the actors and the bottleneck token).
 
 Keyframes: for each class, the eval split's first example with a proposal matched to a
 ground-truth actor of that class (its training target); that proposal is the actor drawn, the same
@@ -28,6 +29,7 @@ from typing import Any
 import jax
 import numpy as np
 
+UNIFORM_SHARE = 3.0  # a panel's colour scale reaches at least 3x its mean: a flat map is not red
 SPATIAL = ("video", "scene")  # the modalities whose context tokens have a place on the keyframe
 
 
@@ -224,7 +226,8 @@ def attention_figure(
                 grid = layer_maps(cfg.model, maps, layer)[m][r, k]
                 extent = batch["frame_extent"][r] if m == "video" else (0, 0, 1, 1)
                 heat = token_heatmap(grid, (width, height), extent)
-                ax.imshow(heat, cmap="jet", alpha=0.5, vmin=0, vmax=max(heat.max(), 1e-9))
+                vmax = max(heat.max(), UNIFORM_SHARE * heat.mean(), 1e-9)
+                ax.imshow(heat, cmap="jet", alpha=0.5, vmin=0, vmax=vmax)
                 total = float(np.asarray(maps[m][layer, r], np.float64).mean(0)[k].sum())
                 row["weights"][f"{labels[i]}/{layer + 1}/{m}"] = total
                 ax.set_title(f"{labels[i]}: {m}, sum {total:.2f}", fontsize=7)

@@ -23,7 +23,7 @@ from jovale_jax.datasets import synthetic as synthetic_data
 
 
 def default_config():
-    from configs import synthetic
+    from jovale_jax.configs import synthetic
 
     return synthetic.get_config()
 

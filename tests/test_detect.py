@@ -506,3 +506,20 @@ def test_label_blocks_of_close_actors_do_not_overlap():
         np.array([[40.0, 50.0], [42.0, 52.0]]), np.array([[30.0, 40.0], [30.0, 40.0]]), (80, 80)
     )
     assert corners == [(40.0, 40.0), (10.0, 40.0)]  # no room on the right either: on the left
+
+
+def test_label_blocks_of_a_crowded_frame_never_overlap():
+    """Sixteen blocks anchored at two points of a 341 x 256 frame: each is placed without overlap
+    (or left out when no room is left), inside the image."""
+    anchors = np.array([[100.0, 80.0]] * 12 + [[300.0, 10.0]] * 4)
+    sizes = np.array([[100.0, 36.0]] * 16)
+    corners = visualize.place_labels(anchors, sizes, (341, 256), taken=[(0, 0, 80, 12)])
+    rects = [(x, y, x + w, y + h) for c, (w, h) in zip(corners, sizes) if c for x, y in [c]]
+    assert len(rects) >= 15  # 3 columns x 7 rows fit; the title takes part of one
+    for a, b in itertools.combinations(rects + [(0, 0, 80, 12)], 2):
+        assert not visualize._overlaps(a, b), (a, b)
+    assert all(0 <= r[0] and r[2] <= 341 and 0 <= r[1] and r[3] <= 256 for r in rects)
+    full = visualize.place_labels(
+        np.array([[0.0, 0.0]] * 3), np.array([[60.0, 50.0]] * 3), (60, 100)
+    )
+    assert full == [(0.0, 0.0), (0.0, 50.0), None]  # no room for the third: left out
