@@ -523,3 +523,52 @@ def test_label_blocks_of_a_crowded_frame_never_overlap():
         np.array([[0.0, 0.0]] * 3), np.array([[60.0, 50.0]] * 3), (60, 100)
     )
     assert full == [(0.0, 0.0), (0.0, 50.0), None]  # no room for the third: left out
+
+
+def test_boxes_csv_takes_6_7_and_avas_8_column_rows(tmp_path):
+    """Rows with no score (1), a score, and AVA's *_predicted_boxes.csv layout (an action id
+    column, often empty, before the score) are read alike; a bad score is named."""
+    path = tmp_path / "boxes.csv"
+    path.write_text(
+        "clip,0,0.1,0.2,0.3,0.4\n"
+        "clip,1,0.1,0.2,0.3,0.4,0.7\n"
+        "clip,1,0.2,0.2,0.5,0.6,,0.9\n"
+        "clip,2,0.3,0.2,0.5,0.6,80,0.25\n"
+        "other,0,0,0,1,1,,0.5\n"
+    )
+    rows, unused = proposals.read_boxes_csv(str(path), "clip", np.array([0.0, 1.0, 2.0]))
+    assert unused == 0
+    np.testing.assert_allclose(rows[0], [[0.1, 0.2, 0.3, 0.4, 1.0]])
+    np.testing.assert_allclose(rows[1], [[0.1, 0.2, 0.3, 0.4, 0.7], [0.2, 0.2, 0.5, 0.6, 0.9]])
+    np.testing.assert_allclose(rows[2], [[0.3, 0.2, 0.5, 0.6, 0.25]])
+    path.write_text("clip,0,0.1,0.2,0.3,0.4,high\n")
+    with pytest.raises(common.BadInputError, match="cannot parse score 'high'"):
+        proposals.read_boxes_csv(str(path), "clip", np.array([0.0]))
+
+
+def test_a_detector_that_cannot_load_fails_at_once_offline(monkeypatch, tmp_path):
+    """A missing local folder, and a hub id while the hub is unreachable, fail with one line and
+    without hub requests (local_files_only: no retries)."""
+    pytest.importorskip("transformers")
+    with pytest.raises(FileNotFoundError, match="detector folder ./no/detr: no such folder"):
+        proposals.PersonDetector("./no/detr", threshold=0.5)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: refused at once
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert not proposals.hub_reachable()
+    monkeypatch.setenv("HOME", str(tmp_path))  # an empty cache
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(FileNotFoundError, match="hub is unreachable"):
+        proposals.PersonDetector("facebook/detr-resnet-50", threshold=0.5)
+
+
+def test_zero_detections_say_why(tiny_detector):
+    """A threshold above every person score leaves the keyframe without proposals, and the note
+    names the threshold and the best score."""
+    image = Image.fromarray(np.full((30, 40, 3), 128, np.uint8))
+    detector = proposals.PersonDetector(tiny_detector, threshold=1.01)
+    (rows,) = detector([image])
+    assert rows.shape == (0, 5) and len(detector.misses) == 1 and detector.misses[0] < 1.01
+    note = proposals.miss_note(detector.misses, 1.01)
+    assert "config.detect.detector_threshold 1.01" in note and "1 keyframe(s)" in note
+    assert "no query whose top class is 'person'" in proposals.miss_note([None, 0.2], 0.5)
+    assert proposals.miss_note([], 0.5) is None

@@ -23,15 +23,22 @@ without an audio track gets zero audio features with `audio_mask` false: the aud
 masked, as for such examples in training, and the output says so.
 
 Person proposals, the K = `model.num_proposals` best by score, clipped to the frame:
-  * `boxes_csv`: AVA-style rows `video_id, timestamp, x1, y1, x2, y2[, score]` (normalised, no
-    header, a missing score is 1). Rows of other videos are ignored; a file without a row for this
-    video (its id is the file name without extension) is an error naming the ids it has. A row
+  * `boxes_csv`: AVA-style rows `video_id, timestamp, x1, y1, x2, y2[, score]` (normalised to
+    the frame, x right and y down from the top-left corner, timestamp in seconds from the first
+    frame, no header, a missing score is 1), or AVA's 8-column `*_predicted_boxes.csv` rows
+    `video_id, timestamp, x1, y1, x2, y2, action_id, score` (the action id, often empty, is
+    ignored); e.g. `clip,0,0.12,0.20,0.35,0.95,0.98`. Rows of other videos are ignored; a file
+    without a row for this video (its id is the file name without extension) is an error naming
+    the ids it has. A row
     must fall on a keyframe time (to the millisecond); rows that do not are counted in the result.
   * `detect.detector`: a transformers object-detection model (hub id or local folder, loaded with
     `AutoModelForObjectDetection` and `AutoImageProcessor`; the optional `convert` extra), run on
     the keyframe image (the clip frame nearest to the keyframe, as the model sees it); the boxes
     whose predicted label is the class named "person" in its `config.id2label`, with a score of at
-    least `detect.detector_threshold`.
+    least `detect.detector_threshold`. A local folder (or any name while the hub is unreachable
+    or `HF_HUB_OFFLINE` is set) loads with `local_files_only`: a detector that cannot be loaded
+    fails at once, without hub retries. Keyframes left without a person say why in the notes
+    (every person score under the threshold, with the best one, or no person at all).
   * neither: the documented fallback, one whole-frame box (0, 0, 1, 1) with score 1 per keyframe.
     It is right when one person fills the frame; with several people the labels describe the
     whole scene rather than one actor.
