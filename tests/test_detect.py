@@ -572,3 +572,34 @@ def test_zero_detections_say_why(tiny_detector):
     assert "config.detect.detector_threshold 1.01" in note and "1 keyframe(s)" in note
     assert "no query whose top class is 'person'" in proposals.miss_note([None, 0.2], 0.5)
     assert proposals.miss_note([], 0.5) is None
+
+
+def test_video_out_keeps_the_audio_track(tmp_path):
+    """The annotated video carries the source's audio (re-encoded as AAC): same length, same
+    440 Hz tone."""
+    src, rate = str(tmp_path / "tone.mkv"), 16000
+    wave = (np.sin(2 * np.pi * 440 * np.arange(2 * rate) / rate) * 10000).astype(np.int16)
+    with av.open(src, "w") as c:
+        v = c.add_stream("libx264", rate=25)
+        v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
+        a = c.add_stream("pcm_s16le", rate=rate, layout="mono")
+        for i in range(50):
+            image = np.full((48, 64, 3), i * 4, np.uint8)
+            c.mux(v.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        for j in range(0, len(wave), 1600):
+            frame = av.AudioFrame.from_ndarray(
+                wave[None, j : j + 1600], format="s16", layout="mono"
+            )
+            frame.rate = rate
+            c.mux(a.encode(frame))
+        c.mux(v.encode())
+        c.mux(a.encode())
+    out = str(tmp_path / "annotated.mp4")
+    shown = [(0.0, np.array([[0.1, 0.1, 0.5, 0.9]]), [[("walk", 0.9)]])]
+    assert outputs.write_annotated_video(src, out, 0.0, shown, 1.0, 25.0) == 50
+    with av.open(out) as c:
+        assert c.streams.audio[0].codec_context.name == "aac"
+        got = np.concatenate([f.to_ndarray().reshape(-1) for f in c.decode(audio=0)])
+        assert abs(len(got) / c.streams.audio[0].rate - 2.0) < 0.15  # AAC adds priming samples
+    spectrum = np.abs(np.fft.rfft(got[: 2 * rate]))
+    assert abs(np.argmax(spectrum) * rate / (2 * rate) - 440) < 2

@@ -52,7 +52,7 @@ Everything is written in a hidden temporary folder beside `out_dir` and renamed 
 the end, so an interrupted or failed run leaves no `out_dir` that looks complete; an existing
 `out_dir` is replaced only when it is empty or a previous `detect` output (it holds
 `detect.json`). With `video_out`, the video is also written with every frame showing the
-detections of its nearest keyframe (H.264, the source's frame rate, no audio).
+detections of its nearest keyframe (H.264, the source's frame rate; its first audio track as AAC).
 
 Bad input (a missing path, a file that is not a video, a boxes CSV for another video, an
 `out_dir` holding other files) raises `FileNotFoundError` or `common.BadInputError` (a

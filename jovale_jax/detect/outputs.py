@@ -117,16 +117,25 @@ class Staging:
 def write_annotated_video(
     path: str, out: str, origin: float, shown: Sequence[Shown], every: float, fallback_fps: float
 ) -> int:
-    """Writes `path` again (H.264, no audio) with every frame showing the detections of its
-    nearest keyframe within `every` / 2; returns the number of frames written."""
+    """Writes `path` again (H.264, and the source's first audio track as AAC) with every frame
+    showing the detections of its nearest keyframe within `every` / 2; returns the number of
+    video frames written."""
     times = np.array([t for t, _, _ in shown])
     nothing: Shown = (0.0, np.zeros((0, 4)), [])
     with video_io.open_video(path) as source, av.open(out, "w") as sink:
         stream_in = source.streams.video[0]
+        audio_in = source.streams.audio[0] if source.streams.audio else None
         rate = stream_in.average_rate or fractions.Fraction(fallback_fps).limit_denominator(1001)
-        stream, count = None, 0
-        frames = video_io.decode_frames(source, stream_in, None, path)
-        for count, frame in enumerate(frames, start=1):
+        stream, audio, pending, count = None, None, [], 0
+        for frame in video_io.decode_frames(source, stream_in, audio_in, path):
+            if isinstance(frame, av.AudioFrame):
+                frame.pts = None  # the encoder numbers the samples
+                if audio is None:  # the header waits for the video stream: keep it until then
+                    pending.append(frame)
+                else:
+                    sink.mux(audio.encode(frame))
+                continue
+            count += 1
             t = (frame.time if frame.time is not None else (count - 1) / float(rate)) - origin
             nearest = int(np.argmin(np.abs(times - t)))
             _, boxes, labels = shown[nearest] if abs(times[nearest] - t) <= every / 2 else nothing
@@ -137,9 +146,15 @@ def write_annotated_video(
                     "libx264", rate=rate, options={"crf": "20", "preset": "veryfast"}
                 )
                 stream.width, stream.height, stream.pix_fmt = image.width, image.height, "yuv420p"
+                if audio_in is not None:
+                    layout = "mono" if audio_in.channels == 1 else "stereo"  # more: downmixed
+                    audio = sink.add_stream("aac", rate=audio_in.rate, layout=layout)
+                    for early in pending:
+                        sink.mux(audio.encode(early))
             sink.mux(stream.encode(av.VideoFrame.from_image(image)))
-        if stream is not None:
-            sink.mux(stream.encode())
+        for s in (stream, audio):
+            if s is not None:
+                sink.mux(s.encode())
     return count
 
 
