@@ -603,3 +603,13 @@ def test_video_out_keeps_the_audio_track(tmp_path):
         assert abs(len(got) / c.streams.audio[0].rate - 2.0) < 0.15  # AAC adds priming samples
     spectrum = np.abs(np.fft.rfft(got[: 2 * rate]))
     assert abs(np.argmax(spectrum) * rate / (2 * rate) - 440) < 2
+
+
+def test_keyframe_pngs_are_at_the_videos_resolution(config, trained, tmp_path):
+    """A video larger than the model's clip frames (short side 256) gets keyframe PNGs at its
+    own size, drawn on its own frames."""
+    video = write_video(str(tmp_path / "big.mp4"), seconds=1, size=(400, 288), fps=6, audio=False)
+    out = tmp_path / "out"
+    detect(config, video=video, out_dir=str(out), model_state=trained[1])
+    (png,) = os.listdir(out / "keyframes")
+    assert Image.open(out / "keyframes" / png).size == (400, 288)

@@ -46,7 +46,8 @@ Person proposals, the K = `model.num_proposals` best by score, clipped to the fr
 Outputs, in `out_dir`:
   * `detections.csv`: AVA format `video_id, timestamp, x1, y1, x2, y2, action_id, score`, every
     class of every proposal (action ids from the dataset's label map);
-  * `keyframes/NNNNN_<t>s.png`: the keyframe image with the boxes and their top-3 labels;
+  * `keyframes/NNNNN_<t>s.png`: the video's frame at the keyframe time, at the video's resolution
+    (enlarged to a short side of 256 when smaller), with the boxes and their top-3 labels;
   * `detect.json`: what `detect` returns (the manifest), written last.
 Everything is written in a hidden temporary folder beside `out_dir` and renamed to `out_dir` at
 the end, so an interrupted or failed run leaves no `out_dir` that looks complete; an existing

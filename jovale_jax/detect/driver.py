@@ -280,6 +280,8 @@ def detect(
                 predict_keyframes(
                     s, container, origin + times, times, propose, batch_size=size, name=video
                 ),
+                video=video,
+                origin=origin,
             )
             if len(shown) < len(times):
                 notes.append(

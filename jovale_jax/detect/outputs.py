@@ -9,7 +9,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Self
 
 import av
@@ -159,12 +159,20 @@ def write_annotated_video(
 
 
 def write_keyframes(
-    folder: str, video_id: str, classes: dict[int, str], keyframes: Iterator[Keyframe]
+    folder: str,
+    video_id: str,
+    classes: dict[int, str],
+    keyframes: Iterator[Keyframe],
+    video: str | None = None,
+    origin: float = 0.0,
 ) -> list[Shown]:
-    """Writes detections.csv and keyframes/*.png into `folder` as the results come."""
+    """Writes detections.csv and keyframes/*.png into `folder` as the results come. With `video`,
+    each PNG is drawn on the video's own frame at the keyframe time (its resolution; enlarged to
+    a short side of 256 when smaller, for the labels), else on the model's clip frame."""
     os.makedirs(os.path.join(folder, "keyframes"))
     names = list(classes.values())
     shown: list[Shown] = []
+    pictures = []  # (png path, time, clip frame, boxes, labels, title)
     with open(os.path.join(folder, "detections.csv"), "wb") as f:
         for kf in keyframes:
             timestamp = format_time(kf.time)
@@ -178,12 +186,44 @@ def write_keyframes(
                 )[0]
             )
             labels = top_labels(kf.scores, names)
-            image = draw_detections(kf.image, kf.boxes, labels, title=f"{video_id} @ {timestamp} s")
-            image.save(os.path.join(folder, "keyframes", f"{kf.index:05d}_{timestamp}s.png"))
+            png = os.path.join(folder, "keyframes", f"{kf.index:05d}_{timestamp}s.png")
+            title = f"{video_id} @ {timestamp} s"
+            pictures.append((png, kf.time, kf.image, kf.boxes, labels, title))
             shown.append((kf.time, kf.boxes, labels))
     if not shown:
         raise common.BadInputError(f"{video_id}: no keyframe could be read")
+    left = set(range(len(pictures)))
+
+    def save(i: int, image: Image.Image) -> None:
+        png, _, _, boxes, labels, title = pictures[i]
+        draw_detections(image, boxes, labels, title=title).save(png)
+        left.discard(i)
+
+    if video:
+        for_frames_at(video, origin, [p[1] for p in pictures], save)
+    for i in sorted(left):  # past the decoded end, or no video: the clip frame
+        save(i, pictures[i][2])
     return shown
+
+
+def for_frames_at(
+    path: str, origin: float, times: Sequence[float], use: Callable[[int, Image.Image], None]
+) -> None:
+    """``use(i, frame)`` with the first decoded frame of `path` at or after `times[i]` (seconds
+    from `origin`, less half a frame), at the video's resolution; one decoding pass, stopping
+    after the last time."""
+    order = np.argsort(times, kind="stable")
+    with video_io.open_video(path) as source:
+        stream = source.streams.video[0]
+        half = 0.5 / float(stream.average_rate or 25)
+        j = 0
+        for count, frame in enumerate(video_io.decode_frames(source, stream, None, path)):
+            t = (frame.time if frame.time is not None else count * 2 * half) - origin
+            while j < len(order) and t >= times[order[j]] - half:
+                use(int(order[j]), frame.to_image())
+                j += 1
+            if j == len(order):
+                break
 
 
 def write_video_out(
