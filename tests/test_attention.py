@@ -118,22 +118,28 @@ def test_token_heatmap_places_each_token_where_it_lies():
 
 
 @pytest.fixture(scope="module")
-def two_checkpoints(tmp_path_factory, tiny_data):
-    """The tiny preset (video, audio, scene) and a video-only one, each trained for 2 steps."""
+def two_checkpoints(tmp_path_factory):
+    """Random-weight checkpoints of the tiny preset (video, audio, scene) and of a video-only
+    one (as tests/test_detect.py saves one: the figure needs weights, not training)."""
     from configs import synthetic
-    from jovale_jax.train import train
+    from jovale_jax import state
+    from jovale_jax.checkpoint import Checkpointer
+    from jovale_jax.sharding import make_mesh
 
     root = tmp_path_factory.mktemp("figure6")
     out = []
     for name, mods in (("full", ("video", "audio", "scene")), ("video", ("video",))):
         cfg = synthetic.get_config("test")
         cfg.model.modalities = mods
-        cfg.num_train_steps = cfg.checkpoint_every_steps = 2
-        cfg.log_every_steps, cfg.eval_every_steps = 1, 0
         cfg.mesh_shape, cfg.eval_batch_size = (1, 1), 8
-        with pytest.MonkeyPatch.context() as mp:  # one device, as the demo test
-            mp.setattr(jax, "devices", lambda *a: jax.local_devices()[:1])
-            train(cfg, str(root / name), data_dir=tiny_data)
+        s = state.create(cfg, mesh=make_mesh((1, 1), jax.devices()[:1]), steps_per_epoch=1)
+        ckpt = Checkpointer(str(root / name))
+        ckpt.save(
+            0,
+            {"state": s.state, "frozen": s.frozen},
+            {"input_state": {}, "config": cfg.to_json_best_effort()},
+        )
+        ckpt.close()
         out.append((cfg, str(root / name)))
     return out
 
