@@ -44,15 +44,25 @@ def train_and_evaluate(config, workdir: str, data_dir: str) -> dict[str, Any]:
     from jovale_jax.evaluate import evaluate_checkpoint
     from jovale_jax.train import train
 
-    start = time.time()
+    start, logged = time.time(), logged_steps(workdir)
     train(config, workdir, data_dir=data_dir)
-    add_training_time(workdir, time.time() - start)
+    if logged_steps(workdir) != logged:  # it trained (a finished run resumes to no step)
+        add_training_time(workdir, time.time() - start)
     return evaluate_checkpoint(
         config, workdir, data_dir=data_dir, out_dir=os.path.join(workdir, "eval")
     )
 
 
 TRAINING_TIME = "training_time.json"  # in the workdir: the demo runs' time spent training
+
+
+def logged_steps(workdir: str) -> int:
+    """The number of training log lines in ``<workdir>/metrics.jsonl`` (0 before any)."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        return 0
+    with open(path) as f:
+        return sum('"loss"' in line for line in f)
 
 
 def add_training_time(workdir: str, seconds: float) -> dict[str, float]:
@@ -269,16 +279,19 @@ def demo(
     lines += ["", KEYFRAME_CAPTION.format(threshold=LABEL_THRESHOLD), ""]
     lines += [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in keyframes]
     minutes = (time.time() - start) / 60
-    with open(os.path.join(workdir, TRAINING_TIME)) as f:
-        trained = json.load(f)
+    trained = {"seconds": float("nan"), "runs": 0}  # a workdir trained before it was recorded
+    if os.path.isfile(os.path.join(workdir, TRAINING_TIME)):
+        with open(os.path.join(workdir, TRAINING_TIME)) as f:
+            trained = json.load(f)
     lines += [
         "",
         RUN_TO_RUN,
         "",
         (
             f"Training wall time: {trained['seconds'] / 60:.1f} min, over {trained['runs']} "
-            "`launch.py demo` run(s) in this workdir (a resumed run adds its own part). Wall "
-            f"time of this run (data, training, evaluation, report): {minutes:.1f} min."
+            "`launch.py demo` run(s) that trained in this workdir (a resumed run adds its own "
+            "part; nan: trained before the time was recorded). Wall time of this run (data, "
+            f"training, evaluation, report): {minutes:.1f} min."
         ),
     ]
     with open(os.path.join(report, "report.md"), "w") as f:

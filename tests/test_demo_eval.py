@@ -84,11 +84,14 @@ def test_demo_report_and_eval_outputs(short, tiny_data, tmp_path, monkeypatch):
     with Image.open(next(report.glob("keyframe_*.png"))) as im:  # two frames side by side
         assert im.width > 2 * im.height
     first = json.loads((tmp_path / "demo" / demo.TRAINING_TIME).read_text())
+    short.num_train_steps = 8  # resumed for 2 more steps: their time is added
     again_summary = demo.demo(short, str(tmp_path / "demo"), data_dir=tiny_data)
     total = json.loads((tmp_path / "demo" / demo.TRAINING_TIME).read_text())
     assert total["runs"] == 2 and total["seconds"] > first["seconds"]
     assert again_summary["training_minutes"] == pytest.approx(total["seconds"] / 60)
     assert "over 2 " in (report / "report.md").read_text()
+    demo.demo(short, str(tmp_path / "demo"), data_dir=tiny_data)  # finished: nothing to add
+    assert json.loads((tmp_path / "demo" / demo.TRAINING_TIME).read_text()) == total
 
 
 def test_report_shows_the_table_4_run_it_finds(tmp_path):
