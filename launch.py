@@ -12,6 +12,7 @@ Commands:
   build-data  write the TFRecord shards of a dataset
   ablate      train and evaluate every row of one of the paper's ablation tables (--table)
   demo        build the synthetic set, train, evaluate and write a report (what `make demo` runs)
+  attention   the paper's Figure 6: actors' attention maps on keyframes (--checkpoint, --out)
 
 Options that are configuration live in the config (`--config.data.eval_split=val`,
 `--config.detect.keyframe_every=0.5`, configs/common.py lists them); flags name files and folders.
@@ -118,6 +119,11 @@ flags.DEFINE_string(
 flags.DEFINE_string("video", None, "detect: the video file.")
 flags.DEFINE_string("boxes", None, "detect: an AVA-style CSV of person boxes.")
 flags.DEFINE_string("video_out", None, "detect: also write an annotated mp4 here.")
+config_flags.DEFINE_config_file(
+    "compare_config", None, "attention: the config of --compare_checkpoint.", lock_config=True
+)
+flags.DEFINE_string("compare_checkpoint", None, "attention: a second model, drawn beside.")
+flags.DEFINE_list("classes", None, "attention: class names, one keyframe each (default: all).")
 
 FLAGS = flags.FLAGS
 BENCHES = ("step", "forward", "memory", "remat", "profile", "input", "eval", "loop", "peers")
@@ -141,6 +147,15 @@ COMMAND_FLAGS = {  # the flags each command reads (its --help lists them; others
     "build-data": ("dataset", "config", "raw_dir", "data_dir", "strict"),
     "ablate": ("config", "table", "workdir", "data_dir", "init_from"),
     "demo": ("config", "workdir", "data_dir", "ablation_dir"),
+    "attention": (
+        "config",
+        "checkpoint",
+        "compare_config",
+        "compare_checkpoint",
+        "classes",
+        "out",
+        "data_dir",
+    ),
 }
 COMMANDS = tuple(COMMAND_FLAGS)
 PATH_FLAGS = (
@@ -150,6 +165,7 @@ PATH_FLAGS = (
     "out",
     "init_from",
     "checkpoint",
+    "compare_checkpoint",
     "video",
     "boxes",
     "video_out",
@@ -282,7 +298,7 @@ def build_data_config():
             f"; known: {', '.join(presets)} (your own set: --config, data/README.md)"
         )
     if FLAGS.config is None and FLAGS.dataset is not None:
-        return importlib.import_module(f"configs.{presets[FLAGS.dataset]}").get_config()
+        return importlib.import_module(f"jovale_jax.configs.{presets[FLAGS.dataset]}").get_config()
     if FLAGS.config is None:
         raise InputError(f"build-data needs --dataset NAME ({', '.join(presets)}) or --config")
     return FLAGS.config
@@ -420,6 +436,31 @@ def _verbosity() -> int:
     return FLAGS.verbosity if FLAGS["verbosity"].present else -1
 
 
+def cmd_attention(argv):
+    """Figure 6: --checkpoint's (and --compare_checkpoint's) attention maps, in --out."""
+    from jovale_jax.attention import attention_figure
+
+    _require("checkpoint")
+    _require("out")
+    compare = None
+    if FLAGS.compare_checkpoint:
+        if FLAGS.compare_config is None:
+            raise InputError("--compare_checkpoint needs --compare_config")
+        compare = (FLAGS.compare_config, FLAGS.compare_checkpoint)
+    out = os.path.join(FLAGS.out, "attention.png")
+    result = attention_figure(
+        _config(),
+        FLAGS.checkpoint,
+        out,
+        compare=compare,
+        classes=FLAGS.classes,
+        data_dir=FLAGS.data_dir,
+    )
+    with open(os.path.join(FLAGS.out, "attention.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"wrote {result['path']}")
+
+
 def _require(name: str) -> None:
     if FLAGS[name].value is None:
         raise InputError(f"--{name} is required for this command")
@@ -449,6 +490,7 @@ HANDLERS = {
     "detect": cmd_detect,
     "ablate": cmd_ablate,
     "demo": cmd_demo,
+    "attention": cmd_attention,
 }
 
 

@@ -9,7 +9,7 @@ Weights: ACAR-Net's ``SLOWFAST_R101_K700.pth.tar``.
         --init_from runs/pretrained_sf101 --config.data.data_dir=/data/ava_tfds
 """
 
-from configs import common
+from jovale_jax.configs import common
 
 
 def get_config(variant: str = ""):

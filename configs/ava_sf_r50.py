@@ -8,7 +8,7 @@ Supplementary Table 3: batch 8, 6 epochs, lr x0.1 at epoch 5, short side 256; 32
         --init_from runs/pretrained_sf50 --config.data.data_dir=/data/ava_tfds
 """
 
-from configs import common
+from jovale_jax.configs import common
 
 
 def get_config(variant: str = ""):

@@ -7,7 +7,7 @@ Variants: `blip288`, `blip192` (JoVALE@288 / @192 of Table 3: BLIP sees smaller 
     python launch.py flops --config configs/ava_vitb16.py:blip192
 """
 
-from configs import common
+from jovale_jax.configs import common
 
 VARIANTS = {"": 384, "blip384": 384, "blip288": 288, "blip192": 192}
 

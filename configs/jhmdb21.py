@@ -9,7 +9,7 @@ side 256.
         --config.data.data_dir=/data/jhmdb_tfds --init_from runs/pretrained_sf101
 """
 
-from configs import common
+from jovale_jax.configs import common
 
 
 def get_config(variant: str = ""):

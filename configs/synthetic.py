@@ -8,7 +8,7 @@ channels, alpha 4 and 2) instead of the tiny ViT.
     python launch.py train --config configs/synthetic.py --workdir runs/demo
 """
 
-from configs import common
+from jovale_jax.configs import common
 
 VARIANTS = ("", "test", "slowfast", "slowfast_test")
 

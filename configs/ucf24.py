@@ -10,7 +10,7 @@ side 224 for training and 256 for testing (`data.short_side` is the test side).
     python launch.py flops --config configs/ucf24.py:vitb
 """
 
-from configs import common
+from jovale_jax.configs import common
 
 
 def get_config(variant: str = ""):

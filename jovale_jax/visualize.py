@@ -29,7 +29,7 @@ PALETTE = (
     (0, 128, 128),
 )
 
-LabelScore = tuple[str, float]  # a class name and its score
+LabelScore = tuple[str, float | None]  # a class name and its score (None: ground truth)
 LabelScores = Sequence[LabelScore]
 
 
@@ -84,29 +84,35 @@ def place_labels(
     sizes: np.ndarray,
     image_size: tuple[int, int],
     taken: Sequence[Sequence[float]] = (),
-) -> list[tuple[float, float]]:
+) -> list[tuple[float, float] | None]:
     """Top-left corners for label blocks that do not overlap each other (nor `taken` rectangles).
 
     Block i (width, height `sizes[i]`) goes at its anchor (a box's top-left corner, in pixels)
-    when that spot is free; otherwise just below the block it collides with, or (out of room
-    below) just right of it, or (out of room on the right) just left of it.
+    when that spot is free; otherwise at the free spot nearest the anchor among those touching a
+    block already placed (below, above, right or left of it, or at the image's edges), inside the
+    image. None when no such spot is free: a crowded frame leaves that label out.
     """
     width, height = image_size
     placed = [tuple(map(float, r)) for r in taken]
-    corners = []
+    corners: list[tuple[float, float] | None] = []
     for (ax, ay), (w, h) in zip(np.asarray(anchors, float), np.asarray(sizes, float)):
-        x, y = min(max(ax, 0.0), max(width - w, 0.0)), min(max(ay, 0.0), max(height - h, 0.0))
-        for _ in range(4 * len(placed) + 1):
-            hit = next((r for r in placed if _overlaps((x, y, x + w, y + h), r)), None)
-            if hit is None:
-                break
-            if hit[3] + h <= height:
-                y = hit[3]
-            else:
-                x = hit[2] if hit[2] + w <= width else max(hit[0] - w, 0.0)
-                y = min(max(ay, 0.0), max(height - h, 0.0))
-        placed.append((x, y, x + w, y + h))
-        corners.append((x, y))
+        xs = {ax, 0.0, width - w} | {r[2] for r in placed} | {r[0] - w for r in placed}
+        ys = {ay, 0.0, height - h} | {r[3] for r in placed} | {r[1] - h for r in placed}
+        spots = sorted(
+            {
+                (min(max(x, 0.0), max(width - w, 0.0)), min(max(y, 0.0), max(height - h, 0.0)))
+                for x in xs
+                for y in ys
+            },
+            key=lambda p: ((p[0] - ax) ** 2 + (p[1] - ay) ** 2, p),
+        )
+        free = next(
+            (p for p in spots if not any(_overlaps((*p, p[0] + w, p[1] + h), r) for r in placed)),
+            None,
+        )
+        if free is not None:
+            placed.append((free[0], free[1], free[0] + w, free[1] + h))
+        corners.append(free)
     return corners
 
 
@@ -119,12 +125,14 @@ def draw_detections(
     min_short_side: int = 256,
 ) -> Image.Image:
     """A copy of `image` with every box outlined and its labels listed at its top-left corner
-    (or, when that spot is taken by another box's labels, the nearest free place below or right).
+    (or, when that spot is taken by another box's labels, the nearest free place; a label with
+    no free place left is not drawn).
 
     Args:
       image: a PIL image or an (H, W, 3) uint8 array.
       boxes: (N, 4) normalised x1, y1, x2, y2.
-      labels_scores: per box, the (name, score) pairs to list (e.g. `top_labels(scores, names)`).
+      labels_scores: per box, the (name, score) pairs to list (e.g. `top_labels(scores, names)`;
+        a score of None lists the name alone, as for ground truth).
       title: a line written at the image's top-left corner (e.g. the video and the time).
       min_short_side: smaller images are first enlarged (bicubic) to this short side, so that the
         text stays readable on low-resolution frames.
@@ -148,7 +156,10 @@ def draw_detections(
         draw.rectangle(
             (x1, y1, max(x1, x2), max(y1, y2)), outline=PALETTE[i % len(PALETTE)], width=width
         )
-    blocks = [[f"{name} {score:.2f}" for name, score in labels] for labels in labels_scores]
+    blocks = [
+        [name if score is None else f"{name} {score:.2f}" for name, score in labels]
+        for labels in labels_scores
+    ]
     taken = _line_boxes(draw, (0, 0), [title], font) if title else []
     sizes = []
     for lines in blocks:
@@ -156,7 +167,32 @@ def draw_detections(
         sizes.append((max(r[2] for r in rects), rects[-1][3]))
     corners = place_labels(pixels[:, :2], np.asarray(sizes).reshape(-1, 2), image.size, taken)
     for i, (lines, xy) in enumerate(zip(blocks, corners)):
-        _label_block(draw, xy, lines, font, PALETTE[i % len(PALETTE)])
+        if xy is not None:  # no free place left: the box is drawn without its labels
+            _label_block(draw, xy, lines, font, PALETTE[i % len(PALETTE)])
     if title:
         _label_block(draw, (0, 0), [title], font, (0, 0, 0))
     return image
+
+
+def token_heatmap(
+    grid: np.ndarray, size: tuple[int, int], frame_extent: Sequence[float] = (0, 0, 1, 1)
+) -> np.ndarray:
+    """A map over a token grid read at every pixel of a frame: (height, width), each pixel the
+    value of the token it falls in.
+
+    Args:
+      grid: (h, w) one value per token of an image's patch grid, row-major as the tokens.
+      size: the frame's (width, height) in pixels.
+      frame_extent: where the frame lies on the image the grid covers, (x1, y1, x2, y2)
+        normalised (the batch's ``frame_extent``: a frame fitted into a larger video canvas);
+        (0, 0, 1, 1) for an image the frame fills (the scene stream's S x S resize).
+    """
+    grid = np.asarray(grid)
+    h, w = grid.shape
+    width, height = size
+    x1, y1, x2, y2 = (float(v) for v in frame_extent)
+    u = x1 + (np.arange(width) + 0.5) / width * (x2 - x1)
+    v = y1 + (np.arange(height) + 0.5) / height * (y2 - y1)
+    cols = np.clip(np.floor(u * w).astype(int), 0, w - 1)
+    rows = np.clip(np.floor(v * h).astype(int), 0, h - 1)
+    return grid[rows[:, None], cols[None, :]]

@@ -73,6 +73,26 @@ def test_demo_report_and_eval_outputs(short, tiny_data, tmp_path, monkeypatch):
     )
     assert again["mAP"] == pytest.approx(results["mAP"], abs=1e-3)  # CSV rounds scores to 1e-6
 
+    # The report explains itself: the keyframes' caption (with the label threshold), ground truth
+    # beside predictions, the run-to-run spread, and the training's wall time; a resumed demo adds
+    # its own training call to the first run's time instead of reporting only its own.
+    caption = demo.KEYFRAME_CAPTION.format(threshold=demo.LABEL_THRESHOLD)
+    assert caption in text and "at least 0.3 " in caption
+    assert "Run-to-run spread" in text and "Training wall time" in text and "over 1 " in text
+    from PIL import Image
+
+    with Image.open(next(report.glob("keyframe_*.png"))) as im:  # two frames side by side
+        assert im.width > 2 * im.height
+    first = json.loads((tmp_path / "demo" / demo.TRAINING_TIME).read_text())
+    short.num_train_steps = 8  # resumed for 2 more steps: their time is added
+    again_summary = demo.demo(short, str(tmp_path / "demo"), data_dir=tiny_data)
+    total = json.loads((tmp_path / "demo" / demo.TRAINING_TIME).read_text())
+    assert total["runs"] == 2 and total["seconds"] > first["seconds"]
+    assert again_summary["training_minutes"] == pytest.approx(total["seconds"] / 60)
+    assert "over 2 " in (report / "report.md").read_text()
+    demo.demo(short, str(tmp_path / "demo"), data_dir=tiny_data)  # finished: nothing to add
+    assert json.loads((tmp_path / "demo" / demo.TRAINING_TIME).read_text()) == total
+
 
 def test_report_shows_the_table_4_run_it_finds(tmp_path):
     (tmp_path / "table_4.md").write_text("Table 4: modalities\n\n| row | mAP |\n| v | 33.3 |\n")

@@ -474,3 +474,110 @@ def test_label_blocks_of_close_actors_do_not_overlap():
         np.array([[40.0, 50.0], [42.0, 52.0]]), np.array([[30.0, 40.0], [30.0, 40.0]]), (80, 80)
     )
     assert corners == [(40.0, 40.0), (10.0, 40.0)]  # no room on the right either: on the left
+
+
+def test_label_blocks_of_a_crowded_frame_never_overlap():
+    """Sixteen blocks anchored at two points of a 341 x 256 frame: each is placed without overlap
+    (or left out when no room is left), inside the image."""
+    anchors = np.array([[100.0, 80.0]] * 12 + [[300.0, 10.0]] * 4)
+    sizes = np.array([[100.0, 36.0]] * 16)
+    corners = visualize.place_labels(anchors, sizes, (341, 256), taken=[(0, 0, 80, 12)])
+    rects = [(x, y, x + w, y + h) for c, (w, h) in zip(corners, sizes) if c for x, y in [c]]
+    assert len(rects) >= 15  # 3 columns x 7 rows fit; the title takes part of one
+    for a, b in itertools.combinations(rects + [(0, 0, 80, 12)], 2):
+        assert not visualize._overlaps(a, b), (a, b)
+    assert all(0 <= r[0] and r[2] <= 341 and 0 <= r[1] and r[3] <= 256 for r in rects)
+    full = visualize.place_labels(
+        np.array([[0.0, 0.0]] * 3), np.array([[60.0, 50.0]] * 3), (60, 100)
+    )
+    assert full == [(0.0, 0.0), (0.0, 50.0), None]  # no room for the third: left out
+
+
+def test_boxes_csv_takes_6_7_and_avas_8_column_rows(tmp_path):
+    """Rows with no score (1), a score, and AVA's *_predicted_boxes.csv layout (an action id
+    column, often empty, before the score) are read alike; a bad score is named."""
+    path = tmp_path / "boxes.csv"
+    path.write_text(
+        "clip,0,0.1,0.2,0.3,0.4\n"
+        "clip,1,0.1,0.2,0.3,0.4,0.7\n"
+        "clip,1,0.2,0.2,0.5,0.6,,0.9\n"
+        "clip,2,0.3,0.2,0.5,0.6,80,0.25\n"
+        "other,0,0,0,1,1,,0.5\n"
+    )
+    rows, unused = proposals.read_boxes_csv(str(path), "clip", np.array([0.0, 1.0, 2.0]))
+    assert unused == 0
+    np.testing.assert_allclose(rows[0], [[0.1, 0.2, 0.3, 0.4, 1.0]])
+    np.testing.assert_allclose(rows[1], [[0.1, 0.2, 0.3, 0.4, 0.7], [0.2, 0.2, 0.5, 0.6, 0.9]])
+    np.testing.assert_allclose(rows[2], [[0.3, 0.2, 0.5, 0.6, 0.25]])
+    path.write_text("clip,0,0.1,0.2,0.3,0.4,high\n")
+    with pytest.raises(common.BadInputError, match="cannot parse score 'high'"):
+        proposals.read_boxes_csv(str(path), "clip", np.array([0.0]))
+
+
+def test_a_detector_that_cannot_load_fails_at_once_offline(monkeypatch, tmp_path):
+    """A missing local folder, and a hub id while the hub is unreachable, fail with one line and
+    without hub requests (local_files_only: no retries)."""
+    pytest.importorskip("transformers")
+    with pytest.raises(FileNotFoundError, match="detector folder ./no/detr: no such folder"):
+        proposals.PersonDetector("./no/detr", threshold=0.5)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: refused at once
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert not proposals.hub_reachable()
+    monkeypatch.setenv("HOME", str(tmp_path))  # an empty cache
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(FileNotFoundError, match="hub is unreachable"):
+        proposals.PersonDetector("facebook/detr-resnet-50", threshold=0.5)
+
+
+def test_zero_detections_say_why(tiny_detector):
+    """A threshold above every person score leaves the keyframe without proposals, and the note
+    names the threshold and the best score."""
+    image = Image.fromarray(np.full((30, 40, 3), 128, np.uint8))
+    detector = proposals.PersonDetector(tiny_detector, threshold=1.01)
+    (rows,) = detector([image])
+    assert rows.shape == (0, 5) and len(detector.misses) == 1 and detector.misses[0] < 1.01
+    note = proposals.miss_note(detector.misses, 1.01)
+    assert "config.detect.detector_threshold 1.01" in note and "1 keyframe(s)" in note
+    assert "no query whose top class is 'person'" in proposals.miss_note([None, 0.2], 0.5)
+    assert proposals.miss_note([], 0.5) is None
+
+
+def test_video_out_keeps_the_audio_track(tmp_path):
+    """The annotated video carries the source's audio (re-encoded as AAC): same length, same
+    440 Hz tone."""
+    src, rate = str(tmp_path / "tone.mkv"), 16000
+    wave = (np.sin(2 * np.pi * 440 * np.arange(2 * rate) / rate) * 10000).astype(np.int16)
+    with av.open(src, "w") as c:
+        v = c.add_stream("libx264", rate=25)
+        v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
+        a = c.add_stream("pcm_s16le", rate=rate, layout="mono")
+        for i in range(50):
+            image = np.full((48, 64, 3), i * 4, np.uint8)
+            c.mux(v.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        for j in range(0, len(wave), 1600):
+            frame = av.AudioFrame.from_ndarray(
+                wave[None, j : j + 1600], format="s16", layout="mono"
+            )
+            frame.rate = rate
+            c.mux(a.encode(frame))
+        c.mux(v.encode())
+        c.mux(a.encode())
+    out = str(tmp_path / "annotated.mp4")
+    shown = [(0.0, np.array([[0.1, 0.1, 0.5, 0.9]]), [[("walk", 0.9)]])]
+    assert outputs.write_annotated_video(src, out, 0.0, shown, 1.0, 25.0) == 50
+    with av.open(out) as c:
+        assert c.streams.audio[0].codec_context.name == "aac"
+        got = np.concatenate([f.to_ndarray().reshape(-1) for f in c.decode(audio=0)])
+        assert abs(len(got) / c.streams.audio[0].rate - 2.0) < 0.15  # AAC adds priming samples
+    spectrum = np.abs(np.fft.rfft(got[: 2 * rate]))
+    assert abs(np.argmax(spectrum) * rate / (2 * rate) - 440) < 2
+
+
+def test_keyframe_pngs_are_at_the_videos_resolution(config, trained, tmp_path):
+    """A video larger than the model's clip frames (short side 256) gets keyframe PNGs at its
+    own size, drawn on its own frames."""
+    video = write_video(str(tmp_path / "big.mp4"), seconds=1, size=(400, 288), fps=6, audio=False)
+    out = tmp_path / "out"
+    detect(config, video=video, out_dir=str(out), model_state=trained[1])
+    (png,) = os.listdir(out / "keyframes")
+    assert Image.open(out / "keyframes" / png).size == (400, 288)

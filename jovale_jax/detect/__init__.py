@@ -23,15 +23,22 @@ without an audio track gets zero audio features with `audio_mask` false: the aud
 masked, as for such examples in training, and the output says so.
 
 Person proposals, the K = `model.num_proposals` best by score, clipped to the frame:
-  * `boxes_csv`: AVA-style rows `video_id, timestamp, x1, y1, x2, y2[, score]` (normalised, no
-    header, a missing score is 1). Rows of other videos are ignored; a file without a row for this
-    video (its id is the file name without extension) is an error naming the ids it has. A row
+  * `boxes_csv`: AVA-style rows `video_id, timestamp, x1, y1, x2, y2[, score]` (normalised to
+    the frame, x right and y down from the top-left corner, timestamp in seconds from the first
+    frame, no header, a missing score is 1), or AVA's 8-column `*_predicted_boxes.csv` rows
+    `video_id, timestamp, x1, y1, x2, y2, action_id, score` (the action id, often empty, is
+    ignored); e.g. `clip,0,0.12,0.20,0.35,0.95,0.98`. Rows of other videos are ignored; a file
+    without a row for this video (its id is the file name without extension) is an error naming
+    the ids it has. A row
     must fall on a keyframe time (to the millisecond); rows that do not are counted in the result.
   * `detect.detector`: a transformers object-detection model (hub id or local folder, loaded with
     `AutoModelForObjectDetection` and `AutoImageProcessor`; the optional `convert` extra), run on
     the keyframe image (the clip frame nearest to the keyframe, as the model sees it); the boxes
     whose predicted label is the class named "person" in its `config.id2label`, with a score of at
-    least `detect.detector_threshold`.
+    least `detect.detector_threshold`. A local folder (or any name while the hub is unreachable
+    or `HF_HUB_OFFLINE` is set) loads with `local_files_only`: a detector that cannot be loaded
+    fails at once, without hub retries. Keyframes left without a person say why in the notes
+    (every person score under the threshold, with the best one, or no person at all).
   * neither: the documented fallback, one whole-frame box (0, 0, 1, 1) with score 1 per keyframe.
     It is right when one person fills the frame; with several people the labels describe the
     whole scene rather than one actor.
@@ -39,13 +46,14 @@ Person proposals, the K = `model.num_proposals` best by score, clipped to the fr
 Outputs, in `out_dir`:
   * `detections.csv`: AVA format `video_id, timestamp, x1, y1, x2, y2, action_id, score`, every
     class of every proposal (action ids from the dataset's label map);
-  * `keyframes/NNNNN_<t>s.png`: the keyframe image with the boxes and their top-3 labels;
+  * `keyframes/NNNNN_<t>s.png`: the video's frame at the keyframe time, at the video's resolution
+    (enlarged to a short side of 256 when smaller), with the boxes and their top-3 labels;
   * `detect.json`: what `detect` returns (the manifest), written last.
 Everything is written in a hidden temporary folder beside `out_dir` and renamed to `out_dir` at
 the end, so an interrupted or failed run leaves no `out_dir` that looks complete; an existing
 `out_dir` is replaced only when it is empty or a previous `detect` output (it holds
 `detect.json`). With `video_out`, the video is also written with every frame showing the
-detections of its nearest keyframe (H.264, the source's frame rate, no audio).
+detections of its nearest keyframe (H.264, the source's frame rate; its first audio track as AAC).
 
 Bad input (a missing path, a file that is not a video, a boxes CSV for another video, an
 `out_dir` holding other files) raises `FileNotFoundError` or `common.BadInputError` (a

@@ -283,12 +283,12 @@ def detect(
         if source == "whole_frame":
             notes.append("no boxes_csv or detector: one whole-frame proposal per keyframe")
 
-        propose = proposals.make_proposer(
-            boxes,
+        person_detector = (
             proposals.PersonDetector(detector, threshold=options.detector_threshold)
             if detector and boxes is None
-            else None,
+            else None
         )
+        propose = proposals.make_proposer(boxes, person_detector)
         s = model_state or load_trained(config, checkpoint, devices=devices)
         data = s.mesh.shape["data"]
         size = options.batch_size or min(config.eval_batch_size, len(times))
@@ -308,12 +308,19 @@ def detect(
                     name=video,
                     featurize=featurize,
                 ),
+                video=video,
+                origin=origin,
             )
             if len(shown) < len(times):
                 notes.append(
                     f"{len(times) - len(shown)} keyframe(s) past the decoded end of "
                     f"{video}: skipped"
                 )
+            missed = person_detector and proposals.miss_note(
+                person_detector.misses, options.detector_threshold
+            )
+            if missed:
+                notes.append(missed)
             frames = 0
             if video_out:
                 frames = outputs.write_video_out(

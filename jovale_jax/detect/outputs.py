@@ -9,7 +9,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Self
 
 import av
@@ -114,16 +114,25 @@ class Staging:
 def write_annotated_video(
     path: str, out: str, origin: float, shown: Sequence[Shown], every: float, fallback_fps: float
 ) -> int:
-    """Writes `path` again (H.264, no audio) with every frame showing the detections of its
-    nearest keyframe within `every` / 2; returns the number of frames written."""
+    """Writes `path` again (H.264, and the source's first audio track as AAC) with every frame
+    showing the detections of its nearest keyframe within `every` / 2; returns the number of
+    video frames written."""
     times = np.array([t for t, _, _ in shown])
     nothing: Shown = (0.0, np.zeros((0, 4)), [])
     with video_io.open_video(path) as source, av.open(out, "w") as sink:
         stream_in = source.streams.video[0]
+        audio_in = source.streams.audio[0] if source.streams.audio else None
         rate = stream_in.average_rate or fractions.Fraction(fallback_fps).limit_denominator(1001)
-        stream, count = None, 0
-        frames = video_io.decode_frames(source, stream_in, None, path)
-        for count, frame in enumerate(frames, start=1):
+        stream, audio, pending, count = None, None, [], 0
+        for frame in video_io.decode_frames(source, stream_in, audio_in, path):
+            if isinstance(frame, av.AudioFrame):
+                frame.pts = None  # the encoder numbers the samples
+                if audio is None:  # the header waits for the video stream: keep it until then
+                    pending.append(frame)
+                else:
+                    sink.mux(audio.encode(frame))
+                continue
+            count += 1
             t = (frame.time if frame.time is not None else (count - 1) / float(rate)) - origin
             nearest = int(np.argmin(np.abs(times - t)))
             _, boxes, labels = shown[nearest] if abs(times[nearest] - t) <= every / 2 else nothing
@@ -134,19 +143,33 @@ def write_annotated_video(
                     "libx264", rate=rate, options={"crf": "20", "preset": "veryfast"}
                 )
                 stream.width, stream.height, stream.pix_fmt = image.width, image.height, "yuv420p"
+                if audio_in is not None:
+                    layout = "mono" if audio_in.channels == 1 else "stereo"  # more: downmixed
+                    audio = sink.add_stream("aac", rate=audio_in.rate, layout=layout)
+                    for early in pending:
+                        sink.mux(audio.encode(early))
             sink.mux(stream.encode(av.VideoFrame.from_image(image)))
-        if stream is not None:
-            sink.mux(stream.encode())
+        for s in (stream, audio):
+            if s is not None:
+                sink.mux(s.encode())
     return count
 
 
 def write_keyframes(
-    folder: str, video_id: str, classes: dict[int, str], keyframes: Iterator[Keyframe]
+    folder: str,
+    video_id: str,
+    classes: dict[int, str],
+    keyframes: Iterator[Keyframe],
+    video: str | None = None,
+    origin: float = 0.0,
 ) -> list[Shown]:
-    """Writes detections.csv and keyframes/*.png into `folder` as the results come."""
+    """Writes detections.csv and keyframes/*.png into `folder` as the results come. With `video`,
+    each PNG is drawn on the video's own frame at the keyframe time (its resolution; enlarged to
+    a short side of 256 when smaller, for the labels), else on the model's clip frame."""
     os.makedirs(os.path.join(folder, "keyframes"))
     names = list(classes.values())
     shown: list[Shown] = []
+    pictures = []  # (png path, time, clip frame, boxes, labels, title)
     with open(os.path.join(folder, "detections.csv"), "wb") as f:
         for kf in keyframes:
             timestamp = format_time(kf.time)
@@ -160,12 +183,44 @@ def write_keyframes(
                 )[0]
             )
             labels = top_labels(kf.scores, names)
-            image = draw_detections(kf.image, kf.boxes, labels, title=f"{video_id} @ {timestamp} s")
-            image.save(os.path.join(folder, "keyframes", f"{kf.index:05d}_{timestamp}s.png"))
+            png = os.path.join(folder, "keyframes", f"{kf.index:05d}_{timestamp}s.png")
+            title = f"{video_id} @ {timestamp} s"
+            pictures.append((png, kf.time, kf.image, kf.boxes, labels, title))
             shown.append((kf.time, kf.boxes, labels))
     if not shown:
         raise common.BadInputError(f"{video_id}: no keyframe could be read")
+    left = set(range(len(pictures)))
+
+    def save(i: int, image: Image.Image) -> None:
+        png, _, _, boxes, labels, title = pictures[i]
+        draw_detections(image, boxes, labels, title=title).save(png)
+        left.discard(i)
+
+    if video:
+        for_frames_at(video, origin, [p[1] for p in pictures], save)
+    for i in sorted(left):  # past the decoded end, or no video: the clip frame
+        save(i, pictures[i][2])
     return shown
+
+
+def for_frames_at(
+    path: str, origin: float, times: Sequence[float], use: Callable[[int, Image.Image], None]
+) -> None:
+    """``use(i, frame)`` with the first decoded frame of `path` at or after `times[i]` (seconds
+    from `origin`, less half a frame), at the video's resolution; one decoding pass, stopping
+    after the last time."""
+    order = np.argsort(times, kind="stable")
+    with video_io.open_video(path) as source:
+        stream = source.streams.video[0]
+        half = 0.5 / float(stream.average_rate or 25)
+        j = 0
+        for count, frame in enumerate(video_io.decode_frames(source, stream, None, path)):
+            t = (frame.time if frame.time is not None else count * 2 * half) - origin
+            while j < len(order) and t >= times[order[j]] - half:
+                use(int(order[j]), frame.to_image())
+                j += 1
+            if j == len(order):
+                break
 
 
 def write_video_out(

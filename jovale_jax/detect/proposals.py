@@ -15,10 +15,13 @@ from jovale_jax.datasets import common
 from jovale_jax.evaluation.detections_csv import format_time
 
 WHOLE_FRAME = np.array([[0.0, 0.0, 1.0, 1.0, 1.0]], np.float32)  # x1, y1, x2, y2, score
+# video_id, timestamp, x1, y1, x2, y2 [, score] or AVA's *_predicted_boxes.csv rows
+# video_id, timestamp, x1, y1, x2, y2, action_id (ignored, often empty), score.
 _BOX_COLUMNS = [
     ("video_id", str),
     ("timestamp", common.parse_finite),
     *common.BOX_COLUMNS,
+    ("score or action_id", str),
     ("score", common.parse_finite),
 ]
 
@@ -34,7 +37,16 @@ def read_boxes_csv(
         raise FileNotFoundError(f"boxes CSV {path}: no such file")
     keyframe_of = {round(t * 1000): i for i, t in enumerate(times)}
     rows, other_ids, unmatched = collections.defaultdict(list), set(), 0
-    for vid, timestamp, *values in common.read_csv(path, _BOX_COLUMNS, optional=1):
+    for vid, timestamp, *values in common.read_csv(path, _BOX_COLUMNS, optional=2):
+        if len(values) == 5:  # 7 columns: the last is the score
+            try:
+                values[4] = common.parse_finite(values[4])
+            except ValueError:
+                raise common.BadInputError(
+                    f"boxes CSV {path}: cannot parse score {values[4]!r} (video {vid!r})"
+                ) from None
+        elif len(values) == 6:  # 8 columns (AVA's predicted boxes): drop the action id
+            del values[4]
         if vid != video_id:
             other_ids.add(vid)
             continue
@@ -58,10 +70,30 @@ def read_boxes_csv(
     return {i: np.asarray(r, np.float32) for i, r in rows.items()}, unmatched
 
 
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hugging Face hub (``HF_ENDPOINT``, default huggingface.co) takes a connection
+    within ``timeout_s``; False at once under ``HF_HUB_OFFLINE``."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        port = url.port or (443 if url.scheme == "https" else 80)
+        socket.create_connection((url.hostname, port), timeout=timeout_s).close()
+        return True
+    except (OSError, ValueError):
+        return False
+
+
 class PersonDetector:
     """A transformers object-detection model kept to its person class.
 
-    `detector(images)` -> per image, (N, 5) rows x1, y1, x2, y2 (normalised), score.
+    `detector(images)` -> per image, (N, 5) rows x1, y1, x2, y2 (normalised), score. A local
+    folder, or any name when the hub is unreachable, is loaded with ``local_files_only`` (no hub
+    requests, no retries). ``misses`` records, for each image without a person row, the best
+    person score the model gave (None: no query's top class was 'person').
     """
 
     def __init__(self, name_or_path: str, *, threshold: float):
@@ -72,12 +104,21 @@ class PersonDetector:
             raise ImportError(
                 "--detector needs transformers and torch: pip install -e '.[convert]'"
             ) from None
+        local = os.path.exists(name_or_path) or name_or_path.startswith((".", os.sep, "~"))
+        if local and not os.path.isdir(name_or_path):
+            raise FileNotFoundError(f"detector folder {name_or_path}: no such folder")
+        offline = local or not hub_reachable()
+        why = "" if local else " (the Hugging Face hub is unreachable: only a cached copy loads)"
         try:
-            self.processor = AutoImageProcessor.from_pretrained(name_or_path)
-            self.model = AutoModelForObjectDetection.from_pretrained(name_or_path).eval()
+            self.processor = AutoImageProcessor.from_pretrained(
+                name_or_path, local_files_only=offline
+            )
+            self.model = AutoModelForObjectDetection.from_pretrained(
+                name_or_path, local_files_only=offline
+            ).eval()
         except (OSError, ValueError) as e:
             raise FileNotFoundError(
-                f"cannot load the detector {name_or_path}: {common.one_line(e)}"
+                f"cannot load the detector {name_or_path}{why}: {common.one_line(e)}"
             ) from None
         labels = self.model.config.id2label
         persons = [int(i) for i, name in labels.items() if str(name).lower() == "person"]
@@ -88,6 +129,7 @@ class PersonDetector:
             )
         self.person = persons[0]
         self.threshold = threshold
+        self.misses: list[float | None] = []
         self._no_grad = torch.no_grad
 
     def __call__(self, images: Sequence[Image.Image]) -> list[np.ndarray]:
@@ -96,11 +138,15 @@ class PersonDetector:
             outputs = self.model(**inputs)
         sizes = [(image.height, image.width) for image in images]
         results = self.processor.post_process_object_detection(
-            outputs, threshold=self.threshold, target_sizes=sizes
+            outputs, threshold=0.0, target_sizes=sizes
         )
         rows = []
         for result, (h, w) in zip(results, sizes):
             person = result["labels"].numpy() == self.person
+            scores = result["scores"].numpy()
+            if not (person & (scores >= self.threshold)).any():
+                self.misses.append(float(scores[person].max()) if person.any() else None)
+            person &= scores >= self.threshold
             boxes = result["boxes"].numpy()[person] / np.array([w, h, w, h], np.float32)
             rows.append(np.concatenate([boxes, result["scores"].numpy()[person, None]], axis=1))
         return rows
@@ -121,3 +167,19 @@ def top_proposals(rows: np.ndarray, k: int) -> np.ndarray:
     rows = np.asarray(rows, np.float32).reshape(-1, 5)
     best = rows[np.argsort(-rows[:, 4], kind="stable")[:k]]
     return box_ops.clip_boxes(best[:, :4])[0]
+
+
+def miss_note(misses: Sequence[float | None], threshold: float) -> str | None:
+    """Why keyframes got no detector proposal (a console and manifest note), or None."""
+    if not misses:
+        return None
+    scored = [m for m in misses if m is not None]
+    why = []
+    if scored:
+        why.append(
+            f"{len(scored)} had person scores only under config.detect.detector_threshold "
+            f"{threshold} (best {max(scored):.3f})"
+        )
+    if len(scored) < len(misses):
+        why.append(f"{len(misses) - len(scored)} had no query whose top class is 'person'")
+    return f"{len(misses)} keyframe(s) without a person detection: {'; '.join(why)}"

@@ -103,9 +103,23 @@ class MFE(nnx.Module):
     def __call__(self, actors: jax.Array, context: jax.Array, actor_mask: jax.Array):
         """actors (B, K, T, D), context (B, T, N, D), actor_mask (B, K)
         -> (â (B, K, T, D), f (B, T, N, D))."""
-        bottleneck = self.bottleneck_attn(masked_mean(actors, actor_mask[:, :, None, None], axis=1))
-        tokens, key_mask = frame_tokens(actors, context, actor_mask, bottleneck[:, :, None])
+        tokens, key_mask = self.tokens(actors, context, actor_mask)
         return split_frame_tokens(self.encoder(tokens, key_mask), actors.shape[1], context.shape[2])
+
+    def tokens(self, actors: jax.Array, context: jax.Array, actor_mask: jax.Array):
+        """The encoder layer's per-time-step tokens [a_t, f_t, b_t] (B, T, K + N + 1, D) and key
+        mask."""
+        bottleneck = self.bottleneck_attn(masked_mean(actors, actor_mask[:, :, None, None], axis=1))
+        return frame_tokens(actors, context, actor_mask, bottleneck[:, :, None])
+
+    def attention(self, actors: jax.Array, context: jax.Array, actor_mask: jax.Array):
+        """As ``__call__``, and each actor's attention over the context tokens (B, T, K, N): the
+        softmax weights of actor k's query on token n, averaged over the heads (a row sums to 1
+        minus the weight the actor gives the actors and the bottleneck token)."""
+        tokens, key_mask = self.tokens(actors, context, actor_mask)
+        k, n = actors.shape[1], context.shape[2]
+        weights = self.encoder.attention_weights(tokens, key_mask)[..., :k, k : k + n].mean(2)
+        return (*split_frame_tokens(self.encoder(tokens, key_mask), k, n), weights)
 
 
 class MFA(nnx.Module):
@@ -200,6 +214,16 @@ class AMFNLayer(nnx.Module):
             a_hat[m], new_context[m] = self.mfe[m](queries[m], context[m], actor_mask)
         queries, a_fuse, gates = self.mfa.fuse(a_hat, present)
         return queries, new_context, a_fuse, gates
+
+    def attention(self, queries, context, actor_mask, present):
+        """``(__call__'s outputs, {m: MFE.attention's maps (B, T_m, K, N_m)})`` (MFE layers)."""
+        a_hat, new_context, maps = {}, {}, {}
+        for m in self.mfa.modalities:
+            a_hat[m], new_context[m], maps[m] = self.mfe[m].attention(
+                queries[m], context[m], actor_mask
+            )
+        queries, a_fuse, gates = self.mfa.fuse(a_hat, present)
+        return (queries, new_context, a_fuse, gates), maps
 
 
 class AMFN(nnx.Module):
@@ -296,3 +320,31 @@ class AMFN(nnx.Module):
         if self.sow_gates:  # the last layer's MFA gates (B, K, M), under nnx.capture
             self.sow(nnx.Intermediate, "gates", gates)
         return a_fuse, queries
+
+    def attention(
+        self,
+        queries: Mapping[str, jax.Array],
+        context: Mapping[str, jax.Array],
+        actor_mask: jax.Array,
+        present: Mapping[str, jax.Array],
+    ):
+        """As ``__call__`` (a_fuse, {m: â_m}), and every layer's actor-to-context attention
+        {m: (L, B, T_m, K, N_m)} (:meth:`MFE.attention`), the paper's Figure 6. MFE layers only
+        (``model.amfn.encoder='mfe'``); runs the layers as ``__call__`` does (tested equal)."""
+        if self.encoder != "mfe":
+            raise ValueError(
+                f"config field model.amfn.encoder: attention maps need 'mfe', got {self.encoder!r}"
+            )
+        some = next(iter(queries.values()))
+        b, k, _, d = some.shape
+        a_fuse = jnp.zeros((b, k, self.t_common, d), some.dtype)
+        gates = jnp.zeros((b, k, len(queries)), jnp.float32)
+
+        def step(layer, carry, _):
+            return layer.attention(carry[0], carry[1], actor_mask, present)
+
+        scan = nnx.scan(step, in_axes=(0, nnx.Carry, 0), out_axes=(nnx.Carry, 0))
+        (queries, _, a_fuse, _), maps = scan(
+            self.layers, (dict(queries), dict(context), a_fuse, gates), ()
+        )
+        return a_fuse, queries, maps

@@ -335,6 +335,15 @@ class JoVALE(nnx.Module):
         return context, present, feature_map
 
     def __call__(self, batch: Mapping[str, jax.Array]) -> jax.Array:
+        inputs = self.fuse(*self.fusion_inputs(batch))
+        if "fused" in inputs:
+            return self.heads["fused"](inputs["fused"])
+        return head_logits(self.heads, "late", None, inputs, present)
+
+    def fusion_inputs(self, batch: Mapping[str, jax.Array]):
+        """The fusion stage's inputs: action queries {m: (B, K, T_m, D)}, context
+        {m: (B, T_m, N_m, D)}, the (B, K) box mask, modality presence {m: (B,)} and each
+        modality's boxes in its own map's coordinates (:func:`modality_boxes`)."""
         check_batch(self.cfg, batch)
         context, present, feature_map = self.encode(batch)
         box_mask = jnp.asarray(batch["box_mask"], bool)
@@ -347,10 +356,7 @@ class JoVALE(nnx.Module):
             + self.query_time_embed[m][...].astype(actors.dtype)
             for m in self.modalities
         }
-        inputs = self.fuse(queries, context, box_mask, present, boxes)
-        if "fused" in inputs:
-            return self.heads["fused"](inputs["fused"])
-        return head_logits(self.heads, "late", None, inputs, present)
+        return queries, context, box_mask, present, boxes
 
     def fuse(self, queries, context, box_mask, present, boxes) -> dict[str, jax.Array]:
         """The fusion stage (``model.fusion_strategy``): {head name: its input (B, K, T, D')};
@@ -370,6 +376,18 @@ class JoVALE(nnx.Module):
             self.amfn.sow_gates = False
         (gates,) = jax.tree.leaves(sown)
         return logits, gates
+
+    def attention_maps(self, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, dict]:
+        """The logits and every AMFN layer's MFE attention from the actor queries to each
+        modality's context tokens, {m: (L, B, T_m, K, N_m)} (:meth:`AMFN.attention`)."""
+        if self.fusion_strategy != "amfn":
+            raise ValueError(
+                "config field model.fusion_strategy: attention maps need 'amfn', got "
+                f"{self.fusion_strategy!r}"
+            )
+        queries, context, box_mask, present, _ = self.fusion_inputs(batch)
+        a_fuse, a_last, maps = self.amfn.attention(queries, context, box_mask, present)
+        return head_logits(self.heads, self.cfg.amfn.fusion, a_fuse, a_last, present), maps
 
 
 def head_logits(

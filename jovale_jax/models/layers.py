@@ -158,6 +158,18 @@ class Attention(nnx.Module):
         y = y + self.out_bias[...].astype(self.dtype)
         return y.reshape(lead + y.shape[-2:])
 
+    def weights(self, x: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:
+        """The softmax weights (..., heads, N, N) that ``__call__`` applies to ``x`` (float32;
+        for inspection, e.g. the attention maps of :meth:`jovale_jax.models.AMFN.attention`)."""
+        x = x.astype(self.dtype)
+        q = self._project(x, self.query_kernel, self.query_bias)
+        k = self._project(x, self.key_kernel, self.key_bias)
+        logits = jnp.einsum("...qhd,...khd->...hqk", q, k).astype(jnp.float32)
+        logits = logits / np.sqrt(q.shape[-1])
+        if key_mask is not None:
+            logits = jnp.where(key_mask[..., None, None, :], logits, jnp.finfo(jnp.float32).min)
+        return jax.nn.softmax(logits, axis=-1)
+
 
 def quick_gelu(x: jax.Array) -> jax.Array:
     """CLIP's GELU approximation x * sigmoid(1.702 x)."""
@@ -259,6 +271,10 @@ class TransformerBlock(nnx.Module):
             return x + self._branch(self.mlp(self.norm2(x)), drop_rate)
         x = self.norm1(x + self.dropout(self.attn(x, key_mask)))
         return self.norm2(x + self.dropout(self.mlp(x)))
+
+    def attention_weights(self, x: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:
+        """The self-attention weights (..., heads, N, N) of this block on ``x``."""
+        return self.attn.weights(self.norm1(x) if self.norm_first else x, key_mask)
 
 
 # ----------------------------------------------------------------------------- stacked layers
