@@ -335,7 +335,8 @@ class JoVALE(nnx.Module):
         return context, present, feature_map
 
     def __call__(self, batch: Mapping[str, jax.Array]) -> jax.Array:
-        inputs = self.fuse(*self.fusion_inputs(batch))
+        queries, context, box_mask, present, boxes = self.fusion_inputs(batch)
+        inputs = self.fuse(queries, context, box_mask, present, boxes)
         if "fused" in inputs:
             return self.heads["fused"](inputs["fused"])
         return head_logits(self.heads, "late", None, inputs, present)
