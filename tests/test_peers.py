@@ -87,8 +87,9 @@ def test_every_peer_present(tmp_path, capsys):
 
 
 def test_missing_peers_are_named(monkeypatch, capsys):
-    for name in ("pytorchvideo", "transformers"):
-        monkeypatch.setitem(sys.modules, name, None)  # import fails
+    roots = ("pytorchvideo", "transformers")
+    for name in [*roots, *(m for m in sys.modules if m.split(".")[0] in roots)]:
+        monkeypatch.setitem(sys.modules, name, None)  # import fails, even of loaded submodules
     r = peers.run_peers_bench(tiny(peers=("slowfast18", "blip", "evaluator")))
     assert len(r["rows"]) == 4
     for row in r["rows"]:

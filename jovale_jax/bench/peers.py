@@ -574,7 +574,12 @@ def run_peers_bench(config: ml_collections.ConfigDict) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"config.bench.peers: unknown {unknown}; expected some of {tuple(PAIRS)}")
     load_before = os.getloadavg()
-    rows = [row for name in config.bench.peers for row in PAIRS[name](config)]
+    print(f"{'pair':<24}{'mode':<34}{'who':<34}{'s / call':>10}{'compile s':>10}{'ratio':>8}")
+    rows = []
+    for name in config.bench.peers:
+        for row in PAIRS[name](config):
+            _print_row(row)
+            rows.append(row)
     result = {
         "bench": "peers",
         "batch_size": config.bench.batch_size,
@@ -588,30 +593,29 @@ def run_peers_bench(config: ml_collections.ConfigDict) -> dict[str, Any]:
         },
         "load_avg_1min": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
     }
-    _print_table(result)
-    print(json.dumps(result))
-    return result
-
-
-def _print_table(result: dict[str, Any]) -> None:
-    print(f"{'pair':<24}{'mode':<34}{'who':<34}{'s / call':>10}{'compile s':>10}{'ratio':>8}")
-    for r in result["rows"]:
-        for who, v in [("ours", r["ours"]), *r["peers"].items()]:
-            if "missing" in v:
-                print(f"{r['pair']:<24}{r['mode']:<34}{who:<34} not available: {v['missing']}")
-                continue
-            if "clips_per_s" in v:
-                seconds = 1 / v["clips_per_s"]
-                extra = f" ({v['clips_per_cpu_s']} clips per CPU s)"
-            else:
-                seconds, extra = v["seconds"], ""
-            ratio = v.get("ratio", v.get("ratio_clips_per_cpu_s", ""))
-            print(
-                f"{r['pair']:<24}{r['mode']:<34}{who:<34}{seconds:>10.4f}"
-                f"{v.get('compile_s', v.get('build_s', v.get('extract_s', 0.0))):>10.2f}"
-                f"{ratio!s:>8}{extra}"
-            )
     print(
         "ratio: peer seconds / ours (input: our clips per CPU second / theirs); above 1 we are "
         f"ahead. load {result['load_avg_1min']}"
     )
+    print(json.dumps(result))
+    return result
+
+
+def _print_row(r: dict[str, Any]) -> None:
+    """One pair's lines of the table (ours, then each peer), printed as the pair finishes."""
+    for who, v in [("ours", r["ours"]), *r["peers"].items()]:
+        if "missing" in v:
+            print(f"{r['pair']:<24}{r['mode']:<34}{who:<34} not available: {v['missing']}")
+            continue
+        if "clips_per_s" in v:
+            seconds = 1 / v["clips_per_s"]
+            extra = f" ({v['clips_per_cpu_s']} clips per CPU s)"
+        else:
+            seconds, extra = v["seconds"], ""
+        ratio = v.get("ratio", v.get("ratio_clips_per_cpu_s", ""))
+        print(
+            f"{r['pair']:<24}{r['mode']:<34}{who:<34}{seconds:>10.4f}"
+            f"{v.get('compile_s', v.get('build_s', v.get('extract_s', 0.0))):>10.2f}"
+            f"{ratio!s:>8}{extra}",
+            flush=True,
+        )
