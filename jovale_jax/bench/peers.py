@@ -59,15 +59,22 @@ Prepared = tuple[Callable[[], Any], float]  # (a call that blocks until done, co
 
 def _race(contenders: dict[str, Callable[[], Prepared]], rounds: int) -> dict[str, dict]:
     """Prepare (compile) every contender, call each once untimed, then alternate ``rounds``
-    timed calls; {name: {"seconds": median, "compile_s"}} or {name: {"missing": why}}."""
+    timed calls; {name: {"seconds": median, "compile_s"}}, or {name: {"missing": why}} for a peer
+    that cannot be imported, or {name: {"failed": why}} for a peer that fails to compile or run
+    (ours must not fail)."""
     ready, out = {}, {}
     for name, prepare in contenders.items():
         try:
             call, compile_s = prepare()
+            call()
         except ImportError as e:
             out[name] = {"missing": f"{type(e).__name__}: {e}"}
             continue
-        call()
+        except Exception as e:  # a peer's own failure is a result to report, not ours
+            if name == "ours":
+                raise
+            out[name] = {"failed": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+            continue
         ready[name], out[name] = call, {"compile_s": round(compile_s, 3), "times": []}
     for _ in range(rounds):
         for name, call in ready.items():
@@ -139,7 +146,9 @@ def _torch_step(model, inputs: Callable[[], Any], backward: bool) -> Callable[[b
     wait = torch.cuda.synchronize if torch_device().type == "cuda" else lambda: None
 
     def make(compiled: bool) -> Callable:
-        run = torch.compile(model) if compiled else model
+        # static shapes: the inputs never change (a dynamic-shape recompile of pytorchvideo's
+        # SlowFast failed in inductor's convolution lowering, torch 2.13.0)
+        run = torch.compile(model, dynamic=False) if compiled else model
 
         def forward():
             with torch.no_grad():
@@ -604,8 +613,9 @@ def run_peers_bench(config: ml_collections.ConfigDict) -> dict[str, Any]:
 def _print_row(r: dict[str, Any]) -> None:
     """One pair's lines of the table (ours, then each peer), printed as the pair finishes."""
     for who, v in [("ours", r["ours"]), *r["peers"].items()]:
-        if "missing" in v:
-            print(f"{r['pair']:<24}{r['mode']:<34}{who:<34} not available: {v['missing']}")
+        if "missing" in v or "failed" in v:
+            why = f"not available: {v['missing']}" if "missing" in v else f"failed: {v['failed']}"
+            print(f"{r['pair']:<24}{r['mode']:<34}{who:<34} {why}")
             continue
         if "clips_per_s" in v:
             seconds = 1 / v["clips_per_s"]
