@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# The prepared GPU check of issues 8 and 14: `bench forward` and `bench step` of the AVA preset at
-# batch 16 and `bench memory` at batch 4 (MEM_BATCH), in bfloat16 on one GPU, then a summary of
-# clips/s, MFU, peak memory and the compiled memory per device with and without remat. Budget:
-# under 12 minutes on one H100 (each bench is one process: set-up, compilation, 1 + 5 timed calls,
-# the matmul; the timeouts, 150 + 210 + 120 + 2 x 120 s, bound it when nothing needs installing).
+# The prepared GPU check of issues 8, 14 and 24: `bench forward` and `bench step` of the AVA preset
+# at batch 16 and `bench memory` at batch 4 (MEM_BATCH), in bfloat16 on one GPU, `bench peers`
+# (torch with CUDA against jax[cuda]) and `bench loop` (AVA fixture and synthetic set), then a
+# summary of clips/s, MFU, peak memory, the compiled memory per device with and without remat and
+# the peers' and the loop's ratios. Budget: the first part under 12 minutes on one H100 (each bench
+# is one process: set-up, compilation, 1 + 5 timed calls, the matmul; the timeouts, 150 + 210 + 120
+# + 2 x 120 s, bound it when nothing needs installing); issue 24's part adds at most 25 minutes
+# (timeouts 600 + 300 + 300 + 300 s).
 #
 #   bash bench/gpu.sh [OUT_DIR]        # from anywhere; runs in the repository root
 #
@@ -72,7 +75,27 @@ memory "$MEM_BATCH" full memory_remat.txt || echo "bench memory (remat) failed"
 memory "$BATCH" none memory_none.txt || echo "bench memory (no remat) failed"
 echo "memory done at $((SECONDS - start)) s"
 
-# 3. Summary. MFU: against this GPU's bfloat16 matmul measured in the same run (matmul_ratio), and
+# 3. Issue 24: the peers (torch with CUDA when installed, else their rows say why) at the presets'
+# geometry, float32 on both sides, and the train loop fed by the pipeline against a device-resident
+# batch, on the AVA-layout fixture and on the synthetic set (built first).
+timeout 600 "$PY" launch.py bench peers --config configs/ava_vitb16.py \
+  --config.bench.peers="('slowfast50', 'slowfast101', 'videomae', 'blip', 'input')" \
+  2>&1 | tee "$OUT/peers.txt" || echo "bench peers failed"
+echo "peers done at $((SECONDS - start)) s"
+# (the fixture's 36 keyframes are 9 batches of 4: each epoch's new tf.data pipeline is counted)
+timeout 300 "$PY" launch.py bench loop --config configs/ava_vitb16.py --fixture \
+  --config.model.dtype=bfloat16 --config.batch_size=4 2>&1 | tee "$OUT/loop_ava.txt" \
+  || echo "bench loop (AVA fixture) failed"
+SYNTH=${SYNTH:-runs/data/synthetic}
+if [ ! -d "$SYNTH/jovale_synthetic" ]; then
+  timeout 300 "$PY" launch.py build-data --dataset synthetic --data_dir "$SYNTH" >/dev/null \
+    || echo "build-data synthetic failed"
+fi
+timeout 300 "$PY" launch.py bench loop --config configs/synthetic.py --data_dir "$SYNTH" \
+  2>&1 | tee "$OUT/loop_synthetic.txt" || echo "bench loop (synthetic) failed"
+echo "loop done at $((SECONDS - start)) s"
+
+# 4. Summary. MFU: against this GPU's bfloat16 matmul measured in the same run (matmul_ratio), and
 # against the H100 SXM's nominal dense bfloat16 peak (989.4 TFLOP/s).
 "$PY" - "$OUT" <<'EOF'
 import json, pathlib, sys
@@ -102,5 +125,11 @@ for name in ("memory_remat", "memory_none"):
     print(f"{name:<12} {r['batch_size']:>5} {r['remat_policy']:>6} {gb['params']:>7.2f} "
           f"{gb['opt_state']:>7.2f} {gb['temporaries']:>8.2f} {gb['total']:>8.2f} "
           f"{gb['per_clip']:>9.2f}                {r['gmacs_per_clip']:>11.1f}")
+for name in ("peers", "loop_ava", "loop_synthetic"):
+    path = out / f"{name}.txt"
+    lines = path.read_text().strip().splitlines() if path.exists() else []
+    if lines and lines[-1].startswith("{"):
+        r = json.loads(lines[-1])
+        print(name, json.dumps(r.get("ratios", {"ratio": r.get("ratio")}), indent=1))
 EOF
 echo "total $((SECONDS - start)) s"

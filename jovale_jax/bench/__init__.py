@@ -5,7 +5,10 @@
 * ``profile.py``: where a program's time goes, from ``jax.profiler`` events (``bench profile``);
 * ``input.py``: examples per second through the input pipeline, whole and by stage;
 * ``eval.py``: the AVA evaluator against a plain loop, and the detections CSV plus mAP at
-  AVA-val size (``bench eval``).
+  AVA-val size (``bench eval``);
+* ``loop.py``: the train loop fed by the pipeline against a device-resident batch (``bench loop``);
+* ``peers.py``: our models, input and evaluator against the PyTorch stack and the official AVA
+  evaluator, side by side (``bench peers``; ``pyslowfast_ava.py`` is its PySlowFast-style loader).
 
 Importing this package imports nothing heavy: each module loads what it measures.
 """
