@@ -9,7 +9,9 @@ checkpoint converts only when it holds exactly the module's tensors.
   K400 ``SLOWFAST_8x8_R50.pyth``: ``s1.pathway{0,1}_stem.{conv,bn}``,
   ``s{1..4}_fuse.{conv_f2s,bn}``,
   ``s{2..5}.pathway{0,1}_res{j}.branch2.{a,b,c}{,_bn}`` and ``branch1{,_bn}``; ``head.*`` unused.
-  Non-local blocks (``pathway0_nonlocal*``, some R101 AVA models) are not supported.
+  Non-local blocks (``pathway0_nonlocal*``, some R101 AVA models) are not supported. The
+  settings the file records (``cfg``: SLOWFAST.ALPHA, BETA_INV, FUSION_KERNEL_SZ, DATA.NUM_FRAMES)
+  must equal the config's (:func:`check_recorded`).
 - ``acar``: ACAR-Net's backbone checkpoints (``SLOWFAST_R50_K400.pth.tar``,
   ``SLOWFAST_R101_K700.pth.tar``): ``{slow,fast}_conv1 / _bn1``, ``Tconv{1..4}`` (conv only, or
   ``.0`` conv + ``.1`` BatchNorm), ``{slow,fast}_res{1..4}.{j}.conv{1,2,3} / bn{1,2,3}``,
@@ -138,9 +140,39 @@ def _check_depth(state_dict: Mapping[str, np.ndarray], kind: str, cfg) -> None:
         )
 
 
-def convert_slowfast(state_dict: Mapping[str, np.ndarray], cfg, kind: str) -> Converted:
+# What a PySlowFast ``.pyth`` records in its ``cfg`` (section, name) -> the ``model.video`` field.
+RECORDED_FIELDS = {
+    ("SLOWFAST", "ALPHA"): ("slowfast", "alpha"),
+    ("SLOWFAST", "BETA_INV"): ("slowfast", "beta_inv"),
+    ("SLOWFAST", "FUSION_KERNEL_SZ"): ("slowfast", "fusion_kernel"),
+    ("DATA", "NUM_FRAMES"): ("num_frames",),
+}
+
+
+def check_recorded(recorded: Mapping | None, cfg, kind: str) -> None:
+    """Refuse a checkpoint whose recorded settings (``recorded``: a ``.pyth``'s parsed ``cfg``)
+    differ from ``cfg`` (``config.model.video``), naming both values of each difference."""
+    diffs = []
+    for (section, name), field in RECORDED_FIELDS.items():
+        value = (recorded or {}).get(section, {}).get(name)
+        ours = cfg
+        for part in field:
+            ours = ours[part]
+        if value is not None and value != ours:
+            diffs.append(
+                f"its cfg {section}.{name} is {value}, config field "
+                f"model.video.{'.'.join(field)} is {ours}"
+            )
+    if diffs:
+        raise ConversionError(f"{kind}: the checkpoint was trained otherwise: {'; '.join(diffs)}")
+
+
+def convert_slowfast(
+    state_dict: Mapping[str, np.ndarray], cfg, kind: str, recorded: Mapping | None = None
+) -> Converted:
     """A SlowFast state dict of layout ``kind`` (``pyslowfast``, ``acar``, ``pytorchvideo``) ->
-    ``SlowFast(cfg)`` parameters and BatchNorm statistics; ``cfg`` is ``config.model.video``."""
+    ``SlowFast(cfg)`` parameters and BatchNorm statistics; ``cfg`` is ``config.model.video``;
+    ``recorded`` the settings the checkpoint file records (:func:`check_recorded`)."""
     if kind not in LAYOUTS:
         raise ValueError(f"unknown SlowFast layout {kind!r}; expected one of {sorted(LAYOUTS)}")
     if not is_slowfast(cfg):
@@ -148,6 +180,7 @@ def convert_slowfast(state_dict: Mapping[str, np.ndarray], cfg, kind: str) -> Co
             f"{kind}: config field model.video.backbone is "
             f"{cfg.get('backbone', 'vit')!r}, expected 'slowfast'"
         )
+    check_recorded(recorded, cfg, kind)
     _check_depth(state_dict, kind, cfg)
     layout, strip, unused = LAYOUTS[kind]
     rules = []
