@@ -239,3 +239,48 @@ def test_readme_shows_the_table6_command():
 
     text = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
     assert f"python {TABLE6_COMMAND}\n" in text
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("amfn.encoder", "joint"), ("amfn.encoder", "divided")]
+    + [("fusion_strategy", "global_relation")],
+)
+def test_context_tokens_carry_their_time_step(tiny_config, field, value):
+    """Where context tokens attend across time (joint, divided, global relation), reversing the
+    time order of the queries and the context does not just reverse the output: the context
+    tokens carry a time embedding, as the actor queries do (without one the encoders are
+    equivariant to it)."""
+    from jovale_jax.models.jovale import (
+        build_fusion,
+        context_grid,
+        modality_boxes,
+        run_fusion,
+        time_steps,
+    )
+
+    cfg = tiny_config.model
+    cfg.modalities = ("video", "scene")  # T_v = T_s = 2: no resampling between them
+    section, leaf = (cfg.amfn, "encoder") if field == "amfn.encoder" else (cfg, field)
+    section[leaf] = value
+    mods, b, k, d = cfg.modalities, 2, cfg.num_proposals, cfg.embed_dim
+    steps, grid = time_steps(cfg), context_grid(cfg)
+    assert {steps[m] for m in mods} == {2}
+    rng = np.random.default_rng(0)
+    queries = {m: rng.normal(size=(b, k, steps[m], d)).astype(np.float32) for m in mods}
+    context = {m: rng.normal(size=(b, *grid[m], d)).astype(np.float32) for m in mods}
+    mask, present = np.ones((b, k), bool), {m: np.ones((b,), bool) for m in mods}
+    fusion = build_fusion(cfg, mods, rngs=nnx.Rngs(0))
+    fusion.eval()
+    boxes = modality_boxes(random_batch(cfg, batch_size=b), mods)
+
+    def fused(q, c):
+        out = run_fusion(fusion, q, c, mask, present, boxes)
+        return np.asarray(out[0] if isinstance(out, tuple) else out)
+
+    base = fused(queries, context)
+    reversed_ = fused(
+        {m: np.flip(q, 2) for m, q in queries.items()},
+        {m: np.flip(c, 1) for m, c in context.items()},
+    )
+    assert np.abs(reversed_ - np.flip(base, 2)).max() > 1e-4

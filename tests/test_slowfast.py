@@ -495,6 +495,31 @@ def slowfast_test_config():
     return synthetic.get_config("slowfast_test")
 
 
+def test_context_grid_is_the_res5_grid():
+    """`synthetic:slowfast` (48 x 64 canvas, ViT patch 8): the video context is SlowFast's 3 x 4
+    res5 grid, not the 6 x 8 patch grid; the RoI rows run on it and the fusion stage's MAC count
+    from the config equals the traced model's."""
+    from jovale_jax.flops import abstract_batch, component_costs, fusion_gmacs
+    from jovale_jax.models.jovale import context_grid
+
+    cfg = synthetic.get_config("slowfast").model
+    cfg.modalities = ("video", "scene")
+    grid = context_grid(cfg)
+    assert grid["video"] == (2, 3 * 4)
+    for strategy in ("roi_feature_fusion", "roi_relation"):
+        cfg.fusion_strategy = strategy
+        graphdef, state = nnx.split(nnx.eval_shape(lambda: JoVALE(cfg, rngs=nnx.Rngs(0))))
+
+        def run(s, b, graphdef=graphdef):
+            m = nnx.merge(graphdef, s)
+            return m.encode(b)[0], m(b)
+
+        context, logits = jax.eval_shape(run, state, abstract_batch(cfg, 2))
+        assert {m: c.shape[1:3] for m, c in context.items()} == {m: grid[m] for m in context}
+        assert logits.shape == (2, cfg.num_proposals, cfg.num_classes)
+    assert fusion_gmacs(cfg) == pytest.approx(component_costs(cfg)["amfn"]["gmacs"], rel=1e-9)
+
+
 @pytest.mark.parametrize("modalities", VIDEO_SUBSETS, ids=["+".join(s) for s in VIDEO_SUBSETS])
 def test_every_modality_subset_with_slowfast(slowfast_test_config, modalities):
     """Subsets without video have no video backbone; those are test_models' subset tests."""

@@ -56,11 +56,16 @@ def modalities_of(cfg) -> tuple[str, ...]:
     return tuple(m for m in MODALITIES if m in mods)
 
 
+def video_map_grid(video_cfg) -> tuple[int, int, int]:
+    """(T_v, h, w) of the video encoder's feature map: the ViT's token grid, or SlowFast's res5
+    grid (the input / 16, whatever ``model.video.patch`` says)."""
+    return (slowfast_grid if is_slowfast(video_cfg) else video_grid)(video_cfg)
+
+
 def time_steps(cfg) -> dict[str, int]:
     """T_m of every modality's embeddings for a ``config.model``."""
-    grid = slowfast_grid if is_slowfast(cfg.video) else video_grid
     return {
-        "video": grid(cfg.video)[0],
+        "video": video_map_grid(cfg.video)[0],
         "audio": audio_grid(cfg.audio)[0],
         "scene": cfg.scene.num_frames,
     }
@@ -68,7 +73,7 @@ def time_steps(cfg) -> dict[str, int]:
 
 def context_grid(cfg) -> dict[str, tuple[int, int]]:
     """(T_m, N_m) of every modality's context embeddings f_m for a ``config.model``."""
-    _, h, w = video_grid(cfg.video)
+    _, h, w = video_map_grid(cfg.video)
     return {
         "video": (time_steps(cfg)["video"], h * w),
         "audio": audio_grid(cfg.audio),
@@ -164,10 +169,17 @@ def build_fusion(
         )
     if strategy == "global_relation":
         return GlobalRelation(
-            dim, modalities, steps["video"], cfg, rngs=rngs, dtype=dtype, **layer_kwargs
+            dim,
+            modalities,
+            steps["video"],
+            cfg,
+            rngs=rngs,
+            time_steps=steps,
+            dtype=dtype,
+            **layer_kwargs,
         )
     grids = {
-        "video": video_grid(cfg.video)[1:],
+        "video": video_map_grid(cfg.video)[1:],
         "scene": (cfg.scene.image_size // cfg.scene.patch,) * 2,
     }
     make = RoIFeatureFusion if strategy == "roi_feature_fusion" else RoIRelation
