@@ -284,3 +284,25 @@ def test_context_tokens_carry_their_time_step(tiny_config, field, value):
         {m: np.flip(c, 1) for m, c in context.items()},
     )
     assert np.abs(reversed_ - np.flip(base, 2)).max() > 1e-4
+
+
+def test_late_fusion_averages_scores_over_present_modalities():
+    """Late score fusion (Table 7): the sigmoid of the returned logits is the mean of the
+    per-modality heads' sigmoids over the modalities present (audio missing in example 1),
+    finite for saturated logits too."""
+    from jovale_jax.models.heads import ActionHead
+    from jovale_jax.models.jovale import head_logits
+
+    d, c, rng = 8, 3, np.random.default_rng(0)
+    heads = nnx.Dict({m: ActionHead(d, c, rngs=nnx.Rngs(i)) for i, m in enumerate(MODS)})
+    a_last = {m: jnp.asarray(rng.normal(size=(2, 4, 2, d)), jnp.float32) for m in MODS}
+    present = {m: jnp.asarray([True, m != "audio"]) for m in MODS}
+    got = head_logits(heads, "late", None, a_last, present)
+    scores = {m: 1 / (1 + np.exp(-np.asarray(heads[m](a_last[m]), np.float64))) for m in MODS}
+    want = [np.mean([scores[m][i] for m in MODS if present[m][i]], 0) for i in range(2)]
+    np.testing.assert_allclose(jax.nn.sigmoid(got), np.stack(want), rtol=1e-5)
+    for m in MODS:  # saturated heads: one at +40, the others at -40 -> mean score 1/3 or 1/2
+        heads[m].classifier.bias[...] = jnp.full((c,), 40.0 if m == "video" else -40.0)
+    got = np.asarray(jax.nn.sigmoid(head_logits(heads, "late", None, a_last, present)))
+    np.testing.assert_allclose(got[0], 1 / 3, rtol=1e-4)
+    np.testing.assert_allclose(got[1], 1 / 2, rtol=1e-4)

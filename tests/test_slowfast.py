@@ -289,6 +289,24 @@ def test_pyslowfast_and_acar_layouts(torch_slowfast):
         assert len(got.used_keys) == len(sd) - len(got.unused_keys)
 
 
+def test_acar_training_checkpoint(tmp_path):
+    """ACAR-Net's own training checkpoints (weights under ``state_dict``, the backbone's keys
+    ``module.backbone.module.*``, the head's ``module.head.*``) convert to the backbone's
+    parameters."""
+    _, _, state = build_torch_slowfast(101)
+    backbone = renamed(state, ACAR_NAMES, VARIANTS[101][1])
+    cfg = common.base_config().model
+    cfg.video = video_config(101)
+    weights = {f"module.backbone.module.{k}": torch.from_numpy(v) for k, v in backbone.items()}
+    weights["module.head.fc2.weight"] = torch.zeros(60, 512)
+    path = tmp_path / "ckpt_5.pth.tar"
+    torch.save({"epoch": 5, "state_dict": weights, "optimizer": {}}, path)
+    got = convert_source("acar", path, cfg)
+    assert [k for k in got.unused_keys if "num_batches" not in k] == ["module.head.fc2.weight"]
+    want = convert_slowfast(backbone, cfg.video, "acar").params
+    jax.tree.map(np.testing.assert_array_equal, got.params, want)
+
+
 def test_checkpoint_files_and_depth_mismatch(torch_slowfast, tmp_path):
     depth, _, state = torch_slowfast
     other = 101 if depth == 50 else 50

@@ -16,7 +16,9 @@ checkpoint converts only when it holds exactly the module's tensors.
   ``SLOWFAST_R101_K700.pth.tar``): ``{slow,fast}_conv1 / _bn1``, ``Tconv{1..4}`` (conv only, or
   ``.0`` conv + ``.1`` BatchNorm), ``{slow,fast}_res{1..4}.{j}.conv{1,2,3} / bn{1,2,3}``,
   ``downsample.0`` + ``downsample_bn``. ACAR-Net's R50 uses fusion kernel 7 with BatchNorm + ReLU,
-  its R101 kernel 5 without (``model.video.slowfast.fusion_kernel / fusion_bn_relu``).
+  its R101 kernel 5 without (``model.video.slowfast.fusion_kernel / fusion_bn_relu``). Its own
+  training checkpoints (weights under ``state_dict``, keys ``module.backbone.module.*``, the
+  ``module.head.*`` unused) convert too.
 - ``pytorchvideo``: ``pytorchvideo.models.hub.slowfast_r50`` / ``slowfast_r101`` state dicts:
   ``blocks.0.multipathway_blocks.{p}.{conv,norm}``, ``blocks.{i}.multipathway_fusion.
   {conv_fast_to_slow,norm}``, ``blocks.{i}.multipathway_blocks.{p}.res_blocks.{j}.branch2.
@@ -40,6 +42,7 @@ from jovale_jax.convert.common import (
     Rule,
     component_shapes,
     convert_state_dict,
+    strip_prefixes,
 )
 from jovale_jax.models.slowfast import STAGE_DEPTHS, SlowFast, is_slowfast, stage_depths
 
@@ -95,7 +98,11 @@ def _pytorchvideo(unit: tuple, cfg) -> tuple[str, str]:
 LAYOUTS: dict[str, tuple[Layout, tuple[str, ...], tuple[str, ...]]] = {
     # kind: (layout, prefixes stripped, unused key patterns)
     "pyslowfast": (_pyslowfast, ("module.",), (r"head\.", r".*num_batches_tracked$")),
-    "acar": (_acar, ("module.", "backbone.module.", "backbone."), (r".*num_batches_tracked$",)),
+    "acar": (
+        _acar,
+        ("module.", "backbone.module.", "backbone."),
+        (r"neck\.", r"head\.", r".*num_batches_tracked$"),  # neck, head: a training checkpoint's
+    ),
     "pytorchvideo": (_pytorchvideo, ("module.",), (r"blocks\.6\.", r".*num_batches_tracked$")),
 }
 
@@ -125,9 +132,7 @@ def _rule(key: str, shape: tuple[int, ...], dst: str, is_kernel: bool) -> Rule:
 def _check_depth(state_dict: Mapping[str, np.ndarray], kind: str, cfg) -> None:
     """A checkpoint of the other depth: name the config field and both values."""
     layout = LAYOUTS[kind][0]
-    keys = set(state_dict)
-    strip = LAYOUTS[kind][1]
-    keys = {next((k[len(p) :] for p in strip if k.startswith(p)), k) for k in keys}
+    keys = {strip_prefixes(k, LAYOUTS[kind][1]) for k in state_dict}
     res4 = 0
     while f"{layout(('block', 0, 2, res4, 'conv_a'), cfg)[0]}.weight" in keys:
         res4 += 1

@@ -20,7 +20,8 @@ K actors:
   the gate's output at a zero logit (its outputs average 0.5 at initialisation; tested), so that
   the row measures the gating and not a scale: with w_m = 1 each layer would add the whole residual
   to the whole fused embedding, doubling the queries' scale per layer (2^L). ``'late'`` keeps the
-  modalities apart until the heads (the rows of the paper's Table 7).
+  modalities apart until the heads, whose scores are averaged (late score fusion; the rows of the
+  paper's Table 7).
 """
 
 from __future__ import annotations

@@ -379,10 +379,17 @@ def head_logits(
     a_last: Mapping[str, jax.Array],
     present: Mapping[str, jax.Array],
 ) -> jax.Array:
-    """The action heads on the AMFN's outputs: the fused head, or with late fusion the mean of
-    the per-modality heads over the modalities present in each example."""
+    """The action heads on the AMFN's outputs: the fused head, or with late score fusion the mean
+    of the per-modality heads' scores (sigmoids) over the modalities present in each example,
+    returned as its logit (so the loss and evaluation apply their sigmoid as to any logits):
+    logit(mean_m s_m) = LSE_m log s_m - LSE_m log(1 - s_m), stable at any logit."""
     if fusion != "late":
         return heads["fused"](a_fuse)
-    weights = {m: present[m].astype(jnp.float32)[:, None, None] for m in a_last}
-    total = jnp.maximum(sum(weights.values()), 1.0)
-    return sum(weights[m] * heads[m](a_last[m]) for m in a_last) / total
+    logits = jnp.stack([heads[m](a_last[m]) for m in a_last])  # (M, B, K, C)
+    here = jnp.stack([present[m] for m in a_last])[:, :, None, None]
+
+    def masked_lse(x):  # over the modalities present; a large finite fill keeps gradients finite
+        return jax.nn.logsumexp(jnp.where(here, x, -1e30), axis=0)
+
+    fused = masked_lse(jax.nn.log_sigmoid(logits)) - masked_lse(jax.nn.log_sigmoid(-logits))
+    return jnp.where(here.any(0), fused, 0.0)
