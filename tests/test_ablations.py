@@ -140,36 +140,39 @@ def test_table6_flops_ratios_match_the_paper():
 VARIANTS = [("amfn.encoder", e) for e in ENCODERS] + [("fusion_strategy", s) for s in STRATEGIES]
 
 
-@pytest.mark.parametrize("field,value", VARIANTS, ids=[v for _, v in VARIANTS])
-def test_variant_sharded_forward_equals_single_device(tiny_config, field, value):
-    """On the (4, 2) mesh (batch over 'data', heads and MLP over 'model') every variant's fusion
-    stage (where the variants differ; tests/test_sharding.py runs the whole model) computes what
-    it computes on one device."""
-    from jovale_jax import sharding
-    from jovale_jax.models.jovale import (
-        build_fusion,
-        context_grid,
-        modality_boxes,
-        run_fusion,
-        time_steps,
-    )
+def fusion_inputs(cfg, field: str, value: str, b: int):
+    """``cfg`` (a ``config.model``) set to the variant ``field = value`` (video + scene for a
+    fusion strategy), and random inputs of its fusion stage (:func:`run_fusion`'s arguments)."""
+    from jovale_jax.models.jovale import context_grid, modality_boxes, time_steps
 
-    cfg = tiny_config.model
     section, leaf = (cfg.amfn, "encoder") if field == "amfn.encoder" else (cfg, field)
     section[leaf] = value
     if field == "fusion_strategy":
         cfg.modalities = ("video", "scene")
-    mods, b, k, d = tuple(cfg.modalities), 4, cfg.num_proposals, cfg.embed_dim
+    mods, k, d = tuple(cfg.modalities), cfg.num_proposals, cfg.embed_dim
     rng = np.random.default_rng(0)
     steps, grid = time_steps(cfg), context_grid(cfg)
     boxes = random_batch(cfg, batch_size=b, seed=1)
-    inputs = (
+    return (
         {m: rng.normal(size=(b, k, steps[m], d)).astype(np.float32) for m in mods},
         {m: rng.normal(size=(b, *grid[m], d)).astype(np.float32) for m in mods},
         boxes["box_mask"],
         {m: np.ones((b,), bool) for m in mods},
         modality_boxes(boxes, mods),
     )
+
+
+@pytest.mark.parametrize("field,value", VARIANTS, ids=[v for _, v in VARIANTS])
+def test_variant_sharded_forward_equals_single_device(tiny_config, field, value):
+    """On the (4, 2) mesh (batch over 'data', heads and MLP over 'model') every variant's fusion
+    stage (where the variants differ; tests/test_sharding.py runs the whole model) computes what
+    it computes on one device."""
+    from jovale_jax import sharding
+    from jovale_jax.models.jovale import build_fusion, run_fusion
+
+    cfg = tiny_config.model
+    inputs = fusion_inputs(cfg, field, value, b=4)
+    mods = tuple(cfg.modalities)
 
     def make():
         module = build_fusion(cfg, mods, rngs=nnx.Rngs(0))
@@ -251,28 +254,14 @@ def test_context_tokens_carry_their_time_step(tiny_config, field, value):
     time order of the queries and the context does not just reverse the output: the context
     tokens carry a time embedding, as the actor queries do (without one the encoders are
     equivariant to it)."""
-    from jovale_jax.models.jovale import (
-        build_fusion,
-        context_grid,
-        modality_boxes,
-        run_fusion,
-        time_steps,
-    )
+    from jovale_jax.models.jovale import build_fusion, run_fusion, time_steps
 
     cfg = tiny_config.model
     cfg.modalities = ("video", "scene")  # T_v = T_s = 2: no resampling between them
-    section, leaf = (cfg.amfn, "encoder") if field == "amfn.encoder" else (cfg, field)
-    section[leaf] = value
-    mods, b, k, d = cfg.modalities, 2, cfg.num_proposals, cfg.embed_dim
-    steps, grid = time_steps(cfg), context_grid(cfg)
-    assert {steps[m] for m in mods} == {2}
-    rng = np.random.default_rng(0)
-    queries = {m: rng.normal(size=(b, k, steps[m], d)).astype(np.float32) for m in mods}
-    context = {m: rng.normal(size=(b, *grid[m], d)).astype(np.float32) for m in mods}
-    mask, present = np.ones((b, k), bool), {m: np.ones((b,), bool) for m in mods}
-    fusion = build_fusion(cfg, mods, rngs=nnx.Rngs(0))
+    queries, context, mask, present, boxes = fusion_inputs(cfg, field, value, b=2)
+    assert {time_steps(cfg)[m] for m in cfg.modalities} == {2}
+    fusion = build_fusion(cfg, cfg.modalities, rngs=nnx.Rngs(0))
     fusion.eval()
-    boxes = modality_boxes(random_batch(cfg, batch_size=b), mods)
 
     def fused(q, c):
         out = run_fusion(fusion, q, c, mask, present, boxes)
