@@ -60,6 +60,9 @@ def get_config(variant: str = ""):
     d.spec_freq_mask = 24  # AST's widths scaled to 64 bins x 101 frames (configs/common.py)
     d.spec_time_mask = 19
     d.shuffle_buffer = 256
+    # The IoU floor of the label assignment: 0.5, not the paper's 0, here (a small gain on this set,
+    # README "Decisions"; the demo's numbers and the built test data are at 0.5).
+    d.match_iou_threshold = 0.5
     d.eval_split = "val"
 
     c.batch_size = 8
@@ -94,9 +97,9 @@ def get_config(variant: str = ""):
         c.data.short_side = c.data.eval_short_side = 24  # 32 x 24 on the 32 x 32 canvas
     if variant.startswith("slowfast"):
         m.video.backbone = "slowfast"
-        # T_v = num_frames / alpha: 8 / 4 (demo) or 4 / 2 (test) = 2 steps on a 4 x 4 or 2 x 2 map
+        # T_v = num_frames / alpha: 8 / 4 (demo) or 4 / 2 (test) = 2 steps on a 3 x 4 or 2 x 2 map
         m.video.slowfast.update(
-            stage_blocks=(1, 1, 1, 1), width=16, beta_inv=4, fusion_kernel=5, alpha=4
+            stage_blocks=(1, 1, 1, 1), width=16, beta_inv=4, fusion_kernel=5, alpha=4, time_steps=2
         )
         if variant == "slowfast_test":
             m.video.slowfast.update(width=8, alpha=2, fusion_kernel=3)

@@ -2,7 +2,7 @@
 
 Default backbone SlowFast-R101 (K700), as Table 2 (84.9 frame mAP in the paper); variant `vitb`
 keeps the VideoMAE v2 ViT-B. Supplementary Table 3: batch 32, 3 epochs, decay at epoch 1, short
-side 224 for training and 256 for testing (`data.short_side` is the test side).
+side 224 for training (`data.short_side`) and 256 for testing (`data.eval_short_side`).
 
     python launch.py build-data --dataset ucf24 --raw_dir /data/ucf24 --data_dir /data/ucf24_tfds
     python launch.py train --config configs/ucf24.py --workdir runs/ucf24 \

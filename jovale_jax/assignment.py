@@ -12,9 +12,10 @@ focal(h) = alpha (1 - h)^gamma (-log h) - (1 - alpha) h^gamma (-log(1 - h)), alp
 and the L1 distance over the (x1, y1, x2, y2) coordinates of normalised boxes. The optimal
 assignment (scipy's `linear_sum_assignment`) matches every ground-truth actor to one proposal when
 K >= G; a matched proposal's target is its actor's multi-hot action vector, every other proposal's
-target is all zero. With `iou_threshold` > 0 (`data.match_iou_threshold`, 0.5 by default: README,
-"Decisions") a pair whose IoU is below it is dropped, so an actor the detector missed is not a
-positive label on a wrong box; 0 is the supplementary's matching.
+target is all zero. With `iou_threshold` > 0 (`data.match_iou_threshold`: 0, the supplementary's
+pure Hungarian matching, in the paper presets; 0.5 in the synthetic one, README "Decisions") a
+pair whose IoU is below it is dropped, so an actor the detector missed is not a positive label on
+a wrong box.
 """
 
 from typing import Any

@@ -140,36 +140,39 @@ def test_table6_flops_ratios_match_the_paper():
 VARIANTS = [("amfn.encoder", e) for e in ENCODERS] + [("fusion_strategy", s) for s in STRATEGIES]
 
 
-@pytest.mark.parametrize("field,value", VARIANTS, ids=[v for _, v in VARIANTS])
-def test_variant_sharded_forward_equals_single_device(tiny_config, field, value):
-    """On the (4, 2) mesh (batch over 'data', heads and MLP over 'model') every variant's fusion
-    stage (where the variants differ; tests/test_sharding.py runs the whole model) computes what
-    it computes on one device."""
-    from jovale_jax import sharding
-    from jovale_jax.models.jovale import (
-        build_fusion,
-        context_grid,
-        modality_boxes,
-        run_fusion,
-        time_steps,
-    )
+def fusion_inputs(cfg, field: str, value: str, b: int):
+    """``cfg`` (a ``config.model``) set to the variant ``field = value`` (video + scene for a
+    fusion strategy), and random inputs of its fusion stage (:func:`run_fusion`'s arguments)."""
+    from jovale_jax.models.jovale import context_grid, modality_boxes, time_steps
 
-    cfg = tiny_config.model
     section, leaf = (cfg.amfn, "encoder") if field == "amfn.encoder" else (cfg, field)
     section[leaf] = value
     if field == "fusion_strategy":
         cfg.modalities = ("video", "scene")
-    mods, b, k, d = tuple(cfg.modalities), 4, cfg.num_proposals, cfg.embed_dim
+    mods, k, d = tuple(cfg.modalities), cfg.num_proposals, cfg.embed_dim
     rng = np.random.default_rng(0)
     steps, grid = time_steps(cfg), context_grid(cfg)
     boxes = random_batch(cfg, batch_size=b, seed=1)
-    inputs = (
+    return (
         {m: rng.normal(size=(b, k, steps[m], d)).astype(np.float32) for m in mods},
         {m: rng.normal(size=(b, *grid[m], d)).astype(np.float32) for m in mods},
         boxes["box_mask"],
         {m: np.ones((b,), bool) for m in mods},
         modality_boxes(boxes, mods),
     )
+
+
+@pytest.mark.parametrize("field,value", VARIANTS, ids=[v for _, v in VARIANTS])
+def test_variant_sharded_forward_equals_single_device(tiny_config, field, value):
+    """On the (4, 2) mesh (batch over 'data', heads and MLP over 'model') every variant's fusion
+    stage (where the variants differ; tests/test_sharding.py runs the whole model) computes what
+    it computes on one device."""
+    from jovale_jax import sharding
+    from jovale_jax.models.jovale import build_fusion, run_fusion
+
+    cfg = tiny_config.model
+    inputs = fusion_inputs(cfg, field, value, b=4)
+    mods = tuple(cfg.modalities)
 
     def make():
         module = build_fusion(cfg, mods, rngs=nnx.Rngs(0))
@@ -239,3 +242,56 @@ def test_readme_shows_the_table6_command():
 
     text = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
     assert f"python {TABLE6_COMMAND}\n" in text
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("amfn.encoder", "joint"), ("amfn.encoder", "divided")]
+    + [("fusion_strategy", "global_relation")],
+)
+def test_context_tokens_carry_their_time_step(tiny_config, field, value):
+    """Where context tokens attend across time (joint, divided, global relation), reversing the
+    time order of the queries and the context does not just reverse the output: the context
+    tokens carry a time embedding, as the actor queries do (without one the encoders are
+    equivariant to it)."""
+    from jovale_jax.models.jovale import build_fusion, run_fusion, time_steps
+
+    cfg = tiny_config.model
+    cfg.modalities = ("video", "scene")  # T_v = T_s = 2: no resampling between them
+    queries, context, mask, present, boxes = fusion_inputs(cfg, field, value, b=2)
+    assert {time_steps(cfg)[m] for m in cfg.modalities} == {2}
+    fusion = build_fusion(cfg, cfg.modalities, rngs=nnx.Rngs(0))
+    fusion.eval()
+
+    def fused(q, c):
+        out = run_fusion(fusion, q, c, mask, present, boxes)
+        return np.asarray(out[0] if isinstance(out, tuple) else out)
+
+    base = fused(queries, context)
+    reversed_ = fused(
+        {m: np.flip(q, 2) for m, q in queries.items()},
+        {m: np.flip(c, 1) for m, c in context.items()},
+    )
+    assert np.abs(reversed_ - np.flip(base, 2)).max() > 1e-4
+
+
+def test_late_fusion_averages_scores_over_present_modalities():
+    """Late score fusion (Table 7): the sigmoid of the returned logits is the mean of the
+    per-modality heads' sigmoids over the modalities present (audio missing in example 1),
+    finite for saturated logits too."""
+    from jovale_jax.models.heads import ActionHead
+    from jovale_jax.models.jovale import head_logits
+
+    d, c, rng = 8, 3, np.random.default_rng(0)
+    heads = nnx.Dict({m: ActionHead(d, c, rngs=nnx.Rngs(i)) for i, m in enumerate(MODS)})
+    a_last = {m: jnp.asarray(rng.normal(size=(2, 4, 2, d)), jnp.float32) for m in MODS}
+    present = {m: jnp.asarray([True, m != "audio"]) for m in MODS}
+    got = head_logits(heads, "late", None, a_last, present)
+    scores = {m: 1 / (1 + np.exp(-np.asarray(heads[m](a_last[m]), np.float64))) for m in MODS}
+    want = [np.mean([scores[m][i] for m in MODS if present[m][i]], 0) for i in range(2)]
+    np.testing.assert_allclose(jax.nn.sigmoid(got), np.stack(want), rtol=1e-5)
+    for m in MODS:  # saturated heads: one at +40, the others at -40 -> mean score 1/3 or 1/2
+        heads[m].classifier.bias[...] = jnp.full((c,), 40.0 if m == "video" else -40.0)
+    got = np.asarray(jax.nn.sigmoid(head_logits(heads, "late", None, a_last, present)))
+    np.testing.assert_allclose(got[0], 1 / 3, rtol=1e-4)
+    np.testing.assert_allclose(got[1], 1 / 2, rtol=1e-4)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
-from configs import synthetic
+from configs import ava_sf_r50, ava_sf_r101, ava_vitb16, jhmdb21, synthetic, ucf24
 from jovale_jax import assignment, box_ops
 
 
@@ -166,3 +166,15 @@ def test_assignment_kwargs_read_the_config():
         "cost_giou": 2.0,
         "iou_threshold": 0.25,
     }
+
+
+@pytest.mark.parametrize("preset", [ava_vitb16, ava_sf_r50, ava_sf_r101, ucf24, jhmdb21])
+def test_paper_presets_use_pure_hungarian_matching(preset):
+    """The paper presets assign as supplementary eqs. 2-4: a missed actor (IoU 0.2 with its only
+    proposal) still becomes that proposal's positive label."""
+    gt_boxes = np.array([[0.0, 0.0, 0.5, 0.5]])
+    labels = np.array([[1, 0, 1]], np.int8)
+    proposals = np.array([[0.0, 0.0, 0.5, 0.1], [0.7, 0.7, 0.9, 0.9]])
+    kwargs = assignment.assignment_kwargs(preset.get_config())
+    got = assignment.assign_targets(proposals, np.array([0.9, 0.1]), gt_boxes, labels, **kwargs)
+    np.testing.assert_array_equal(got, [[1, 0, 1], [0, 0, 0]])

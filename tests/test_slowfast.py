@@ -289,6 +289,24 @@ def test_pyslowfast_and_acar_layouts(torch_slowfast):
         assert len(got.used_keys) == len(sd) - len(got.unused_keys)
 
 
+def test_acar_training_checkpoint(tmp_path):
+    """ACAR-Net's own training checkpoints (weights under ``state_dict``, the backbone's keys
+    ``module.backbone.module.*``, the head's ``module.head.*``) convert to the backbone's
+    parameters."""
+    _, _, state = build_torch_slowfast(101)
+    backbone = renamed(state, ACAR_NAMES, VARIANTS[101][1])
+    cfg = common.base_config().model
+    cfg.video = video_config(101)
+    weights = {f"module.backbone.module.{k}": torch.from_numpy(v) for k, v in backbone.items()}
+    weights["module.head.fc2.weight"] = torch.zeros(60, 512)
+    path = tmp_path / "ckpt_5.pth.tar"
+    torch.save({"epoch": 5, "state_dict": weights, "optimizer": {}}, path)
+    got = convert_source("acar", path, cfg)
+    assert [k for k in got.unused_keys if "num_batches" not in k] == ["module.head.fc2.weight"]
+    want = convert_slowfast(backbone, cfg.video, "acar").params
+    jax.tree.map(np.testing.assert_array_equal, got.params, want)
+
+
 def test_checkpoint_files_and_depth_mismatch(torch_slowfast, tmp_path):
     depth, _, state = torch_slowfast
     other = 101 if depth == 50 else 50
@@ -325,9 +343,118 @@ def test_checkpoint_files_and_depth_mismatch(torch_slowfast, tmp_path):
         assert "missing key 'blocks.2.multipathway_fusion.norm.running_var'" in text
 
 
+def _pyth(path, state, **recorded):
+    """A PySlowFast-style .pyth of ``state`` (pyslowfast names) recording a yacs ``cfg``."""
+    from yacs.config import CfgNode
+
+    sections = {"SLOWFAST": {}, "DATA": {}}
+    for key, value in recorded.items():
+        section, name = key.split("__")
+        sections[section][name] = value
+    torch.save(
+        {
+            "model_state": {k: torch.from_numpy(v) for k, v in state.items()},
+            "epoch": 196,
+            "cfg": CfgNode(sections).dump(),  # as PySlowFast's save_checkpoint writes it
+        },
+        path,
+    )
+    return path
+
+
+def test_pyth_recorded_cfg_must_match_the_config(tmp_path):
+    """A .pyth whose recorded ALPHA / BETA_INV / FUSION_KERNEL_SZ / NUM_FRAMES differ from the
+    config is refused in one line naming both values, and nothing is written."""
+    from jovale_jax.convert import convert_main
+
+    _, _, state = build_torch_slowfast(50)
+    sd = renamed(state, PYSLOWFAST_NAMES, True)
+    config = common.base_config()
+    config.model.video = video_config(50)  # alpha 8, kernel 7, 32 frames: what `sd` is built at
+    trained = {"SLOWFAST__BETA_INV": 8, "SLOWFAST__FUSION_KERNEL_SZ": 7, "DATA__NUM_FRAMES": 32}
+    good = _pyth(tmp_path / "good.pyth", sd, SLOWFAST__ALPHA=ALPHA, **trained)
+    assert convert_source("pyslowfast", good, config.model).component == "video_encoder"
+    bad = _pyth(tmp_path / "bad.pyth", sd, SLOWFAST__ALPHA=4, **trained)
+    out = tmp_path / "out"
+    with pytest.raises(ConversionError) as err:
+        convert_main([("pyslowfast", str(bad))], out, config)
+    assert str(err.value) == (
+        "pyslowfast: the checkpoint was trained otherwise: its cfg SLOWFAST.ALPHA is 4, "
+        "config field model.video.slowfast.alpha is 8"
+    )
+    assert not out.exists()
+    config.model.video.update(num_frames=16)
+    config.model.video.slowfast.fusion_kernel = 5
+    with pytest.raises(ConversionError, match="FUSION_KERNEL_SZ is 7, .*fusion_kernel is 5; "):
+        convert_source("pyslowfast", good, config.model)
+    with pytest.raises(ConversionError, match=r"NUM_FRAMES is 32, .*model.video.num_frames is 16"):
+        convert_source("pyslowfast", good, config.model)
+
+
+# The checkpoint each SlowFast preset names, and how that checkpoint was trained (read in the
+# reference code, 2026-12-03): PySlowFast configs/Kinetics/SLOWFAST_8x8_R50.yaml (ALPHA 4,
+# FUSION_KERNEL_SZ 7) and ACAR-Net configs/AVA/SLOWFAST_R50_ACAR_HR2O.yaml (alpha 4,
+# fuse_kernel_size 7, fuse_only_conv False, slow_full_span True); ACAR-Net
+# configs/AVA/SLOWFAST_R101_ACAR_HR2O_DEPTH1.yaml (alpha 4; the defaults fuse_kernel_size 5,
+# fuse_only_conv True, slow_full_span False). Slow frames: PySlowFast's pack_pathway_output and
+# ACAR's slow_full_span take torch.linspace(0, T - 1, T // alpha).long(), ACAR's default
+# input[:, :, ::alpha].
+TRAINED_AS = {
+    "R50 K400 (PySlowFast / ACAR-Net)": {"alpha": 4, "kernel": 7, "bn": True, "slow": "linspace"},
+    "R101 K700 (ACAR-Net)": {"alpha": 4, "kernel": 5, "bn": False, "slow": "stride"},
+}
+PRESETS = [
+    (ava_sf_r50, "R50 K400 (PySlowFast / ACAR-Net)"),
+    (ava_sf_r101, "R101 K700 (ACAR-Net)"),
+    (ucf24, "R101 K700 (ACAR-Net)"),
+    (jhmdb21, "R101 K700 (ACAR-Net)"),
+]
+
+
+@pytest.mark.parametrize("preset,checkpoint", PRESETS, ids=[p.__name__ for p, _ in PRESETS])
+def test_presets_use_their_checkpoints_temporal_geometry(preset, checkpoint):
+    from jovale_jax.models.slowfast import slowfast_grid
+
+    want = TRAINED_AS[checkpoint]
+    video = preset.get_config().model.video
+    sf = video.slowfast
+    assert (sf.alpha, sf.fusion_kernel, sf.fusion_bn_relu) == (
+        want["alpha"],
+        want["kernel"],
+        want["bn"],
+    )
+    assert sf.slow_sampling == want["slow"]
+    t = torch.arange(video.num_frames)
+    ref = (
+        torch.linspace(0, video.num_frames - 1, video.num_frames // sf.alpha).long()
+        if want["slow"] == "linspace"
+        else t[:: sf.alpha]
+    )
+    got = slow_indices(video.num_frames, sf.alpha, sf.slow_sampling)
+    np.testing.assert_array_equal(got, ref.numpy())
+    assert len(got) == 8 and slowfast_grid(video)[0] == 4  # 8 Slow frames averaged to T_v = 4
+
+
+def test_slow_map_averaged_to_t_v():
+    """The encoder's map is the Slow map and the Fast map, each averaged in time to T_v = 4
+    (here 8 and 16 steps), concatenated."""
+    cfg = video_config(50, frames=16, size=16, alpha=2)  # Slow 8 steps, Fast 16, 1 x 1 maps
+    cfg.slowfast.update(stage_blocks=(1, 1, 1, 1), width=8)
+    model = SlowFast(cfg, rngs=nnx.Rngs(0))
+    video = jnp.asarray(np.random.default_rng(0).normal(size=(1, 16, 16, 16, 3)), jnp.float32)
+    graphdef, state = nnx.split(model)
+    both = jax.jit(lambda s, v: (nnx.merge(graphdef, s).pathways(v), nnx.merge(graphdef, s)(v)))
+    (slow, fast), out = both(state, video)
+    assert slow.shape[1] == 8 and fast.shape[1] == 16
+    pooled = [x.reshape(1, 4, x.shape[1] // 4, *x.shape[2:]).mean(2) for x in (slow, fast)]
+    np.testing.assert_allclose(out, np.concatenate(pooled, -1), rtol=1e-5, atol=1e-6)
+
+
 def test_bad_inputs_name_the_config_field():
     with pytest.raises(ValueError, match=r"model.video.num_frames: 30 frames .*slowfast.alpha = 8"):
         SlowFast(video_config(50, frames=30), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"slowfast.time_steps: 4 must be between 1 and .* 2 "):
+        SlowFast(video_config(50, frames=16), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"model.video.image_size: \(8, 8\) .* stride 16"):
         nnx.eval_shape(lambda: SlowFast(video_config(50, size=8), rngs=nnx.Rngs(0)))
     cfg = video_config(50)
@@ -356,7 +483,7 @@ def test_full_size_through_eval_shape(preset, depth):
         return m.encode(b), m(b)
 
     (context, _, fmap), out = jax.eval_shape(run, state, abstract_batch(cfg, 2))
-    assert fmap.shape == (2, 4, 16, 29, 2048 + 256)  # T_v = 32 / 8, 256 x 464 canvas / 16
+    assert fmap.shape == (2, 4, 16, 29, 2048 + 256)  # T_v = 32 / 4 / 2, 256 x 464 canvas / 16
     assert context["video"].shape == (2, 4, 16 * 29, 256)
     assert out.shape == (2, 15, 60)
 
@@ -384,6 +511,31 @@ VIDEO_SUBSETS = [("video",), ("video", "audio"), ("video", "scene"), ("video", "
 @pytest.fixture(scope="module")
 def slowfast_test_config():
     return synthetic.get_config("slowfast_test")
+
+
+def test_context_grid_is_the_res5_grid():
+    """`synthetic:slowfast` (48 x 64 canvas, ViT patch 8): the video context is SlowFast's 3 x 4
+    res5 grid, not the 6 x 8 patch grid; the RoI rows run on it and the fusion stage's MAC count
+    from the config equals the traced model's."""
+    from jovale_jax.flops import abstract_batch, component_costs, fusion_gmacs
+    from jovale_jax.models.jovale import context_grid
+
+    cfg = synthetic.get_config("slowfast").model
+    cfg.modalities = ("video", "scene")
+    grid = context_grid(cfg)
+    assert grid["video"] == (2, 3 * 4)
+    for strategy in ("roi_feature_fusion", "roi_relation"):
+        cfg.fusion_strategy = strategy
+        graphdef, state = nnx.split(nnx.eval_shape(lambda: JoVALE(cfg, rngs=nnx.Rngs(0))))
+
+        def run(s, b, graphdef=graphdef):
+            m = nnx.merge(graphdef, s)
+            return m.encode(b)[0], m(b)
+
+        context, logits = jax.eval_shape(run, state, abstract_batch(cfg, 2))
+        assert {m: c.shape[1:3] for m, c in context.items()} == {m: grid[m] for m in context}
+        assert logits.shape == (2, cfg.num_proposals, cfg.num_classes)
+    assert fusion_gmacs(cfg) == pytest.approx(component_costs(cfg)["amfn"]["gmacs"], rel=1e-9)
 
 
 @pytest.mark.parametrize("modalities", VIDEO_SUBSETS, ids=["+".join(s) for s in VIDEO_SUBSETS])
@@ -522,8 +674,8 @@ def test_readme_slowfast_module_example_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(pathlib.Path(__file__).parent.parent))
     exec(compile(code, "README.md", "exec"), {})  # noqa: S102 (the README's own example)
     assert capsys.readouterr().out.strip().splitlines()[-2:] == [
-        "(1, 2, 4, 4, 2048) (1, 16, 4, 4, 256)",
-        "(1, 2, 4, 4, 2304)",
+        "(1, 4, 4, 4, 2048) (1, 16, 4, 4, 256)",  # alpha 4: 4 of 16 frames
+        "(1, 4, 4, 4, 2304)",
     ]
 
 

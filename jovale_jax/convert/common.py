@@ -160,15 +160,19 @@ def stack_layers(flat: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------- bookkeeping
 
 
+def strip_prefixes(key: str, prefixes: Sequence[str]) -> str:
+    """``key`` without its leading ``prefixes``, stripped as long as one matches, so that nested
+    wrappers go too (ACAR-Net's training checkpoints: ``module.backbone.module.``)."""
+    while prefix := next((p for p in prefixes if key.startswith(p)), None):
+        key = key[len(prefix) :]
+    return key
+
+
 def _normalise(state_dict: Mapping[str, np.ndarray], spec: KeySpec) -> tuple[dict, dict, list[str]]:
     """Apply ``strip`` and ``renames``: (arrays by new key, original key by new key, errors)."""
     arrays, original, errors = {}, {}, []
     for key, value in state_dict.items():
-        new = key
-        for prefix in spec.strip:
-            if new.startswith(prefix):
-                new = new[len(prefix) :]
-                break
+        new = strip_prefixes(key, spec.strip)
         for pattern, repl in spec.renames:
             new = re.sub(pattern, repl, new)
         if new in arrays:

@@ -76,7 +76,7 @@ SOURCES: dict[str, Source] = {
     "hf_clip": Source("scene", convert_hf_clip),
     "hf_ast": Source("audio", convert_hf_ast),
     **{
-        kind: Source("video", lambda sd, cfg, _, kind=kind: convert_slowfast(sd, cfg, kind))
+        kind: Source("video", lambda sd, cfg, rec, kind=kind: convert_slowfast(sd, cfg, kind, rec))
         for kind in ("pyslowfast", "acar", "pytorchvideo")
     },
 }
@@ -101,7 +101,8 @@ def check_scene_source(scene_cfg, kind: str, where: str) -> None:
 # ----------------------------------------------------------------------------- reading
 
 
-def _read_torch(path: Path) -> dict[str, np.ndarray]:
+def _read_torch(path: Path) -> tuple[dict[str, np.ndarray], dict | None]:
+    """(state dict, the settings the file records or None: a PySlowFast ``.pyth``'s ``cfg``)."""
     try:
         import torch
     except ImportError as e:
@@ -113,6 +114,7 @@ def _read_torch(path: Path) -> dict[str, np.ndarray]:
 
     with torch.serialization.safe_globals([argparse.Namespace]):
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    recorded = _recorded_cfg(obj, path)
     # training checkpoints nest the weights (PySlowFast's .pyth under "model_state")
     for key in ("model", "module", "state_dict", "model_state"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
@@ -124,7 +126,20 @@ def _read_torch(path: Path) -> dict[str, np.ndarray]:
             f"{path}: entries {bad[:5]} are not tensors; expected a state dict "
             "(optionally under 'model', 'module', 'state_dict' or 'model_state')"
         )
-    return {k: v.detach().to(torch.float32).numpy() for k, v in obj.items()}
+    return {k: v.detach().to(torch.float32).numpy() for k, v in obj.items()}, recorded
+
+
+def _recorded_cfg(obj: Any, path: Path) -> dict | None:
+    """A training checkpoint's own config, ``cfg``: PySlowFast saves ``cfg.dump()`` (YAML)."""
+    if not isinstance(obj, Mapping) or not isinstance(obj.get("cfg"), str):
+        return None
+    import yaml
+
+    try:
+        recorded = yaml.safe_load(obj["cfg"])
+    except yaml.YAMLError as e:
+        raise ConversionError(f"{path}: its 'cfg' entry is not YAML ({e})") from e
+    return recorded if isinstance(recorded, dict) else None
 
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
@@ -134,7 +149,8 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
 
 
 def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict | None]:
-    """(state dict as numpy arrays, transformers ``config.json`` or None) of a source path."""
+    """(state dict as numpy arrays, the source's own config or None) of a source path: a
+    transformers ``config.json``, or the ``cfg`` a PySlowFast ``.pyth`` records."""
     path = Path(path)
     if path.is_dir():
         config_file = path / "config.json"
@@ -143,19 +159,17 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
         if index.exists():
             shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
             return {k: v for s in shards for k, v in _read_safetensors(path / s).items()}, config
-        for name, reader in (
-            ("model.safetensors", _read_safetensors),
-            ("pytorch_model.bin", _read_torch),
-        ):
-            if (path / name).exists():
-                return reader(path / name), config
+        if (path / "model.safetensors").exists():
+            return _read_safetensors(path / "model.safetensors"), config
+        if (path / "pytorch_model.bin").exists():
+            return _read_torch(path / "pytorch_model.bin")[0], config
         raise FileNotFoundError(f"{path}: no model.safetensors(.index.json) or pytorch_model.bin")
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
     if path.suffix == ".safetensors":
         return _read_safetensors(path), None
     if path.suffix in (".pth", ".pt", ".bin", ".pyth", ".tar"):  # .pyth: PySlowFast; .pth.tar
-        return _read_torch(path), None
+        return _read_torch(path)
     raise ValueError(
         f"{path}: expected a .pth/.pt/.bin/.pyth/.pth.tar or .safetensors file or a "
         "transformers model directory"

@@ -9,12 +9,16 @@ checkpoint converts only when it holds exactly the module's tensors.
   K400 ``SLOWFAST_8x8_R50.pyth``: ``s1.pathway{0,1}_stem.{conv,bn}``,
   ``s{1..4}_fuse.{conv_f2s,bn}``,
   ``s{2..5}.pathway{0,1}_res{j}.branch2.{a,b,c}{,_bn}`` and ``branch1{,_bn}``; ``head.*`` unused.
-  Non-local blocks (``pathway0_nonlocal*``, some R101 AVA models) are not supported.
+  Non-local blocks (``pathway0_nonlocal*``, some R101 AVA models) are not supported. The
+  settings the file records (``cfg``: SLOWFAST.ALPHA, BETA_INV, FUSION_KERNEL_SZ, DATA.NUM_FRAMES)
+  must equal the config's (:func:`check_recorded`).
 - ``acar``: ACAR-Net's backbone checkpoints (``SLOWFAST_R50_K400.pth.tar``,
   ``SLOWFAST_R101_K700.pth.tar``): ``{slow,fast}_conv1 / _bn1``, ``Tconv{1..4}`` (conv only, or
   ``.0`` conv + ``.1`` BatchNorm), ``{slow,fast}_res{1..4}.{j}.conv{1,2,3} / bn{1,2,3}``,
   ``downsample.0`` + ``downsample_bn``. ACAR-Net's R50 uses fusion kernel 7 with BatchNorm + ReLU,
-  its R101 kernel 5 without (``model.video.slowfast.fusion_kernel / fusion_bn_relu``).
+  its R101 kernel 5 without (``model.video.slowfast.fusion_kernel / fusion_bn_relu``). Its own
+  training checkpoints (weights under ``state_dict``, keys ``module.backbone.module.*``, the
+  ``module.head.*`` unused) convert too.
 - ``pytorchvideo``: ``pytorchvideo.models.hub.slowfast_r50`` / ``slowfast_r101`` state dicts:
   ``blocks.0.multipathway_blocks.{p}.{conv,norm}``, ``blocks.{i}.multipathway_fusion.
   {conv_fast_to_slow,norm}``, ``blocks.{i}.multipathway_blocks.{p}.res_blocks.{j}.branch2.
@@ -38,6 +42,7 @@ from jovale_jax.convert.common import (
     Rule,
     component_shapes,
     convert_state_dict,
+    strip_prefixes,
 )
 from jovale_jax.models.slowfast import STAGE_DEPTHS, SlowFast, is_slowfast, stage_depths
 
@@ -93,7 +98,11 @@ def _pytorchvideo(unit: tuple, cfg) -> tuple[str, str]:
 LAYOUTS: dict[str, tuple[Layout, tuple[str, ...], tuple[str, ...]]] = {
     # kind: (layout, prefixes stripped, unused key patterns)
     "pyslowfast": (_pyslowfast, ("module.",), (r"head\.", r".*num_batches_tracked$")),
-    "acar": (_acar, ("module.", "backbone.module.", "backbone."), (r".*num_batches_tracked$",)),
+    "acar": (
+        _acar,
+        ("module.", "backbone.module.", "backbone."),
+        (r"neck\.", r"head\.", r".*num_batches_tracked$"),  # neck, head: a training checkpoint's
+    ),
     "pytorchvideo": (_pytorchvideo, ("module.",), (r"blocks\.6\.", r".*num_batches_tracked$")),
 }
 
@@ -123,9 +132,7 @@ def _rule(key: str, shape: tuple[int, ...], dst: str, is_kernel: bool) -> Rule:
 def _check_depth(state_dict: Mapping[str, np.ndarray], kind: str, cfg) -> None:
     """A checkpoint of the other depth: name the config field and both values."""
     layout = LAYOUTS[kind][0]
-    keys = set(state_dict)
-    strip = LAYOUTS[kind][1]
-    keys = {next((k[len(p) :] for p in strip if k.startswith(p)), k) for k in keys}
+    keys = {strip_prefixes(k, LAYOUTS[kind][1]) for k in state_dict}
     res4 = 0
     while f"{layout(('block', 0, 2, res4, 'conv_a'), cfg)[0]}.weight" in keys:
         res4 += 1
@@ -138,9 +145,39 @@ def _check_depth(state_dict: Mapping[str, np.ndarray], kind: str, cfg) -> None:
         )
 
 
-def convert_slowfast(state_dict: Mapping[str, np.ndarray], cfg, kind: str) -> Converted:
+# What a PySlowFast ``.pyth`` records in its ``cfg`` (section, name) -> the ``model.video`` field.
+RECORDED_FIELDS = {
+    ("SLOWFAST", "ALPHA"): ("slowfast", "alpha"),
+    ("SLOWFAST", "BETA_INV"): ("slowfast", "beta_inv"),
+    ("SLOWFAST", "FUSION_KERNEL_SZ"): ("slowfast", "fusion_kernel"),
+    ("DATA", "NUM_FRAMES"): ("num_frames",),
+}
+
+
+def check_recorded(recorded: Mapping | None, cfg, kind: str) -> None:
+    """Refuse a checkpoint whose recorded settings (``recorded``: a ``.pyth``'s parsed ``cfg``)
+    differ from ``cfg`` (``config.model.video``), naming both values of each difference."""
+    diffs = []
+    for (section, name), field in RECORDED_FIELDS.items():
+        value = (recorded or {}).get(section, {}).get(name)
+        ours = cfg
+        for part in field:
+            ours = ours[part]
+        if value is not None and value != ours:
+            diffs.append(
+                f"its cfg {section}.{name} is {value}, config field "
+                f"model.video.{'.'.join(field)} is {ours}"
+            )
+    if diffs:
+        raise ConversionError(f"{kind}: the checkpoint was trained otherwise: {'; '.join(diffs)}")
+
+
+def convert_slowfast(
+    state_dict: Mapping[str, np.ndarray], cfg, kind: str, recorded: Mapping | None = None
+) -> Converted:
     """A SlowFast state dict of layout ``kind`` (``pyslowfast``, ``acar``, ``pytorchvideo``) ->
-    ``SlowFast(cfg)`` parameters and BatchNorm statistics; ``cfg`` is ``config.model.video``."""
+    ``SlowFast(cfg)`` parameters and BatchNorm statistics; ``cfg`` is ``config.model.video``;
+    ``recorded`` the settings the checkpoint file records (:func:`check_recorded`)."""
     if kind not in LAYOUTS:
         raise ValueError(f"unknown SlowFast layout {kind!r}; expected one of {sorted(LAYOUTS)}")
     if not is_slowfast(cfg):
@@ -148,6 +185,7 @@ def convert_slowfast(state_dict: Mapping[str, np.ndarray], cfg, kind: str) -> Co
             f"{kind}: config field model.video.backbone is "
             f"{cfg.get('backbone', 'vit')!r}, expected 'slowfast'"
         )
+    check_recorded(recorded, cfg, kind)
     _check_depth(state_dict, kind, cfg)
     layout, strip, unused = LAYOUTS[kind]
     rules = []

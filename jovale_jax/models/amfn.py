@@ -20,7 +20,8 @@ K actors:
   the gate's output at a zero logit (its outputs average 0.5 at initialisation; tested), so that
   the row measures the gating and not a scale: with w_m = 1 each layer would add the whole residual
   to the whole fused embedding, doubling the queries' scale per layer (2^L). ``'late'`` keeps the
-  modalities apart until the heads (the rows of the paper's Table 7).
+  modalities apart until the heads, whose scores are averaged (late score fusion; the rows of the
+  paper's Table 7).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from jovale_jax.models.layers import (
 )
 from jovale_jax.models.mfe_variants import (
     LAYER_CLASSES,
+    TIME_MIXING,
     check_encoder,
     encoder_block,
     frame_tokens,
@@ -79,6 +81,23 @@ def resample_time(x: jax.Array, t_out: int, axis: int) -> jax.Array:
         return x
     mat = jnp.asarray(resample_matrix(t_in, t_out), x.dtype)
     return jnp.moveaxis(jnp.tensordot(mat, jnp.moveaxis(x, axis, 0), axes=1), 0, axis)
+
+
+def step_tables(rngs: nnx.Rngs, steps: Mapping[str, int], dim: int) -> nnx.Dict:
+    """One learned (T_m, D) table per modality, N(0, 0.02): a vector per time step."""
+    init = nnx.initializers.normal(0.02)
+    return nnx.Dict({m: param(rngs, init, (t, dim), (None, EMBED)) for m, t in steps.items()})
+
+
+def add_time_embedding(
+    context: Mapping[str, jax.Array], tables: Mapping[str, nnx.Param]
+) -> dict[str, jax.Array]:
+    """Context tokens {m: (B, T_m, N_m, D)} plus their time step's vector of ``tables[m]`` (the
+    temporal position an encoder that attends across time needs; TimeSformer's time embedding)."""
+    return {
+        m: ctx + tables[m][...].astype(ctx.dtype)[None, :, None] if m in tables else ctx
+        for m, ctx in context.items()
+    }
 
 
 def masked_mean(x: jax.Array, mask: jax.Array, axis: int) -> jax.Array:
@@ -235,7 +254,10 @@ class AMFN(nnx.Module):
     :mod:`jovale_jax.models.mfe_variants`): ``factorized`` splits the stack into the spatial
     ``layers`` and the ``temporal_layers`` after them (each its own scan); ``cross_frame`` appends
     its learned message token per time step (``messages[m]``, (T_m, D), N(0, 0.02)) to every
-    modality's context for the whole stack.
+    modality's context for the whole stack; ``joint`` and ``divided``, whose context tokens
+    attend across time, first add a learned time embedding to them (``context_time_embed[m]``,
+    (T_m, D), N(0, 0.02), as TimeSformer does before divided attention): the actor queries carry
+    theirs already, and without one a context token's time step would be invisible.
     """
 
     def __init__(
@@ -275,19 +297,13 @@ class AMFN(nnx.Module):
         (kind, depth), *rest = layer_kinds(cfg)
         self.layers = stack(kind, depth)
         self.temporal_layers = stack(*rest[0]) if rest else None
-        if self.encoder == "cross_frame" and time_steps is None:
-            raise ValueError("AMFN: the cross_frame encoder needs time_steps {modality: T_m}")
-        self.messages = (
-            nnx.Dict(
-                {
-                    m: param(
-                        rngs, nnx.initializers.normal(0.02), (time_steps[m], dim), (None, EMBED)
-                    )
-                    for m in modalities
-                }
-            )
-            if self.encoder == "cross_frame"
-            else None
+        needs_steps = self.encoder == "cross_frame" or self.encoder in TIME_MIXING
+        if needs_steps and time_steps is None:
+            raise ValueError(f"AMFN: the {self.encoder} encoder needs time_steps {{modality: T_m}}")
+        steps = {m: time_steps[m] for m in modalities} if needs_steps else {}
+        self.messages = step_tables(rngs, steps, dim) if self.encoder == "cross_frame" else None
+        self.context_time_embed = (
+            step_tables(rngs, steps, dim) if self.encoder in TIME_MIXING else None
         )
 
     def __call__(
@@ -301,6 +317,8 @@ class AMFN(nnx.Module):
         b, k, _, d = some.shape
         a_fuse = jnp.zeros((b, k, self.t_common, d), some.dtype)  # replaced by every layer
         context = dict(context)
+        if self.context_time_embed is not None:
+            context = add_time_embedding(context, self.context_time_embed)
         if self.messages is not None:
             for m, ctx in context.items():
                 msg = self.messages[m][...].astype(ctx.dtype)[None, :, None]

@@ -21,10 +21,10 @@ Paper (Table 5, video + scene, audio excluded "for a fair comparison") and the e
   [r_video || r_scene].
 * ``global_relation`` -- paper: "a transformer encoder is utilized to capture holistic
   dependencies across multi-modal embeddings". Here: one sequence of all actor tokens (a_m, K x T_m
-  per modality, the AMFN's initial queries) and all context tokens (f_m, T_m x N_m) of every
-  modality, plus a learned per-modality embedding, through ``model.amfn.num_layers`` MFE-sized
-  encoder layers; each modality's actor outputs are aligned to T_c = T_v as in the MFA and averaged
-  over the modalities present.
+  per modality, the AMFN's initial queries) and all context tokens (f_m, T_m x N_m, each plus a
+  learned embedding of its time step) of every modality, plus a learned per-modality embedding,
+  through ``model.amfn.num_layers`` MFE-sized encoder layers; each modality's actor outputs are
+  aligned to T_c = T_v as in the MFA and averaged over the modalities present.
 
 The two RoI strategies need at least two of the modalities with a spatial map (video, scene): audio
 has no boxes to pool from.
@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jovale_jax.models.amfn import resample_time
+from jovale_jax.models.amfn import add_time_embedding, resample_time, step_tables
 from jovale_jax.models.layers import Dense, check_remat_policy, param, scan_layers, stack_layers
 from jovale_jax.models.mfe_variants import encoder_block
 from jovale_jax.models.roi_align import roi_align
@@ -173,12 +173,15 @@ class GlobalRelation(nnx.Module):
         cfg,
         *,
         rngs: nnx.Rngs,
+        time_steps: Mapping[str, int],
         dtype=jnp.float32,
         remat_policy: str = "none",
         attention_impl: str = "xla",
     ):
         self.modalities = tuple(modalities)
         self.t_common = t_common
+        # the context tokens' time step (the actor tokens carry the queries' time embedding)
+        self.context_time_embed = step_tables(rngs, {m: time_steps[m] for m in modalities}, dim)
         self.modality_embed = param(
             rngs, nnx.initializers.normal(0.02), (len(modalities), dim), (None, EMBED)
         )
@@ -196,6 +199,7 @@ class GlobalRelation(nnx.Module):
         del boxes
         b, k = actor_mask.shape
         dtype = queries[self.modalities[0]].dtype
+        context = add_time_embedding(context, self.context_time_embed)
         tokens, masks, sizes = [], [], []
         for i, m in enumerate(self.modalities):
             q, c = queries[m], context[m].astype(dtype)

@@ -58,11 +58,16 @@ def modalities_of(cfg) -> tuple[str, ...]:
     return tuple(m for m in MODALITIES if m in mods)
 
 
+def video_map_grid(video_cfg) -> tuple[int, int, int]:
+    """(T_v, h, w) of the video encoder's feature map: the ViT's token grid, or SlowFast's res5
+    grid (the input / 16, whatever ``model.video.patch`` says)."""
+    return (slowfast_grid if is_slowfast(video_cfg) else video_grid)(video_cfg)
+
+
 def time_steps(cfg) -> dict[str, int]:
     """T_m of every modality's embeddings for a ``config.model``."""
-    grid = slowfast_grid if is_slowfast(cfg.video) else video_grid
     return {
-        "video": grid(cfg.video)[0],
+        "video": video_map_grid(cfg.video)[0],
         "audio": audio_grid(cfg.audio)[0],
         "scene": cfg.scene.num_frames,
     }
@@ -70,7 +75,7 @@ def time_steps(cfg) -> dict[str, int]:
 
 def context_grid(cfg) -> dict[str, tuple[int, int]]:
     """(T_m, N_m) of every modality's context embeddings f_m for a ``config.model``."""
-    _, h, w = video_grid(cfg.video)
+    _, h, w = video_map_grid(cfg.video)
     return {
         "video": (time_steps(cfg)["video"], h * w),
         "audio": audio_grid(cfg.audio),
@@ -166,10 +171,17 @@ def build_fusion(
         )
     if strategy == "global_relation":
         return GlobalRelation(
-            dim, modalities, steps["video"], cfg, rngs=rngs, dtype=dtype, **layer_kwargs
+            dim,
+            modalities,
+            steps["video"],
+            cfg,
+            rngs=rngs,
+            time_steps=steps,
+            dtype=dtype,
+            **layer_kwargs,
         )
     grids = {
-        "video": video_grid(cfg.video)[1:],
+        "video": video_map_grid(cfg.video)[1:],
         "scene": (cfg.scene.image_size // cfg.scene.patch,) * 2,
     }
     make = RoIFeatureFusion if strategy == "roi_feature_fusion" else RoIRelation
@@ -398,10 +410,17 @@ def head_logits(
     a_last: Mapping[str, jax.Array],
     present: Mapping[str, jax.Array],
 ) -> jax.Array:
-    """The action heads on the AMFN's outputs: the fused head, or with late fusion the mean of
-    the per-modality heads over the modalities present in each example."""
+    """The action heads on the AMFN's outputs: the fused head, or with late score fusion the mean
+    of the per-modality heads' scores (sigmoids) over the modalities present in each example,
+    returned as its logit (so the loss and evaluation apply their sigmoid as to any logits):
+    logit(mean_m s_m) = LSE_m log s_m - LSE_m log(1 - s_m), stable at any logit."""
     if fusion != "late":
         return heads["fused"](a_fuse)
-    weights = {m: present[m].astype(jnp.float32)[:, None, None] for m in a_last}
-    total = jnp.maximum(sum(weights.values()), 1.0)
-    return sum(weights[m] * heads[m](a_last[m]) for m in a_last) / total
+    logits = jnp.stack([heads[m](a_last[m]) for m in a_last])  # (M, B, K, C)
+    here = jnp.stack([present[m] for m in a_last])[:, :, None, None]
+
+    def masked_lse(x):  # over the modalities present; a large finite fill keeps gradients finite
+        return jax.nn.logsumexp(jnp.where(here, x, -1e30), axis=0)
+
+    fused = masked_lse(jax.nn.log_sigmoid(logits)) - masked_lse(jax.nn.log_sigmoid(-logits))
+    return jnp.where(here.any(0), fused, 0.0)

@@ -220,9 +220,10 @@ class DropPath(nnx.Module):
 class TransformerBlock(nnx.Module):
     """A transformer encoder layer: self-attention and MLP, each with a residual and a LayerNorm.
 
-    ``norm_first=True`` is the pre-norm ViT block (VideoMAE, BLIP); ``False`` is the post-norm
-    encoder layer of the original Transformer, used by the MFE ("a SA, two normalisation layers
-    and an FFN"). ``drop_path`` adds stochastic depth on both residual branches (pre-norm only),
+    ``norm_first=True`` is the pre-norm ViT block (VideoMAE, BLIP), also the MFE's default
+    (``model.amfn.norm_first``; the paper's "a SA, two normalisation layers and an FFN" does not
+    place the norms, README "Decisions"); ``False`` is the post-norm encoder layer of the original
+    Transformer. ``drop_path`` adds stochastic depth on both residual branches (pre-norm only),
     at the rate given to the call.
     """
 

@@ -33,6 +33,8 @@ from flax import nnx
 from jovale_jax.models.layers import Attention, LayerNorm, TransformerBlock
 
 ENCODERS = ("mfe", "joint", "factorized", "divided", "cross_frame")
+# Encoders whose context tokens attend across time: the AMFN gives those tokens a time embedding.
+TIME_MIXING = ("joint", "divided")
 
 
 def check_encoder(cfg) -> str:

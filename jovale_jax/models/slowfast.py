@@ -15,8 +15,9 @@ fine-tuning with 2-4 clips per device does; its affine parameters train unless
 ``model.video.slowfast.freeze_bn_affine``. Layout: (B, T, H, W, C); kernels (t, h, w, in, out).
 
 :class:`SlowFast` maps (B, T, H, W, 3) normalised RGB to JoVALE's visual feature map
-(B, T_v, H/16, W/16, C_slow + C_fast): the Fast map is average-pooled in time to the Slow pathway's
-T_v = T / alpha steps and concatenated with it on channels (2048 + 256 for R50/R101).
+(B, T_v, H/16, W/16, C_slow + C_fast): the Slow map (T / alpha steps) and the Fast map (T steps) are
+both average-pooled in time to ``model.video.slowfast.time_steps`` = T_v (the paper's 4: 32 / 4 = 8
+Slow steps averaged in pairs) and concatenated on channels (2048 + 256 for R50/R101).
 :meth:`SlowFast.pathways` returns the two maps separately.
 """
 
@@ -82,13 +83,20 @@ def total_stride(cfg) -> int:
 
 
 def slowfast_grid(cfg) -> tuple[int, int, int]:
-    """The output grid (T_v, h, w) of the encoder for a ``model.video`` config, validated."""
+    """The output grid (T_v, h, w) of the encoder for a ``model.video`` config, validated: T_v is
+    ``slowfast.time_steps``, h and w the res5 grid (the input / 16)."""
     sf = _sf(cfg)
     stage_depths(cfg)
     if sf.alpha < 1 or cfg.num_frames % sf.alpha:
         raise ValueError(
             f"config field model.video.num_frames: {cfg.num_frames} frames must be "
             f"a multiple of model.video.slowfast.alpha = {sf.alpha}"
+        )
+    slow_steps = cfg.num_frames // sf.alpha
+    if not 1 <= sf.time_steps <= slow_steps:
+        raise ValueError(
+            f"config field model.video.slowfast.time_steps: {sf.time_steps} must be between 1 "
+            f"and the Slow pathway's {slow_steps} frames (model.video.num_frames / alpha)"
         )
     if sf.slow_sampling not in SLOW_SAMPLINGS:
         raise ValueError(
@@ -102,7 +110,7 @@ def slowfast_grid(cfg) -> tuple[int, int, int]:
             f"config field model.video.image_size: {(h, w)} must be a multiple of the "
             f"SlowFast stride {stride} (at least {stride} x {stride})"
         )
-    return cfg.num_frames // sf.alpha, h // stride, w // stride
+    return sf.time_steps, h // stride, w // stride
 
 
 def slowfast_widths(cfg) -> tuple[int, int]:
@@ -272,7 +280,7 @@ class Fusion(nnx.Module):
 
 
 class SlowFast(nnx.Module):
-    """SlowFast encoder: (B, T, H, W, 3) -> (B, T / alpha, H / 16, W / 16, C_slow + C_fast)."""
+    """SlowFast encoder: (B, T, H, W, 3) -> (B, T_v, H / 16, W / 16, C_slow + C_fast)."""
 
     def __init__(self, cfg, *, rngs: nnx.Rngs, dtype: str = "float32", remat_policy: str = "none"):
         self.cfg = cfg
@@ -359,5 +367,7 @@ class SlowFast(nnx.Module):
 
     def __call__(self, video: jax.Array) -> jax.Array:
         slow, fast = self.pathways(video)
-        fast = resample_time(fast, slow.shape[1], axis=1).astype(slow.dtype)
+        steps = _sf(self.cfg).time_steps
+        slow = resample_time(slow, steps, axis=1)
+        fast = resample_time(fast, steps, axis=1).astype(slow.dtype)
         return jnp.concatenate([slow, fast], axis=-1)
