@@ -23,6 +23,8 @@ import os
 import sys
 import threading
 
+import numpy as np
+
 CONFIG_KEY = "jovale/config/{}"  # the coordinator's key-value store: one config per process
 _BARRIERS = itertools.count()  # every process passes the same barriers in the same order
 
@@ -193,6 +195,18 @@ def sync(name: str, timeout_s: float = 1800.0) -> None:
     client = _coordinator_client()
     if client is not None:
         client.wait_at_barrier(f"jovale/{name}/{next(_BARRIERS)}", int(timeout_s * 1000))
+
+
+def all_agree(ok: bool) -> bool:
+    """True when ``ok`` holds on every process (one process: ``ok``): a decision all processes
+    take together, such as which checkpoint step to resume from."""
+    import jax
+
+    if jax.process_count() == 1:
+        return ok
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.process_allgather(np.asarray(ok)).all())
 
 
 def compile_synced(jitted, *args):

@@ -5,7 +5,8 @@
 Sections, in the order things happen: distributed set-up and mesh; input pipeline; model and
 sharded state (``state.create``); the jitted train step (explicit in/out shardings, the state
 donated, no host synchronisation inside); checkpoint restore; the loop (progress line, JSON-lines
-metrics, TensorBoard, periodic checkpoints and evaluation, SIGTERM and non-finite loss handling).
+metrics, TensorBoard, periodic checkpoints and evaluation, SIGTERM/SIGINT and non-finite loss
+handling).
 Dropout keys are derived from (seed, step), so a resumed run is bit-identical.
 """
 
@@ -30,7 +31,7 @@ from jovale_jax.state import (
     create,
     global_batch,
     model_inputs,
-    restore,
+    restore_newest,
 )
 
 
@@ -89,15 +90,23 @@ def make_train_step(s: ModelState) -> Callable:
 
 
 class _Stop:
-    """Set by SIGTERM: the loop saves a checkpoint and returns."""
+    """Set by SIGTERM (a scheduler's preemption) or SIGINT (Ctrl-C): the loop saves a checkpoint
+    at the end of the current step and returns. A second Ctrl-C interrupts at once."""
 
-    requested = False
+    signal: str | None = None
 
     @classmethod
     def install(cls):
-        cls.requested = False
+        cls.signal = None
+
+        def handler(number, frame):
+            if cls.signal is not None and number == signal.SIGINT:
+                raise KeyboardInterrupt
+            cls.signal = signal.Signals(number).name
+
         try:
-            signal.signal(signal.SIGTERM, lambda *_: setattr(cls, "requested", True))
+            for number in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(number, handler)
         except ValueError:  # not the main thread: the caller handles signals
             pass
 
@@ -150,34 +159,29 @@ def train(
     ModelState}."""
     from jovale_jax.input_pipeline import create_train_iterator
 
-    _Stop.install()  # from here on, SIGTERM means: save at the next step and return
+    _Stop.install()  # from here on, SIGTERM or SIGINT: save at the next step and return
 
     # --- mesh (several processes: launch.py has run jax.distributed.initialize) ---
     mesh = sharding.make_mesh(config.mesh_shape, devices)
     check_divisibility(config, mesh)
 
-    # --- checkpoint manager and the input pipeline's position ---
+    # --- checkpoint manager, input pipeline, model and state; resume from the newest step that
+    # restores (newer broken steps are named and set aside) ---
     ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
-    latest = ckpt.latest_step()
-    meta = ckpt.read_meta(latest) if latest is not None else None
-    data = create_train_iterator(
-        config,
-        seed=config.seed,
-        data_dir=data_dir,
-        state=carry_input_state(meta, config) if meta else None,
-    )
+    data = create_train_iterator(config, seed=config.seed, data_dir=data_dir)
     steps_per_epoch = data.batches_per_epoch
     total = num_train_steps(config, steps_per_epoch)
-
-    # --- model, state, optimizer, step ---
     s = create(
         config,
         mesh=mesh,
         steps_per_epoch=steps_per_epoch,
-        init_from=None if latest is not None else init_from,
+        init_from=None if ckpt.latest_step() is not None else init_from,
     )
+    s, latest, meta = restore_newest(s, ckpt, distributed.all_agree)
     if latest is not None:
-        s = restore(s, ckpt, latest)
+        data = create_train_iterator(
+            config, seed=config.seed, data_dir=data_dir, state=carry_input_state(meta, config)
+        )
         saved = meta.get("topology", {})
         print(
             f"resumed from {ckpt.directory}/{latest}"
@@ -234,7 +238,7 @@ def train(
                 step, {"loss": float(last["loss"]), "grad_norm": float(last["grad_norm"]), **lrs}
             )
             pending.clear()
-        if step % config.checkpoint_every_steps == 0 or step == total or _Stop.requested:
+        if step % config.checkpoint_every_steps == 0 or step == total or _Stop.signal:
             if not flush_pending():
                 break
             pending.clear()
@@ -245,8 +249,8 @@ def train(
             and (step % config.eval_every_steps == 0 or step == total)
         ):
             writer.write(step, evaluate_fn(s.replace(state=state), step))
-        if _Stop.requested:
-            status = "stopped by SIGTERM"
+        if _Stop.signal:
+            status = f"stopped by {_Stop.signal}"
             break
     ckpt.close()
     writer.close()
