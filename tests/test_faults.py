@@ -191,7 +191,9 @@ def test_full_disk_keeps_earlier_steps_and_resumes_exactly(three_steps, tiny_dat
         check=False,
     )
     assert run.returncode == 1, run.stderr[-2000:]
-    line = run.stderr.strip().splitlines()[-1]
+    errors = [x for x in run.stderr.splitlines() if x.startswith("error:")]
+    assert len(errors) == 1, run.stderr[-3000:]
+    line = errors[0]
     assert line.startswith(
         f"error: could not save checkpoint step 3 in {ckdir}: file too large (it needs about "
     ), line
