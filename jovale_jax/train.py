@@ -13,6 +13,7 @@ Dropout keys are derived from (seed, step), so a resumed run is bit-identical.
 from __future__ import annotations
 
 import math
+import os
 import signal
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -21,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from jovale_jax import distributed, optim, run_log, sharding
 from jovale_jax.checkpoint import Checkpointer
@@ -90,25 +92,38 @@ def make_train_step(s: ModelState) -> Callable:
 
 
 class _Stop:
-    """Set by SIGTERM (a scheduler's preemption) or SIGINT (Ctrl-C): the loop saves a checkpoint
-    at the end of the current step and returns. A second Ctrl-C interrupts at once."""
+    """SIGTERM (a scheduler's preemption) or SIGINT (Ctrl-C): the loop saves a checkpoint at the
+    end of a step and returns; a second Ctrl-C interrupts at once. On several processes JAX's
+    preemption service takes SIGTERM (Ctrl-C is passed on to it as SIGTERM) and makes every
+    process stop at the same step (``multihost_utils.reached_preemption_sync_point``)."""
 
     signal: str | None = None
 
     @classmethod
     def install(cls):
         cls.signal = None
+        several = jax.process_count() > 1
 
         def handler(number, frame):
             if cls.signal is not None and number == signal.SIGINT:
                 raise KeyboardInterrupt
             cls.signal = signal.Signals(number).name
+            if several:
+                os.kill(os.getpid(), signal.SIGTERM)
 
         try:
-            for number in (signal.SIGTERM, signal.SIGINT):
+            for number in (signal.SIGINT,) if several else (signal.SIGTERM, signal.SIGINT):
                 signal.signal(number, handler)
         except ValueError:  # not the main thread: the caller handles signals
             pass
+
+    @classmethod
+    def at(cls, step: int) -> str | None:
+        """The signal to stop for after ``step`` (call once per step, on every process)."""
+        if jax.process_count() > 1:
+            synced = multihost_utils.reached_preemption_sync_point(step)
+            return (cls.signal or "SIGTERM") if synced else None
+        return cls.signal
 
 
 def topology(mesh) -> dict[str, Any]:
@@ -228,6 +243,7 @@ def train(
             )
         state, metrics = train_step(state, frozen, batch)
         step += 1
+        stop = _Stop.at(step)
         pending.append((step, metrics))
         if step % config.log_every_steps == 0 or step == total:
             if not flush_pending():
@@ -238,7 +254,7 @@ def train(
                 step, {"loss": float(last["loss"]), "grad_norm": float(last["grad_norm"]), **lrs}
             )
             pending.clear()
-        if step % config.checkpoint_every_steps == 0 or step == total or _Stop.signal:
+        if step % config.checkpoint_every_steps == 0 or step == total or stop:
             if not flush_pending():
                 break
             pending.clear()
@@ -249,8 +265,8 @@ def train(
             and (step % config.eval_every_steps == 0 or step == total)
         ):
             writer.write(step, evaluate_fn(s.replace(state=state), step))
-        if _Stop.signal:
-            status = f"stopped by {_Stop.signal}"
+        if stop:
+            status = f"stopped by {stop}"
             break
     ckpt.close()
     writer.close()
