@@ -215,7 +215,10 @@ def watch_peers(topology: Topology, heartbeat_s: float) -> None:
     on the console with the command to resume, the details go to the log file, and the process
     exits with status 1, before JAX's coordination service would abort it (after
     ``heartbeat_s``, with a fatal log and a stack dump). Processes that exit normally say so
-    first and are not reported."""
+    first and are not reported. A collective that fails meanwhile (the usual first sign) waits
+    for this verdict instead of printing its traceback."""
+    import jax
+
     client = _coordinator_client()
     me, count = topology.process_id, topology.num_processes
     limit, interval = heartbeat_s / 2, max(0.2, heartbeat_s / 20)
@@ -248,7 +251,19 @@ def watch_peers(topology: Topology, heartbeat_s: float) -> None:
         with contextlib.suppress(Exception):
             client.key_value_set(ALIVE_KEY.format(me), DONE, allow_overwrite=True)
 
+    previous_hook = sys.excepthook
+
+    def hook(kind, error, tb):
+        """A failed collective (gloo: "Connection closed by peer") usually means a peer died:
+        its traceback goes to the log file, and the watcher gets the time to name the peer and
+        exit; any other error is printed as usual."""
+        if issubclass(kind, jax.errors.JaxRuntimeError):
+            logging.getLogger(__name__).info("a collective failed", exc_info=(kind, error, tb))
+            time.sleep(limit + 12 * interval)
+        previous_hook(kind, error, tb)
+
     atexit.register(done)  # runs before JAX's own shutdown (registered earlier)
+    sys.excepthook = hook
     threading.Thread(target=run, daemon=True, name="jovale-peer-watch").start()
 
 
@@ -270,7 +285,7 @@ def _peer_stopped(peer: int, count: int, seconds: float, heartbeat_s: float, err
         f"checkpoints written so far are intact: start all {count} processes again with the "
         f"same command to resume from the newest one: {command}"
     )
-    logging.getLogger(__name__).error("%s\ndetails: %r", line, error)
+    logging.getLogger(__name__).info("%s (coordinator error: %r)", line, error)
     for handler in logging.getLogger().handlers:
         with contextlib.suppress(Exception):
             handler.flush()
