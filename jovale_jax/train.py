@@ -182,8 +182,8 @@ def train(
 
     # --- checkpoint manager, input pipeline, model and state; resume from the newest step that
     # restores (newer broken steps are named and set aside) ---
+    data = create_train_iterator(config, seed=config.seed, data_dir=data_dir)  # checks shards
     ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
-    data = create_train_iterator(config, seed=config.seed, data_dir=data_dir)
     steps_per_epoch = data.batches_per_epoch
     total = num_train_steps(config, steps_per_epoch)
     s = create(

@@ -3,6 +3,7 @@ full disk while saving, Ctrl-C, a typo in --checkpoint. Each test asserts the ex
 exception), the one-line message, and that what existed before the fault still restores."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -212,3 +213,34 @@ def test_full_disk_keeps_earlier_steps_and_resumes_exactly(three_steps, tiny_dat
     got = params_of(ckdir / "3")
     for k in got:
         np.testing.assert_array_equal(got[k], params[3][k], err_msg=k)
+
+
+def test_bad_shard_is_named_before_training(tiny_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data, ignore=shutil.ignore_patterns("raw"))
+    run = launch("check-data", "--data_dir", str(data))
+    assert run.returncode == 0, run.stderr[-2000:]
+    want = "2 shards, 56 records read, counts and checksums as built; videos skipped at build: 0"
+    assert want in run.stdout, run.stdout
+    (shard,) = data.glob("jovale_synthetic/*/1.0.0/*-train.tfrecord-*")
+    original = shard.read_bytes()
+    # a flipped byte: the size is right, check-data names the shard and the record
+    flipped = bytearray(original)
+    flipped[len(flipped) // 2] ^= 0xFF
+    shard.write_bytes(bytes(flipped))
+    run = launch("check-data", "--data_dir", str(data))
+    assert run.returncode == 1, run.stderr[-2000:]
+    line = run.stderr.strip().splitlines()[-1]
+    assert re.match(rf"error: {shard}: record \d+ does not read \(.*\); rebuild the dataset", line)
+    # truncated: train stops before building anything, naming the shard and both sizes
+    shard.write_bytes(original[: len(original) // 2])
+    workdir = tmp_path / "w"
+    run = launch("train", *train_flags(workdir, str(data), 1))
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert run.stderr.strip().splitlines()[-1] == (
+        f"error: {shard}: {len(original) // 2} bytes, but the build wrote {len(original)} bytes "
+        f"(truncated or replaced); run launch.py check-data, or rebuild the dataset"
+    )
+    assert not (workdir / "checkpoints").exists()
+    shard.write_bytes(original)  # the data as built reads again
+    assert launch("check-data", "--data_dir", str(data)).returncode == 0
