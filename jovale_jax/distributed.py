@@ -10,7 +10,9 @@ a cluster the run is single-process and nothing is initialised. Several processe
 collectives. The start-up never hangs: a process that cannot reach all the others through the
 coordinator within ``timeout_s`` exits with a one-line error (JAX itself would abort with a stack
 trace after its own timeout), and processes started with different configs all fail naming the
-first field that differs.
+first field that differs. Once running, a process that stops answering is named by the others in
+one line (:func:`watch_peers`, ``config.distributed.heartbeat_timeout_s``). JAX's private modules
+are read in one function, :func:`_jax_internals` (no public API for them in jax 0.10).
 """
 
 from __future__ import annotations
@@ -26,8 +28,6 @@ import shlex
 import sys
 import threading
 import time
-
-import numpy as np
 
 CONFIG_KEY = "jovale/config/{}"  # the coordinator's key-value store: one config per process
 ALIVE_KEY = "jovale/alive/{}"  # each process's heartbeat counter (watch_peers), DONE at exit
@@ -302,16 +302,20 @@ def sync(name: str, timeout_s: float = 1800.0) -> None:
         client.wait_at_barrier(f"jovale/{name}/{next(_BARRIERS)}", int(timeout_s * 1000))
 
 
-def all_agree(ok: bool) -> bool:
+def all_agree(ok: bool, timeout_s: float = 1800.0) -> bool:
     """True when ``ok`` holds on every process (one process: ``ok``): a decision all processes
-    take together, such as which checkpoint step to resume from."""
+    take together, such as which checkpoint step to resume from. Through the coordinator's
+    key-value store, not a collective (no gloo timeout while a peer is still restoring)."""
+    client = _coordinator_client()
+    if client is None:
+        return ok
     import jax
 
-    if jax.process_count() == 1:
-        return ok
-    from jax.experimental import multihost_utils
-
-    return bool(multihost_utils.process_allgather(np.asarray(ok)).all())
+    name, ms = f"jovale/agree/{next(_BARRIERS)}", int(timeout_s * 1000)
+    client.key_value_set(f"{name}/{jax.process_index()}", "1" if ok else "0")
+    client.wait_at_barrier(name, ms)
+    votes = [client.blocking_key_value_get(f"{name}/{i}", ms) for i in range(jax.process_count())]
+    return all(v == "1" for v in votes)
 
 
 def compile_synced(jitted, *args):
