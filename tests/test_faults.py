@@ -16,6 +16,8 @@ from conftest import xla_flags
 from configs import synthetic
 from jovale_jax import checkpoint
 from jovale_jax.checkpoint import BrokenCheckpointError, Checkpointer
+from jovale_jax.datasets import check_dataset
+from jovale_jax.datasets.verify import BadShardError
 from jovale_jax.state import load_trained
 
 ONE_DEVICE = dict(os.environ, XLA_FLAGS=xla_flags())
@@ -228,10 +230,9 @@ def test_bad_shard_is_named_before_training(tiny_data, tmp_path):
     flipped = bytearray(original)
     flipped[len(flipped) // 2] ^= 0xFF
     shard.write_bytes(bytes(flipped))
-    run = launch("check-data", "--data_dir", str(data))
-    assert run.returncode == 1, run.stderr[-2000:]
-    line = run.stderr.strip().splitlines()[-1]
-    assert re.match(rf"error: {shard}: record \d+ does not read \(.*\); rebuild the dataset", line)
+    named = rf"^{re.escape(str(shard))}: record \d+ does not read \(.*\); rebuild the dataset"
+    with pytest.raises(BadShardError, match=named):
+        check_dataset(tiny(1), str(data))
     # truncated: train stops before building anything, naming the shard and both sizes
     shard.write_bytes(original[: len(original) // 2])
     workdir = tmp_path / "w"
@@ -243,4 +244,4 @@ def test_bad_shard_is_named_before_training(tiny_data, tmp_path):
     )
     assert not (workdir / "checkpoints").exists()
     shard.write_bytes(original)  # the data as built reads again
-    assert launch("check-data", "--data_dir", str(data)).returncode == 0
+    assert check_dataset(tiny(1), str(data))["records"] == 56
