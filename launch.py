@@ -145,6 +145,7 @@ COMMAND_FLAGS = {  # the flags each command reads (its --help lists them; others
         "gpu_clips_per_s",
     ),
     "build-data": ("dataset", "config", "raw_dir", "data_dir", "strict"),
+    "check-data": ("config", "data_dir"),
     "ablate": ("config", "table", "workdir", "data_dir", "init_from"),
     "demo": ("config", "workdir", "data_dir", "ablation_dir"),
     "attention": (
@@ -285,6 +286,19 @@ def cmd_build_data(argv):
         name, config=config, raw_dir=FLAGS.raw_dir, data_dir=data_dir, strict=FLAGS.strict
     )
     print(json.dumps(summary, default=str))
+
+
+def cmd_check_data(argv):
+    """Read every record of the config's built dataset; compare counts and checksums with the
+    build's metadata (jovale_jax/datasets/verify.py)."""
+    from jovale_jax.datasets import check_dataset
+
+    report = check_dataset(_config(), FLAGS.data_dir)
+    print(
+        f"{report['data_path']}: {report['shards']} shards, {report['records']} records read, "
+        f"counts and checksums as built; videos skipped at build: {report['videos_skipped']}"
+    )
+    print(json.dumps(report))
 
 
 def build_data_config():
@@ -486,6 +500,7 @@ HANDLERS = {
     "eval": cmd_eval,
     "convert": cmd_convert,
     "build-data": cmd_build_data,
+    "check-data": cmd_check_data,
     "bench": cmd_bench,
     "detect": cmd_detect,
     "ablate": cmd_ablate,

@@ -282,6 +282,13 @@ def base_config() -> ml_collections.ConfigDict:
     b.eval_frames = 300  # bench peers evaluator: keyframes of the AVA-val-like files
     b.activitynet_dir = ""  # bench peers evaluator: ActivityNet's Evaluation folder (checkout)
 
+    # ---------------- several processes (launch.py --num_processes, a cluster) ----------------
+    d = c.distributed = ml_collections.ConfigDict()
+    # A process that sends no heartbeat for this long is taken as dead: the others stop with one
+    # line naming it after about half of it (jovale_jax/distributed.py). JAX's default; long
+    # enough for a busy host (heartbeats come from their own thread), short for a lost node.
+    d.heartbeat_timeout_s = 100
+
     # ---------------- sharding ----------------
     c.mesh_shape = (-1, 1)  # ('data', 'model'); -1 fills the rest
     c.fsdp = False

@@ -316,7 +316,7 @@ def evaluate_checkpoint(
     before = load_results(compare_to) if compare_to else None  # checked before evaluating
     workdir, step = resolve_checkpoint(checkpoint)
     out_dir = out_dir or os.path.join(workdir, f"eval_{split}_{step}")
-    s = load_trained(config, checkpoint, devices=devices)
+    s = load_trained(config, os.path.join(workdir, "checkpoints", str(step)), devices=devices)
     preds = predict_split(s, config, split, data_dir=data_dir)
     result = score(config, preds, split, data_dir=data_dir)
     result["predictions"] = preds

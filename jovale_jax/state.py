@@ -25,8 +25,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jovale_jax import optim, sharding
-from jovale_jax.checkpoint import Checkpointer, abstract_like
+from jovale_jax import checkpoint, optim, sharding
+from jovale_jax.checkpoint import abstract_like
 from jovale_jax.models.jovale import JoVALE, expected_inputs
 
 
@@ -56,7 +56,7 @@ class ModelState:
     rng_template: Any
     state_shardings: Any
     frozen_shardings: Any
-    tx: optax.GradientTransformation
+    tx: optax.GradientTransformation | None  # None: loaded for inference (load_trained)
     steps_per_epoch: int
     predict: Callable  # jitted (params, frozen, global batch) -> sigmoid scores (B, K, C)
 
@@ -115,6 +115,28 @@ def create(
     config, *, mesh: jax.sharding.Mesh, steps_per_epoch: int, init_from: str | None = None
 ) -> ModelState:
     """Build the model, the sharded train state, the optimizer and the jitted ``predict``."""
+    s = _model_state(config, mesh, init_from)
+    params = s.state["params"]
+    tx = optim.make_optimizer(config, steps_per_epoch, params)
+    replicated = sharding.replicated(mesh)
+    opt_sh = optimizer_state_shardings(
+        jax.eval_shape(tx.init, params), params, s.state_shardings["params"], replicated
+    )
+    opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
+    # Every leaf is placed exactly as the step's out_shardings say, so the second call does not
+    # recompile (a cache miss costs a full compile).
+    state = {
+        "params": params,
+        "opt_state": opt_state,
+        "step": jax.jit(lambda: jnp.zeros((), jnp.int32), out_shardings=replicated)(),
+    }
+    state_sh = {"params": s.state_shardings["params"], "opt_state": opt_sh, "step": replicated}
+    return s.replace(state=state, state_shardings=state_sh, tx=tx, steps_per_epoch=steps_per_epoch)
+
+
+def _model_state(config, mesh, init_from: str | None = None) -> ModelState:
+    """The sharded model's parameters and ``predict``, without an optimizer (``tx`` None,
+    ``state`` holds ``params`` only)."""
     model = make_sharded_model(config, mesh, init_from)
     model.train()
     graphdef, params, rngs, frozen = nnx.split(
@@ -127,36 +149,20 @@ def create(
     def shardings_of(tree):
         return jax.tree.map(lambda x: x.sharding, tree)
 
-    tx = optim.make_optimizer(config, steps_per_epoch, params)
-    params_sh = shardings_of(params)
-    replicated = sharding.replicated(mesh)
-    opt_sh = optimizer_state_shardings(
-        jax.eval_shape(tx.init, params), params, params_sh, replicated
-    )
-    opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
-    # Every leaf is placed exactly as the step's out_shardings say, so the second call does not
-    # recompile (a cache miss costs a full compile).
-    state = {
-        "params": params,
-        "opt_state": opt_state,
-        "step": jax.jit(lambda: jnp.zeros((), jnp.int32), out_shardings=replicated)(),
-    }
-    state_sh = {"params": params_sh, "opt_state": opt_sh, "step": replicated}
-    frozen_sh = shardings_of(frozen)
-    predict = _make_predict(config, mesh, eval_graphdef, rngs, params_sh, frozen_sh)
+    params_sh, frozen_sh = shardings_of(params), shardings_of(frozen)
     return ModelState(
         config=config,
         mesh=mesh,
         graphdef=graphdef,
         eval_graphdef=eval_graphdef,
-        state=state,
+        state={"params": params},
         frozen=frozen,
         rng_template=rngs,
-        state_shardings=state_sh,
+        state_shardings={"params": params_sh},
         frozen_shardings=frozen_sh,
-        tx=tx,
-        steps_per_epoch=steps_per_epoch,
-        predict=predict,
+        tx=None,
+        steps_per_epoch=1,
+        predict=_make_predict(config, mesh, eval_graphdef, rngs, params_sh, frozen_sh),
     )
 
 
@@ -219,27 +225,38 @@ def check_divisibility(config, mesh) -> None:
         )
 
 
-def restore(s: ModelState, ckpt: Checkpointer, step: int) -> ModelState:
-    """``s`` with the train state and frozen parameters of checkpoint ``step``. A checkpoint that
-    does not fit names the ``config.model`` fields it was written with that differ."""
+def restore_newest(
+    s: ModelState, ckpt: checkpoint.Checkpointer, agree=lambda ok: ok
+) -> tuple[ModelState, int | None, dict[str, Any] | None]:
+    """``s`` with the train state and frozen parameters of the newest checkpoint that restores
+    (``Checkpointer.restore_newest``: broken newer steps are set aside), its step and meta;
+    ``s`` itself, None, None when there is no checkpoint."""
+    target = abstract_like(
+        {"state": s.state, "frozen": s.frozen},
+        {"state": s.state_shardings, "frozen": s.frozen_shardings},
+    )
     try:
-        restored, _ = ckpt.restore(
-            step,
-            abstract_like(
-                {"state": s.state, "frozen": s.frozen},
-                {"state": s.state_shardings, "frozen": s.frozen_shardings},
-            ),
-        )
-    except ValueError as e:
-        saved = json.loads(ckpt.read_meta(step).get("config", "{}")).get("model", {})
-        now = json.loads(s.config.to_json_best_effort())["model"]
-        fields = _differences(saved, now, "model")
-        if not fields:
-            raise
-        named = ", ".join(f"{f} {a} (this config: {b})" for f, (a, b) in fields.items())
-        overrides = " ".join(f"--config.{f}={a}" for f, (a, _) in fields.items())
-        raise ValueError(f"written with {named}: read it with {overrides}; {e}") from None
-    return s.replace(state=restored["state"], frozen=restored["frozen"])
+        found = ckpt.restore_newest(target, agree)
+    except checkpoint.MismatchError as e:
+        raise named_fields(e, ckpt.directory, ckpt.latest_step(), s.config) from None
+    if found is None:
+        return s, None, None
+    step, restored, meta = found
+    return s.replace(state=restored["state"], frozen=restored["frozen"]), step, meta
+
+
+def named_fields(error: Exception, directory: str, step: int, config) -> Exception:
+    """A checkpoint that does not fit ``config``: the error naming the ``config.model`` fields
+    it was written with that differ, and the overrides that read it (``error`` when none
+    differ)."""
+    saved = json.loads(checkpoint.read_step_meta(directory, step).get("config", "{}"))
+    now = json.loads(config.to_json_best_effort())["model"]
+    fields = _differences(saved.get("model", {}), now, "model")
+    if not fields:
+        return error
+    named = ", ".join(f"{f} {a} (this config: {b})" for f, (a, b) in fields.items())
+    overrides = " ".join(f"--config.{f}={a}" for f, (a, _) in fields.items())
+    return ValueError(f"written with {named}: read it with {overrides}; {error}")
 
 
 def _differences(saved: dict, now: dict, prefix: str) -> dict[str, tuple]:
@@ -255,30 +272,24 @@ def _differences(saved: dict, now: dict, prefix: str) -> dict[str, tuple]:
 
 
 def resolve_checkpoint(path: str) -> tuple[str, int]:
-    """``W`` (newest step) or ``W/checkpoints/STEP`` -> (workdir, step)."""
-    path = os.path.abspath(path)
-    parent, last = os.path.split(path)
-    if last.isdigit() and os.path.basename(parent) == "checkpoints":
-        return os.path.dirname(parent), int(last)
-    step = None
-    if os.path.isdir(os.path.join(path, "checkpoints")):  # a manager would create the folder
-        step = Checkpointer(path).latest_step()
-    if step is None:
-        raise FileNotFoundError(
-            f"no checkpoint in {path}/checkpoints (train first: "
-            f"python launch.py train --config ... --workdir {path})"
-        )
-    return path, step
+    """``W`` (newest step) or ``W/checkpoints/STEP`` -> (workdir, step); reads folder names
+    only (``checkpoint.resolve``)."""
+    directory, step = checkpoint.resolve(path)
+    return os.path.dirname(directory), step
 
 
 def load_trained(
-    config, checkpoint: str, *, devices: Sequence[jax.Device] | None = None
+    config, checkpoint_path: str, *, devices: Sequence[jax.Device] | None = None
 ) -> ModelState:
-    """A ModelState holding a trained checkpoint's parameters, for evaluation and inference."""
-    workdir, step = resolve_checkpoint(checkpoint)
-    s = create(config, mesh=sharding.make_mesh(config.mesh_shape, devices), steps_per_epoch=1)
-    ckpt = Checkpointer(workdir)
+    """A ModelState holding a trained checkpoint's parameters, for evaluation and inference.
+    Parameters only: no optimizer is built and the optimizer state is not read; nothing is
+    written. ``state["step"]`` is the step restored."""
+    directory, step = checkpoint.resolve(checkpoint_path)
+    s = _model_state(config, sharding.make_mesh(config.mesh_shape, devices))
+    target = {"state": {"params": s.state["params"]}, "frozen": s.frozen}
+    shardings = {"state": s.state_shardings, "frozen": s.frozen_shardings}
     try:
-        return restore(s, ckpt, step)
-    finally:
-        ckpt.close()
+        got = checkpoint.read_items(directory, step, abstract_like(target, shardings))
+    except checkpoint.MismatchError as e:
+        raise named_fields(e, directory, step, config) from None
+    return s.replace(state={"params": got["state"]["params"], "step": step}, frozen=got["frozen"])

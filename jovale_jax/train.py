@@ -5,7 +5,8 @@
 Sections, in the order things happen: distributed set-up and mesh; input pipeline; model and
 sharded state (``state.create``); the jitted train step (explicit in/out shardings, the state
 donated, no host synchronisation inside); checkpoint restore; the loop (progress line, JSON-lines
-metrics, TensorBoard, periodic checkpoints and evaluation, SIGTERM and non-finite loss handling).
+metrics, TensorBoard, periodic checkpoints and evaluation, SIGTERM/SIGINT and non-finite loss
+handling).
 Dropout keys are derived from (seed, step), so a resumed run is bit-identical.
 
 The loop never waits for the host when the input keeps up: ``config.device_prefetch`` batches are
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import math
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -28,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from jovale_jax import distributed, optim, run_log, sharding
 from jovale_jax.checkpoint import Checkpointer
@@ -38,7 +41,7 @@ from jovale_jax.state import (
     create,
     global_batch,
     model_inputs,
-    restore,
+    restore_newest,
 )
 
 
@@ -147,17 +150,38 @@ class _Window:
 
 
 class _Stop:
-    """Set by SIGTERM: the loop saves a checkpoint and returns."""
+    """SIGTERM (a scheduler's preemption) or SIGINT (Ctrl-C): the loop saves a checkpoint at the
+    end of a step and returns; a second Ctrl-C interrupts at once. On several processes JAX's
+    preemption service takes SIGTERM (Ctrl-C is passed on to it as SIGTERM) and makes every
+    process stop at the same step (``multihost_utils.reached_preemption_sync_point``)."""
 
-    requested = False
+    signal: str | None = None
 
     @classmethod
     def install(cls):
-        cls.requested = False
+        cls.signal = None
+        several = jax.process_count() > 1
+
+        def handler(number, frame):
+            if cls.signal is not None and number == signal.SIGINT:
+                raise KeyboardInterrupt
+            cls.signal = signal.Signals(number).name
+            if several:
+                os.kill(os.getpid(), signal.SIGTERM)
+
         try:
-            signal.signal(signal.SIGTERM, lambda *_: setattr(cls, "requested", True))
+            for number in (signal.SIGINT,) if several else (signal.SIGTERM, signal.SIGINT):
+                signal.signal(number, handler)
         except ValueError:  # not the main thread: the caller handles signals
             pass
+
+    @classmethod
+    def at(cls, step: int) -> str | None:
+        """The signal to stop for after ``step`` (call once per step, on every process)."""
+        if jax.process_count() > 1:
+            synced = multihost_utils.reached_preemption_sync_point(step)
+            return (cls.signal or "SIGTERM") if synced else None
+        return cls.signal
 
 
 def topology(mesh) -> dict[str, Any]:
@@ -208,34 +232,29 @@ def train(
     ModelState}."""
     from jovale_jax.input_pipeline import create_train_iterator
 
-    _Stop.install()  # from here on, SIGTERM means: save at the next step and return
+    _Stop.install()  # from here on, SIGTERM or SIGINT: save at the next step and return
 
     # --- mesh (several processes: launch.py has run jax.distributed.initialize) ---
     mesh = sharding.make_mesh(config.mesh_shape, devices)
     check_divisibility(config, mesh)
 
-    # --- checkpoint manager and the input pipeline's position ---
+    # --- checkpoint manager, input pipeline, model and state; resume from the newest step that
+    # restores (newer broken steps are named and set aside) ---
+    data = create_train_iterator(config, seed=config.seed, data_dir=data_dir)  # checks shards
     ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
-    latest = ckpt.latest_step()
-    meta = ckpt.read_meta(latest) if latest is not None else None
-    data = create_train_iterator(
-        config,
-        seed=config.seed,
-        data_dir=data_dir,
-        state=carry_input_state(meta, config) if meta else None,
-    )
     steps_per_epoch = data.batches_per_epoch
     total = num_train_steps(config, steps_per_epoch)
-
-    # --- model, state, optimizer, step ---
     s = create(
         config,
         mesh=mesh,
         steps_per_epoch=steps_per_epoch,
-        init_from=None if latest is not None else init_from,
+        init_from=None if ckpt.latest_step() is not None else init_from,
     )
+    s, latest, meta = restore_newest(s, ckpt, distributed.all_agree)
     if latest is not None:
-        s = restore(s, ckpt, latest)
+        data = create_train_iterator(
+            config, seed=config.seed, data_dir=data_dir, state=carry_input_state(meta, config)
+        )
         saved = meta.get("topology", {})
         print(
             f"resumed from {ckpt.directory}/{latest}"
@@ -286,6 +305,7 @@ def train(
         with jax.transfer_guard("disallow"):  # the batch is on the devices: no copy in the step
             state, metrics = train_step(state, frozen, batch)
         step += 1
+        stop = _Stop.at(step)
         window.pending.append((step, metrics))
         if step % config.log_every_steps == 0 or step == total:
             fetched = flush_pending()
@@ -295,7 +315,7 @@ def train(
             writer.write(step, {**window.summary(fetched), **lrs})
             window.reset()
         paused = time.perf_counter()
-        if step % config.checkpoint_every_steps == 0 or step == total or _Stop.requested:
+        if step % config.checkpoint_every_steps == 0 or step == total or stop:
             if flush_pending() is None:
                 break
             save(step)
@@ -306,8 +326,8 @@ def train(
         ):
             writer.write(step, evaluate_fn(s.replace(state=state), step))
         window.paused_s += time.perf_counter() - paused
-        if _Stop.requested:
-            status = "stopped by SIGTERM"
+        if stop:
+            status = f"stopped by {stop}"
             break
     ckpt.close()
     writer.close()

@@ -484,3 +484,89 @@ def test_cluster_detection_and_flag_checks_without_a_backend(monkeypatch):
         1,
         3,
     )
+
+
+def test_jax_internals_that_distributed_reads_are_still_there():
+    """distributed._jax_internals is the one place that reads JAX's private modules (no public API
+    in jax 0.10): if a JAX upgrade moves them, this fails, naming what moved."""
+    cluster_env, state = distributed._jax_internals()
+    assert isinstance(cluster_env._cluster_types, list) and cluster_env._cluster_types, (
+        "jax._src.clusters.ClusterEnv._cluster_types moved: update distributed._jax_internals"
+    )
+    for env in cluster_env._cluster_types:
+        for name in ("opt_in_only_method", "is_env_present", "get_process_count", "get_process_id"):
+            assert hasattr(env, name), f"{env.__name__}.{name} moved: update distributed.py"
+    assert hasattr(state, "client"), "jax._src.distributed.global_state.client moved"
+    from jax._src.lib import _jax
+
+    for name in ("key_value_set", "key_value_try_get", "blocking_key_value_get", "wait_at_barrier"):
+        assert hasattr(_jax.DistributedRuntimeClient, name), f"client.{name} moved"
+
+
+def resume_from_step4(runs, name, steps, heartbeat_s=60):
+    """2 processes training from a copy of the killed run's step 4 (process 0's output first)."""
+    workdir = runs["root"] / name
+    shutil.copytree(runs["root"] / "killed" / "checkpoints" / "4", workdir / "checkpoints" / "4")
+    args = [
+        *train_args(workdir, runs["data"], steps),
+        f"--config.distributed.heartbeat_timeout_s={heartbeat_s}",
+    ]
+    return workdir, launch("train", *args)
+
+
+def wait_for_step(workdir, procs, step):
+    metrics, deadline = workdir / "metrics.jsonl", time.time() + 900
+    while not (metrics.exists() and f'"step": {step}' in metrics.read_text()):
+        assert time.time() < deadline and all(p.poll() is None for p in procs), (
+            procs[0].communicate()[0][-3000:] if procs[0].poll() is not None else "timed out"
+        )
+        time.sleep(0.1)
+
+
+def straight_params(runs):
+    """The parameters of the straight 2-process run's step 6 (``runs``' straight6 step folder)."""
+    ref = runs["root"] / "straight_ref"
+    if not ref.exists():
+        shutil.copytree(runs["root"] / "straight6", ref / "checkpoints" / "6")
+    return params_at(ref, 6)
+
+
+def test_dead_peer_is_named_and_a_restart_resumes_exactly(runs):
+    """SIGKILL of process 1: process 0 stops within the heartbeat's bound, with one line naming
+    process 1 and the command to resume, no stack dump; restarting both processes resumes
+    bit-exactly (the straight run's step 6)."""
+    workdir, procs = resume_from_step4(runs, "dead_peer", 1000)
+    wait_for_step(workdir, procs, 5)
+    procs[1].send_signal(signal.SIGKILL)
+    out = procs[0].communicate(timeout=300)[0]
+    procs[1].communicate()
+    assert procs[0].returncode == 1, out[-3000:]
+    errors = [x for x in out.splitlines() if x.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(
+        "error: process 1 of 2 stopped answering (nothing from it for "
+    ), out[-3000:]
+    assert (
+        "config.distributed.heartbeat_timeout_s=60); the checkpoints written so far are "
+        in (errors[0])
+    )
+    assert f"launch.py train --config configs/synthetic.py:test --workdir {workdir}" in errors[0]
+    assert "Traceback" not in out and "Fatal Python" not in out and "client.h" not in out
+    assert errors[0][len("error: ") :] in (workdir / "log.txt").read_text()  # and in the log
+    for later in (workdir / "checkpoints").iterdir():  # the restart goes on from step 4
+        if not later.name.isdigit() or int(later.name) > 4:
+            shutil.rmtree(later)
+    finish(launch("train", *train_args(workdir, runs["data"], 6)))
+    assert_same(params_at(workdir, 6), straight_params(runs), "restart vs straight")
+
+
+def test_sigterm_on_every_process_saves_one_step_and_exits_zero(runs):
+    workdir, procs = resume_from_step4(runs, "preempted", 1000)
+    wait_for_step(workdir, procs, 5)
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    outs = finish(procs, timeout=300)
+    stops = [re.findall(r"training stopped by SIGTERM at step (\d+)", out) for out in outs]
+    assert stops[0] == stops[1] and len(stops[0]) == 1, outs[0][-2000:]
+    step = int(stops[0][0])
+    assert step > 4 and Checkpointer(str(workdir)).latest_step() == step
+    assert params_at(workdir, step).keys() == straight_params(runs).keys()

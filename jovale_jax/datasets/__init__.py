@@ -38,7 +38,7 @@ from typing import Any
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from jovale_jax.datasets import common
+from jovale_jax.datasets import common, verify
 from jovale_jax.datasets.ava import AvaBuilder
 from jovale_jax.datasets.synthetic import SyntheticBuilder
 from jovale_jax.datasets.ucf_jhmdb import Jhmdb21Builder, Ucf24Builder
@@ -94,7 +94,8 @@ def get_builder(config: Any, data_dir: str | None = None) -> common.KeyframeBuil
     """The prepared TFDS builder of `config.dataset` for the config's clip geometry.
 
     `data_dir` defaults to `config.data.data_dir`. Raises FileNotFoundError when no complete
-    dataset for this config is there.
+    dataset for this config is there, `verify.BadShardError` when a shard is not the size the
+    build wrote.
     """
     builder = _builder(config.dataset, config, data_dir)
     if not builder.is_prepared():
@@ -111,7 +112,17 @@ def get_builder(config: Any, data_dir: str | None = None) -> common.KeyframeBuil
             f"build it with `python launch.py build-data --dataset {config.dataset} "
             f"--config <this config> --data_dir {data_dir or config.data.data_dir}`"
         )
+    verify.quick_check(os.fspath(builder.data_dir))  # a truncated shard: found before any read
     return builder
+
+
+def check_dataset(config: Any, data_dir: str | None = None) -> dict[str, Any]:
+    """``launch.py check-data``: every record of the built dataset read and compared with its
+    metadata (``verify.check_data``)."""
+    builder = get_builder(config, data_dir)
+    lengths = {name: list(info.shard_lengths) for name, info in builder.info.splits.items()}
+    report = verify.check_data(os.fspath(builder.data_dir), lengths)
+    return {"data_path": os.fspath(builder.data_dir), **report}
 
 
 def load_split(config: Any, split: str, data_dir: str | None = None) -> tuple[tf.data.Dataset, int]:
@@ -237,6 +248,7 @@ def build_dataset(
             tfds.display_progress_bar(True)
         summary = builder.stats.summary()
         summary["reused"] = False
+        verify.write_manifest(os.fspath(builder.data_dir), summary)  # for check-data
     summary.update(
         dataset=name, data_path=os.fspath(builder.data_dir), seconds=round(time.time() - start, 1)
     )

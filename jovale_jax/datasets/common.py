@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import os
-import pickle
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
@@ -26,6 +25,7 @@ import tqdm
 from PIL import Image
 
 from jovale_jax import assignment, box_ops
+from jovale_jax.datasets import safe_pickle
 from jovale_jax.models.inputs import query_source
 
 logger = logging.getLogger("jovale_jax.datasets")
@@ -377,8 +377,7 @@ def read_proposals(path: str, feature_dim: int) -> dict[tuple[str, int], np.ndar
         for vid, ts, *box, _, score in read_csv(path, columns):
             rows[vid, ts].append([*box, score])
         return {k: np.asarray(v, np.float32) for k, v in rows.items()}
-    with open(path, "rb") as f:
-        raw = pickle.load(f, encoding="latin1")
+    raw = safe_pickle.load(path)
     proposals = {}
     for key, value in raw.items():
         vid, _, ts = str(key).rpartition(",")

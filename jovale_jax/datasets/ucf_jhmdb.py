@@ -17,7 +17,6 @@ The JPEG files are stored as they are. These sets have no audio: the waveform is
 import collections
 import functools
 import os
-import pickle
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,7 +24,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jovale_jax import box_ops
-from jovale_jax.datasets import common
+from jovale_jax.datasets import common, safe_pickle
 
 PROPOSALS = "proposals.pkl"
 FRAMES = "rgb-images"
@@ -75,8 +74,7 @@ class _FrameFolderBuilder(common.KeyframeBuilder, skip_registration=True):
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
         raw = os.fspath(dl_manager.manual_dir)
         spec = self.builder_config
-        with open(os.path.join(raw, self.PICKLE), "rb") as f:
-            annotations = pickle.load(f, encoding="latin1")
+        annotations = safe_pickle.load(os.path.join(raw, self.PICKLE))
         label_map = {i + 1: name for i, name in enumerate(annotations["labels"])}
         self.check_classes(label_map, os.path.join(raw, self.PICKLE))
         proposals = common.read_proposals(os.path.join(raw, PROPOSALS), spec.file_feature_dim)
