@@ -81,6 +81,8 @@ def logical_to_spec(
     A mesh axis that does not divide its dimension leaves that dimension replicated, or, with
     ``strict_name`` (parameters: a wrong ``config.mesh_shape`` would otherwise give a slow run of
     replicated weights, not an error), raises naming the array, the dimension and the mesh axis.
+    The 'data' axis stays lenient: under ``config.fsdp`` small parameters (SlowFast's 8-channel
+    Fast BatchNorm vectors) are replicated, as FSDP does with what does not divide.
     """
     if not axes:
         return PartitionSpec()
@@ -94,7 +96,7 @@ def logical_to_spec(
         ok = axis is not None and axis not in used
         if ok and mesh is not None and shape:
             ok = shape[i] % mesh.shape[axis] == 0
-            if not ok and strict_name is not None:
+            if not ok and strict_name is not None and axis != "data":
                 raise ValueError(
                     f"{strict_name}: dimension {i} ({name!r}, size {shape[i]}) is not divisible by "
                     f"mesh axis {axis!r} of size {mesh.shape[axis]} (mesh {dict(mesh.shape)}, "

@@ -191,8 +191,8 @@ def _torchvision_ops_stand_in():
 
 def slowfast_config(config: ml_collections.ConfigDict, depth: int) -> ml_collections.ConfigDict:
     """``model.video`` of the SlowFast-R``depth`` preset (depth 18: one block per stage, the
-    R50's fusion) at ``config.bench.slowfast_input`` when set."""
-    from configs import common
+    R50's fusion) at ``config.bench.slowfast_input`` when set (T_v at most its Slow frames)."""
+    from jovale_jax.configs import common
 
     video = common.use_slowfast(common.base_config(), 101 if depth == 101 else 50).model.video
     if depth == 18:
@@ -200,6 +200,8 @@ def slowfast_config(config: ml_collections.ConfigDict, depth: int) -> ml_collect
     if config.bench.slowfast_input:
         frames, h, w = config.bench.slowfast_input
         video.num_frames, video.image_size = frames, (h, w)
+        slow = frames // video.slowfast.alpha
+        video.slowfast.time_steps = min(video.slowfast.time_steps, slow)
     return video
 
 
@@ -312,7 +314,7 @@ def _row(pair: str, mode: str, results: dict[str, dict]) -> dict:
 
 def _vit_config(config) -> ml_collections.ConfigDict:
     """The ViT-B video encoder at ``bench.vit_input`` (default 16 x 224 x 224), ``vit_depth``."""
-    from configs import common
+    from jovale_jax.configs import common
 
     video = common.base_config().model.video
     frames, h, w = config.bench.vit_input or (16, 224, 224)
@@ -387,7 +389,7 @@ def _hf_step(build: Callable, backward: bool) -> Callable[[bool], Callable]:
 
 
 def _blip_pair(config) -> list[dict]:
-    from configs import common
+    from jovale_jax.configs import common
     from jovale_jax.models.blip import BlipVisionEncoder
 
     scene = common.base_config().model.scene
