@@ -69,6 +69,16 @@ def why(error: BaseException) -> str:
     return text if len(text) <= 400 else text[:400] + " ..."
 
 
+def chain_text(error: BaseException) -> str:
+    """Every message of an exception chain, whole (``why`` shortens long ones; tensorstore puts
+    the OS error code at the end of a message that names long paths)."""
+    texts = []
+    while error is not None:
+        texts.append(str(error))
+        error = error.__cause__ or error.__context__
+    return " ".join(texts)
+
+
 class Checkpointer:
     """Save and restore ``(state, meta)`` pairs under ``<workdir>/checkpoints/<step>``."""
 
@@ -196,7 +206,7 @@ class Checkpointer:
         try:
             yield
         except Exception as e:
-            code = re.search(r"os_error_code='?(\d+)", why(e))
+            code = re.search(r"os_error_code='?(\d+)", chain_text(e))
             found = getattr(e, "errno", None) or (int(code.group(1)) if code else None)
             if found not in _NO_SPACE or self._saving is None:
                 raise
