@@ -75,7 +75,8 @@ def test_every_peer_present(tmp_path, capsys):
         assert row["ours"]["seconds"] > 0 and row["ours"]["compile_s"] >= 0
         assert row["peers"] and all("missing" not in p for p in row["peers"].values()), row
         for p in row["peers"].values():
-            assert p["ratio"] == pytest.approx(p["seconds"] / row["ours"]["seconds"], rel=1e-2)
+            want = p["seconds"] / row["ours"]["seconds"]
+            assert p["ratio"] == pytest.approx(want, rel=1e-2, abs=1e-3)  # rounded to 3 places
     evaluator = rows[("AVA evaluator", "20 keyframes, CSV to mAP")]
     assert evaluator["mAP"]["official"] == evaluator["mAP"]["ours"]  # the stand-in is ours
     assert not hasattr(np, "float")  # the alias is gone again
