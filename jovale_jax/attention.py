@@ -60,7 +60,7 @@ def attention_function(s):
     from flax import nnx
 
     from jovale_jax import sharding
-    from jovale_jax.state import model_inputs
+    from jovale_jax.models.batch import model_inputs
 
     def run(params, frozen, batch):
         model = nnx.merge(s.eval_graphdef, params, s.rng_template, frozen)

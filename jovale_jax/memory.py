@@ -16,18 +16,8 @@ import ml_collections
 import numpy as np
 
 from jovale_jax import sharding, state, train
-from jovale_jax.flops import abstract_batch, jaxpr_macs
-
-
-def train_batch_shapes(model_cfg, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
-    """ShapeDtypeStructs of a training batch: the model inputs, ``targets`` and ``audio_mask``."""
-    shapes = abstract_batch(model_cfg, batch_size)
-    shapes["targets"] = jax.ShapeDtypeStruct(
-        (batch_size, model_cfg.num_proposals, model_cfg.num_classes), jnp.float32
-    )
-    if "audio" in model_cfg.modalities:
-        shapes["audio_mask"] = jax.ShapeDtypeStruct((batch_size,), jnp.bool_)
-    return shapes
+from jovale_jax.flops import jaxpr_macs
+from jovale_jax.models.batch import STEP, abstract_batch
 
 
 def tree_bytes(tree: Any) -> int:
@@ -53,7 +43,7 @@ def memory_report(config: ml_collections.ConfigDict, batch_size: int) -> dict[st
     config.mesh_shape = (1, 1)
     mesh = sharding.make_mesh(config.mesh_shape, jax.devices()[:1])
     s = state.create(config, mesh=mesh, steps_per_epoch=1)
-    shapes = train_batch_shapes(config.model, batch_size)
+    shapes = abstract_batch(config.model, batch_size, uses=STEP)  # what the step reads
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), (s.state, s.frozen, shapes)
     )

@@ -27,13 +27,8 @@ from flax import nnx
 
 from jovale_jax import checkpoint, optim, sharding
 from jovale_jax.checkpoint import abstract_like
-from jovale_jax.models.jovale import JoVALE, expected_inputs
-
-
-def model_inputs(cfg, batch: dict[str, Any]) -> dict[str, Any]:
-    """The entries of a pipeline batch that the model reads."""
-    keys = set(expected_inputs(cfg)) | {"audio_mask", "frame_extent"}
-    return {k: v for k, v in batch.items() if k in keys}
+from jovale_jax.models.batch import model_inputs
+from jovale_jax.models.jovale import JoVALE
 
 
 def trainable_filter(cfg):

@@ -35,12 +35,12 @@ from jax.experimental import multihost_utils
 from jovale_jax import distributed, optim, run_log, sharding
 from jovale_jax.checkpoint import Checkpointer
 from jovale_jax.losses import sigmoid_focal_loss
+from jovale_jax.models.batch import model_inputs
 from jovale_jax.state import (
     ModelState,
     check_divisibility,
     create,
     global_batch,
-    model_inputs,
     restore_newest,
 )
 

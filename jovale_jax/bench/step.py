@@ -46,9 +46,9 @@ import numpy as np
 from flax import nnx
 
 from jovale_jax import sharding, train
-from jovale_jax.flops import abstract_batch, jaxpr_macs
+from jovale_jax.flops import jaxpr_macs
 from jovale_jax.losses import sigmoid_focal_loss
-from jovale_jax.memory import train_batch_shapes
+from jovale_jax.models.batch import abstract_batch, random_batch
 from jovale_jax.models.jovale import JoVALE, head_logits, time_steps
 from jovale_jax.state import ModelState, check_divisibility, create, global_batch
 
@@ -77,22 +77,6 @@ def _random_like(rng: np.random.Generator, shape: jax.ShapeDtypeStruct) -> np.nd
     if shape.dtype == jnp.bool_:
         return np.ones(shape.shape, bool)
     return rng.standard_normal(shape.shape, np.float32).astype(shape.dtype)
-
-
-def synthetic_batch(
-    config: ml_collections.ConfigDict, batch_size: int, seed: int = 0
-) -> dict[str, np.ndarray]:
-    """A random training batch of the config's shapes: every proposal real, boxes valid, about 10%
-    of the targets positive."""
-    rng = np.random.default_rng(seed)
-    batch = {
-        k: _random_like(rng, s) for k, s in train_batch_shapes(config.model, batch_size).items()
-    }
-    corner = rng.uniform(0.0, 0.6, batch["boxes"].shape[:-1] + (2,))
-    size = rng.uniform(0.1, 0.4, corner.shape)
-    batch["boxes"] = np.concatenate([corner, corner + size], -1).astype(np.float32)
-    batch["targets"] = (rng.uniform(size=batch["targets"].shape) < 0.1).astype(np.float32)
-    return batch
 
 
 def _to_devices(mesh: jax.sharding.Mesh, tree: Any) -> Any:
@@ -237,7 +221,7 @@ def _model_program(
 ) -> _Program:
     """The full model's train step or ``predict`` on a synthetic batch."""
     s = prepared or create(config, mesh=mesh, steps_per_epoch=1)
-    batch = global_batch(mesh, synthetic_batch(config, config.batch_size, config.seed))
+    batch = global_batch(mesh, random_batch(config.model, config.batch_size, config.seed))
     if mode == "step":
         state = jax.tree.map(jnp.copy, s.state) if prepared else s.state  # prepared stays valid
         return _Program(train.make_train_step(s), (state, s.frozen, batch), carry=True)
