@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jovale_jax import sharding, state, train
+from jovale_jax import programs, sharding, state
 from jovale_jax.flops import jaxpr_macs
 from jovale_jax.models.batch import STEP, abstract_batch
 
@@ -47,7 +47,7 @@ def memory_report(config: ml_collections.ConfigDict, batch_size: int) -> dict[st
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), (s.state, s.frozen, shapes)
     )
-    traced = train.make_train_step(s).trace(*abstract)
+    traced = programs.make_train_step(s).trace(*abstract)
     stats = traced.lower().compile().memory_analysis()
     if stats is None:
         raise RuntimeError(f"the {jax.default_backend()} backend reports no memory analysis")

@@ -189,3 +189,37 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
     if not rules or mesh.empty:
         return x
     return jax.lax.with_sharding_constraint(x, logical_to_spec(axes, rules, x.shape, mesh))
+
+
+def global_batch(mesh, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """Per-process numpy batch -> global arrays sharded over 'data' (multi-host safe); entries
+    that are not numbers (video ids) are left out."""
+    arrays = {k: v for k, v in local.items() if np.asarray(v).dtype.kind in "biuf"}
+    return {
+        k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v)), v)
+        for k, v in arrays.items()
+    }
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+    """This process's rows of a batch-sharded global array, in local batch order."""
+    if jax.process_count() == 1:
+        return np.asarray(x)
+    rows = {s.index[0].start or 0: s for s in x.addressable_shards}  # replicas over 'model': once
+    return np.concatenate([np.asarray(rows[start].data) for start in sorted(rows)])
+
+
+def check_divisibility(config, mesh) -> None:
+    """Batch and mesh sizes must agree; fail before compiling, with the numbers."""
+    data = mesh.shape["data"]
+    if config.batch_size % data:
+        raise ValueError(
+            f"config.batch_size {config.batch_size} does not divide over the 'data' "
+            f"mesh axis of size {data} (config.mesh_shape "
+            f"{tuple(config.mesh_shape)} -> {dict(mesh.shape)})"
+        )
+    if config.batch_size % jax.process_count():
+        raise ValueError(
+            f"config.batch_size {config.batch_size} does not divide over "
+            f"{jax.process_count()} processes"
+        )

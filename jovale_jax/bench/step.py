@@ -18,7 +18,7 @@ targets: no dataset), on all local devices with the config's mesh, and reports:
 * ``memory``: the compiled function's ``memory_analysis()`` per device, and ``peak_bytes_in_use``
   when the backend reports device memory (GPUs do, CPUs do not).
 
-``component='model'`` times :func:`jovale_jax.train.make_train_step` (loss, gradients
+``component='model'`` times :func:`jovale_jax.programs.make_train_step` (loss, gradients
 and the AdamW update) or ``predict``; ``component='amfn'`` times the AMFN plus the action heads
 alone on random embeddings of the shapes the encoders give (``jax.eval_shape``): for ``step``, the
 focal loss with its gradients with respect to the fusion's parameters and to its inputs (as in the
@@ -45,12 +45,13 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jovale_jax import sharding, train
+from jovale_jax import programs, sharding
 from jovale_jax.flops import jaxpr_macs
 from jovale_jax.losses import sigmoid_focal_loss
 from jovale_jax.models.batch import abstract_batch, random_batch
 from jovale_jax.models.jovale import JoVALE, head_logits, time_steps
-from jovale_jax.state import ModelState, check_divisibility, create, global_batch
+from jovale_jax.sharding import check_divisibility, global_batch
+from jovale_jax.state import ShardedModel, create
 
 COMPONENTS = ("model", "amfn")
 MODES = ("step", "forward")
@@ -217,14 +218,14 @@ def _model_program(
     config: ml_collections.ConfigDict,
     mesh: jax.sharding.Mesh,
     mode: str,
-    prepared: ModelState | None,
+    prepared: ShardedModel | None,
 ) -> _Program:
     """The full model's train step or ``predict`` on a synthetic batch."""
     s = prepared or create(config, mesh=mesh, steps_per_epoch=1)
     batch = global_batch(mesh, random_batch(config.model, config.batch_size, config.seed))
     if mode == "step":
         state = jax.tree.map(jnp.copy, s.state) if prepared else s.state  # prepared stays valid
-        return _Program(train.make_train_step(s), (state, s.frozen, batch), carry=True)
+        return _Program(programs.make_train_step(s), (state, s.frozen, batch), carry=True)
     return _Program(s.predict, (s.state["params"], s.frozen, batch))
 
 
@@ -306,7 +307,7 @@ def _amfn_program(
 
 
 def _program(
-    config: ml_collections.ConfigDict, mode: str, component: str, prepared: ModelState | None
+    config: ml_collections.ConfigDict, mode: str, component: str, prepared: ShardedModel | None
 ) -> tuple[jax.sharding.Mesh, _Program]:
     """The config's mesh and the program a bench times (``config.batch_size`` sets the batch)."""
     if mode not in MODES:
@@ -327,7 +328,7 @@ def _run(
     component: str,
     repeats: int,
     matmul_size: int | None,
-    prepared: ModelState | None = None,
+    prepared: ShardedModel | None = None,
 ) -> list[dict[str, Any]]:
     """Benches (no printing) of configs that share a mesh and a batch size, timed in the same
     rounds: see the module docstring for the keys. ``prepared`` serves a single config."""
@@ -417,12 +418,12 @@ def run_bench(
     component: str = "model",
     repeats: int = 5,
     matmul_size: int | None = None,
-    prepared: ModelState | None = None,
+    prepared: ShardedModel | None = None,
 ) -> dict[str, Any]:
     """Time the jitted train step (``mode='step'``) or the eval-mode forward pass (``'forward'``)
     of the whole model (``component='model'``) or of the AMFN plus heads alone (``'amfn'``) at
     ``batch_size`` (default ``config.batch_size``); print a table and a JSON line; return the
-    numbers. ``prepared``: a :class:`~jovale_jax.state.ModelState` of this config to reuse (the
+    numbers. ``prepared``: a :class:`~jovale_jax.state.ShardedModel` of this config to reuse (the
     step runs on a copy of its state)."""
     config = variant(config, batch_size=batch_size or config.batch_size)
     (r,) = _run(

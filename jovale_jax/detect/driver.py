@@ -26,7 +26,8 @@ from jovale_jax.detect.outputs import Keyframe
 from jovale_jax.evaluation.detections_csv import format_time
 from jovale_jax.models.batch import model_inputs
 from jovale_jax.models.inputs import query_source
-from jovale_jax.state import ModelState, load_trained, predict_batch, resolve_checkpoint
+from jovale_jax.programs import predict_batch
+from jovale_jax.state import ShardedModel, load_trained, resolve_checkpoint
 
 DEMO_WORKDIR = os.path.join("runs", "demo")  # where `make demo` trains, from the repository root
 
@@ -92,7 +93,7 @@ def stack_padded(examples: Sequence[dict[str, np.ndarray]], size: int) -> dict[s
 
 
 def predict_keyframes(
-    s: ModelState,
+    s: ShardedModel,
     container: av.container.InputContainer,
     centres: np.ndarray,
     times: np.ndarray,
@@ -191,7 +192,7 @@ def detect(
     video_out: str | None = None,
     label_map: str | None = None,
     devices: Sequence[jax.Device] | None = None,
-    model_state: ModelState | None = None,
+    model_state: ShardedModel | None = None,
 ) -> dict[str, Any]:
     """Runs the model of `checkpoint` on the keyframes of `video` (see the package docstring).
 
