@@ -352,38 +352,13 @@ def cmd_bench(argv):
         from jovale_jax.bench import step
 
         if what == "memory":
+            from jovale_jax.bench.memory import print_memory
+
             print_memory(_config(), FLAGS.batch_size or _config().batch_size)
         elif what == "remat":
             step.run_remat_bench(_config(), batch_size=FLAGS.batch_size)
         else:
             step.run_bench(_config(), what, batch_size=FLAGS.batch_size, component=FLAGS.component)
-
-
-def print_memory(config, batch_size: int) -> None:
-    """``bench memory``: jovale_jax.memory.memory_report as a table (GB) and one JSON line."""
-    from jovale_jax.memory import memory_report
-
-    r = memory_report(config, batch_size)
-    print(
-        f"train step, batch {r['batch_size']} on one {r['backend']} device, {r['dtype']}, "
-        f"remat_policy {r['remat_policy']}:"
-    )
-    for key in (
-        "params",
-        "opt_state",
-        "frozen",
-        "batch",
-        "arguments",
-        "outputs",
-        "aliased",
-        "temporaries",
-        "generated_code",
-        "total",
-        "per_clip",
-    ):
-        print(f"  {key:<15} {r[key] / 1e9:10.3f} GB")
-    print(f"  {'GMACs per clip':<15} {r['gmacs_per_clip']:10.1f}")
-    print(json.dumps({"bench": "memory", **r}))
 
 
 def cmd_detect(argv):

@@ -4,13 +4,18 @@ Parameters are annotated where they are created with logical names (``EMBED``, `
 ...); the config's ``sharding_rules`` map each name to a mesh axis (``'data'`` or ``'model'``) or to
 ``None`` (replicated). ``config.fsdp`` shards ``EMBED`` over ``'data'`` as well (fully sharded data
 parallel). The same code runs on one CPU, on fake CPU devices and on GPUs.
+
+A per-process host batch becomes global arrays sharded over ``'data'`` with :func:`global_batch`
+and comes back with :func:`to_host`; :func:`check_divisibility` says when the batch does not
+divide over the mesh and the processes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -191,14 +196,18 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, logical_to_spec(axes, rules, x.shape, mesh))
 
 
-def global_batch(mesh, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    """Per-process numpy batch -> global arrays sharded over 'data' (multi-host safe); entries
-    that are not numbers (video ids) are left out."""
-    arrays = {k: v for k, v in local.items() if np.asarray(v).dtype.kind in "biuf"}
-    return {
-        k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v)), v)
-        for k, v in arrays.items()
-    }
+def global_batch(mesh, local: Mapping[str, Any]) -> dict[str, Any]:
+    """Per-process numpy batch (a dict; nested dicts too) -> global arrays with the leading
+    (batch) axis sharded over 'data' (multi-host safe); entries that are not numbers (video ids)
+    are left out."""
+    out = {}
+    for key, value in local.items():
+        if isinstance(value, Mapping):
+            out[key] = global_batch(mesh, value)
+        elif np.asarray(value).dtype.kind in "biuf":
+            sharding = batch_sharding(mesh, np.ndim(value))
+            out[key] = jax.make_array_from_process_local_data(sharding, value)
+    return out
 
 
 def to_host(x: jax.Array) -> np.ndarray:

@@ -46,6 +46,7 @@ import numpy as np
 from flax import nnx
 
 from jovale_jax import programs, sharding
+from jovale_jax.bench.memory import memory_stats
 from jovale_jax.flops import jaxpr_macs
 from jovale_jax.losses import sigmoid_focal_loss
 from jovale_jax.models.batch import abstract_batch, random_batch
@@ -78,16 +79,6 @@ def _random_like(rng: np.random.Generator, shape: jax.ShapeDtypeStruct) -> np.nd
     if shape.dtype == jnp.bool_:
         return np.ones(shape.shape, bool)
     return rng.standard_normal(shape.shape, np.float32).astype(shape.dtype)
-
-
-def _to_devices(mesh: jax.sharding.Mesh, tree: Any) -> Any:
-    """Host arrays -> global arrays with the leading (batch) axis over 'data'."""
-    return jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(
-            sharding.batch_sharding(mesh, np.ndim(x)), x
-        ),
-        tree,
-    )
 
 
 def _timed_rounds(calls: Sequence[Callable[[], Any]], repeats: int) -> list[list[float]]:
@@ -139,28 +130,6 @@ def peak_bytes_in_use() -> int | None:
     return max(peaks) if peaks else None
 
 
-def _memory_stats(compiled: jax.stages.Compiled) -> dict[str, int]:
-    """The compiled function's memory analysis per device, in bytes (empty when unavailable)."""
-    stats = compiled.memory_analysis()
-    if stats is None:
-        return {}
-    out = {
-        "arguments": stats.argument_size_in_bytes,
-        "outputs": stats.output_size_in_bytes,
-        "aliased": stats.alias_size_in_bytes,
-        "temporaries": stats.temp_size_in_bytes,
-        "generated_code": stats.generated_code_size_in_bytes,
-    }
-    out["total"] = (
-        out["arguments"]
-        + out["outputs"]
-        - out["aliased"]
-        + out["temporaries"]
-        + out["generated_code"]
-    )
-    return out
-
-
 @dataclasses.dataclass
 class _Program:
     """A jitted function with its (device) arguments. With ``carry``, the first output replaces
@@ -171,7 +140,7 @@ class _Program:
     carry: bool = False
 
 
-def _caller(program: _Program, compiled: jax.stages.Compiled) -> Callable[[], Any]:
+def caller(program: _Program, compiled: jax.stages.Compiled) -> Callable[[], Any]:
     """A no-argument call of ``compiled`` on the program's arguments, carrying the state over."""
     args = list(program.args)
 
@@ -201,11 +170,11 @@ def _measure(
                 "gmacs": jaxpr_macs(traced.jaxpr) / 1e9,
                 "macs_source": MACS_SOURCE,
                 "xla_gflops_per_device": None if xla is None else float(xla) / 1e9,
-                "memory": _memory_stats(compiled[-1]),
+                "memory": memory_stats(compiled[-1]),
             }
         )
     *times, matmul_times = _timed_rounds(
-        [_caller(p, c) for p, c in zip(programs, compiled, strict=True)] + [matmul], repeats
+        [caller(p, c) for p, c in zip(programs, compiled, strict=True)] + [matmul], repeats
     )
     matmul_rate = 2 * matmul_size**3 / statistics.median(matmul_times) / 1e9
     return [
@@ -276,7 +245,7 @@ def _amfn_program(
     inputs["targets"] = (
         rng.uniform(size=(config.batch_size, m.num_proposals, m.num_classes)) < 0.1
     ).astype(np.float32)
-    inputs = _to_devices(mesh, inputs)
+    inputs = global_batch(mesh, inputs)
 
     def logits(params, queries, context, x):
         part = nnx.merge(graphdef, params, rest)
@@ -306,7 +275,7 @@ def _amfn_program(
     return _Program(sharding.TracedInMesh(jax.jit(loss_and_grads), mesh, rules), (params, inputs))
 
 
-def _program(
+def build_program(
     config: ml_collections.ConfigDict, mode: str, component: str, prepared: ShardedModel | None
 ) -> tuple[jax.sharding.Mesh, _Program]:
     """The config's mesh and the program a bench times (``config.batch_size`` sets the batch)."""
@@ -332,7 +301,9 @@ def _run(
 ) -> list[dict[str, Any]]:
     """Benches (no printing) of configs that share a mesh and a batch size, timed in the same
     rounds: see the module docstring for the keys. ``prepared`` serves a single config."""
-    meshes, programs = zip(*(_program(c, mode, component, prepared) for c in configs), strict=True)
+    meshes, built = zip(
+        *(build_program(c, mode, component, prepared) for c in configs), strict=True
+    )
     mesh = meshes[0]
     platform = mesh.devices.flat[0].platform
     matmul, info = _matmul(
@@ -340,7 +311,7 @@ def _run(
     )
     results = []
     for config, measured in zip(
-        configs, _measure(programs, repeats, matmul, info["matmul_size"]), strict=True
+        configs, _measure(built, repeats, matmul, info["matmul_size"]), strict=True
     ):
         achieved = 2 * measured["gmacs"] / measured["seconds"]
         results.append(
@@ -371,7 +342,7 @@ def _gb(n: float | None) -> str:
     return f"{n / 1e9:.2f} GB" if abs(n) >= 1e9 else f"{n / 1e6:.2f} MB"
 
 
-def _print_report(title: str, rows: Iterable[tuple[str, Any]], result: dict[str, Any]) -> None:
+def print_report(title: str, rows: Iterable[tuple[str, Any]], result: dict[str, Any]) -> None:
     """A two-column table, then ``result`` as one JSON line (always the last line)."""
     rows = list(rows)
     width = max(len(name) for name, _ in rows)
@@ -434,7 +405,7 @@ def run_bench(
         matmul_size=matmul_size,
         prepared=prepared,
     )
-    _print_report(f"bench {mode} ({component})", _bench_rows(r), r)
+    print_report(f"bench {mode} ({component})", _bench_rows(r), r)
     return r
 
 
@@ -478,5 +449,5 @@ def run_remat_bench(
         for name, r in runs.items()
     ]
     table += [(k, f"{result[k]:.3f}") for k in ("time_ratio", "gmacs_ratio", "temporaries_ratio")]
-    _print_report(f"remat trade-off, train step at batch {off['batch_size']}", table, result)
+    print_report(f"remat trade-off, train step at batch {off['batch_size']}", table, result)
     return result
