@@ -228,7 +228,8 @@ def test_per_command_help_lists_that_commands_flags(tmp_path):
     assert out.startswith("usage: python launch.py train [flags]")
     assert "--workdir" in out and "--init_from" in out and "--config.FIELD=VALUE" in out
     assert "--video" not in out and "--compare_to" not in out  # other commands' flags
-    assert "step,forward,memory" in bench_out and "--num_batches" in bench_out
+    assert "step,forward,memory" in bench_out and "config.bench" in bench_out
+    assert "--data_dir" in bench_out and "--num_batches" not in bench_out  # config.bench.*
 
 
 def test_entry_point_one_line_error_from_another_folder(tmp_path):

@@ -282,7 +282,9 @@ def build_program(
     if mode not in MODES:
         raise ValueError(f"bench mode: expected one of {MODES}, got {mode!r}")
     if component not in COMPONENTS:
-        raise ValueError(f"bench --component: expected one of {COMPONENTS}, got {component!r}")
+        raise ValueError(
+            f"config field bench.component: expected one of {COMPONENTS}, got {component!r}"
+        )
     mesh = sharding.make_mesh(config.mesh_shape)
     check_divisibility(config, mesh)
     if component == "model":
