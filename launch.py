@@ -35,6 +35,7 @@ import difflib
 import importlib
 import json
 import os
+import re
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ INFO and warnings
@@ -152,6 +153,13 @@ PATH_FLAGS = (
     "src",
 )  # made absolute at the command line: the code never depends on the working directory
 HELP = ("--help", "-h", "--helpshort", "-?")
+MOVED_FLAGS = {  # bench flags that became config fields (issue 22): the error says where they went
+    "batch_size": "--config.batch_size=N",
+    "component": "--config.bench.component=amfn",
+    "num_batches": "--config.bench.input_batches=N",
+    "fixture": "--config.bench.fixture=True",
+    "gpu_clips_per_s": "--config.bench.gpu_clips_per_s=X",
+}
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -558,6 +566,9 @@ def flag_error(e: Exception, argv: list[str]) -> str:
     override = _unknown_override(argv)
     if override:
         return override
+    moved = re.search(r"Unknown command line flag '(\w+)'", text)
+    if moved and moved.group(1) in MOVED_FLAGS:
+        return f"--{moved.group(1)} is now a config field: {MOVED_FLAGS[moved.group(1)]}"
     if "No such file or directory" in text or "Failed loading config file" in text:
         path = str(FLAGS["config"].config_filename or "").split(":")[0]
         folder = os.path.dirname(os.path.abspath(path))

@@ -132,6 +132,11 @@ def test_typos_and_mistyped_paths_are_one_line_errors_that_create_nothing(tmp_pa
     cases = {
         "unknown command": (["trian"], 2, "'trian'", "did you mean 'train'"),
         "no command": ([], 2, "no command given", "train, eval"),
+        "bench flag now a config field": (
+            ["bench", "step", "--config", cfg, "--component", "amfn"],
+            2,
+            "--component is now a config field: --config.bench.component=amfn",
+        ),
         "unknown field": (
             ["flops", "--config", cfg, "--config.model.amfn.num_layer=2"],
             2,
