@@ -3,11 +3,11 @@
     python launch.py train --config configs/synthetic.py --workdir runs/demo
 
 Sections, in the order things happen: distributed set-up and mesh; input pipeline; model and
-sharded state (``state.create``); the jitted train step (explicit in/out shardings, the state
-donated, no host synchronisation inside); checkpoint restore; the loop (progress line, JSON-lines
-metrics, TensorBoard, periodic checkpoints and evaluation, SIGTERM/SIGINT and non-finite loss
-handling).
-Dropout keys are derived from (seed, step), so a resumed run is bit-identical.
+sharded state (``state.create``); checkpoint restore; the jitted train step
+(``programs.make_train_step``: explicit in/out shardings, the state donated, no host
+synchronisation inside; dropout keys derived from (seed, step), so a resumed run is
+bit-identical); the loop (progress line, JSON-lines metrics, TensorBoard, periodic checkpoints and
+evaluation, SIGTERM/SIGINT and non-finite loss handling).
 
 The loop never waits for the host when the input keeps up: ``config.device_prefetch`` batches are
 already on the devices (sharded global arrays) while a step runs (:class:`DeviceBatches`, as
