@@ -35,6 +35,7 @@ import difflib
 import importlib
 import json
 import os
+import re
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ INFO and warnings
@@ -78,21 +79,6 @@ flags.DEFINE_bool("overwrite", False, "convert: replace an earlier converted --o
 flags.DEFINE_list("source_grid", None, "convert: T,H,W token grid of a VideoMAE checkpoint.")
 flags.DEFINE_string("init_from", None, "train: converted pretrained weights (launch.py convert).")
 flags.DEFINE_string("checkpoint", None, "eval / detect: a workdir or workdir/checkpoints/STEP.")
-flags.DEFINE_integer("batch_size", None, "bench: batch size (default config.batch_size).")
-flags.DEFINE_string("component", "model", "bench step/forward/profile: model | amfn.")
-flags.DEFINE_integer("num_batches", 20, "bench input: batches to time.")
-flags.DEFINE_bool(
-    "fixture",
-    False,
-    "bench input / loop: generate and build the tiny AVA-geometry fixture "
-    "into --data_dir (default runs/data/ava_fixture) and time that.",
-)
-flags.DEFINE_float(
-    "gpu_clips_per_s",
-    None,
-    "bench input: one GPU's training rate (default: "
-    "an H100/H200 at 40% bf16 MFU on the config's model).",
-)
 
 flags.DEFINE_string(
     "compare_to", None, "eval: a results.json to draw the per-class difference against."
@@ -135,15 +121,7 @@ COMMAND_FLAGS = {  # the flags each command reads (its --help lists them; others
     "detect": ("config", "video", "out", "checkpoint", "boxes", "video_out"),
     "convert": ("config", "from", "src", "out", "overwrite", "source_grid"),
     "flops": ("config", "table", "json"),
-    "bench": (
-        "config",
-        "batch_size",
-        "component",
-        "num_batches",
-        "fixture",
-        "data_dir",
-        "gpu_clips_per_s",
-    ),
+    "bench": ("config", "data_dir"),
     "build-data": ("dataset", "config", "raw_dir", "data_dir", "strict"),
     "check-data": ("config", "data_dir"),
     "ablate": ("config", "table", "workdir", "data_dir", "init_from"),
@@ -175,6 +153,13 @@ PATH_FLAGS = (
     "src",
 )  # made absolute at the command line: the code never depends on the working directory
 HELP = ("--help", "-h", "--helpshort", "-?")
+MOVED_FLAGS = {  # bench flags that became config fields (issue 22): the error says where they went
+    "batch_size": "--config.batch_size=N",
+    "component": "--config.bench.component=amfn",
+    "num_batches": "--config.bench.input_batches=N",
+    "fixture": "--config.bench.fixture=True",
+    "gpu_clips_per_s": "--config.bench.gpu_clips_per_s=X",
+}
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -320,25 +305,26 @@ def build_data_config():
 
 def cmd_bench(argv):
     """bench step | forward | memory | remat | profile | input | eval | loop | peers
-    (bench/README.md)."""
-    what = argv[2]
+    (bench/README.md); options: config.bench.* and config.batch_size (configs/common.py)."""
+    what, config = argv[2], _config()
+    bench = config.bench
     if what == "loop":
         from jovale_jax.bench.loop import run_loop_bench
 
-        run_loop_bench(_config(), FLAGS.data_dir, fixture=FLAGS.fixture)
+        run_loop_bench(config, FLAGS.data_dir, fixture=bench.fixture)
     elif what == "peers":
         from jovale_jax.bench.peers import run_peers_bench
 
-        run_peers_bench(_config())
+        run_peers_bench(config)
     elif what == "input":
         from jovale_jax.bench.input import run_input_bench
 
         run_input_bench(
-            _config(),
+            config,
             FLAGS.data_dir,
-            FLAGS.num_batches,
-            fixture=FLAGS.fixture,
-            gpu_clips_per_s=FLAGS.gpu_clips_per_s,
+            bench.input_batches,
+            fixture=bench.fixture,
+            gpu_clips_per_s=bench.gpu_clips_per_s or None,
         )
     elif what == "eval":
         from jovale_jax.bench.eval import run_eval_bench
@@ -347,43 +333,18 @@ def cmd_bench(argv):
     elif what == "profile":
         from jovale_jax.bench.profile import profile_breakdown
 
-        profile_breakdown(_config(), component=FLAGS.component, batch_size=FLAGS.batch_size)
+        profile_breakdown(config, component=bench.component)
     else:
         from jovale_jax.bench import step
 
         if what == "memory":
-            print_memory(_config(), FLAGS.batch_size or _config().batch_size)
+            from jovale_jax.bench.memory import print_memory
+
+            print_memory(config, config.batch_size)
         elif what == "remat":
-            step.run_remat_bench(_config(), batch_size=FLAGS.batch_size)
+            step.run_remat_bench(config)
         else:
-            step.run_bench(_config(), what, batch_size=FLAGS.batch_size, component=FLAGS.component)
-
-
-def print_memory(config, batch_size: int) -> None:
-    """``bench memory``: jovale_jax.memory.memory_report as a table (GB) and one JSON line."""
-    from jovale_jax.memory import memory_report
-
-    r = memory_report(config, batch_size)
-    print(
-        f"train step, batch {r['batch_size']} on one {r['backend']} device, {r['dtype']}, "
-        f"remat_policy {r['remat_policy']}:"
-    )
-    for key in (
-        "params",
-        "opt_state",
-        "frozen",
-        "batch",
-        "arguments",
-        "outputs",
-        "aliased",
-        "temporaries",
-        "generated_code",
-        "total",
-        "per_clip",
-    ):
-        print(f"  {key:<15} {r[key] / 1e9:10.3f} GB")
-    print(f"  {'GMACs per clip':<15} {r['gmacs_per_clip']:10.1f}")
-    print(json.dumps({"bench": "memory", **r}))
+            step.run_bench(config, what, component=bench.component)
 
 
 def cmd_detect(argv):
@@ -605,6 +566,9 @@ def flag_error(e: Exception, argv: list[str]) -> str:
     override = _unknown_override(argv)
     if override:
         return override
+    moved = re.search(r"Unknown command line flag '(\w+)'", text)
+    if moved and moved.group(1) in MOVED_FLAGS:
+        return f"--{moved.group(1)} is now a config field: {MOVED_FLAGS[moved.group(1)]}"
     if "No such file or directory" in text or "Failed loading config file" in text:
         path = str(FLAGS["config"].config_filename or "").split(":")[0]
         folder = os.path.dirname(os.path.abspath(path))

@@ -55,7 +55,7 @@ echo "setup took $((SECONDS - start)) s"
 
 # 2. The benches; each log's last line is its JSON.
 bench() {  # bench SECONDS MODE BATCH LOG
-  timeout "$1" "$PY" launch.py bench "$2" --config configs/ava_vitb16.py --batch_size "$3" \
+  timeout "$1" "$PY" launch.py bench "$2" --config configs/ava_vitb16.py --config.batch_size="$3" \
     --config.model.dtype=bfloat16 2>&1 | tee "$OUT/$4"
   return "${PIPESTATUS[0]}"
 }
@@ -68,7 +68,7 @@ fi
 echo "step done at $((SECONDS - start)) s"
 # Compiled memory (issue 14): MEM_BATCH clips with remat, BATCH clips without.
 memory() {  # memory BATCH POLICY LOG
-  timeout 120 "$PY" launch.py bench memory --config configs/ava_vitb16.py --batch_size "$1" \
+  timeout 120 "$PY" launch.py bench memory --config configs/ava_vitb16.py --config.batch_size="$1" \
     --config.model.dtype=bfloat16 --config.model.remat_policy="$2" 2>&1 | tee "$OUT/$3"
 }
 memory "$MEM_BATCH" full memory_remat.txt || echo "bench memory (remat) failed"
@@ -83,7 +83,7 @@ timeout 600 "$PY" launch.py bench peers --config configs/ava_vitb16.py \
   2>&1 | tee "$OUT/peers.txt" || echo "bench peers failed"
 echo "peers done at $((SECONDS - start)) s"
 # (the fixture's 36 keyframes are 9 batches of 4: each epoch's new tf.data pipeline is counted)
-timeout 300 "$PY" launch.py bench loop --config configs/ava_vitb16.py --fixture \
+timeout 300 "$PY" launch.py bench loop --config configs/ava_vitb16.py --config.bench.fixture=True \
   --config.model.dtype=bfloat16 --config.batch_size=4 2>&1 | tee "$OUT/loop_ava.txt" \
   || echo "bench loop (AVA fixture) failed"
 SYNTH=${SYNTH:-runs/data/synthetic}

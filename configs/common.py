@@ -263,8 +263,17 @@ def base_config() -> ml_collections.ConfigDict:
     t.detector_threshold = 0.5  # the detector's minimum person score
     t.batch_size = 0  # keyframes per forward pass; 0: eval_batch_size, at most the keyframes
 
-    # ---------------- benches (launch.py bench loop / peers; bench/README.md) ----------------
+    # ---------------- benches (launch.py bench; bench/README.md) ----------------
+    # bench step / forward / memory / remat / profile time config.batch_size clips per step.
     b = c.bench = ml_collections.ConfigDict()
+    b.component = "model"  # bench step / forward / profile: model | amfn (the AMFN + heads alone)
+    b.input_batches = 20  # bench input: batches to time
+    # bench input / loop: generate and build the tiny AVA-geometry fixture into --data_dir
+    # (default runs/data/ava_fixture) and time that
+    b.fixture = False
+    # bench input: one GPU's training rate in clips/s; 0: an H100/H200 at 40% bf16 MFU on the
+    # config's model
+    b.gpu_clips_per_s = 0.0
     b.rounds = 3  # alternating timed rounds; the best of each side is kept
     b.loop_steps = 20  # bench loop: steps per round
     # bench peers: which pairs run (slowfast50, slowfast101, videomae, blip, input, evaluator),

@@ -56,11 +56,11 @@ def layer_maps(cfg, maps: dict[str, np.ndarray], layer: int) -> dict[str, np.nda
 
 def attention_function(s):
     """``(params, frozen, batch) -> (logits, maps)`` of ``JoVALE.attention_maps`` for a
-    :class:`jovale_jax.state.ModelState`, jitted on its mesh."""
+    :class:`jovale_jax.state.ShardedModel`, jitted on its mesh."""
     from flax import nnx
 
     from jovale_jax import sharding
-    from jovale_jax.state import model_inputs
+    from jovale_jax.models.batch import model_inputs
 
     def run(params, frozen, batch):
         model = nnx.merge(s.eval_graphdef, params, s.rng_template, frozen)
@@ -115,7 +115,8 @@ def gather_examples(config, split: str, indices: Sequence[int], data_dir: str | 
 
 def model_maps(config, checkpoint: str, split: str, indices, data_dir: str | None):
     """(the examples' batch, logits (n, K, C), {m: (L, n, T, K, N)}) of a checkpoint."""
-    from jovale_jax.state import global_batch, load_trained, to_host
+    from jovale_jax.sharding import global_batch, to_host
+    from jovale_jax.state import load_trained
 
     s = load_trained(config, checkpoint)
     batch = gather_examples(config, split, indices, data_dir, pad=s.mesh.shape["data"])

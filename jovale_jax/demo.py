@@ -1,10 +1,9 @@
 """The main job on the embedded synthetic set (`make demo`).
 
 ``demo``: generate and build the synthetic audio-visual set, train the ``synthetic`` preset,
-evaluate
-the final checkpoint, and write ``<workdir>/report/`` (report.md, loss curve, per-class AP chart,
-keyframes with predicted boxes and top labels). Beside the model's mAP the report gives the mAP of a
-baseline that ignores the input (class priors) on the same eval split.
+evaluate the final checkpoint, and write ``<workdir>/report/`` (report.md, loss curve, per-class
+AP chart, keyframes with predicted boxes and top labels). Beside the model's mAP the report gives
+the mAP of a baseline that ignores the input (class priors) on the same eval split.
 
 The paper's ablation tables live in :mod:`jovale_jax.ablate`.
 """

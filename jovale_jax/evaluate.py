@@ -55,12 +55,13 @@ def predict_split(s, config, split: str, *, data_dir: str | None = None) -> dict
     process) are gathered once, then the real proposals kept. Returns {"video_ids": (N,) str,
     "timestamps": (N,), "boxes": (N, 4), "scores": (N, C), "targets": (N, C) the proposals' 0/1
     training targets}, one row per real proposal, and "gates" (N, M), the last MFA's gates per
-    modality, when the fusion stage is the AMFN (the same forward pass: ``state.predict_batch``).
+    modality, when the fusion stage is the AMFN (the same forward pass: ``programs.predict_batch``).
     """
     from tqdm import tqdm
 
     from jovale_jax.input_pipeline import create_eval_iterator
-    from jovale_jax.state import global_batch, predict_batch
+    from jovale_jax.programs import predict_batch
+    from jovale_jax.sharding import global_batch
 
     per_process = max(1, config.eval_batch_size // jax.process_count())
     data = s.mesh.shape["data"] // jax.process_count() or 1

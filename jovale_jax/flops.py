@@ -16,12 +16,11 @@ import numpy as np
 from flax import nnx
 
 from jovale_jax.models.amfn import resample_time
+from jovale_jax.models.batch import abstract_batch, modalities_of
 from jovale_jax.models.jovale import (
     JoVALE,
     build_fusion,
     context_grid,
-    expected_inputs,
-    modalities_of,
     modality_boxes,
     run_fusion,
     time_steps,
@@ -65,16 +64,6 @@ def jaxpr_macs(jaxpr) -> int:
 def count_macs(fn, *args) -> int:
     """MACs of ``fn(*args)``; args may be ``jax.ShapeDtypeStruct``."""
     return jaxpr_macs(jax.make_jaxpr(fn)(*args))
-
-
-def abstract_batch(cfg, batch_size: int = 1) -> dict[str, jax.ShapeDtypeStruct]:
-    """ShapeDtypeStructs of the inputs a ``config.model`` needs."""
-    batch = {
-        k: jax.ShapeDtypeStruct((batch_size,) + shape, jnp.float32)
-        for k, (shape, _) in expected_inputs(cfg).items()
-    }
-    batch["box_mask"] = jax.ShapeDtypeStruct(batch["box_mask"].shape, jnp.bool_)
-    return batch
 
 
 def _params(module) -> int:

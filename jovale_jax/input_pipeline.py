@@ -37,6 +37,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from jovale_jax import audio_features
+from jovale_jax.models.batch import stored_features
 from jovale_jax.models.inputs import (  # noqa: F401
     BLIP_MEAN,
     BLIP_STD,
@@ -470,15 +471,10 @@ def open_builder(
 
 
 def read_features(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-    """The example features that the pipeline reads for ``config``; the others are not parsed."""
-    model = config.model
-    keys = ["video_id", "timestamp", "proposals", "proposal_scores", "targets"]
-    keys += ["frames"] if "video" in model.modalities else []
-    keys += ["scene_frames"] if "scene" in model.modalities else []
-    keys += ["waveform", "has_audio"] if "audio" in model.modalities else []
-    # Written only when F > 0 (SCHEMA.md): TF's parser crashes on a (None, 0) tensor (SIGFPE).
-    keys += ["proposal_features"] if query_source(model) == "detector" else []
-    return tuple(keys)
+    """The example features that the pipeline reads for ``config``, those the entries of an
+    evaluation batch are decoded from (``models/batch.py``); the others are not parsed (TF's
+    parser crashes on a zero-width ``proposal_features``, written only when F > 0)."""
+    return stored_features(config.model)
 
 
 def read_split(

@@ -4,13 +4,18 @@ Parameters are annotated where they are created with logical names (``EMBED``, `
 ...); the config's ``sharding_rules`` map each name to a mesh axis (``'data'`` or ``'model'``) or to
 ``None`` (replicated). ``config.fsdp`` shards ``EMBED`` over ``'data'`` as well (fully sharded data
 parallel). The same code runs on one CPU, on fake CPU devices and on GPUs.
+
+A per-process host batch becomes global arrays sharded over ``'data'`` with :func:`global_batch`
+and comes back with :func:`to_host`; :func:`check_divisibility` says when the batch does not
+divide over the mesh and the processes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -189,3 +194,41 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
     if not rules or mesh.empty:
         return x
     return jax.lax.with_sharding_constraint(x, logical_to_spec(axes, rules, x.shape, mesh))
+
+
+def global_batch(mesh, local: Mapping[str, Any]) -> dict[str, Any]:
+    """Per-process numpy batch (a dict; nested dicts too) -> global arrays with the leading
+    (batch) axis sharded over 'data' (multi-host safe); entries that are not numbers (video ids)
+    are left out."""
+    out = {}
+    for key, value in local.items():
+        if isinstance(value, Mapping):
+            out[key] = global_batch(mesh, value)
+        elif np.asarray(value).dtype.kind in "biuf":
+            sharding = batch_sharding(mesh, np.ndim(value))
+            out[key] = jax.make_array_from_process_local_data(sharding, value)
+    return out
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+    """This process's rows of a batch-sharded global array, in local batch order."""
+    if jax.process_count() == 1:
+        return np.asarray(x)
+    rows = {s.index[0].start or 0: s for s in x.addressable_shards}  # replicas over 'model': once
+    return np.concatenate([np.asarray(rows[start].data) for start in sorted(rows)])
+
+
+def check_divisibility(config, mesh) -> None:
+    """Batch and mesh sizes must agree; fail before compiling, with the numbers."""
+    data = mesh.shape["data"]
+    if config.batch_size % data:
+        raise ValueError(
+            f"config.batch_size {config.batch_size} does not divide over the 'data' "
+            f"mesh axis of size {data} (config.mesh_shape "
+            f"{tuple(config.mesh_shape)} -> {dict(mesh.shape)})"
+        )
+    if config.batch_size % jax.process_count():
+        raise ValueError(
+            f"config.batch_size {config.batch_size} does not divide over "
+            f"{jax.process_count()} processes"
+        )

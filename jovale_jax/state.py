@@ -1,10 +1,10 @@
-"""The model and its optimizer state on a mesh, built once; inference on a host batch.
+"""The model on a mesh, built once: :class:`ShardedModel`, and the ways to make one.
 
-:func:`create` builds a :class:`ModelState` (the sharded parameters, frozen parameters, optimizer
-state and the jitted eval-mode ``predict``); :func:`load_trained` builds one holding a checkpoint's
-parameters. :func:`predict_batch` is the one way to score a per-process numpy batch: evaluation,
-``detect`` and the benches all call it. The trainer (``train.py``) adds its jitted step on top and
-replaces ``state`` as it steps (``dataclasses.replace``); nothing assigns fields afterwards.
+:func:`create` builds a :class:`ShardedModel` for training (the sharded parameters, frozen
+parameters, optimizer state and the jitted eval-mode ``predict`` of ``programs.py``);
+:func:`load_trained` builds one holding a checkpoint's parameters only; :func:`restore_newest`
+fills one from the newest checkpoint that restores. The trainer (``train.py``) replaces ``state``
+as it steps (``dataclasses.replace``); nothing assigns fields afterwards.
 
 The train state is a dict of pure pytrees: ``params`` (trainable), ``opt_state`` and ``step``.
 Frozen parameters (BLIP, fixed position tables) live in ``frozen`` and get neither gradients nor
@@ -21,19 +21,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 
-from jovale_jax import checkpoint, optim, sharding
+from jovale_jax import checkpoint, optim, programs, sharding
 from jovale_jax.checkpoint import abstract_like
-from jovale_jax.models.jovale import JoVALE, expected_inputs
-
-
-def model_inputs(cfg, batch: dict[str, Any]) -> dict[str, Any]:
-    """The entries of a pipeline batch that the model reads."""
-    keys = set(expected_inputs(cfg)) | {"audio_mask", "frame_extent"}
-    return {k: v for k, v in batch.items() if k in keys}
+from jovale_jax.models.jovale import JoVALE
 
 
 def trainable_filter(cfg):
@@ -44,8 +37,11 @@ def trainable_filter(cfg):
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class ModelState:
-    """Everything the loop, the evaluator, ``detect`` and the benchmarks need, built once."""
+class ShardedModel:
+    """The model sharded on a mesh: its graph (train and eval mode), its parameters (with the
+    optimizer state when built for training), frozen parameters, their shardings and the jitted
+    ``predict``. Everything the loop, the evaluator, ``detect`` and the benchmarks need, built
+    once."""
 
     config: Any
     mesh: jax.sharding.Mesh
@@ -69,7 +65,7 @@ class ModelState:
             self.frozen,
         )
 
-    def replace(self, **changes) -> ModelState:
+    def replace(self, **changes) -> ShardedModel:
         """A copy with some fields replaced (the trainer's new ``state``, restored parameters)."""
         return dataclasses.replace(self, **changes)
 
@@ -113,7 +109,7 @@ def optimizer_state_shardings(opt_shapes, params, params_sh, default):
 
 def create(
     config, *, mesh: jax.sharding.Mesh, steps_per_epoch: int, init_from: str | None = None
-) -> ModelState:
+) -> ShardedModel:
     """Build the model, the sharded train state, the optimizer and the jitted ``predict``."""
     s = _model_state(config, mesh, init_from)
     params = s.state["params"]
@@ -134,7 +130,7 @@ def create(
     return s.replace(state=state, state_shardings=state_sh, tx=tx, steps_per_epoch=steps_per_epoch)
 
 
-def _model_state(config, mesh, init_from: str | None = None) -> ModelState:
+def _model_state(config, mesh, init_from: str | None = None) -> ShardedModel:
     """The sharded model's parameters and ``predict``, without an optimizer (``tx`` None,
     ``state`` holds ``params`` only)."""
     model = make_sharded_model(config, mesh, init_from)
@@ -150,7 +146,7 @@ def _model_state(config, mesh, init_from: str | None = None) -> ModelState:
         return jax.tree.map(lambda x: x.sharding, tree)
 
     params_sh, frozen_sh = shardings_of(params), shardings_of(frozen)
-    return ModelState(
+    return ShardedModel(
         config=config,
         mesh=mesh,
         graphdef=graphdef,
@@ -162,72 +158,13 @@ def _model_state(config, mesh, init_from: str | None = None) -> ModelState:
         frozen_shardings=frozen_sh,
         tx=None,
         steps_per_epoch=1,
-        predict=_make_predict(config, mesh, eval_graphdef, rngs, params_sh, frozen_sh),
+        predict=programs.make_predict(config, mesh, eval_graphdef, rngs, params_sh, frozen_sh),
     )
 
 
-def _make_predict(config, mesh, eval_graphdef, rng_template, params_sh, frozen_sh) -> Callable:
-    """The jitted eval-mode forward ``(params, frozen, batch) -> {"scores": sigmoid scores
-    (B, K, C)}``, with ``"gates"`` (B, K, M), the last AMFN layer's MFA gates per actor and
-    modality (``JoVALE.logits_and_gates``), when the fusion stage is the AMFN."""
-    with_gates = config.model.fusion_strategy == "amfn"
-
-    def predict(params, frozen, batch):
-        model = nnx.merge(eval_graphdef, params, rng_template, frozen)
-        inputs = model_inputs(config.model, batch)
-        if not with_gates:
-            return {"scores": jax.nn.sigmoid(model(inputs))}
-        logits, gates = model.logits_and_gates(inputs)
-        return {"scores": jax.nn.sigmoid(logits), "gates": gates}
-
-    jitted = jax.jit(predict, in_shardings=(params_sh, frozen_sh, sharding.data_sharding(mesh)))
-    return sharding.TracedInMesh(jitted, mesh, sharding.rules_from_config(config))
-
-
-def global_batch(mesh, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    """Per-process numpy batch -> global arrays sharded over 'data' (multi-host safe); entries
-    that are not numbers (video ids) are left out."""
-    arrays = {k: v for k, v in local.items() if np.asarray(v).dtype.kind in "biuf"}
-    return {
-        k: jax.make_array_from_process_local_data(sharding.batch_sharding(mesh, np.ndim(v)), v)
-        for k, v in arrays.items()
-    }
-
-
-def to_host(x: jax.Array) -> np.ndarray:
-    """This process's rows of a batch-sharded global array, in local batch order."""
-    if jax.process_count() == 1:
-        return np.asarray(x)
-    rows = {s.index[0].start or 0: s for s in x.addressable_shards}  # replicas over 'model': once
-    return np.concatenate([np.asarray(rows[start].data) for start in sorted(rows)])
-
-
-def predict_batch(s: ModelState, local: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """``s.predict`` on a per-process numpy batch: {"scores": sigmoid scores (B, K, C)} and, with
-    the AMFN, "gates" (B, K, M); numpy, this process's rows."""
-    out = s.predict(s.state["params"], s.frozen, global_batch(s.mesh, local))
-    return {k: to_host(v) for k, v in out.items()}
-
-
-def check_divisibility(config, mesh) -> None:
-    """Batch and mesh sizes must agree; fail before compiling, with the numbers."""
-    data = mesh.shape["data"]
-    if config.batch_size % data:
-        raise ValueError(
-            f"config.batch_size {config.batch_size} does not divide over the 'data' "
-            f"mesh axis of size {data} (config.mesh_shape "
-            f"{tuple(config.mesh_shape)} -> {dict(mesh.shape)})"
-        )
-    if config.batch_size % jax.process_count():
-        raise ValueError(
-            f"config.batch_size {config.batch_size} does not divide over "
-            f"{jax.process_count()} processes"
-        )
-
-
 def restore_newest(
-    s: ModelState, ckpt: checkpoint.Checkpointer, agree=lambda ok: ok
-) -> tuple[ModelState, int | None, dict[str, Any] | None]:
+    s: ShardedModel, ckpt: checkpoint.Checkpointer, agree=lambda ok: ok
+) -> tuple[ShardedModel, int | None, dict[str, Any] | None]:
     """``s`` with the train state and frozen parameters of the newest checkpoint that restores
     (``Checkpointer.restore_newest``: broken newer steps are set aside), its step and meta;
     ``s`` itself, None, None when there is no checkpoint."""
@@ -280,8 +217,8 @@ def resolve_checkpoint(path: str) -> tuple[str, int]:
 
 def load_trained(
     config, checkpoint_path: str, *, devices: Sequence[jax.Device] | None = None
-) -> ModelState:
-    """A ModelState holding a trained checkpoint's parameters, for evaluation and inference.
+) -> ShardedModel:
+    """A ShardedModel holding a trained checkpoint's parameters, for evaluation and inference.
     Parameters only: no optimizer is built and the optimizer state is not read; nothing is
     written. ``state["step"]`` is the step restored."""
     directory, step = checkpoint.resolve(checkpoint_path)

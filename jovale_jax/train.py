@@ -3,11 +3,11 @@
     python launch.py train --config configs/synthetic.py --workdir runs/demo
 
 Sections, in the order things happen: distributed set-up and mesh; input pipeline; model and
-sharded state (``state.create``); the jitted train step (explicit in/out shardings, the state
-donated, no host synchronisation inside); checkpoint restore; the loop (progress line, JSON-lines
-metrics, TensorBoard, periodic checkpoints and evaluation, SIGTERM/SIGINT and non-finite loss
-handling).
-Dropout keys are derived from (seed, step), so a resumed run is bit-identical.
+sharded state (``state.create``); checkpoint restore; the jitted train step
+(``programs.make_train_step``: explicit in/out shardings, the state donated, no host
+synchronisation inside; dropout keys derived from (seed, step), so a resumed run is
+bit-identical); the loop (progress line, JSON-lines metrics, TensorBoard, periodic checkpoints and
+evaluation, SIGTERM/SIGINT and non-finite loss handling).
 
 The loop never waits for the host when the input keeps up: ``config.device_prefetch`` batches are
 already on the devices (sharded global arrays) while a step runs (:class:`DeviceBatches`, as
@@ -27,82 +27,23 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
-import optax
-from flax import nnx
 from jax.experimental import multihost_utils
 
 from jovale_jax import distributed, optim, run_log, sharding
 from jovale_jax.checkpoint import Checkpointer
-from jovale_jax.losses import sigmoid_focal_loss
+from jovale_jax.programs import make_train_step
+from jovale_jax.sharding import check_divisibility, global_batch
 from jovale_jax.state import (
-    ModelState,
-    check_divisibility,
+    ShardedModel,
     create,
-    global_batch,
-    model_inputs,
     restore_newest,
 )
-
-
-def step_rngs(template, seed: int, step: jax.Array):
-    """Dropout keys for one step: a function of (seed, step, position), never carried over; a
-    stacked (scanned) layer's key array keeps its shape, one key per layer."""
-    base = jax.random.fold_in(jax.random.key(seed), step)
-    leaves, treedef = jax.tree.flatten(template)
-    out = []
-    for i, leaf in enumerate(leaves):
-        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-            out.append(jax.random.split(jax.random.fold_in(base, i), leaf.shape))
-        else:
-            out.append(jnp.zeros_like(leaf))
-    return jax.tree.unflatten(treedef, out)
-
-
-def make_train_step(s: ModelState) -> Callable:
-    """The jitted ``(state, frozen, batch) -> (state, metrics)`` with explicit shardings."""
-    cfg = s.config
-
-    def train_step(state, frozen, batch):
-        rngs = step_rngs(s.rng_template, cfg.seed, state["step"])
-        example_mask = batch.get("example_mask", jnp.ones(batch["box_mask"].shape[:1], bool))
-        mask = batch["box_mask"] & example_mask[:, None]
-
-        def loss_fn(params):
-            model = nnx.merge(s.graphdef, params, rngs, frozen)
-            logits = model(model_inputs(cfg.model, batch))
-            return sigmoid_focal_loss(
-                logits, batch["targets"], mask, alpha=cfg.focal_alpha, gamma=cfg.focal_gamma
-            )
-
-        loss, grads = jax.value_and_grad(loss_fn)(state["params"])
-        updates, opt_state = s.tx.update(grads, state["opt_state"], state["params"])
-        grad_norm = optax.tree.norm(grads)
-        metrics = {
-            "loss": loss,
-            "grad_norm": grad_norm,
-            "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm),
-        }
-        new_state = {
-            "params": optax.apply_updates(state["params"], updates),
-            "opt_state": opt_state,
-            "step": state["step"] + 1,
-        }
-        return new_state, metrics
-
-    jitted = jax.jit(
-        train_step,
-        donate_argnums=0,
-        in_shardings=(s.state_shardings, s.frozen_shardings, sharding.data_sharding(s.mesh)),
-        out_shardings=(s.state_shardings, sharding.replicated(s.mesh)),
-    )
-    return sharding.TracedInMesh(jitted, s.mesh, sharding.rules_from_config(cfg))
 
 
 class DeviceBatches:
     """Global batches put on the devices ``n_prefetch`` steps ahead (0: synchronous).
 
-    ``make_array_from_process_local_data`` (:func:`state.global_batch`) returns before the copy
+    ``make_array_from_process_local_data`` (:func:`sharding.global_batch`) returns before the copy
     ends, so the next batches travel while the step runs. Each batch carries the input pipeline's
     position after it: :attr:`state` is that of the last batch handed out, i.e. what a checkpoint
     must record (not the prefetched ones). :attr:`waited_s` sums the time spent in ``next``.
@@ -226,10 +167,10 @@ def train(
     init_from: str | None = None,
     data_dir: str | None = None,
     devices: Sequence[jax.Device] | None = None,
-    evaluate_fn: Callable[[ModelState, int], dict[str, float]] | None = None,
+    evaluate_fn: Callable[[ShardedModel, int], dict[str, float]] | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) in ``workdir``; returns {"step", "status", "setup": the final
-    ModelState}."""
+    ShardedModel}."""
     from jovale_jax.input_pipeline import create_train_iterator
 
     _Stop.install()  # from here on, SIGTERM or SIGINT: save at the next step and return

@@ -41,23 +41,17 @@ def tiny_config():
 
 
 def random_batch(model_cfg, batch_size: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
-    """A batch of the inputs a `config.model` needs, with valid boxes and some padded proposals."""
-    from jovale_jax.models.jovale import expected_inputs
+    """A batch of the inputs a `config.model` reads (models/batch.py's spec; frames as normalised
+    floats), with valid boxes and some padded proposals."""
+    from jovale_jax.models.batch import INPUT, OPTIONAL
+    from jovale_jax.models.batch import random_batch as spec_batch
 
-    rng = np.random.default_rng(seed)
-    batch = {
-        k: rng.normal(size=(batch_size,) + s).astype(np.float32)
-        for k, (s, _) in expected_inputs(model_cfg).items()
-    }
+    batch = spec_batch(model_cfg, batch_size, seed, uses=(INPUT, OPTIONAL), float_frames=True)
+    batch.pop("frame_extent", None)  # the frame fills the canvas
     k = model_cfg.num_proposals
-    xy = rng.uniform(0, 0.6, size=(batch_size, k, 2))
-    wh = rng.uniform(0.1, 0.4, size=(batch_size, k, 2))
-    batch["boxes"] = np.concatenate([xy, xy + wh], -1).astype(np.float32)
     batch["box_mask"] = (
         np.arange(k)[None, :] < np.maximum(1, k - 1 - np.arange(batch_size))[:, None]
     )
-    if "audio" in model_cfg.modalities:
-        batch["audio_mask"] = np.ones((batch_size,), bool)
     return batch
 
 

@@ -132,6 +132,11 @@ def test_typos_and_mistyped_paths_are_one_line_errors_that_create_nothing(tmp_pa
     cases = {
         "unknown command": (["trian"], 2, "'trian'", "did you mean 'train'"),
         "no command": ([], 2, "no command given", "train, eval"),
+        "bench flag now a config field": (
+            ["bench", "step", "--config", cfg, "--component", "amfn"],
+            2,
+            "--component is now a config field: --config.bench.component=amfn",
+        ),
         "unknown field": (
             ["flops", "--config", cfg, "--config.model.amfn.num_layer=2"],
             2,
@@ -228,7 +233,8 @@ def test_per_command_help_lists_that_commands_flags(tmp_path):
     assert out.startswith("usage: python launch.py train [flags]")
     assert "--workdir" in out and "--init_from" in out and "--config.FIELD=VALUE" in out
     assert "--video" not in out and "--compare_to" not in out  # other commands' flags
-    assert "step,forward,memory" in bench_out and "--num_batches" in bench_out
+    assert "step,forward,memory" in bench_out and "config.bench" in bench_out
+    assert "--data_dir" in bench_out and "--num_batches" not in bench_out  # config.bench.*
 
 
 def test_entry_point_one_line_error_from_another_folder(tmp_path):

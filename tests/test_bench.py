@@ -1,9 +1,8 @@
 """The step, forward, memory and remat benches run on tiny configs and report sane numbers.
 
 No timing assertions: only keys, units and relations that hold on any machine. Compiling is most
-of the cost on a CPU, so one ModelState serves the step and forward benches of the `test` variant,
-and
-the AMFN, memory and remat benches run on a one-stream, one-layer copy of it.
+of the cost on a CPU, so one ShardedModel serves the step and forward benches of the `test`
+variant, and the AMFN, memory and remat benches run on a one-stream, one-layer copy of it.
 """
 
 import json

@@ -2,11 +2,10 @@
 
 The model is the synthetic `test` config with random weights, saved as a checkpoint at the start;
 one test loads it through `checkpoint=` (as the command line does), the others share the loaded
-`ModelState` (`model_state=`) so that the forward pass compiles once. Videos: 97 x 61 at 12 fps for
-1 s with
-a 44.1 kHz stereo AAC track, the same frames without audio, 64 x 48 at 5 fps for 20 s without
-audio (Matroska), 40 x 30 for 0.5 s (shorter than the model's 1 s window). The person detector is
-a randomly initialised tiny DETR saved to a folder, biased towards its 'person' class.
+`ShardedModel` (`model_state=`) so that the forward pass compiles once. Videos: 97 x 61 at 12 fps
+for 1 s with a 44.1 kHz stereo AAC track, the same frames without audio, 64 x 48 at 5 fps for 20 s
+without audio (Matroska), 40 x 30 for 0.5 s (shorter than the model's 1 s window). The person
+detector is a randomly initialised tiny DETR saved to a folder, biased towards its 'person' class.
 """
 
 import csv
@@ -24,7 +23,7 @@ from hf_tiny import tiny_detr
 from PIL import Image
 
 from configs import synthetic
-from jovale_jax import input_pipeline, state, visualize
+from jovale_jax import input_pipeline, programs, state, visualize
 from jovale_jax.checkpoint import Checkpointer
 from jovale_jax.datasets import common
 from jovale_jax.datasets import video as video_io
@@ -133,8 +132,8 @@ def with_detect(config, **options):
 
 
 @pytest.fixture(scope="module")
-def trained(config, tmp_path_factory) -> tuple[str, state.ModelState]:
-    """(workdir of a saved random-weight checkpoint, the ModelState it was saved from)."""
+def trained(config, tmp_path_factory) -> tuple[str, state.ShardedModel]:
+    """(workdir of a saved random-weight checkpoint, the ShardedModel it was saved from)."""
     workdir = str(tmp_path_factory.mktemp("run"))
     s = state.create(config, mesh=make_mesh((1, 1), DEVICES), steps_per_epoch=1)
     ckpt = Checkpointer(workdir)
@@ -173,8 +172,8 @@ def assert_no_partial(parent) -> None:
 
 
 def test_keyframe_inputs_are_the_input_pipelines(config, videos):
-    """A keyframe's model inputs equal what the eval pipeline makes of the same clip in a built
-    dataset (frames exactly; the numpy fbank features within 1e-4 of the pipeline's TF ones)."""
+    """A keyframe's model inputs are exactly what the eval pipeline makes of the same clip in a
+    built dataset, and only the entries the model reads."""
     spec = common.clip_config(config)
     with video_io.open_video(videos["odd"]) as container:
         [(_, clip)] = list(video_io.read_clips(container, [0.5], spec, "odd"))
@@ -200,7 +199,7 @@ def test_keyframe_inputs_are_the_input_pipelines(config, videos):
         "box_mask",
     }
     for key, value in ours.items():
-        np.testing.assert_allclose(value, reference[key].numpy(), atol=1e-4, err_msg=key)
+        np.testing.assert_array_equal(value, reference[key].numpy(), err_msg=key)
     assert np.abs(ours["audio"]).max() > 0.5  # the tone is there
 
 
@@ -252,7 +251,7 @@ def test_without_an_audio_track_the_audio_is_masked(config, trained, videos, tmp
     inputs = driver.example_inputs(config, clip, proposals.WHOLE_FRAME[:, :4])
     inputs["audio"][:] = 0
     inputs["audio_mask"] = np.asarray(False)
-    expected = state.predict_batch(s, driver.stack_padded([inputs], 4))["scores"]
+    expected = programs.predict_batch(s, driver.stack_padded([inputs], 4))["scores"]
     np.testing.assert_allclose(masked, expected[0, 0], atol=2e-6)
 
 

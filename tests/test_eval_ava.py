@@ -1,4 +1,5 @@
-"""AVA evaluator: hand-computed protocol cases, the loop baseline, bad input, CLI, no jax."""
+"""AVA evaluator: hand-computed protocol cases, the loop baseline (tests/ava_reference.py), bad
+input, CLI, no jax."""
 
 import csv
 import json
@@ -7,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import ava_reference as reference
 import numpy as np
 import pytest
 
@@ -80,7 +82,7 @@ def test_score_ties_across_frames_rank_the_later_frame_first(tmp_path):
     truth = write_file(tmp_path, "gt.csv", csv_text(("v", 902, A, 1)))
     for order, expected in (((tp, fp), 0.5), ((fp, tp), 1.0)):
         det = write_file(tmp_path, "det.csv", csv_text(*order))
-        assert bench.reference_evaluate(labelmap, truth, det)["mAP"] == pytest.approx(expected)
+        assert reference.reference_evaluate(labelmap, truth, det)["mAP"] == pytest.approx(expected)
 
 
 def test_several_labels_on_one_box():
@@ -291,7 +293,7 @@ def test_fast_equals_loop_baseline_on_random_input(tmp_path, seed):
     for cap in (0, 4, 50):
         with pytest.warns(UserWarning, match="absent from the ground truth"):
             fast = ava.evaluate(truth, det, labelmap, exclusions, cap)
-        loop = bench.reference_evaluate(labelmap, truth, det, exclusions, cap)
+        loop = reference.reference_evaluate(labelmap, truth, det, exclusions, cap)
         assert fast["mAP"] == pytest.approx(loop["mAP"], abs=1e-6)
         for c in NAMES:
             assert fast["per_class"][c] == pytest.approx(

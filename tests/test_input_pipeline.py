@@ -16,6 +16,7 @@ import tensorflow_datasets as tfds
 
 from configs import synthetic
 from jovale_jax import audio_features, input_pipeline
+from jovale_jax.models.batch import batch_spec
 
 NUM_EXAMPLES = 13  # 3 batches of 4 per epoch, 1 example dropped
 BATCH = 4
@@ -112,23 +113,9 @@ def examples(config):
 
 
 def _expected_layout(config, batch: int, *, eval_keys: bool) -> dict:
-    m = config.model
-    k, s = m.num_proposals, m.scene.image_size
-    layout = {
-        "video": ((batch, m.video.num_frames, *m.video.image_size, 3), np.uint8),
-        "frame_extent": ((batch, 4), np.float32),
-        "scene": ((batch, m.scene.num_frames, s, s, 3), np.uint8),
-        "audio": ((batch, m.audio.num_frames, m.audio.num_mel_bins), np.float32),
-        "audio_mask": ((batch,), np.bool_),
-        "boxes": ((batch, k, 4), np.float32),
-        "box_mask": ((batch, k), np.bool_),
-        "proposal_scores": ((batch, k), np.float32),
-        "targets": ((batch, k, m.num_classes), np.float32),
-        "example_mask": ((batch,), np.bool_),
-    }
-    if eval_keys:
-        layout.update(video_id=((batch,), np.object_), timestamp=((batch,), np.int64))
-    return layout
+    """{key: (shape, dtype)} of models/batch.py's batch_spec (test_batch_spec.py pins the spec)."""
+    spec = batch_spec(config.model, training=not eval_keys)
+    return {k: ((batch, *e.shape), e.dtype) for k, e in spec.items()}
 
 
 def _assert_layout(batch: dict, layout: dict) -> None:
@@ -227,7 +214,8 @@ def test_modality_subsets_drop_keys(examples, modalities, absent):
     evaluation = _eval_batches(config, examples[:BATCH])[0]
     for batch, eval_keys in ((train, False), (evaluation, True)):
         layout = _expected_layout(config, BATCH, eval_keys=eval_keys)
-        _assert_layout(batch, {k: v for k, v in layout.items() if k not in absent})
+        assert not absent & set(layout)
+        _assert_layout(batch, layout)
 
 
 def _canvas_box(box: np.ndarray, extent: np.ndarray) -> np.ndarray:

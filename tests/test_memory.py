@@ -6,7 +6,7 @@ import jax
 from flax import nnx
 
 from configs import synthetic
-from jovale_jax.memory import memory_report
+from jovale_jax.bench.memory import memory_report, print_memory
 from jovale_jax.models import JoVALE
 
 
@@ -40,12 +40,10 @@ def test_bench_memory_command_prints_the_report(capsys):
     """`launch.py bench memory` prints memory_report as a table (GB) and one JSON line."""
     import json
 
-    import launch
-
     config = synthetic.get_config("test")
     config.model.modalities = ("video",)
     config.model.amfn.num_layers = 1
-    launch.print_memory(config, 2)
+    print_memory(config, 2)
     lines = capsys.readouterr().out.strip().splitlines()
     r = json.loads(lines[-1])
     assert r["bench"] == "memory" and r["batch_size"] == 2 and r["remat_policy"] == "none"

@@ -245,12 +245,13 @@ def test_every_table_4_row_takes_its_queries_from_the_detector(detector):
     0's features changes actor 0's logits in the audio-only and scene-only rows too."""
     from flax import nnx
 
-    from jovale_jax.models.jovale import JoVALE, expected_inputs
+    from jovale_jax.models.batch import model_spec
+    from jovale_jax.models.jovale import JoVALE
 
     config = detector_config(detector)
     for row in ablate.TABLES["4"][1]:
         cfg = ablate.row_config(config, row)
-        assert "proposal_features" in expected_inputs(cfg.model), row.name
+        assert "proposal_features" in model_spec(cfg.model), row.name
         if row.name not in ("a", "s"):
             continue
         model = JoVALE(cfg.model, rngs=nnx.Rngs(0))

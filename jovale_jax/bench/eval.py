@@ -1,31 +1,27 @@
-"""Eval benchmark: the vectorised AVA evaluator against a plain per-frame, per-class loop.
+"""Eval benchmark: the vectorised AVA evaluator and the detections CSV at AVA val size.
 
 `run_eval_bench()` generates an AVA-val-like input (64 videos, 57,600 keyframes, 15 detected boxes
 per keyframe, each scored for the 60 evaluated classes), then
 
-1. times `ava.evaluate` and `reference_evaluate` (the loop below, written from the official rules
-   for readability, not speed) end to end on the same CSV files (every box x every class, so
-   900 rows per keyframe and the official 50-row cap at work), on the first `baseline_frames`
-   keyframes only because the loop is slow, checks that they agree, and reports the ratio;
-2. times `ava.evaluate` alone on the full size: in memory on the dense (boxes x classes) scores,
-   with the cap and without, and end to end from a CSV holding each keyframe's 20 best rows
-   (about 1.15 million rows);
-3. times the detections CSV that `launch.py eval` writes at that size (every box x class: about
+1. times `ava.evaluate` on the full size: in memory on the dense (boxes x classes) scores, with
+   the official 50-row cap and without, and end to end from a CSV holding each keyframe's 20 best
+   rows (about 1.15 million rows);
+2. times the detections CSV that `launch.py eval` writes at that size (every box x class: about
    51.8 million rows, `evaluation.detections_csv.write_detections_csv`); with the two in-memory
    evaluations it is eval's output cost at AVA val size (`eval_output_s`).
 
-It prints a table and, as its last line, one JSON object.
+The plain-loop reference evaluator that `ava.evaluate` agrees with is a test oracle:
+tests/ava_reference.py (tests/test_eval_ava.py compares the two). It prints a table and, as its
+last line, one JSON object.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
 import tempfile
 import time
-from collections.abc import Mapping
 
 import numpy as np
 
@@ -33,143 +29,6 @@ from jovale_jax.evaluation import ava
 from jovale_jax.evaluation.detections_csv import write_detections_csv
 
 AVA_60_IDS = ava.AVA_V22_IDS  # the 60 action ids of the AVA evaluation label map
-
-
-# ---------------------------------------------------------------------------------------------
-# The loop baseline.
-
-
-def _iou(a: list[float], b: list[float]) -> float:
-    """IoU of two x1, y1, x2, y2 boxes, with the official operations (no pixel +1)."""
-    height = max(min(a[3], b[3]) - max(a[1], b[1]), 0.0)
-    width = max(min(a[2], b[2]) - max(a[0], b[0]), 0.0)
-    inter = height * width
-    area_a = (a[3] - a[1]) * (a[2] - a[0])
-    area_b = (b[3] - b[1]) * (b[2] - b[0])
-    union = area_a + area_b - inter
-    if union == 0:
-        return math.nan if inter == 0 else math.copysign(math.inf, inter)
-    return inter / union
-
-
-def _voc_ap(ranked_tp: list[bool], num_gt: int) -> float:
-    """VOCdevkit AP from true-positive flags in rank order (the official metrics.py rule)."""
-    if num_gt == 0:
-        return math.nan
-    if not ranked_tp:
-        return 0.0
-    precision, recall, hits = [], [], 0
-    for rank, tp in enumerate(ranked_tp, 1):
-        hits += tp
-        precision.append(hits / rank)
-        recall.append(hits / num_gt)
-    recall = [0.0] + recall + [1.0]
-    precision = [0.0] + precision + [0.0]
-    for i in range(len(precision) - 2, -1, -1):
-        precision[i] = max(precision[i], precision[i + 1])
-    return sum(
-        (recall[i] - recall[i - 1]) * precision[i]
-        for i in range(1, len(recall))
-        if recall[i] != recall[i - 1]
-    )
-
-
-Row = tuple[str, int, list[float], int, float]
-
-
-def read_rows(path: str | os.PathLike) -> list[Row]:
-    """AVA CSV rows as (video, second, [x1, y1, x2, y2], action, score) with the csv module."""
-    with open(path, newline="") as f:
-        return [
-            (
-                row[0],
-                int(float(row[1])),
-                [float(v) for v in row[2:6]],
-                int(float(row[6])),
-                float(row[7]) if len(row) == 8 else 1.0,
-            )
-            for row in csv.reader(f)
-        ]
-
-
-def reference_evaluate(
-    labelmap: str | os.PathLike,
-    groundtruth: str | os.PathLike,
-    detections: str | os.PathLike,
-    exclusions: str | os.PathLike | None = None,
-    max_dets_per_frame: int = ava.DEFAULT_MAX_DETS_PER_FRAME,
-) -> dict:
-    """`reference_evaluate_rows` from the files (only the label map and exclusions readers are
-    shared with `ava`)."""
-    return reference_evaluate_rows(
-        ava.read_labelmap(labelmap),
-        read_rows(groundtruth),
-        read_rows(detections),
-        ava.read_exclusions(exclusions) if exclusions else set(),
-        max_dets_per_frame,
-    )
-
-
-def reference_evaluate_rows(
-    names: Mapping[int, str],
-    truth_rows: list[Row],
-    detection_rows: list[Row],
-    excluded: set[tuple[str, int]],
-    max_dets_per_frame: int = ava.DEFAULT_MAX_DETS_PER_FRAME,
-) -> dict:
-    """The AVA protocol as a plain loop over frames and classes.
-
-    Same rules and tie order as `ava.evaluate` (see its docstring). Returns {"mAP": float,
-    "per_class": {id: AP}}.
-    """
-    truth: dict[tuple[str, int], list[tuple[list[float], int]]] = {}
-    for video, second, box, label, _ in truth_rows:
-        if label in names:
-            truth.setdefault((video, second), []).append((box, label))
-    known_videos = {video for video, *_ in truth_rows}
-
-    frames: dict[tuple[str, int], list[tuple[float, int, list[float], int]]] = {}
-    for index, (video, second, box, label, score) in enumerate(detection_rows):
-        if label in names and video in known_videos:
-            frames.setdefault((video, second), []).append((score, index, box, label))
-
-    num_gt = dict.fromkeys(names, 0)
-    for key, rows in truth.items():
-        if key not in excluded:
-            for _, label in rows:
-                num_gt[label] += 1
-
-    # Per class, (score, true positive) in sequence order: frames as they first appear in the
-    # detections, each frame's rows by descending score (earlier row on ties), capped.
-    scored: dict[int, list[tuple[float, bool]]] = {c: [] for c in names}
-    for key, rows in frames.items():
-        if key in excluded:
-            continue
-        rows = sorted(rows, key=lambda r: (-r[0], r[1]))
-        if max_dets_per_frame:
-            rows = rows[:max_dets_per_frame]
-        for c in {label for _, _, _, label in rows}:
-            gt_boxes = [box for box, label in truth.get(key, []) if label == c]
-            claimed = [False] * len(gt_boxes)
-            for score, _, box, label in rows:
-                if label != c or not (box[0] < box[2] and box[1] < box[3]):
-                    continue
-                tp = False
-                if gt_boxes:
-                    ious = [_iou(box, gt) for gt in gt_boxes]
-                    best = int(np.argmax(ious))  # the first maximum; a NaN wins, as in numpy
-                    if ious[best] >= 0.5 and not claimed[best]:
-                        claimed[best] = tp = True
-                scored[c].append((score, tp))
-
-    per_class = {}
-    for c in sorted(names):
-        entries = scored[c]
-        # Descending score; ties: the later entry first (a reversed stable ascending sort).
-        ranked = sorted(range(len(entries)), key=lambda i: (entries[i][0], i), reverse=True)
-        per_class[c] = _voc_ap([entries[i][1] for i in ranked], num_gt[c])
-    aps = [ap for ap in per_class.values() if not math.isnan(ap)]
-    return {"mAP": sum(aps) / len(aps) if aps else math.nan, "per_class": per_class}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,35 +155,6 @@ def dense_to_rows(
     )
 
 
-def _subset(det: ava.AvaDenseDetections, num_boxes: int) -> ava.AvaDenseDetections:
-    return ava.AvaDenseDetections(
-        det.video_ids[:num_boxes],
-        det.timestamps[:num_boxes],
-        det.boxes[:num_boxes],
-        det.scores[:num_boxes],
-        det.class_ids,
-    )
-
-
-def _gt_subset(gt: ava.AvaBoxes, frames: set[tuple[str, int]]) -> ava.AvaBoxes:
-    keep = np.array([(v, t) in frames for v, t in zip(gt.video_ids, gt.timestamps.tolist())])
-    return ava.AvaBoxes(gt.video_ids[keep], gt.timestamps[keep], gt.boxes[keep], gt.labels[keep])
-
-
-def _max_difference(a: Mapping, b: Mapping) -> float:
-    """Largest |difference| over mAP and per-class APs (NaN equal to NaN); inf on a NaN mismatch."""
-    pairs = [(a["mAP"], b["mAP"])] + [
-        (a["per_class"][c], b["per_class"][c]) for c in a["per_class"]
-    ]
-    worst = 0.0
-    for x, y in pairs:
-        if math.isnan(x) != math.isnan(y):
-            return math.inf
-        if not math.isnan(x):
-            worst = max(worst, abs(x - y))
-    return worst
-
-
 def _timed(fn, *args) -> tuple:
     """(fn(*args), wall seconds, CPU seconds of this process)."""
     wall, cpu = time.perf_counter(), time.process_time()
@@ -335,7 +165,6 @@ def _timed(fn, *args) -> tuple:
 def run_eval_bench(
     num_frames: int = 57_600,
     boxes_per_frame: int = 15,
-    baseline_frames: int = 1_000,
     csv_rows_per_frame: int = 20,
     seed: int = 0,
 ) -> dict:
@@ -345,59 +174,16 @@ def run_eval_bench(
     steadier of the two.
 
     Returns:
-      the JSON object as a dict: sizes; per baseline run the fast and loop seconds and their
-      ratio; per full-size run the seconds and mAP; "ratio" (loop / fast, wall clock, CSV end to
-      end with the official cap), "ratio_eval_only" (the same on already parsed rows) and the
-      largest AP difference between the two implementations ("max_abs_diff", "agree").
+      the JSON object as a dict: sizes; per run the seconds and mAP; ``eval_output_s``, what
+      ``launch.py eval`` adds at this size (the detections CSV and both in-memory mAPs).
     """
     gt, det = make_ava_like(num_frames, boxes_per_frame, seed=seed)
-    baseline_frames = min(baseline_frames, num_frames)
-    sub_det = _subset(det, baseline_frames * boxes_per_frame)
-    sub_gt = _gt_subset(gt, set(zip(sub_det.video_ids.tolist(), sub_det.timestamps.tolist())))
-    sub_rows = dense_to_rows(sub_det, boxes_per_frame)
     names = {c: f"action {c}" for c in AVA_60_IDS}
-    caps = (ava.DEFAULT_MAX_DETS_PER_FRAME, 0)
-    baseline, full, diffs = {}, {}, []
-
-    def compare(name: str, fast_run: tuple, loop_run: tuple) -> None:
-        (fast, fast_wall, fast_cpu), (loop, loop_wall, loop_cpu) = fast_run, loop_run
-        diffs.append(_max_difference(fast, loop))
-        baseline[name] = {
-            "fast_s": round(fast_wall, 3),
-            "loop_s": round(loop_wall, 3),
-            "ratio": round(loop_wall / fast_wall, 2),
-            "fast_cpu_s": round(fast_cpu, 3),
-            "loop_cpu_s": round(loop_cpu, 3),
-            "ratio_cpu": round(loop_cpu / fast_cpu, 2),
-        }
-
+    full = {}
     with tempfile.TemporaryDirectory() as tmp:
         labelmap = os.path.join(tmp, "labelmap.pbtxt")
         write_labelmap(labelmap)
-        paths = {
-            name: os.path.join(tmp, f"{name}.csv") for name in ("gt", "det", "sub_gt", "sub_det")
-        }
-        write_csv(paths["sub_gt"], sub_gt)
-        write_csv(paths["sub_det"], sub_rows)
-        sub_paths = (paths["sub_gt"], paths["sub_det"])
-        for cap in caps:
-            compare(
-                f"CSV end to end, cap {cap}",
-                _timed(ava.evaluate, *sub_paths, labelmap, None, cap),
-                _timed(reference_evaluate, labelmap, *sub_paths, None, cap),
-            )
-        parsed = [ava.read_csv(path) for path in sub_paths]
-        parsed_rows = [read_rows(path) for path in sub_paths]
-        for cap in caps:
-            compare(
-                f"parsed rows, evaluation only, cap {cap}",
-                _timed(ava.evaluate, *parsed, names, None, cap),
-                _timed(reference_evaluate_rows, names, *parsed_rows, set(), cap),
-            )
-        # The dense input is the same data: it must give the very same numbers.
-        dense = ava.evaluate(sub_gt, sub_det, names)
-        diffs.append(_max_difference(dense, ava.evaluate(*parsed, names)))
-
+        paths = {name: os.path.join(tmp, f"{name}.csv") for name in ("gt", "det")}
         csv_rows = dense_to_rows(det, boxes_per_frame, csv_rows_per_frame)
         write_csv(paths["gt"], gt)
         write_csv(paths["det"], csv_rows)
@@ -427,34 +213,18 @@ def run_eval_bench(
     eval_output_s = sum(
         row["wall_s"] for name, row in full.items() if name.startswith(("dense", "detections CSV"))
     )
-
-    end_to_end = baseline[f"CSV end to end, cap {caps[0]}"]
     summary = {
         "bench": "eval",
         "num_frames": num_frames,
         "boxes_per_frame": boxes_per_frame,
         "num_classes": len(AVA_60_IDS),
-        "baseline_frames": baseline_frames,
-        "baseline_rows": len(sub_rows),
-        "baseline": baseline,
         "full": full,
-        "ratio": end_to_end["ratio"],
-        "ratio_eval_only": baseline[f"parsed rows, evaluation only, cap {caps[0]}"]["ratio"],
         "eval_output_s": round(eval_output_s, 3),
-        "max_abs_diff": max(diffs),
-        "agree": max(diffs) <= 1e-6,
     }
     print(
         f"AVA eval bench: {num_frames} keyframes x {boxes_per_frame} boxes x {len(AVA_60_IDS)} "
-        f"classes. Loop baseline on the first {baseline_frames} keyframes ({len(sub_rows)} rows):"
+        "classes:"
     )
-    print(f"{'run':<44} {'fast s':>8} {'loop s':>8} {'ratio':>7} {'CPU ratio':>9}")
-    for name, row in baseline.items():
-        print(
-            f"{name:<44} {row['fast_s']:>8.3f} {row['loop_s']:>8.3f} "
-            f"{row['ratio']:>6.1f}x {row['ratio_cpu']:>8.1f}x"
-        )
-    print(f"fast evaluator alone, all {num_frames} keyframes:")
     print(f"{'run':<44} {'wall s':>8} {'CPU s':>8} {'mAP':>7}")
     for name, row in full.items():
         print(f"{name:<44} {row['wall_s']:>8.3f} {row['cpu_s']:>8.3f} {row['mAP']:>7.4f}")
@@ -462,6 +232,5 @@ def run_eval_bench(
         f"launch.py eval's share at this size (CSV of every box x class, mAP with and without "
         f"the cap): {eval_output_s:.1f} s"
     )
-    print(f"fast vs loop: max |AP difference| {summary['max_abs_diff']:.1e}")
     print(json.dumps(summary))
     return summary

@@ -1,7 +1,7 @@
 """``launch.py bench loop``: the train loop fed by the real input pipeline against the same loop on
 one batch that stays on the devices.
 
-Both run the trainer's own pieces: :func:`jovale_jax.train.make_train_step` (compiled once,
+Both run the trainer's own pieces: :func:`jovale_jax.programs.make_train_step` (compiled once,
 timed apart) under the loop's transfer guard, and, for the fed loop, :class:`train.DeviceBatches`
 with ``config.device_prefetch`` batches in flight. The two loops alternate ``config.bench.rounds``
 times over ``config.bench.loop_steps`` steps each, after two untimed steps of each, and the best
@@ -27,8 +27,9 @@ from typing import Any
 import jax
 import ml_collections
 
-from jovale_jax import distributed, input_pipeline, sharding, train
-from jovale_jax.state import check_divisibility, create
+from jovale_jax import distributed, input_pipeline, programs, sharding, train
+from jovale_jax.sharding import check_divisibility
+from jovale_jax.state import create
 
 
 def run_loop_bench(
@@ -53,7 +54,7 @@ def run_loop_bench(
     feed = train.DeviceBatches(data, mesh, config.device_prefetch)
     resident = next(feed)
     start = time.perf_counter()
-    step = distributed.compile_synced(train.make_train_step(s), s.state, s.frozen, resident)
+    step = distributed.compile_synced(programs.make_train_step(s), s.state, s.frozen, resident)
     compile_s = time.perf_counter() - start
     state, frozen = s.state, s.frozen
 

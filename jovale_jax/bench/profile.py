@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from jovale_jax.bench.step import _caller, _print_report, _program, variant
+from jovale_jax.bench.step import build_program, caller, print_report, variant
 
 ATTENTION_SCORES = "attention scores (N x N: QK^T, softmax, their gradients)"
 MATMULS = "other matmuls (projections, MLP, attention x V)"
@@ -70,9 +70,9 @@ def profile_breakdown(
     :func:`_instruction_kinds`; ``top`` lists the ten costliest instructions. Prints a table and
     a JSON line."""
     config = variant(config, batch_size=batch_size or config.batch_size)
-    _, program = _program(config, mode, component, None)
+    _, program = build_program(config, mode, component, None)
     compiled = program.fn.trace(*program.args).lower().compile()
-    call = _caller(program, compiled)
+    call = caller(program, compiled)
     jax.block_until_ready(call())
     with tempfile.TemporaryDirectory() as folder:
         with jax.profiler.trace(folder, create_perfetto_trace=True):
@@ -107,5 +107,5 @@ def profile_breakdown(
     table = [("wall per call", f"{seconds:.3f} s"), ("instruction time", f"{total:.3f} s")]
     table += [(k, f"{v['seconds']:.3f} s  {v['share']:.1%}") for k, v in result["kinds"].items()]
     table += [(t["op"], f"{t['seconds'] * 1e3:.1f} ms  {t['kind']}") for t in result["top"]]
-    _print_report(f"profile of {mode} ({component}) at batch {config.batch_size}", table, result)
+    print_report(f"profile of {mode} ({component}) at batch {config.batch_size}", table, result)
     return result

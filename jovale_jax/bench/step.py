@@ -18,7 +18,7 @@ targets: no dataset), on all local devices with the config's mesh, and reports:
 * ``memory``: the compiled function's ``memory_analysis()`` per device, and ``peak_bytes_in_use``
   when the backend reports device memory (GPUs do, CPUs do not).
 
-``component='model'`` times :func:`jovale_jax.train.make_train_step` (loss, gradients
+``component='model'`` times :func:`jovale_jax.programs.make_train_step` (loss, gradients
 and the AdamW update) or ``predict``; ``component='amfn'`` times the AMFN plus the action heads
 alone on random embeddings of the shapes the encoders give (``jax.eval_shape``): for ``step``, the
 focal loss with its gradients with respect to the fusion's parameters and to its inputs (as in the
@@ -45,12 +45,14 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jovale_jax import sharding, train
-from jovale_jax.flops import abstract_batch, jaxpr_macs
+from jovale_jax import programs, sharding
+from jovale_jax.bench.memory import memory_stats
+from jovale_jax.flops import jaxpr_macs
 from jovale_jax.losses import sigmoid_focal_loss
-from jovale_jax.memory import train_batch_shapes
+from jovale_jax.models.batch import abstract_batch, random_batch
 from jovale_jax.models.jovale import JoVALE, head_logits, time_steps
-from jovale_jax.state import ModelState, check_divisibility, create, global_batch
+from jovale_jax.sharding import check_divisibility, global_batch
+from jovale_jax.state import ShardedModel, create
 
 COMPONENTS = ("model", "amfn")
 MODES = ("step", "forward")
@@ -77,32 +79,6 @@ def _random_like(rng: np.random.Generator, shape: jax.ShapeDtypeStruct) -> np.nd
     if shape.dtype == jnp.bool_:
         return np.ones(shape.shape, bool)
     return rng.standard_normal(shape.shape, np.float32).astype(shape.dtype)
-
-
-def synthetic_batch(
-    config: ml_collections.ConfigDict, batch_size: int, seed: int = 0
-) -> dict[str, np.ndarray]:
-    """A random training batch of the config's shapes: every proposal real, boxes valid, about 10%
-    of the targets positive."""
-    rng = np.random.default_rng(seed)
-    batch = {
-        k: _random_like(rng, s) for k, s in train_batch_shapes(config.model, batch_size).items()
-    }
-    corner = rng.uniform(0.0, 0.6, batch["boxes"].shape[:-1] + (2,))
-    size = rng.uniform(0.1, 0.4, corner.shape)
-    batch["boxes"] = np.concatenate([corner, corner + size], -1).astype(np.float32)
-    batch["targets"] = (rng.uniform(size=batch["targets"].shape) < 0.1).astype(np.float32)
-    return batch
-
-
-def _to_devices(mesh: jax.sharding.Mesh, tree: Any) -> Any:
-    """Host arrays -> global arrays with the leading (batch) axis over 'data'."""
-    return jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(
-            sharding.batch_sharding(mesh, np.ndim(x)), x
-        ),
-        tree,
-    )
 
 
 def _timed_rounds(calls: Sequence[Callable[[], Any]], repeats: int) -> list[list[float]]:
@@ -154,28 +130,6 @@ def peak_bytes_in_use() -> int | None:
     return max(peaks) if peaks else None
 
 
-def _memory_stats(compiled: jax.stages.Compiled) -> dict[str, int]:
-    """The compiled function's memory analysis per device, in bytes (empty when unavailable)."""
-    stats = compiled.memory_analysis()
-    if stats is None:
-        return {}
-    out = {
-        "arguments": stats.argument_size_in_bytes,
-        "outputs": stats.output_size_in_bytes,
-        "aliased": stats.alias_size_in_bytes,
-        "temporaries": stats.temp_size_in_bytes,
-        "generated_code": stats.generated_code_size_in_bytes,
-    }
-    out["total"] = (
-        out["arguments"]
-        + out["outputs"]
-        - out["aliased"]
-        + out["temporaries"]
-        + out["generated_code"]
-    )
-    return out
-
-
 @dataclasses.dataclass
 class _Program:
     """A jitted function with its (device) arguments. With ``carry``, the first output replaces
@@ -186,7 +140,7 @@ class _Program:
     carry: bool = False
 
 
-def _caller(program: _Program, compiled: jax.stages.Compiled) -> Callable[[], Any]:
+def caller(program: _Program, compiled: jax.stages.Compiled) -> Callable[[], Any]:
     """A no-argument call of ``compiled`` on the program's arguments, carrying the state over."""
     args = list(program.args)
 
@@ -216,11 +170,11 @@ def _measure(
                 "gmacs": jaxpr_macs(traced.jaxpr) / 1e9,
                 "macs_source": MACS_SOURCE,
                 "xla_gflops_per_device": None if xla is None else float(xla) / 1e9,
-                "memory": _memory_stats(compiled[-1]),
+                "memory": memory_stats(compiled[-1]),
             }
         )
     *times, matmul_times = _timed_rounds(
-        [_caller(p, c) for p, c in zip(programs, compiled, strict=True)] + [matmul], repeats
+        [caller(p, c) for p, c in zip(programs, compiled, strict=True)] + [matmul], repeats
     )
     matmul_rate = 2 * matmul_size**3 / statistics.median(matmul_times) / 1e9
     return [
@@ -233,14 +187,14 @@ def _model_program(
     config: ml_collections.ConfigDict,
     mesh: jax.sharding.Mesh,
     mode: str,
-    prepared: ModelState | None,
+    prepared: ShardedModel | None,
 ) -> _Program:
     """The full model's train step or ``predict`` on a synthetic batch."""
     s = prepared or create(config, mesh=mesh, steps_per_epoch=1)
-    batch = global_batch(mesh, synthetic_batch(config, config.batch_size, config.seed))
+    batch = global_batch(mesh, random_batch(config.model, config.batch_size, config.seed))
     if mode == "step":
         state = jax.tree.map(jnp.copy, s.state) if prepared else s.state  # prepared stays valid
-        return _Program(train.make_train_step(s), (state, s.frozen, batch), carry=True)
+        return _Program(programs.make_train_step(s), (state, s.frozen, batch), carry=True)
     return _Program(s.predict, (s.state["params"], s.frozen, batch))
 
 
@@ -291,7 +245,7 @@ def _amfn_program(
     inputs["targets"] = (
         rng.uniform(size=(config.batch_size, m.num_proposals, m.num_classes)) < 0.1
     ).astype(np.float32)
-    inputs = _to_devices(mesh, inputs)
+    inputs = global_batch(mesh, inputs)
 
     def logits(params, queries, context, x):
         part = nnx.merge(graphdef, params, rest)
@@ -321,14 +275,16 @@ def _amfn_program(
     return _Program(sharding.TracedInMesh(jax.jit(loss_and_grads), mesh, rules), (params, inputs))
 
 
-def _program(
-    config: ml_collections.ConfigDict, mode: str, component: str, prepared: ModelState | None
+def build_program(
+    config: ml_collections.ConfigDict, mode: str, component: str, prepared: ShardedModel | None
 ) -> tuple[jax.sharding.Mesh, _Program]:
     """The config's mesh and the program a bench times (``config.batch_size`` sets the batch)."""
     if mode not in MODES:
         raise ValueError(f"bench mode: expected one of {MODES}, got {mode!r}")
     if component not in COMPONENTS:
-        raise ValueError(f"bench --component: expected one of {COMPONENTS}, got {component!r}")
+        raise ValueError(
+            f"config field bench.component: expected one of {COMPONENTS}, got {component!r}"
+        )
     mesh = sharding.make_mesh(config.mesh_shape)
     check_divisibility(config, mesh)
     if component == "model":
@@ -343,11 +299,13 @@ def _run(
     component: str,
     repeats: int,
     matmul_size: int | None,
-    prepared: ModelState | None = None,
+    prepared: ShardedModel | None = None,
 ) -> list[dict[str, Any]]:
     """Benches (no printing) of configs that share a mesh and a batch size, timed in the same
     rounds: see the module docstring for the keys. ``prepared`` serves a single config."""
-    meshes, programs = zip(*(_program(c, mode, component, prepared) for c in configs), strict=True)
+    meshes, built = zip(
+        *(build_program(c, mode, component, prepared) for c in configs), strict=True
+    )
     mesh = meshes[0]
     platform = mesh.devices.flat[0].platform
     matmul, info = _matmul(
@@ -355,7 +313,7 @@ def _run(
     )
     results = []
     for config, measured in zip(
-        configs, _measure(programs, repeats, matmul, info["matmul_size"]), strict=True
+        configs, _measure(built, repeats, matmul, info["matmul_size"]), strict=True
     ):
         achieved = 2 * measured["gmacs"] / measured["seconds"]
         results.append(
@@ -386,7 +344,7 @@ def _gb(n: float | None) -> str:
     return f"{n / 1e9:.2f} GB" if abs(n) >= 1e9 else f"{n / 1e6:.2f} MB"
 
 
-def _print_report(title: str, rows: Iterable[tuple[str, Any]], result: dict[str, Any]) -> None:
+def print_report(title: str, rows: Iterable[tuple[str, Any]], result: dict[str, Any]) -> None:
     """A two-column table, then ``result`` as one JSON line (always the last line)."""
     rows = list(rows)
     width = max(len(name) for name, _ in rows)
@@ -433,12 +391,12 @@ def run_bench(
     component: str = "model",
     repeats: int = 5,
     matmul_size: int | None = None,
-    prepared: ModelState | None = None,
+    prepared: ShardedModel | None = None,
 ) -> dict[str, Any]:
     """Time the jitted train step (``mode='step'``) or the eval-mode forward pass (``'forward'``)
     of the whole model (``component='model'``) or of the AMFN plus heads alone (``'amfn'``) at
     ``batch_size`` (default ``config.batch_size``); print a table and a JSON line; return the
-    numbers. ``prepared``: a :class:`~jovale_jax.state.ModelState` of this config to reuse (the
+    numbers. ``prepared``: a :class:`~jovale_jax.state.ShardedModel` of this config to reuse (the
     step runs on a copy of its state)."""
     config = variant(config, batch_size=batch_size or config.batch_size)
     (r,) = _run(
@@ -449,7 +407,7 @@ def run_bench(
         matmul_size=matmul_size,
         prepared=prepared,
     )
-    _print_report(f"bench {mode} ({component})", _bench_rows(r), r)
+    print_report(f"bench {mode} ({component})", _bench_rows(r), r)
     return r
 
 
@@ -493,5 +451,5 @@ def run_remat_bench(
         for name, r in runs.items()
     ]
     table += [(k, f"{result[k]:.3f}") for k in ("time_ratio", "gmacs_ratio", "temporaries_ratio")]
-    _print_report(f"remat trade-off, train step at batch {off['batch_size']}", table, result)
+    print_report(f"remat trade-off, train step at batch {off['batch_size']}", table, result)
     return result

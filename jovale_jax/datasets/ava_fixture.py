@@ -8,8 +8,9 @@ sideways with a few moving figures, so their JPEGs cost about what a film's do t
 videos are taken as AVA's 15-minute cuts (keyframes 902, 903, ...), so every keyframe's 64-frame
 window lies inside its video.
 
-`launch.py bench input --fixture` generates and builds it, so the input bench runs without AVA;
-it is regenerated at each build (deterministic for a seed), never stored in the repository.
+`launch.py bench input --config.bench.fixture=True` generates and builds it, so the input bench
+runs without AVA; it is regenerated at each build (deterministic for a seed), never stored in the
+repository.
 """
 
 import csv

@@ -9,18 +9,19 @@ The package: `proposals.py` (person boxes), `outputs.py` (what is written, and h
 in `config.detect` (configs/common.py); arguments name files and folders.
 
 Keyframes: one every `detect.keyframe_every` seconds from the first frame: t = 0, e, 2e, ...
-below the
-video's duration (at least one). Timestamps in the outputs are these seconds, written as integers
-when they are whole (AVA's format) and with up to 3 decimals otherwise.
+below the video's duration (at least one). Timestamps in the outputs are these seconds, written
+as integers when they are whole (AVA's format) and with up to 3 decimals otherwise.
 
 Inputs of a keyframe: read exactly as the dataset builders read a keyframe
 (`jovale_jax.datasets.video.read_clips`: `model.video.num_frames` frames `data.frame_stride` apart
-at `data.fps`, centred on the keyframe, edge frames repeated past the video's ends, stored as JPEG
-with a short side of at most 256 px; the scene frames of the same window; the window's 16 kHz mono
-audio), then resized and normalised by the input pipeline's own `decode_images` (video bilinear,
-scene bicubic antialiased), the audio turned into AST's features by `audio_features_numpy`. A file
-without an audio track gets zero audio features with `audio_mask` false: the audio modality is
-masked, as for such examples in training, and the output says so.
+at `data.fps`, centred on the keyframe, edge frames repeated past the video's ends, as JPEG with a
+short side of at most max(`data.short_side`, `data.eval_short_side`); the scene frames of the same
+window at `model.scene.image_size` squared; the window's 16 kHz mono audio), then made into model
+inputs by the input pipeline's own `decode_example`, as for an evaluation example: the frames
+resized onto the canvas and left uint8 (the model normalises them on the device), the audio turned
+into AST's features, the boxes padded to K. A file without an audio track gets zero audio features
+with `audio_mask` false: the audio modality is masked, as for such examples in training, and the
+output says so.
 
 Person proposals, the K = `model.num_proposals` best by score, clipped to the frame:
   * `boxes_csv`: AVA-style rows `video_id, timestamp, x1, y1, x2, y2[, score]` (normalised to
@@ -29,8 +30,8 @@ Person proposals, the K = `model.num_proposals` best by score, clipped to the fr
     `video_id, timestamp, x1, y1, x2, y2, action_id, score` (the action id, often empty, is
     ignored); e.g. `clip,0,0.12,0.20,0.35,0.95,0.98`. Rows of other videos are ignored; a file
     without a row for this video (its id is the file name without extension) is an error naming
-    the ids it has. A row
-    must fall on a keyframe time (to the millisecond); rows that do not are counted in the result.
+    the ids it has. A row must fall on a keyframe time (to the millisecond); rows that do not are
+    counted in the result.
   * `detect.detector`: a transformers object-detection model (hub id or local folder, loaded with
     `AutoModelForObjectDetection` and `AutoImageProcessor`; the optional `convert` extra), run on
     the keyframe image (the clip frame nearest to the keyframe, as the model sees it); the boxes

@@ -17,15 +17,17 @@ import tensorflow as tf
 import tqdm
 from PIL import Image
 
-from jovale_jax import audio_features, input_pipeline
+from jovale_jax import input_pipeline
 from jovale_jax.datasets import common
 from jovale_jax.datasets import video as video_io
 from jovale_jax.detect import outputs, proposals
 from jovale_jax.detect.features import DetectorFeatures
 from jovale_jax.detect.outputs import Keyframe
 from jovale_jax.evaluation.detections_csv import format_time
+from jovale_jax.models.batch import model_inputs
 from jovale_jax.models.inputs import query_source
-from jovale_jax.state import ModelState, load_trained, predict_batch, resolve_checkpoint
+from jovale_jax.programs import predict_batch
+from jovale_jax.state import ShardedModel, load_trained, resolve_checkpoint
 
 DEMO_WORKDIR = os.path.join("runs", "demo")  # where `make demo` trains, from the repository root
 
@@ -61,33 +63,23 @@ def keyframe_times(
 def example_inputs(
     config, clip: video_io.Clip, boxes: np.ndarray, features: np.ndarray | None = None
 ) -> dict[str, np.ndarray]:
-    """One keyframe's model inputs (data/SCHEMA.md's batch entries, without the batch axis);
-    `features`: the boxes' detector features (model.query_source "detector")."""
-    model = config.model
-    encoded = {"frames": tf.constant(clip.frames), "scene_frames": tf.constant(clip.scene_frames)}
-    out = {k: v.numpy() for k, v in input_pipeline.decode_images(encoded, config).items()}
-    if "audio" in model.modalities:
-        has_audio = clip.has_audio and clip.waveform.size > 0
-        shape = (model.audio.num_frames, model.audio.num_mel_bins)
-        out["audio"] = (
-            audio_features.audio_features_numpy(
-                clip.waveform,
-                num_frames=shape[0],
-                num_mel_bins=shape[1],
-                window_type=model.audio.window_type,
-            )
-            if has_audio
-            else np.zeros(shape, np.float32)
-        )
-        out["audio_mask"] = np.asarray(has_audio)
-    k = model.num_proposals
-    out["boxes"] = np.zeros((k, 4), np.float32)
-    out["boxes"][: len(boxes)] = boxes
-    out["box_mask"] = np.arange(k) < len(boxes)
+    """One keyframe's model inputs (data/SCHEMA.md's batch entries the model reads, without the
+    batch axis), made by the input pipeline's own `decode_example` from the clip as a stored
+    example; `features`: the boxes' detector features (model.query_source "detector")."""
+    n = len(boxes)
+    example = {
+        "frames": tf.constant(clip.frames),
+        "scene_frames": tf.constant(clip.scene_frames),
+        "waveform": tf.constant(clip.waveform),
+        "has_audio": tf.constant(clip.has_audio),
+        "proposals": tf.constant(boxes, tf.float32),
+        "proposal_scores": tf.zeros((n,)),  # not a model input
+        "targets": tf.zeros((n, config.model.num_classes)),  # not a model input
+    }
     if features is not None:
-        out["proposal_features"] = np.zeros((k, features.shape[1]), np.float32)
-        out["proposal_features"][: len(boxes)] = features
-    return out
+        example["proposal_features"] = tf.constant(features, tf.float32)
+    decoded = input_pipeline.decode_example(example, config)
+    return {k: v.numpy() for k, v in model_inputs(config.model, decoded).items()}
 
 
 def stack_padded(examples: Sequence[dict[str, np.ndarray]], size: int) -> dict[str, np.ndarray]:
@@ -101,7 +93,7 @@ def stack_padded(examples: Sequence[dict[str, np.ndarray]], size: int) -> dict[s
 
 
 def predict_keyframes(
-    s: ModelState,
+    s: ShardedModel,
     container: av.container.InputContainer,
     centres: np.ndarray,
     times: np.ndarray,
@@ -200,7 +192,7 @@ def detect(
     video_out: str | None = None,
     label_map: str | None = None,
     devices: Sequence[jax.Device] | None = None,
-    model_state: ModelState | None = None,
+    model_state: ShardedModel | None = None,
 ) -> dict[str, Any]:
     """Runs the model of `checkpoint` on the keyframes of `video` (see the package docstring).
 

@@ -1,10 +1,10 @@
 """The full JoVALE model: the three streams, actor proposal features, the AMFN and the head.
 
-``JoVALE(config.model, rngs=...)(batch)`` maps the batch dict of ``data/SCHEMA.md`` to per-proposal
-action logits (B, K, num_classes). uint8 frames are normalised here, on the device, and boxes
-(normalised to the frame) are placed on the video canvas by the optional ``frame_extent``
-(``models/inputs.py``). Which streams exist is ``config.model.modalities`` (any non-empty
-subset of video, audio, scene; Table 4 of the paper).
+``JoVALE(config.model, rngs=...)(batch)`` maps the batch dict of ``data/SCHEMA.md`` (described and
+checked by ``models/batch.py``) to per-proposal action logits (B, K, num_classes). uint8 frames
+are normalised here, on the device, and boxes (normalised to the frame) are placed on the video
+canvas by the optional ``frame_extent`` (``models/inputs.py``). Which streams exist is
+``config.model.modalities`` (any non-empty subset of video, audio, scene; Table 4 of the paper).
 
 Actor proposal features (the initial action queries of every modality) come from
 ``model.query_source``. "detector" (the paper): the person detector's per-box features (the batch's
@@ -24,6 +24,7 @@ from flax import nnx
 
 from jovale_jax.models.amfn import AMFN, resample_time
 from jovale_jax.models.audio import AudioPatchEmbed, audio_grid
+from jovale_jax.models.batch import check_batch, modalities_of
 from jovale_jax.models.blip import blip_num_patches
 from jovale_jax.models.clip import scene_encoder
 from jovale_jax.models.fusion import GlobalRelation, RoIFeatureFusion, RoIRelation, check_strategy
@@ -41,21 +42,6 @@ from jovale_jax.models.roi_align import roi_align
 from jovale_jax.models.slowfast import SlowFast, is_slowfast, slowfast_grid, slowfast_widths
 from jovale_jax.models.vit import VideoEncoder, video_grid
 from jovale_jax.sharding import EMBED
-
-MODALITIES = ("video", "audio", "scene")  # canonical order of the MFA's concatenation
-FRAME_INPUTS = ("video", "scene")  # uint8 (normalised here, on the device) or normalised floats
-
-
-def modalities_of(cfg) -> tuple[str, ...]:
-    """The configured modalities in canonical order, validated."""
-    mods = tuple(cfg.modalities)
-    unknown = [m for m in mods if m not in MODALITIES]
-    if not mods or unknown or len(set(mods)) != len(mods):
-        raise ValueError(
-            f"config field model.modalities: expected a non-empty subset of {MODALITIES}, "
-            f"got {mods}"
-        )
-    return tuple(m for m in MODALITIES if m in mods)
 
 
 def video_map_grid(video_cfg) -> tuple[int, int, int]:
@@ -81,73 +67,6 @@ def context_grid(cfg) -> dict[str, tuple[int, int]]:
         "audio": audio_grid(cfg.audio),
         "scene": (cfg.scene.num_frames, 1 + blip_num_patches(cfg.scene)),
     }
-
-
-def expected_inputs(cfg) -> dict[str, tuple[tuple[int, ...], str]]:
-    """Per-example shape and the config fields behind it, for every input the config needs."""
-    k = cfg.num_proposals
-    shapes = {"boxes": ((k, 4), "model.num_proposals"), "box_mask": ((k,), "model.num_proposals")}
-    mods = modalities_of(cfg)
-    if "video" in mods:
-        h, w = cfg.video.image_size
-        shapes["video"] = ((cfg.video.num_frames, h, w, 3), "model.video.num_frames/image_size")
-    if "scene" in mods:
-        s = cfg.scene.image_size
-        shapes["scene"] = ((cfg.scene.num_frames, s, s, 3), "model.scene.num_frames/image_size")
-    if "audio" in mods:
-        shapes["audio"] = (
-            (cfg.audio.num_frames, cfg.audio.num_mel_bins),
-            "model.audio.num_frames/num_mel_bins",
-        )
-    if query_source(cfg) == "detector":
-        shapes["proposal_features"] = (
-            (k, cfg.actor.detector_feature_dim),
-            "model.num_proposals/actor.detector_feature_dim",
-        )
-    return shapes
-
-
-def check_batch(cfg, batch: Mapping[str, jax.Array]) -> None:
-    """Fail with a message naming the key, the config field and the expected value."""
-    mods = modalities_of(cfg)
-    for m in MODALITIES:
-        if m not in mods and m in batch:
-            raise ValueError(
-                f"batch has {m!r} but config field model.modalities is {mods}; "
-                f"drop the key or add the modality"
-            )
-    batch_size = None
-    for key, (shape, field) in expected_inputs(cfg).items():
-        if key not in batch:
-            raise ValueError(
-                f"batch lacks {key!r}, required by config field {field} (modalities {mods})"
-            )
-        got = tuple(batch[key].shape)
-        if len(got) != len(shape) + 1 or got[1:] != shape:
-            raise ValueError(
-                f"batch[{key!r}]: expected shape (B, {', '.join(map(str, shape))}) from "
-                f"config field {field}, got {got}"
-            )
-        if batch_size not in (None, got[0]):
-            raise ValueError(f"batch[{key!r}]: batch size {got[0]} differs from {batch_size}")
-        batch_size = got[0]
-        want_bool = key == "box_mask"
-        is_bool = jnp.issubdtype(batch[key].dtype, jnp.bool_)
-        ok = jnp.issubdtype(batch[key].dtype, jnp.floating) or (
-            key in FRAME_INPUTS and batch[key].dtype == jnp.uint8
-        )
-        if want_bool != is_bool or (not want_bool and not ok):
-            kind = (
-                "bool" if want_bool else "uint8 or floating" if key in FRAME_INPUTS else "floating"
-            )
-            raise ValueError(
-                f"batch[{key!r}]: expected a {kind} array, got dtype {batch[key].dtype}"
-            )
-    if "frame_extent" in batch and tuple(batch["frame_extent"].shape) != (batch_size, 4):
-        raise ValueError(
-            f"batch['frame_extent']: expected shape ({batch_size}, 4), "
-            f"got {tuple(batch['frame_extent'].shape)}"
-        )
 
 
 def build_fusion(

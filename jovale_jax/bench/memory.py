@@ -1,4 +1,6 @@
-"""Memory of the compiled train step, per device and per clip (compiled, never run).
+"""``launch.py bench memory``: memory of the compiled train step, per device and per clip
+(compiled, never run); :func:`memory_stats`, a compiled program's memory per device, which the
+step and forward benches report too.
 
 :func:`memory_report` builds the train state of a config on one device, compiles ``train_step``
 for abstract batches of ``batch_size`` clips (``jax.jit(...).trace(...).lower().compile()``:
@@ -8,6 +10,7 @@ on a CPU it is XLA:CPU's buffer assignment, a proxy for a GPU's (whose scheduler
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import jax
@@ -15,19 +18,34 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jovale_jax import sharding, state, train
-from jovale_jax.flops import abstract_batch, jaxpr_macs
+from jovale_jax import programs, sharding, state
+from jovale_jax.flops import jaxpr_macs
+from jovale_jax.models.batch import STEP, abstract_batch
 
 
-def train_batch_shapes(model_cfg, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
-    """ShapeDtypeStructs of a training batch: the model inputs, ``targets`` and ``audio_mask``."""
-    shapes = abstract_batch(model_cfg, batch_size)
-    shapes["targets"] = jax.ShapeDtypeStruct(
-        (batch_size, model_cfg.num_proposals, model_cfg.num_classes), jnp.float32
+def memory_stats(compiled: jax.stages.Compiled) -> dict[str, int]:
+    """A compiled program's ``memory_analysis()`` per device, in bytes (empty when the backend
+    gives none): ``arguments``, ``outputs``, ``aliased`` (donated inputs reused by the outputs),
+    ``temporaries``, ``generated_code`` and ``total`` = arguments + outputs - aliased +
+    temporaries + code."""
+    stats = compiled.memory_analysis()
+    if stats is None:
+        return {}
+    out = {
+        "arguments": stats.argument_size_in_bytes,
+        "outputs": stats.output_size_in_bytes,
+        "aliased": stats.alias_size_in_bytes,
+        "temporaries": stats.temp_size_in_bytes,
+        "generated_code": stats.generated_code_size_in_bytes,
+    }
+    out["total"] = (
+        out["arguments"]
+        + out["outputs"]
+        - out["aliased"]
+        + out["temporaries"]
+        + out["generated_code"]
     )
-    if "audio" in model_cfg.modalities:
-        shapes["audio_mask"] = jax.ShapeDtypeStruct((batch_size,), jnp.bool_)
-    return shapes
+    return out
 
 
 def tree_bytes(tree: Any) -> int:
@@ -53,13 +71,13 @@ def memory_report(config: ml_collections.ConfigDict, batch_size: int) -> dict[st
     config.mesh_shape = (1, 1)
     mesh = sharding.make_mesh(config.mesh_shape, jax.devices()[:1])
     s = state.create(config, mesh=mesh, steps_per_epoch=1)
-    shapes = train_batch_shapes(config.model, batch_size)
+    shapes = abstract_batch(config.model, batch_size, uses=STEP)  # what the step reads
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), (s.state, s.frozen, shapes)
     )
-    traced = train.make_train_step(s).trace(*abstract)
-    stats = traced.lower().compile().memory_analysis()
-    if stats is None:
+    traced = programs.make_train_step(s).trace(*abstract)
+    stats = memory_stats(traced.lower().compile())
+    if not stats:
         raise RuntimeError(f"the {jax.default_backend()} backend reports no memory analysis")
     report = {
         "batch_size": int(batch_size),
@@ -71,19 +89,34 @@ def memory_report(config: ml_collections.ConfigDict, batch_size: int) -> dict[st
         "opt_state": tree_bytes(s.state["opt_state"]),
         "frozen": tree_bytes(s.frozen),
         "batch": tree_bytes(shapes),
-        "arguments": stats.argument_size_in_bytes,
-        "outputs": stats.output_size_in_bytes,
-        "aliased": stats.alias_size_in_bytes,
-        "temporaries": stats.temp_size_in_bytes,
-        "generated_code": stats.generated_code_size_in_bytes,
+        **stats,
         "gmacs_per_clip": jaxpr_macs(traced.jaxpr) / 1e9 / batch_size,
     }
-    report["total"] = (
-        report["arguments"]
-        + report["outputs"]
-        - report["aliased"]
-        + report["temporaries"]
-        + report["generated_code"]
-    )
     report["per_clip"] = report["total"] / batch_size
     return report
+
+
+def print_memory(config: ml_collections.ConfigDict, batch_size: int) -> dict[str, Any]:
+    """``bench memory``: :func:`memory_report` as a table (GB) and one JSON line; returns it."""
+    r = memory_report(config, batch_size)
+    print(
+        f"train step, batch {r['batch_size']} on one {r['backend']} device, {r['dtype']}, "
+        f"remat_policy {r['remat_policy']}:"
+    )
+    for key in (
+        "params",
+        "opt_state",
+        "frozen",
+        "batch",
+        "arguments",
+        "outputs",
+        "aliased",
+        "temporaries",
+        "generated_code",
+        "total",
+        "per_clip",
+    ):
+        print(f"  {key:<15} {r[key] / 1e9:10.3f} GB")
+    print(f"  {'GMACs per clip':<15} {r['gmacs_per_clip']:10.1f}")
+    print(json.dumps({"bench": "memory", **r}))
+    return r
