@@ -186,9 +186,7 @@ def test_variant_sharded_forward_equals_single_device(tiny_config, field, value)
         return module
 
     def forward(gd, st, x):
-        return jax.tree.map(
-            np.asarray, jax.jit(lambda s, x: nnx.merge(gd, s)(*x)[0])(st, x)
-        )
+        return jax.tree.map(np.asarray, jax.jit(lambda s, x: nnx.merge(gd, s)(*x)[0])(st, x))
 
     want = forward(*nnx.split(make()), inputs)
     mesh = sharding.make_mesh((4, 2))

@@ -45,7 +45,9 @@ def test_amfn_attention_maps_are_the_layers_softmax(tiny_config):
         m = nnx.merge(graphdef, state)
         queries, context, box_mask, _, _ = m.fusion_inputs(batch)
         first = {  # the first layer's MFE tokens [a_t, f_t, b_t] per modality
-            k: nnx.merge(*_layer(m.fusion.layers.mfe[k], 0)).tokens(queries[k], context[k], box_mask)
+            k: nnx.merge(*_layer(m.fusion.layers.mfe[k], 0)).tokens(
+                queries[k], context[k], box_mask
+            )
             for k in queries
         }
         return m(batch), m.attention_maps(batch), context, first
