@@ -36,7 +36,8 @@ def test_uniform_weight_matches_the_gate_scale(tiny_config):
     w = mfa.weights(a_hat, present)
     assert all(np.all(np.asarray(w[m]) == UNIFORM_WEIGHT) for m in MODS)
     same = {m: a_hat["video"] for m in MODS}
-    nxt, fuse = mfa(same, present)
+    nxt, fuse, gates = mfa(same, present)
+    np.testing.assert_array_equal(gates, UNIFORM_WEIGHT)
     np.testing.assert_allclose(fuse, UNIFORM_WEIGHT * np.asarray(a_hat["video"]), rtol=1e-6)
     for m in MODS:
         np.testing.assert_allclose(nxt[m], a_hat["video"], rtol=1e-5, atol=1e-6)
@@ -285,8 +286,8 @@ def test_late_fusion_averages_scores_over_present_modalities():
     """Late score fusion (Table 7): the sigmoid of the returned logits is the mean of the
     per-modality heads' sigmoids over the modalities present (audio missing in example 1),
     finite for saturated logits too."""
-    from jovale_jax.models.heads import ActionHead
     from jovale_jax.models.fusion import head_logits
+    from jovale_jax.models.heads import ActionHead
 
     d, c, rng = 8, 3, np.random.default_rng(0)
     heads = nnx.Dict({m: ActionHead(d, c, rngs=nnx.Rngs(i)) for i, m in enumerate(MODS)})

@@ -178,7 +178,7 @@ def test_mfa_matches_numpy_equations(tiny_config):
         "audio": np.array([1, 0], bool),
         "scene": np.array([1, 1], bool),
     }
-    nxt, fuse = mfa({m: jnp.asarray(v) for m, v in a_hat.items()}, present)
+    nxt, fuse, _ = mfa({m: jnp.asarray(v) for m, v in a_hat.items()}, present)
 
     def align(x, t_out):  # independent: explicit loops of the pooling / repetition rules
         t_in = x.shape[2]

@@ -128,8 +128,8 @@ class MFA(nnx.Module):
             self.fc2 = Dense(cfg.bottleneck_dim, width, rngs=rngs, axes=(MLP, EMBED), dtype=dtype)
 
     def weights(self, aligned: Mapping[str, jax.Array], present: Mapping[str, jax.Array]):
-        """Per-actor, per-channel weights w_m (B, K, D) of eqs. 5-6 (:data:`UNIFORM_WEIGHT` unless
-        gated)."""
+        """Per-actor, per-channel weights w_m (B, K, D) of eqs. 5-6: the gate's output, or
+        :data:`UNIFORM_WEIGHT` everywhere unless the fusion is gated."""
         if self.fusion != "gated":
             return {m: jnp.full_like(aligned[m][:, :, 0], UNIFORM_WEIGHT) for m in self.modalities}
         pooled = jnp.concatenate(
@@ -139,13 +139,8 @@ class MFA(nnx.Module):
         return dict(zip(self.modalities, jnp.split(w, len(self.modalities), axis=-1), strict=True))
 
     def __call__(self, a_hat: Mapping[str, jax.Array], present: Mapping[str, jax.Array]):
-        """a_hat[m] (B, K, T_m, D); present[m] (B,)
-        -> (next queries {m: (B, K, T_m, D)}, a_fuse (B, K, T_c, D))."""
-        nxt, a_fuse, _ = self.fuse(a_hat, present)
-        return nxt, a_fuse
-
-    def fuse(self, a_hat: Mapping[str, jax.Array], present: Mapping[str, jax.Array]):
-        """As ``__call__``, and the gates: per actor, the channel mean of each w_m (B, K, M)."""
+        """a_hat[m] (B, K, T_m, D) and present[m] (B,) -> (next queries {m: (B, K, T_m, D)},
+        a_fuse (B, K, T_c, D), gates (B, K, M): per actor, the channel mean of each w_m)."""
         dtype = a_hat[self.modalities[0]].dtype
         present = {m: present[m].astype(dtype) for m in self.modalities}
         aligned = {m: resample_time(a_hat[m], self.t_common, axis=2) for m in self.modalities}
@@ -195,7 +190,7 @@ class AMFNLayer(nnx.Module):
         a_hat, new_context, encoder = {}, {}, {}
         for m in self.mfa.modalities:
             a_hat[m], new_context[m], encoder[m] = self.mfe[m](queries[m], context[m], actor_mask)
-        queries, a_fuse, gates = self.mfa.fuse(a_hat, present)
+        queries, a_fuse, gates = self.mfa(a_hat, present)
         return queries, new_context, a_fuse, {"gates": gates, "encoder": encoder}
 
 
