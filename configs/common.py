@@ -187,8 +187,16 @@ def base_config() -> ml_collections.ConfigDict:
     f.norm_first = True
     m.head_dropout = 0.2
     # Fusion of the streams before the head (Table 5): amfn (the paper) | roi_feature_fusion |
-    # roi_relation | global_relation (jovale_jax/models/fusion.py).
+    # roi_relation | global_relation (jovale_jax/models/fusion.py; the model's `fusion` module).
     m.fusion_strategy = "amfn"
+    # The transformer layers of Table 5's roi_relation and global_relation strategies: the AMFN's
+    # MFE layer sizes by default (the paper compares the strategies at the AMFN's size).
+    r = m.relation = ml_collections.ConfigDict()
+    r.num_layers = f.num_layers
+    r.num_heads = f.num_heads
+    r.mlp_dim = f.mlp_dim
+    r.dropout = f.dropout
+    r.norm_first = f.norm_first
 
     # ---------------- data ----------------
     d = c.data = ml_collections.ConfigDict()

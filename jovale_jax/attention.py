@@ -6,14 +6,14 @@ r"""The paper's Figure 6: each actor's attention over the video and scene contex
 
 What is drawn: in every AMFN layer, the MFE runs one transformer layer per time step over
 [actors, context tokens, bottleneck token]; the map of an actor is the softmax weight its query
-gives each context token of a modality (:meth:`jovale_jax.models.AMFN.attention`), averaged over
-the heads and over the modality's T_m time steps, for the first and the last layer (the paper's
-top and bottom rows). A video token is drawn where its patch lies on the keyframe (the frame's
-place on the canvas, ``frame_extent``); a scene token where its patch of BLIP's S x S resize of
-the frame lies; the scene's CLS token and the audio tokens have no place and are not drawn. Each
-panel's colours run from 0 to its maximum, or to 3x its mean if that is larger (so a flat map
-shows at a third of the scale, not as a hot one); its title gives the actor's total weight on that
-modality's context tokens (the rest goes to the actors and the bottleneck token).
+gives each context token of a modality (:meth:`jovale_jax.models.AMFN.attention_maps`), averaged
+over the heads and over the modality's T_m time steps, for the first and the last layer (the
+paper's top and bottom rows). A video token is drawn where its patch lies on the keyframe (the
+frame's place on the canvas, ``frame_extent``); a scene token where its patch of BLIP's S x S
+resize of the frame lies; the scene's CLS token and the audio tokens have no place and are not
+drawn. Each panel's colours run from 0 to its maximum, or to 3x its mean if that is larger (so a
+flat map shows at a third of the scale, not as a hot one); its title gives the actor's total
+weight on that modality's context tokens (the rest goes to the actors and the bottleneck token).
 
 Keyframes: for each class, the eval split's first example with a proposal matched to a
 ground-truth actor of that class (its training target); that proposal is the actor drawn, the same

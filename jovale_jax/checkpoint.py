@@ -15,6 +15,9 @@ files) is skipped by ``restore_newest`` and renamed ``<step>.broken`` (kept, not
 that the filesystem refuses (disk full, quota, file size limit) stops with
 :class:`CheckpointWriteError` naming the folder and the bytes needed, and leaves the earlier steps
 as they were.
+
+A checkpoint written before a model module was renamed (:data:`RENAMED_MODULES`) restores under the
+new name, with a one-line warning.
 """
 
 from __future__ import annotations
@@ -40,6 +43,11 @@ _NO_SPACE = {
     errno.EDQUOT: "quota exceeded",
     errno.EFBIG: "file too large",
 }
+
+
+# Model modules renamed since checkpoints were written, (old name, new name): issue 22 made the
+# fusion stage of every model.fusion_strategy the model's `fusion` (the AMFN's was `amfn`).
+RENAMED_MODULES = (("amfn", "fusion"),)
 
 
 class MismatchError(ValueError):
@@ -114,7 +122,7 @@ class Checkpointer:
     def check_compatible(self, step: int, abstract_state: Any) -> None:
         """Fail with the names of parameters whose shapes differ from ``abstract_state``."""
         stored = self.manager.item_metadata(step)["state"]
-        problems = mismatches(stored, abstract_state)
+        problems = mismatches(stored, as_stored(stored, abstract_state, None)[0])
         if problems:
             shown = "\n  ".join(problems[:20])
             more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
@@ -126,13 +134,15 @@ class Checkpointer:
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
         """Restore onto the shardings of ``abstract_state`` (ShapeDtypeStructs with .sharding)."""
         self.check_compatible(step, abstract_state)
+        stored = self.manager.item_metadata(step)["state"]
+        target, renames = as_stored(stored, abstract_state, f"{self.directory}/{step}")
         out = self.manager.restore(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+                state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
             ),
         )
-        return out["state"], out["meta"]
+        return renamed(out["state"], renames), out["meta"]
 
     def restore_newest(
         self, abstract_state: Any, agree: Callable[[bool], bool] = lambda ok: ok
@@ -274,13 +284,15 @@ def _read_items(directory: str, step: int, target: Any) -> Any:
     path = epath.Path(directory) / str(step) / "state"
     handler = ocp.PyTreeCheckpointHandler()
     try:
-        problems = mismatches(handler.metadata(path).tree, target, partial=True)
+        stored = handler.metadata(path).tree
+        target, renames = as_stored(stored, target, f"{directory}/{step}")
+        problems = mismatches(stored, target, partial=True)
         if problems:
             raise MismatchError(
                 f"checkpoint {directory}/{step} does not fit this config "
                 f"({len(problems)} mismatched entries):\n  " + "\n  ".join(problems[:20])
             )
-        return handler.restore(
+        restored = handler.restore(
             path,
             args=ocp.args.PyTreeRestore(
                 item=target,
@@ -288,6 +300,7 @@ def _read_items(directory: str, step: int, target: Any) -> Any:
                 partial_restore=True,
             ),
         )
+        return renamed(restored, renames)
     finally:
         handler.close()
 
@@ -306,6 +319,49 @@ def _restores(directory: str, step: int, target: Any) -> bool:
         if _read_failure(e):
             return False
         raise
+
+
+def rename_module(tree: Any, old: str, new: str) -> Any:
+    """``tree`` with the model's module ``old`` named ``new``: in every dict that also holds the
+    model's ``heads`` (the parameters, and their mirrors in the optimizer state)."""
+    if isinstance(tree, dict):
+        out = {k: rename_module(v, old, new) for k, v in tree.items()}
+        if old in out and "heads" in out:
+            out[new] = out.pop(old)
+        return out
+    if isinstance(tree, (list, tuple)):
+        items = [rename_module(v, old, new) for v in tree]
+        return type(tree)(*items) if hasattr(tree, "_fields") else type(tree)(items)
+    return tree
+
+
+def as_stored(stored: Any, wanted: Any, name: str | None) -> tuple[Any, list[tuple[str, str]]]:
+    """``wanted`` (a restore target) with the modules that ``stored`` (a checkpoint's metadata
+    tree) holds under an old name (:data:`RENAMED_MODULES`) called that, and those (old, new)
+    renames. ``name``: the checkpoint, warned about on one line when a rename applies."""
+    keys = {key for key, _ in _flat(stored)}
+    renames = []
+    for old, new in RENAMED_MODULES:
+        legacy = rename_module(wanted, new, old)
+        moved = [k for k, _ in _flat(legacy) if f"/{old}/" in f"/{k}/"]
+        if moved and all(k in keys for k in moved):
+            wanted = legacy
+            renames.append((old, new))
+            if name is not None and jax.process_index() == 0:
+                print(
+                    f"warning: checkpoint {name} names the module {old!r}, now {new!r}: "
+                    f"read as {new!r} (it is saved so at the next checkpoint)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    return wanted, renames
+
+
+def renamed(tree: Any, renames: list[tuple[str, str]]) -> Any:
+    """A tree restored with :func:`as_stored`'s ``renames`` -> under the new names."""
+    for old, new in renames:
+        tree = rename_module(tree, old, new)
+    return tree
 
 
 def mismatches(stored: Any, wanted: Any, *, partial: bool = False) -> list[str]:

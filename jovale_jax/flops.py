@@ -15,18 +15,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jovale_jax.models.amfn import resample_time
 from jovale_jax.models.batch import abstract_batch, modalities_of
 from jovale_jax.models.jovale import (
     JoVALE,
     build_fusion,
     context_grid,
     modality_boxes,
-    run_fusion,
     time_steps,
 )
-from jovale_jax.models.layers import dtype_of
+from jovale_jax.models.layers import dtype_of, resample_time
 
+# "amfn" is the model's fusion stage, of any model.fusion_strategy (the paper's name for JoVALE's).
 COMPONENTS = ("visual", "scene", "audio", "actor", "amfn", "heads")
 
 
@@ -74,9 +73,9 @@ def component_costs(cfg, batch_size: int = 1) -> dict[str, dict[str, float]]:
     """{component: {"params": int, "gmacs": float}} plus "total" for one forward pass.
 
     Components: visual (video ViT + projection), scene (BLIP + projection), audio (patch embedding +
-    projection), actor (RoIAlign + projections + query embeddings), amfn (the fusion stage of
-    ``model.fusion_strategy``: the AMFN by default), heads. A component that
-    the config's modalities leave out is absent.
+    projection), actor (RoIAlign + projections + query embeddings), amfn (the model's ``fusion``
+    module, of ``model.fusion_strategy``: the AMFN by default), heads. A component that the
+    config's modalities leave out is absent.
     """
     model = nnx.eval_shape(lambda: JoVALE(cfg, rngs=nnx.Rngs(0)))
     model.eval()
@@ -133,11 +132,10 @@ def component_costs(cfg, batch_size: int = 1) -> dict[str, dict[str, float]]:
 
     add("actor", [model.actor_features, model.query_time_embed], actor, (feature_map, batch))
     queries = jax.eval_shape(run(actor), state, (feature_map, batch))
-    fusion = model.amfn if model.fusion_strategy == "amfn" else model.fusion
     boxes = modality_boxes(batch, model.modalities)
     fuse_inputs = (queries, context, batch["box_mask"], present, boxes)
-    add("amfn", [fusion], lambda m, x: m.fuse(*x), fuse_inputs)
-    head_inputs = jax.eval_shape(run(lambda m, x: m.fuse(*x)), state, fuse_inputs)
+    add("amfn", [model.fusion], lambda m, x: m.fusion(*x), fuse_inputs)
+    head_inputs, _ = jax.eval_shape(run(lambda m, x: m.fusion(*x)), state, fuse_inputs)
     add("heads", [model.heads], lambda m, x: {k: m.heads[k](v) for k, v in x.items()}, head_inputs)
 
     total_macs = count_macs(run(lambda m, b: m(b)), state, batch) / 1e9
@@ -167,7 +165,7 @@ def fusion_gmacs(cfg, batch_size: int = 1) -> float:
         {m: spec(b, dtype=jnp.bool_) for m in mods},
         modality_boxes({"boxes": spec(b, k, 4, dtype=jnp.float32)}, mods),
     )
-    return count_macs(lambda s, x: run_fusion(nnx.merge(graphdef, s), *x), state, inputs) / 1e9
+    return count_macs(lambda s, x: nnx.merge(graphdef, s)(*x), state, inputs) / 1e9
 
 
 def significant(x: float, digits: int = 4) -> str:

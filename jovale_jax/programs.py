@@ -81,16 +81,15 @@ def make_train_step(s: ShardedModel) -> Callable:
 def make_predict(config, mesh, eval_graphdef, rng_template, params_sh, frozen_sh) -> Callable:
     """The jitted eval-mode forward ``(params, frozen, batch) -> {"scores": sigmoid scores
     (B, K, C)}``, with ``"gates"`` (B, K, M), the last AMFN layer's MFA gates per actor and
-    modality (``JoVALE.logits_and_gates``), when the fusion stage is the AMFN."""
-    with_gates = config.model.fusion_strategy == "amfn"
+    modality, when the fusion stage returns them (``JoVALE.forward``'s intermediates)."""
 
     def predict(params, frozen, batch):
         model = nnx.merge(eval_graphdef, params, rng_template, frozen)
-        inputs = model_inputs(config.model, batch)
-        if not with_gates:
-            return {"scores": jax.nn.sigmoid(model(inputs))}
-        logits, gates = model.logits_and_gates(inputs)
-        return {"scores": jax.nn.sigmoid(logits), "gates": gates}
+        logits, intermediates = model.forward(model_inputs(config.model, batch))
+        out = {"scores": jax.nn.sigmoid(logits)}
+        if "gates" in intermediates:
+            out["gates"] = intermediates["gates"]
+        return out
 
     jitted = jax.jit(predict, in_shardings=(params_sh, frozen_sh, sharding.data_sharding(mesh)))
     return sharding.TracedInMesh(jitted, mesh, sharding.rules_from_config(config))

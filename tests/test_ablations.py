@@ -36,7 +36,8 @@ def test_uniform_weight_matches_the_gate_scale(tiny_config):
     w = mfa.weights(a_hat, present)
     assert all(np.all(np.asarray(w[m]) == UNIFORM_WEIGHT) for m in MODS)
     same = {m: a_hat["video"] for m in MODS}
-    nxt, fuse = mfa(same, present)
+    nxt, fuse, gates = mfa(same, present)
+    np.testing.assert_array_equal(gates, UNIFORM_WEIGHT)
     np.testing.assert_allclose(fuse, UNIFORM_WEIGHT * np.asarray(a_hat["video"]), rtol=1e-6)
     for m in MODS:
         np.testing.assert_allclose(nxt[m], a_hat["video"], rtol=1e-5, atol=1e-6)
@@ -96,12 +97,17 @@ def test_mfe_structure_layers(tiny_config):
     assert {m: amfn.messages[m].shape for m in mods} == {"video": (4, 16), "audio": (9, 16)}
     queries = {m: jnp.ones((2, 3, t, 16)) for m, t in steps.items()}
     context = {"video": jnp.ones((2, 4, 5, 16)), "audio": jnp.ones((2, 9, 2, 16))}
-    a_fuse, last = nnx.jit(lambda mod, *a: mod(*a))(
+    out, _ = nnx.jit(lambda mod, *a: mod(*a))(
         amfn, queries, context, jnp.ones((2, 3), bool), {m: jnp.ones((2,), bool) for m in mods}
     )
-    assert a_fuse.shape == (2, 3, 4, 16) and {m: v.shape for m, v in last.items()} == {
-        m: v.shape for m, v in queries.items()
-    }
+    assert out["fused"].shape == (2, 3, 4, 16)
+    cfg.fusion = "late"  # one embedding per modality: its last action embeddings
+    amfn = AMFN(16, mods, 4, cfg, rngs=nnx.Rngs(0), time_steps=steps)
+    out, _ = nnx.jit(lambda mod, *a: mod(*a))(
+        amfn, queries, context, jnp.ones((2, 3), bool), {m: jnp.ones((2,), bool) for m in mods}
+    )
+    assert {m: v.shape for m, v in out.items()} == {m: v.shape for m, v in queries.items()}
+    assert amfn.head_dims == {m: 16 for m in mods}
 
 
 @pytest.mark.parametrize("strategy", ("amfn", "global_relation"))
@@ -142,7 +148,8 @@ VARIANTS = [("amfn.encoder", e) for e in ENCODERS] + [("fusion_strategy", s) for
 
 def fusion_inputs(cfg, field: str, value: str, b: int):
     """``cfg`` (a ``config.model``) set to the variant ``field = value`` (video + scene for a
-    fusion strategy), and random inputs of its fusion stage (:func:`run_fusion`'s arguments)."""
+    fusion strategy), and random inputs of its fusion stage (the arguments of the fusion
+    interface, :mod:`jovale_jax.models.fusion`)."""
     from jovale_jax.models.jovale import context_grid, modality_boxes, time_steps
 
     section, leaf = (cfg.amfn, "encoder") if field == "amfn.encoder" else (cfg, field)
@@ -168,7 +175,7 @@ def test_variant_sharded_forward_equals_single_device(tiny_config, field, value)
     stage (where the variants differ; tests/test_sharding.py runs the whole model) computes what
     it computes on one device."""
     from jovale_jax import sharding
-    from jovale_jax.models.jovale import build_fusion, run_fusion
+    from jovale_jax.models.jovale import build_fusion
 
     cfg = tiny_config.model
     inputs = fusion_inputs(cfg, field, value, b=4)
@@ -180,9 +187,7 @@ def test_variant_sharded_forward_equals_single_device(tiny_config, field, value)
         return module
 
     def forward(gd, st, x):
-        return jax.tree.map(
-            np.asarray, jax.jit(lambda s, x: run_fusion(nnx.merge(gd, s), *x))(st, x)
-        )
+        return jax.tree.map(np.asarray, jax.jit(lambda s, x: nnx.merge(gd, s)(*x)[0])(st, x))
 
     want = forward(*nnx.split(make()), inputs)
     mesh = sharding.make_mesh((4, 2))
@@ -192,7 +197,7 @@ def test_variant_sharded_forward_equals_single_device(tiny_config, field, value)
     placed = jax.tree.map(
         lambda v: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim)), inputs
     )
-    fn = jax.jit(lambda s, x: run_fusion(nnx.merge(gd, s), *x), in_shardings=(shardings, None))
+    fn = jax.jit(lambda s, x: nnx.merge(gd, s)(*x)[0], in_shardings=(shardings, None))
     with sharding.activation_sharding(mesh, rules):
         got = fn(st, placed)
     assert len(jax.tree.leaves(got)[0].sharding.device_set) == 8
@@ -256,7 +261,7 @@ def test_context_tokens_carry_their_time_step(tiny_config, field, value):
     time order of the queries and the context does not just reverse the output: the context
     tokens carry a time embedding, as the actor queries do (without one the encoders are
     equivariant to it)."""
-    from jovale_jax.models.jovale import build_fusion, run_fusion, time_steps
+    from jovale_jax.models.jovale import build_fusion, time_steps
 
     cfg = tiny_config.model
     cfg.modalities = ("video", "scene")  # T_v = T_s = 2: no resampling between them
@@ -266,8 +271,8 @@ def test_context_tokens_carry_their_time_step(tiny_config, field, value):
     fusion.eval()
 
     def fused(q, c):
-        out = run_fusion(fusion, q, c, mask, present, boxes)
-        return np.asarray(out[0] if isinstance(out, tuple) else out)
+        embeddings, _ = fusion(q, c, mask, present, boxes)
+        return np.asarray(embeddings["fused"])
 
     base = fused(queries, context)
     reversed_ = fused(
@@ -281,19 +286,19 @@ def test_late_fusion_averages_scores_over_present_modalities():
     """Late score fusion (Table 7): the sigmoid of the returned logits is the mean of the
     per-modality heads' sigmoids over the modalities present (audio missing in example 1),
     finite for saturated logits too."""
+    from jovale_jax.models.fusion import head_logits
     from jovale_jax.models.heads import ActionHead
-    from jovale_jax.models.jovale import head_logits
 
     d, c, rng = 8, 3, np.random.default_rng(0)
     heads = nnx.Dict({m: ActionHead(d, c, rngs=nnx.Rngs(i)) for i, m in enumerate(MODS)})
     a_last = {m: jnp.asarray(rng.normal(size=(2, 4, 2, d)), jnp.float32) for m in MODS}
     present = {m: jnp.asarray([True, m != "audio"]) for m in MODS}
-    got = head_logits(heads, "late", None, a_last, present)
+    got = head_logits(heads, a_last, present)
     scores = {m: 1 / (1 + np.exp(-np.asarray(heads[m](a_last[m]), np.float64))) for m in MODS}
     want = [np.mean([scores[m][i] for m in MODS if present[m][i]], 0) for i in range(2)]
     np.testing.assert_allclose(jax.nn.sigmoid(got), np.stack(want), rtol=1e-5)
     for m in MODS:  # saturated heads: one at +40, the others at -40 -> mean score 1/3 or 1/2
         heads[m].classifier.bias[...] = jnp.full((c,), 40.0 if m == "video" else -40.0)
-    got = np.asarray(jax.nn.sigmoid(head_logits(heads, "late", None, a_last, present)))
+    got = np.asarray(jax.nn.sigmoid(head_logits(heads, a_last, present)))
     np.testing.assert_allclose(got[0], 1 / 3, rtol=1e-4)
     np.testing.assert_allclose(got[1], 1 / 2, rtol=1e-4)

@@ -45,7 +45,9 @@ def test_amfn_attention_maps_are_the_layers_softmax(tiny_config):
         m = nnx.merge(graphdef, state)
         queries, context, box_mask, _, _ = m.fusion_inputs(batch)
         first = {  # the first layer's MFE tokens [a_t, f_t, b_t] per modality
-            k: nnx.merge(*_layer(m.amfn.layers.mfe[k], 0)).tokens(queries[k], context[k], box_mask)
+            k: nnx.merge(*_layer(m.fusion.layers.mfe[k], 0)).tokens(
+                queries[k], context[k], box_mask
+            )
             for k in queries
         }
         return m(batch), m.attention_maps(batch), context, first
@@ -59,7 +61,7 @@ def test_amfn_attention_maps_are_the_layers_softmax(tiny_config):
         total = np.asarray(got).sum(-1)
         assert (total > 0).all() and (total < 1).all()  # the rest goes to actors and b_t
         # Layer 0 by hand: LayerNorm, q/k projections, scaled dot products, masked softmax.
-        mfe = nnx.merge(*_layer(model.amfn.layers.mfe[m], 0))
+        mfe = nnx.merge(*_layer(model.fusion.layers.mfe[m], 0))
         tokens, key_mask = first[m]
         x = np.asarray(tokens, np.float64)
         ln = mfe.encoder.norm1

@@ -60,13 +60,16 @@ def test_scanned_amfn_equals_unrolled(tiny_config):
     context = {m: jnp.asarray(rng.normal(size=(b, steps[m], 3, dim)), jnp.float32) for m in mods}
     mask = jnp.arange(k)[None] < jnp.array([[k], [2]])
     present = {m: jnp.array([True, m != "audio"]) for m in mods}
-    a_fuse, last = amfn(queries, context, mask, present)
+    out, intermediates = amfn(queries, context, mask, present)
     q, c = dict(queries), dict(context)
     for i in range(cfg.amfn.num_layers):
-        q, c, want, _ = layer(amfn.layers, i)(q, c, mask, present)  # and its gates
-    np.testing.assert_allclose(a_fuse, want, atol=TOL)
-    for m in mods:
-        np.testing.assert_allclose(last[m], q[m], atol=TOL)
+        q, c, want, inter = layer(amfn.layers, i)(q, c, mask, present)
+        for m in mods:  # each layer's MFE tokens, stacked on the layer axis
+            np.testing.assert_allclose(
+                intermediates["layers"][m]["tokens"][i], inter["encoder"][m]["tokens"], atol=TOL
+            )
+    np.testing.assert_allclose(out["fused"], want, atol=TOL)
+    np.testing.assert_allclose(intermediates["gates"], inter["gates"], atol=TOL)  # the last
 
 
 def test_remat_policy_field_is_checked(tiny_config):
@@ -152,7 +155,7 @@ def test_auto_settings_resolve_by_backend(tiny_config):
         JoVALE(tiny_config.model, rngs=nnx.Rngs(0))
     tiny_config.model.attention_impl = "auto"
     model = JoVALE(tiny_config.model, rngs=nnx.Rngs(0))
-    assert model.amfn.layers.mfe["video"].encoder.attn.implementation == (
+    assert model.fusion.layers.mfe["video"].encoder.attn.implementation == (
         "xla" if not on_gpu else "cudnn"
     )
 

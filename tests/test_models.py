@@ -21,7 +21,8 @@ from jovale_jax.models import (
     resample_matrix,
     roi_align,
 )
-from jovale_jax.models.amfn import UNIFORM_WEIGHT, resample_time
+from jovale_jax.models.amfn import UNIFORM_WEIGHT
+from jovale_jax.models.layers import resample_time
 
 
 def test_encoder_shapes(tiny_config):
@@ -79,17 +80,20 @@ def test_amfn_mfe_head_shapes(tiny_config):
     actors = jnp.ones((2, k, 4, d))
     ctx = jnp.ones((2, 4, 7, d))
     mask = jnp.array([[1, 1, 0], [1, 0, 0]], bool)
-    a_hat, f = nnx.jit(lambda mod, *a: mod(*a))(MFE(d, cfg.amfn, rngs=rngs), actors, ctx, mask)
+    a_hat, f, extra = nnx.jit(lambda mod, *a: mod(*a))(
+        MFE(d, cfg.amfn, rngs=rngs), actors, ctx, mask
+    )
     assert a_hat.shape == actors.shape and f.shape == ctx.shape
+    assert extra["tokens"].shape == (2, 4, k + 7 + 1, d)  # [a_t, f_t, b_t] per time step
     mods = ("video", "audio", "scene")
     queries = {"video": actors, "audio": jnp.ones((2, k, 9, d)), "scene": jnp.ones((2, k, 2, d))}
     context = {"video": ctx, "audio": jnp.ones((2, 9, 5, d)), "scene": jnp.ones((2, 2, 5, d))}
     present = {m: jnp.ones((2,), bool) for m in mods}
     amfn = AMFN(d, mods, 4, cfg.amfn, rngs=rngs)
-    a_fuse, last = nnx.jit(lambda mod, *a: mod(*a))(amfn, queries, context, mask, present)
-    assert a_fuse.shape == (2, k, 4, d)
-    assert {m: v.shape for m, v in last.items()} == {m: v.shape for m, v in queries.items()}
-    assert ActionHead(d, 6, rngs=rngs)(a_fuse).shape == (2, k, 6)
+    out, intermediates = nnx.jit(lambda mod, *a: mod(*a))(amfn, queries, context, mask, present)
+    assert amfn.head_dims == {"fused": d} and out["fused"].shape == (2, k, 4, d)
+    assert intermediates["gates"].shape == (2, k, 3)
+    assert ActionHead(d, 6, rngs=rngs)(out["fused"]).shape == (2, k, 6)
 
 
 SUBSETS = [s for r in (1, 2, 3) for s in itertools.combinations(("video", "audio", "scene"), r)]
@@ -132,7 +136,7 @@ def test_logits_and_gates_of_the_last_mfa(tiny_config, fusion):
     assert 0 < gates.min() and gates.max() < 1
     # Saturating one layer's gate (fc2 bias of the stacked MFAs, layer axis first) moves the
     # reported gates to 1 only when that layer is the last one.
-    bias = model.amfn.layers.mfa.fc2.bias
+    bias = model.fusion.layers.mfa.fc2.bias
     original = np.asarray(bias[...])
     for layer, saturates in ((0, False), (-1, True)):
         bias[...] = jnp.asarray(original).at[layer].set(30.0)
@@ -174,7 +178,7 @@ def test_mfa_matches_numpy_equations(tiny_config):
         "audio": np.array([1, 0], bool),
         "scene": np.array([1, 1], bool),
     }
-    nxt, fuse = mfa({m: jnp.asarray(v) for m, v in a_hat.items()}, present)
+    nxt, fuse, _ = mfa({m: jnp.asarray(v) for m, v in a_hat.items()}, present)
 
     def align(x, t_out):  # independent: explicit loops of the pooling / repetition rules
         t_in = x.shape[2]

@@ -92,16 +92,16 @@ def test_unclassified_parameter_is_an_error():
 
 def test_lr_and_wd_mults_give_a_stream_its_own_rate(tiny_config):
     """config.lr_mults / wd_mults (big_vision's pattern): the audio patch embedding at 0.1 x lr
-    and the audio projection at 7 x (the first matching regex wins), the AMFN without weight decay,
-    everything else at lr with decay. With zero gradients AdamW's first update is -lr_g * wd_g * p
-    on decayed leaves."""
+    and the audio projection at 7 x (the first matching regex wins), the fusion stage (the model's
+    ``fusion``) without weight decay, everything else at lr with decay. With zero gradients
+    AdamW's first update is -lr_g * wd_g * p on decayed leaves."""
     c = tiny_config
     c.lr, c.weight_decay, c.warmup_steps, c.grad_clip_norm = 0.5, 0.1, 0, 0.0
     c.lr_mults = (("audio_embed/.*", 0.1), ("audio.*", 7.0))  # first match wins
-    c.wd_mults = (("amfn/.*", 0.0),)
+    c.wd_mults = (("fusion/.*", 0.0),)
     rng = np.random.default_rng(0)
     params = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), _trainable(c))
-    assert {"audio_embed", "audio_proj", "amfn", "video_encoder"} <= set(params)
+    assert {"audio_embed", "audio_proj", "fusion", "video_encoder"} <= set(params)
     tx = optim.make_optimizer(c, steps_per_epoch=10, params=params)
     assert optim.groups(c, params) == ["x0.1", "x1", "x1_wd_x0", "x7"]
     zeros = jax.tree.map(np.zeros_like, params)
@@ -111,7 +111,7 @@ def test_lr_and_wd_mults_give_a_stream_its_own_rate(tiny_config):
     for (path, p), u, decay in zip(flat(params)[0], *(jax.tree.leaves(t) for t in (updates, mask))):
         top = optim.path_name(path).split("/")[0]
         lr = {"audio_embed": 0.05, "audio_proj": 3.5}.get(top, 0.5)
-        wd = 0.0 if top == "amfn" else 0.1
+        wd = 0.0 if top == "fusion" else 0.1
         want = -lr * wd * np.asarray(p) if decay else 0.0
         np.testing.assert_allclose(np.asarray(u), want, rtol=1e-6, atol=1e-9)
     c.lr_mults = (("video_encoder/(", 0.1),)

@@ -19,14 +19,15 @@ targets: no dataset), on all local devices with the config's mesh, and reports:
   when the backend reports device memory (GPUs do, CPUs do not).
 
 ``component='model'`` times :func:`jovale_jax.programs.make_train_step` (loss, gradients
-and the AdamW update) or ``predict``; ``component='amfn'`` times the AMFN plus the action heads
-alone on random embeddings of the shapes the encoders give (``jax.eval_shape``): for ``step``, the
-focal loss with its gradients with respect to the fusion's parameters and to its inputs (as in the
-full model, where they flow on into the encoders); no optimizer update.
+and the AdamW update) or ``predict``; ``component='amfn'`` times the model's fusion stage (the
+AMFN, or the ``model.fusion_strategy`` it names) plus the action heads alone on random embeddings
+of the shapes the encoders give (``jax.eval_shape``): for ``step``, the focal loss with its
+gradients with respect to the fusion's parameters and to its inputs (as in the full model, where
+they flow on into the encoders); no optimizer update.
 
 :func:`run_remat_bench` (``bench remat``) measures what
 ``config.model.remat_policy`` costs in step time (``bench/profile.py`` says where the time goes).
-Late fusion is the model's own ``head_logits``.
+The heads' logits (late fusion included) are the model's own ``head_logits``.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ from jovale_jax.bench.memory import memory_stats
 from jovale_jax.flops import jaxpr_macs
 from jovale_jax.losses import sigmoid_focal_loss
 from jovale_jax.models.batch import abstract_batch, random_batch
-from jovale_jax.models.jovale import JoVALE, head_logits, time_steps
+from jovale_jax.models.fusion import head_logits
+from jovale_jax.models.jovale import JoVALE, modality_boxes, time_steps
 from jovale_jax.sharding import check_divisibility, global_batch
 from jovale_jax.state import ShardedModel, create
 
@@ -199,18 +201,21 @@ def _model_program(
 
 
 def _fusion_part(model_cfg: ml_collections.ConfigDict, seed: int) -> nnx.Dict:
-    """The AMFN and the heads of a JoVALE (under jit the encoders' unused init is dropped)."""
+    """The fusion stage and the heads of a JoVALE (under jit the encoders' unused init is
+    dropped)."""
     model = JoVALE(model_cfg, rngs=nnx.Rngs(seed))
-    return nnx.Dict({"amfn": model.amfn, "heads": model.heads})
+    return nnx.Dict({"fusion": model.fusion, "heads": model.heads})
 
 
 def fusion_input_shapes(model_cfg: ml_collections.ConfigDict, batch_size: int) -> dict[str, Any]:
-    """ShapeDtypeStructs of the AMFN's inputs: queries {m: (B, K, T_m, D)}, context
-    {m: (B, T_m, N_m, D)} (from ``jax.eval_shape`` of the encoders), box_mask and present."""
+    """ShapeDtypeStructs of the fusion stage's inputs: queries {m: (B, K, T_m, D)}, context
+    {m: (B, T_m, N_m, D)} (from ``jax.eval_shape`` of the encoders), box_mask, present and
+    boxes {m: (B, K, 4)}."""
     model = nnx.eval_shape(lambda: JoVALE(model_cfg, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(model)
+    batch = abstract_batch(model_cfg, batch_size)
     context, present, _ = jax.eval_shape(
-        lambda s, b: nnx.merge(graphdef, s).encode(b), state, abstract_batch(model_cfg, batch_size)
+        lambda s, b: nnx.merge(graphdef, s).encode(b), state, batch
     )
     steps = time_steps(model_cfg)
     k, dim = model_cfg.num_proposals, model_cfg.embed_dim
@@ -223,13 +228,15 @@ def fusion_input_shapes(model_cfg: ml_collections.ConfigDict, batch_size: int) -
         "context": context,
         "present": present,
         "box_mask": jax.ShapeDtypeStruct((batch_size, k), jnp.bool_),
+        "boxes": modality_boxes(batch, model.modalities),
     }
 
 
-def _amfn_program(
+def _fusion_program(
     config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, mode: str
 ) -> _Program:
-    """The AMFN plus heads: loss and gradients (``step``) or sigmoid scores (``forward``)."""
+    """The fusion stage plus heads: loss and gradients (``step``) or sigmoid scores
+    (``forward``)."""
     m = config.model
     rules = sharding.rules_from_config(config)
     part, _ = sharding.create_sharded(functools.partial(_fusion_part, m, config.seed), mesh, rules)
@@ -249,8 +256,9 @@ def _amfn_program(
 
     def logits(params, queries, context, x):
         part = nnx.merge(graphdef, params, rest)
-        a_fuse, a_last = part["amfn"](queries, context, x["box_mask"], x["present"])
-        return head_logits(part["heads"], m.amfn.fusion, a_fuse, a_last, x["present"])
+        inputs = (queries, context, x["box_mask"], x["present"], x["boxes"])
+        embeddings, _ = part["fusion"](*inputs)
+        return head_logits(part["heads"], embeddings, x["present"])
 
     if mode == "forward":
 
@@ -289,7 +297,7 @@ def build_program(
     check_divisibility(config, mesh)
     if component == "model":
         return mesh, _model_program(config, mesh, mode, prepared)
-    return mesh, _amfn_program(config, mesh, mode)
+    return mesh, _fusion_program(config, mesh, mode)
 
 
 def _run(
@@ -394,10 +402,10 @@ def run_bench(
     prepared: ShardedModel | None = None,
 ) -> dict[str, Any]:
     """Time the jitted train step (``mode='step'``) or the eval-mode forward pass (``'forward'``)
-    of the whole model (``component='model'``) or of the AMFN plus heads alone (``'amfn'``) at
-    ``batch_size`` (default ``config.batch_size``); print a table and a JSON line; return the
-    numbers. ``prepared``: a :class:`~jovale_jax.state.ShardedModel` of this config to reuse (the
-    step runs on a copy of its state)."""
+    of the whole model (``component='model'``) or of the fusion stage plus heads alone
+    (``'amfn'``) at ``batch_size`` (default ``config.batch_size``); print a table and a JSON
+    line; return the numbers. ``prepared``: a :class:`~jovale_jax.state.ShardedModel` of this config
+    to reuse (the step runs on a copy of its state)."""
     config = variant(config, batch_size=batch_size or config.batch_size)
     (r,) = _run(
         [config],

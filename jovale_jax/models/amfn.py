@@ -4,42 +4,51 @@ Notation of the paper (eqs. 2-8). For a modality ``m`` with T_m time steps, N_m 
 K actors:
 
 * **MFE** (Multi-modal Feature Encoding, eqs. 2-3). The *temporal bottleneck* b_m = SA(mean over
-  real
-  actors of a_m) has shape T_m x D: one token per time step summarising all actors, mixed over time
-  by self-attention. Then, independently at every time step t, one transformer encoder layer
-  (pre-norm by default; ``norm_first=False`` gives the post-norm original) runs over the tokens
-  [a_m,t (K), f_m,t (N_m), b_m,t (1)] and returns the updated action
-  embeddings â_m,t and context f_m,t. Padded actors are masked out of the attention keys and out of
-  the mean, so they never influence real actors.
+  real actors of a_m) has shape T_m x D: one token per time step summarising all actors, mixed
+  over time by self-attention. Then, independently at every time step t, one transformer encoder
+  layer (pre-norm by default; ``norm_first=False`` gives the post-norm original) runs over the
+  tokens [a_m,t (K), f_m,t (N_m), b_m,t (1)] and returns the updated action embeddings â_m,t and
+  context f_m,t. Padded actors are masked out of the attention keys and out of the mean, so they
+  never influence real actors.
 * **MFA** (Multi-modal Feature Aggregation, eqs. 4-8). Each â_m is aligned to T_c = T_v time steps
-  (:func:`resample_matrix`), the aligned embeddings are concatenated over channels (M x D), averaged
-  over time, and a bottleneck MLP (M D -> 48 -> M D, ReLU) with a sigmoid gives per-actor,
-  per-channel weights w_m. a_fuse = mean over present modalities of w_m * â_m, and the next layer's
-  queries are a_m = dealign_m(a_fuse) + w_m * â_m, the residual kept at the modality's own sampling.
-  ``fusion='uniform'`` fixes every w_m to the constant :data:`UNIFORM_WEIGHT` = 0.5 = sigmoid(0),
-  the gate's output at a zero logit (its outputs average 0.5 at initialisation; tested), so that
-  the row measures the gating and not a scale: with w_m = 1 each layer would add the whole residual
-  to the whole fused embedding, doubling the queries' scale per layer (2^L). ``'late'`` keeps the
-  modalities apart until the heads, whose scores are averaged (late score fusion; the rows of the
-  paper's Table 7).
+  (:func:`~jovale_jax.models.layers.resample_matrix`), the aligned embeddings are concatenated
+  over channels (M x D), averaged over time, and a bottleneck MLP (M D -> 48 -> M D, ReLU) with a
+  sigmoid gives per-actor, per-channel weights w_m. a_fuse = mean over present modalities of
+  w_m * â_m, and the next layer's queries are a_m = dealign_m(a_fuse) + w_m * â_m, the residual
+  kept at the modality's own sampling.
+
+``fusion='uniform'`` fixes every w_m to the constant :data:`UNIFORM_WEIGHT` = 0.5 = sigmoid(0), the
+gate's output at a zero logit (its outputs average 0.5 at initialisation; tested), so that the row
+measures the gating and not a scale: with w_m = 1 each layer would add the whole residual to the
+whole fused embedding, doubling the queries' scale per layer (2^L). ``'late'`` keeps the modalities
+apart until the heads, whose scores are averaged (late score fusion; the rows of the paper's
+Table 7).
+
+The :class:`AMFN` is a fusion stage of the interface of :mod:`jovale_jax.models.fusion`: it returns
+per-head embeddings (``fused``: the last a_fuse; with late fusion one per modality: the last â_m)
+and its intermediates (the last MFA's gates; with MFE layers, what :meth:`AMFN.attention_maps`
+needs for the paper's Figure 6).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from jovale_jax.models.layers import (
     Attention,
     Dense,
+    add_time_embedding,
     check_remat_policy,
-    param,
+    masked_mean,
+    resample_time,
     scan_layers,
     stack_layers,
+    step_tables,
 )
 from jovale_jax.models.mfe_variants import (
     LAYER_CLASSES,
@@ -56,56 +65,6 @@ FUSIONS = ("gated", "uniform", "late")
 UNIFORM_WEIGHT = 0.5  # sigmoid(0): the adaptive gate's scale (Table 7's fair "uniform" row)
 
 
-def resample_matrix(t_in: int, t_out: int) -> np.ndarray:
-    """The (t_out, t_in) matrix of temporal alignment (Cooper 2019, as the paper applies it).
-
-    Adaptive average pooling when ``t_in >= t_out`` (output i averages inputs
-    floor(i t_in / t_out) .. ceil((i + 1) t_in / t_out) - 1, as PyTorch's AdaptiveAvgPool1d), and
-    repetition when ``t_in < t_out`` (output i copies input floor(i t_in / t_out)). De-alignment is
-    the same rule applied from T_c back to T_m.
-    """
-    m = np.zeros((t_out, t_in), np.float32)
-    for i in range(t_out):
-        if t_in >= t_out:
-            lo, hi = (i * t_in) // t_out, -((-(i + 1) * t_in) // t_out)
-            m[i, lo:hi] = 1.0 / (hi - lo)
-        else:
-            m[i, (i * t_in) // t_out] = 1.0
-    return m
-
-
-def resample_time(x: jax.Array, t_out: int, axis: int) -> jax.Array:
-    """Resample ``x`` along ``axis`` to ``t_out`` steps with :func:`resample_matrix`."""
-    t_in = x.shape[axis]
-    if t_in == t_out:
-        return x
-    mat = jnp.asarray(resample_matrix(t_in, t_out), x.dtype)
-    return jnp.moveaxis(jnp.tensordot(mat, jnp.moveaxis(x, axis, 0), axes=1), 0, axis)
-
-
-def step_tables(rngs: nnx.Rngs, steps: Mapping[str, int], dim: int) -> nnx.Dict:
-    """One learned (T_m, D) table per modality, N(0, 0.02): a vector per time step."""
-    init = nnx.initializers.normal(0.02)
-    return nnx.Dict({m: param(rngs, init, (t, dim), (None, EMBED)) for m, t in steps.items()})
-
-
-def add_time_embedding(
-    context: Mapping[str, jax.Array], tables: Mapping[str, nnx.Param]
-) -> dict[str, jax.Array]:
-    """Context tokens {m: (B, T_m, N_m, D)} plus their time step's vector of ``tables[m]`` (the
-    temporal position an encoder that attends across time needs; TimeSformer's time embedding)."""
-    return {
-        m: ctx + tables[m][...].astype(ctx.dtype)[None, :, None] if m in tables else ctx
-        for m, ctx in context.items()
-    }
-
-
-def masked_mean(x: jax.Array, mask: jax.Array, axis: int) -> jax.Array:
-    """Mean of ``x`` over ``axis`` counting only entries where ``mask`` (broadcastable) is true."""
-    mask = mask.astype(x.dtype)
-    return (x * mask).sum(axis) / jnp.maximum(mask.sum(axis), 1.0)
-
-
 class MFE(nnx.Module):
     """Multi-modal Feature Encoding for one modality (eqs. 2-3)."""
 
@@ -120,25 +79,27 @@ class MFE(nnx.Module):
         )
 
     def __call__(self, actors: jax.Array, context: jax.Array, actor_mask: jax.Array):
-        """actors (B, K, T, D), context (B, T, N, D), actor_mask (B, K)
-        -> (â (B, K, T, D), f (B, T, N, D))."""
+        """actors (B, K, T, D), context (B, T, N, D), actor_mask (B, K) -> (â (B, K, T, D),
+        f (B, T, N, D), intermediates): the encoder layer's tokens and key mask (:meth:`tokens`),
+        from which :meth:`context_attention` recomputes its attention."""
         tokens, key_mask = self.tokens(actors, context, actor_mask)
-        return split_frame_tokens(self.encoder(tokens, key_mask), actors.shape[1], context.shape[2])
+        out = self.encoder(tokens, key_mask)
+        a_hat, f = split_frame_tokens(out, actors.shape[1], context.shape[2])
+        return a_hat, f, {"tokens": tokens, "key_mask": key_mask}
 
     def tokens(self, actors: jax.Array, context: jax.Array, actor_mask: jax.Array):
-        """The encoder layer's per-time-step tokens [a_t, f_t, b_t] (B, T, K + N + 1, D) and key
-        mask."""
+        """The encoder layer's per-time-step tokens [a_t, f_t, b_t] (B, T, K + N + 1, D) and
+        their key mask."""
         bottleneck = self.bottleneck_attn(masked_mean(actors, actor_mask[:, :, None, None], axis=1))
         return frame_tokens(actors, context, actor_mask, bottleneck[:, :, None])
 
-    def attention(self, actors: jax.Array, context: jax.Array, actor_mask: jax.Array):
-        """As ``__call__``, and each actor's attention over the context tokens (B, T, K, N): the
-        softmax weights of actor k's query on token n, averaged over the heads (a row sums to 1
-        minus the weight the actor gives the actors and the bottleneck token)."""
-        tokens, key_mask = self.tokens(actors, context, actor_mask)
-        k, n = actors.shape[1], context.shape[2]
-        weights = self.encoder.attention_weights(tokens, key_mask)[..., :k, k : k + n].mean(2)
-        return (*split_frame_tokens(self.encoder(tokens, key_mask), k, n), weights)
+    def context_attention(self, tokens: jax.Array, key_mask: jax.Array, num_actors: int):
+        """Each actor's attention over the context tokens (B, T, K, N) in the encoder layer that
+        ran on ``tokens`` (:meth:`tokens`): the softmax weights of actor k's query on token n,
+        averaged over the heads (a row sums to 1 minus the weight the actor gives the actors and
+        the bottleneck token)."""
+        k = num_actors
+        return self.encoder.attention_weights(tokens, key_mask)[..., :k, k:-1].mean(2)
 
 
 class MFA(nnx.Module):
@@ -167,8 +128,8 @@ class MFA(nnx.Module):
             self.fc2 = Dense(cfg.bottleneck_dim, width, rngs=rngs, axes=(MLP, EMBED), dtype=dtype)
 
     def weights(self, aligned: Mapping[str, jax.Array], present: Mapping[str, jax.Array]):
-        """Per-actor, per-channel weights w_m (B, K, D) of eqs. 5-6 (:data:`UNIFORM_WEIGHT` unless
-        gated)."""
+        """Per-actor, per-channel weights w_m (B, K, D) of eqs. 5-6: the gate's output, or
+        :data:`UNIFORM_WEIGHT` everywhere unless the fusion is gated."""
         if self.fusion != "gated":
             return {m: jnp.full_like(aligned[m][:, :, 0], UNIFORM_WEIGHT) for m in self.modalities}
         pooled = jnp.concatenate(
@@ -178,13 +139,8 @@ class MFA(nnx.Module):
         return dict(zip(self.modalities, jnp.split(w, len(self.modalities), axis=-1), strict=True))
 
     def __call__(self, a_hat: Mapping[str, jax.Array], present: Mapping[str, jax.Array]):
-        """a_hat[m] (B, K, T_m, D); present[m] (B,)
-        -> (next queries {m: (B, K, T_m, D)}, a_fuse (B, K, T_c, D))."""
-        nxt, a_fuse, _ = self.fuse(a_hat, present)
-        return nxt, a_fuse
-
-    def fuse(self, a_hat: Mapping[str, jax.Array], present: Mapping[str, jax.Array]):
-        """As ``__call__``, and the gates: per actor, the channel mean of each w_m (B, K, M)."""
+        """a_hat[m] (B, K, T_m, D) and present[m] (B,) -> (next queries {m: (B, K, T_m, D)},
+        a_fuse (B, K, T_c, D), gates (B, K, M): per actor, the channel mean of each w_m)."""
         dtype = a_hat[self.modalities[0]].dtype
         present = {m: present[m].astype(dtype) for m in self.modalities}
         aligned = {m: resample_time(a_hat[m], self.t_common, axis=2) for m in self.modalities}
@@ -228,36 +184,28 @@ class AMFNLayer(nnx.Module):
         self.mfa = MFA(dim, modalities, t_common, cfg, rngs=rngs, dtype=dtype)
 
     def __call__(self, queries, context, actor_mask, present):
-        a_hat, new_context = {}, {}
+        """-> (next queries {m: (B, K, T_m, D)}, context {m: (B, T_m, N_m, D)}, a_fuse
+        (B, K, T_c, D), intermediates): ``gates``, the MFA's per-actor channel means of w_m
+        (B, K, M), and ``encoder``, each modality's encoder intermediates (the MFE's tokens)."""
+        a_hat, new_context, encoder = {}, {}, {}
         for m in self.mfa.modalities:
-            a_hat[m], new_context[m] = self.mfe[m](queries[m], context[m], actor_mask)
-        queries, a_fuse, gates = self.mfa.fuse(a_hat, present)
-        return queries, new_context, a_fuse, gates
-
-    def attention(self, queries, context, actor_mask, present):
-        """``(__call__'s outputs, {m: MFE.attention's maps (B, T_m, K, N_m)})`` (MFE layers)."""
-        a_hat, new_context, maps = {}, {}, {}
-        for m in self.mfa.modalities:
-            a_hat[m], new_context[m], maps[m] = self.mfe[m].attention(
-                queries[m], context[m], actor_mask
-            )
-        queries, a_fuse, gates = self.mfa.fuse(a_hat, present)
-        return (queries, new_context, a_fuse, gates), maps
+            a_hat[m], new_context[m], encoder[m] = self.mfe[m](queries[m], context[m], actor_mask)
+        queries, a_fuse, gates = self.mfa(a_hat, present)
+        return queries, new_context, a_fuse, {"gates": gates, "encoder": encoder}
 
 
 class AMFN(nnx.Module):
     """L AMFN layers under ``nnx.scan`` (parameters stacked on a leading layer axis; each layer
-    rematerialised as ``remat_policy`` says). Returns the last layer's a_fuse (B, K, T_c, D) and
-    action embeddings {m: â_m}.
+    rematerialised as ``remat_policy`` says), a fusion stage of :mod:`jovale_jax.models.fusion`.
 
     ``cfg.encoder`` picks each layer's spatio-temporal encoder (Table 6,
     :mod:`jovale_jax.models.mfe_variants`): ``factorized`` splits the stack into the spatial
     ``layers`` and the ``temporal_layers`` after them (each its own scan); ``cross_frame`` appends
     its learned message token per time step (``messages[m]``, (T_m, D), N(0, 0.02)) to every
-    modality's context for the whole stack; ``joint`` and ``divided``, whose context tokens
-    attend across time, first add a learned time embedding to them (``context_time_embed[m]``,
-    (T_m, D), N(0, 0.02), as TimeSformer does before divided attention): the actor queries carry
-    theirs already, and without one a context token's time step would be invisible.
+    modality's context for the whole stack; ``joint`` and ``divided``, whose context tokens attend
+    across time, first add a learned time embedding to them (``context_time_embed[m]``, (T_m, D),
+    N(0, 0.02), as TimeSformer does before divided attention): the actor queries carry theirs
+    already, and without one a context token's time step would be invisible.
     """
 
     def __init__(
@@ -274,9 +222,11 @@ class AMFN(nnx.Module):
         time_steps: Mapping[str, int] | None = None,
     ):
         self.t_common = t_common
-        self.sow_gates = False  # True: sow the last layer's gates (`JoVALE.logits_and_gates`)
         self.remat_policy = check_remat_policy(remat_policy)
         self.encoder = check_encoder(cfg)
+        # the heads' inputs: the last a_fuse, or with late fusion each modality's last â_m
+        late = cfg.fusion == "late"
+        self.head_dims = {m: dim for m in modalities} if late else {"fused": dim}
 
         def stack(kind: str, depth: int) -> nnx.Module:
             return stack_layers(
@@ -312,7 +262,13 @@ class AMFN(nnx.Module):
         context: Mapping[str, jax.Array],
         actor_mask: jax.Array,
         present: Mapping[str, jax.Array],
-    ):
+        boxes: Mapping[str, jax.Array] | None = None,
+    ) -> tuple[dict[str, jax.Array], dict[str, Any]]:
+        """The fusion-stage interface (:mod:`jovale_jax.models.fusion`; ``boxes`` unused) ->
+        ``(embeddings, intermediates)``: {head name: (B, K, T_c or T_m, D)} and ``gates``, the
+        last MFA's gates (B, K, M), plus with MFE layers ``layers``, every layer's intermediates
+        stacked on a leading layer axis (:meth:`attention_maps`)."""
+        del boxes  # the actor queries carry the boxes' features
         some = next(iter(queries.values()))
         b, k, _, d = some.shape
         a_fuse = jnp.zeros((b, k, self.t_common, d), some.dtype)  # replaced by every layer
@@ -327,42 +283,34 @@ class AMFN(nnx.Module):
                 )
 
         def body(layer, carry, _):
-            return layer(carry[0], carry[1], actor_mask, present)
+            queries, context, a_fuse, intermediates = layer(*carry[:2], actor_mask, present)
+            return (queries, context, a_fuse), intermediates
 
-        gates = jnp.zeros((b, k, len(queries)), jnp.float32)  # replaced by every layer's MFA
-        carry = (dict(queries), context, a_fuse, gates)
+        carry, stacks = (dict(queries), context, a_fuse), []
         for layers in (self.layers, self.temporal_layers):
             if layers is not None:
-                carry = scan_layers(layers, body, carry, remat_policy=self.remat_policy)
-        queries, _, a_fuse, gates = carry
-        if self.sow_gates:  # the last layer's MFA gates (B, K, M), under nnx.capture
-            self.sow(nnx.Intermediate, "gates", gates)
-        return a_fuse, queries
+                carry, ys = scan_layers(
+                    layers, body, carry, remat_policy=self.remat_policy, outputs=True
+                )
+                stacks.append(ys)
+        queries, _, a_fuse = carry
+        intermediates = {"gates": stacks[-1]["gates"][-1]}
+        if self.encoder == "mfe":
+            intermediates["layers"] = stacks[0]["encoder"]
+        embeddings = {"fused": a_fuse} if "fused" in self.head_dims else dict(queries)
+        return embeddings, intermediates
 
-    def attention(
-        self,
-        queries: Mapping[str, jax.Array],
-        context: Mapping[str, jax.Array],
-        actor_mask: jax.Array,
-        present: Mapping[str, jax.Array],
-    ):
-        """As ``__call__`` (a_fuse, {m: â_m}), and every layer's actor-to-context attention
-        {m: (L, B, T_m, K, N_m)} (:meth:`MFE.attention`), the paper's Figure 6. MFE layers only
-        (``model.amfn.encoder='mfe'``); runs the layers as ``__call__`` does (tested equal)."""
-        if self.encoder != "mfe":
+    def attention_maps(self, intermediates: Mapping[str, Any], num_actors: int) -> dict:
+        """Every layer's actor-to-context attention {m: (L, B, T_m, K, N_m)} in the pass that
+        returned ``intermediates`` (:meth:`MFE.context_attention`), the paper's Figure 6. MFE
+        layers only (``model.amfn.encoder='mfe'``)."""
+        if "layers" not in intermediates:
             raise ValueError(
                 f"config field model.amfn.encoder: attention maps need 'mfe', got {self.encoder!r}"
             )
-        some = next(iter(queries.values()))
-        b, k, _, d = some.shape
-        a_fuse = jnp.zeros((b, k, self.t_common, d), some.dtype)
-        gates = jnp.zeros((b, k, len(queries)), jnp.float32)
 
-        def step(layer, carry, _):
-            return layer.attention(carry[0], carry[1], actor_mask, present)
+        def maps(mfe, x):
+            return mfe.context_attention(x["tokens"], x["key_mask"], num_actors)
 
-        scan = nnx.scan(step, in_axes=(0, nnx.Carry, 0), out_axes=(nnx.Carry, 0))
-        (queries, _, a_fuse, _), maps = scan(
-            self.layers, (dict(queries), dict(context), a_fuse, gates), ()
-        )
-        return a_fuse, queries, maps
+        per_layer = nnx.vmap(maps, in_axes=(0, 0))
+        return {m: per_layer(self.layers.mfe[m], x) for m, x in intermediates["layers"].items()}

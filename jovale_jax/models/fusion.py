@@ -1,12 +1,25 @@
-"""The multi-modal fusion strategies of the paper's Table 5 (Fig. 5), as alternatives to the AMFN.
+"""The fusion stage between the streams and the action heads: its interface, the AMFN and the
+alternatives of the paper's Table 5 (Fig. 5).
 
-``model.fusion_strategy`` picks what runs between the streams and the classification head. Each
-strategy maps the streams' outputs to the head's input (B, K, T, D'), with K actor proposals; padded
-proposals are masked out of every attention key.
+**The interface.** ``config.model.fusion_strategy`` names an entry of :data:`FUSION_STAGES`, whose
+builder makes the model's one ``fusion`` module from ``(config.model, modalities, time steps
+{m: T_m}, spatial grids {m: (h, w)})``. Every fusion module
+
+* has ``head_dims``: {head name: width D'}; the model builds one action head per name, and with
+  several (one per modality) averages their scores (late score fusion), with one uses its logits;
+* is called as ``fusion(queries, context, actor_mask, present, boxes)`` with the action queries
+  {m: (B, K, T_m, D)}, the context {m: (B, T_m, N_m, D)}, the (B, K) mask of real proposals, the
+  modalities' presence {m: (B,)} and each spatial modality's boxes {m: (B, K, 4)} on its own map;
+* returns ``(embeddings, intermediates)``: {head name: (B, K, T, D')} and a dict of what a caller
+  may inspect or ignore (the AMFN's MFA ``gates``; :func:`jax.jit` drops what no caller uses).
+
+Padded proposals are masked out of every attention key. A new strategy is a module of this
+interface plus its line in :data:`FUSION_STAGES` (and its sizes in ``configs/common.py``).
 
 Paper (Table 5, video + scene, audio excluded "for a fair comparison") and the exact form here:
 
-* ``amfn`` (JoVALE, the default): the AMFN (``jovale_jax.models.amfn``).
+* ``amfn`` (JoVALE, the default): the AMFN (:mod:`jovale_jax.models.amfn`, sizes
+  ``model.amfn``).
 * ``roi_feature_fusion`` -- paper: "directly combines RoI actor features from each modality for
   action classification" (Gkioxari and Malik 2015). Here: for each modality m with a spatial map
   (video, scene), r_m = Dense(max over the 7 x 7 bins of RoIAlign(box_m, f_m,t)), averaged over
@@ -15,16 +28,16 @@ Paper (Table 5, video + scene, audio excluded "for a fair comparison") and the e
   concatenation [r_video || r_scene] (B, K, 2D).
 * ``roi_relation`` -- paper: "uses cross-attention to capture relationships among RoI features
   from different modalities" (HIT, Faure et al. 2023). Here: the same r_m, then
-  ``model.amfn.num_layers`` layers in which each r_m (queries) cross-attends to the RoI features
-  of the other modalities of all real actors (keys and values), followed by the FFN (the MFE's
-  transformer layer, its self-attention restricted to those keys); the head classifies
-  [r_video || r_scene].
+  ``model.relation.num_layers`` layers in which each r_m (queries) cross-attends to the RoI
+  features of the other modalities of all real actors (keys and values), followed by the FFN (an
+  MFE-like transformer layer of ``model.relation``'s sizes, its self-attention restricted to those
+  keys); the head classifies [r_video || r_scene].
 * ``global_relation`` -- paper: "a transformer encoder is utilized to capture holistic
   dependencies across multi-modal embeddings". Here: one sequence of all actor tokens (a_m, K x T_m
   per modality, the AMFN's initial queries) and all context tokens (f_m, T_m x N_m, each plus a
   learned embedding of its time step) of every modality, plus a learned per-modality embedding,
-  through ``model.amfn.num_layers`` MFE-sized encoder layers; each modality's actor outputs are
-  aligned to T_c = T_v as in the MFA and averaged over the modalities present.
+  through ``model.relation.num_layers`` encoder layers; each modality's actor outputs are aligned
+  to T_c = T_v as in the MFA and averaged over the modalities present.
 
 The two RoI strategies need at least two of the modalities with a spatial map (video, scene): audio
 has no boxes to pool from.
@@ -38,13 +51,21 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jovale_jax.models.amfn import add_time_embedding, resample_time, step_tables
-from jovale_jax.models.layers import Dense, check_remat_policy, param, scan_layers, stack_layers
+from jovale_jax.models.amfn import AMFN
+from jovale_jax.models.layers import (
+    Dense,
+    add_time_embedding,
+    check_remat_policy,
+    param,
+    resample_time,
+    scan_layers,
+    stack_layers,
+    step_tables,
+)
 from jovale_jax.models.mfe_variants import encoder_block
 from jovale_jax.models.roi_align import roi_align
 from jovale_jax.sharding import EMBED
 
-FUSION_STRATEGIES = ("amfn", "roi_feature_fusion", "roi_relation", "global_relation")
 SPATIAL_MODALITIES = ("video", "scene")
 
 
@@ -101,15 +122,30 @@ class RoIFeatures(nnx.Module):
 class RoIFeatureFusion(nnx.Module):
     """(a) RoI feature fusion: [r_video || r_scene] -> the head, (B, K, 1, 2D)."""
 
-    def __init__(self, dim: int, grids, cfg, *, rngs: nnx.Rngs, dtype=jnp.float32, **unused):
-        del unused  # no transformer layer here
-        self.roi = RoIFeatures(dim, grids, cfg.actor, rngs=rngs, dtype=dtype)
-        self.out_dim = dim * len(grids)
+    def __init__(self, cfg, modalities, steps, grids, *, rngs: nnx.Rngs, dtype=jnp.float32, **_):
+        del steps  # no transformer layer (``**_``: remat_policy and attention_impl) here
+        self.roi = RoIFeatures(
+            cfg.embed_dim, {m: grids[m] for m in modalities}, cfg.actor, rngs=rngs, dtype=dtype
+        )
+        self.head_dims = {"fused": cfg.embed_dim * len(modalities)}
 
     def __call__(self, queries, context, actor_mask, present, boxes):
         del queries, actor_mask, present
         r = self.roi(context, boxes)
-        return jnp.concatenate([r[m] for m in self.roi.grids], axis=-1)[:, :, None]
+        return {"fused": jnp.concatenate([r[m] for m in self.roi.grids], axis=-1)[:, :, None]}, {}
+
+
+def relation_layers(cfg, make, *, rngs: nnx.Rngs, dtype, attention_impl: str) -> nnx.Module:
+    """``model.relation.num_layers`` stacked ``make(encoder layer maker)`` (``model.relation``
+    sizes), for ``nnx.scan``."""
+    sizes = cfg.relation
+
+    def block(r: nnx.Rngs):
+        return encoder_block(
+            cfg.embed_dim, sizes, rngs=r, dtype=dtype, attention_impl=attention_impl
+        )
+
+    return stack_layers(lambda r: make(lambda: block(r)), sizes.num_layers, rngs)
 
 
 class RoIRelation(nnx.Module):
@@ -117,30 +153,29 @@ class RoIRelation(nnx.Module):
 
     def __init__(
         self,
-        dim: int,
-        grids,
         cfg,
+        modalities,
+        steps,
+        grids,
         *,
         rngs: nnx.Rngs,
         dtype=jnp.float32,
         remat_policy: str = "none",
         attention_impl: str = "xla",
     ):
-        self.roi = RoIFeatures(dim, grids, cfg.actor, rngs=rngs, dtype=dtype)
-        self.layers = stack_layers(
-            lambda r: nnx.Dict(
-                {
-                    m: encoder_block(
-                        dim, cfg.amfn, rngs=r, dtype=dtype, attention_impl=attention_impl
-                    )
-                    for m in grids
-                }
-            ),
-            cfg.amfn.num_layers,
-            rngs,
+        del steps
+        self.roi = RoIFeatures(
+            cfg.embed_dim, {m: grids[m] for m in modalities}, cfg.actor, rngs=rngs, dtype=dtype
+        )
+        self.layers = relation_layers(
+            cfg,
+            lambda block: nnx.Dict({m: block() for m in modalities}),
+            rngs=rngs,
+            dtype=dtype,
+            attention_impl=attention_impl,
         )
         self.remat_policy = check_remat_policy(remat_policy)
-        self.out_dim = dim * len(grids)
+        self.head_dims = {"fused": cfg.embed_dim * len(modalities)}
 
     def __call__(self, queries, context, actor_mask, present, boxes):
         del queries, present
@@ -159,7 +194,7 @@ class RoIRelation(nnx.Module):
             return new
 
         r = scan_layers(self.layers, body, self.roi(context, boxes), remat_policy=self.remat_policy)
-        return jnp.concatenate([r[m] for m in mods], axis=-1)[:, :, None]
+        return {"fused": jnp.concatenate([r[m] for m in mods], axis=-1)[:, :, None]}, {}
 
 
 class GlobalRelation(nnx.Module):
@@ -167,33 +202,30 @@ class GlobalRelation(nnx.Module):
 
     def __init__(
         self,
-        dim: int,
-        modalities: tuple[str, ...],
-        t_common: int,
         cfg,
+        modalities,
+        steps,
+        grids,
         *,
         rngs: nnx.Rngs,
-        time_steps: Mapping[str, int],
         dtype=jnp.float32,
         remat_policy: str = "none",
         attention_impl: str = "xla",
     ):
+        del grids
+        dim = cfg.embed_dim
         self.modalities = tuple(modalities)
-        self.t_common = t_common
+        self.t_common = steps["video"]
         # the context tokens' time step (the actor tokens carry the queries' time embedding)
-        self.context_time_embed = step_tables(rngs, {m: time_steps[m] for m in modalities}, dim)
+        self.context_time_embed = step_tables(rngs, {m: steps[m] for m in modalities}, dim)
         self.modality_embed = param(
             rngs, nnx.initializers.normal(0.02), (len(modalities), dim), (None, EMBED)
         )
-        self.layers = stack_layers(
-            lambda r: encoder_block(
-                dim, cfg.amfn, rngs=r, dtype=dtype, attention_impl=attention_impl
-            ),
-            cfg.amfn.num_layers,
-            rngs,
+        self.layers = relation_layers(
+            cfg, lambda block: block(), rngs=rngs, dtype=dtype, attention_impl=attention_impl
         )
         self.remat_policy = check_remat_policy(remat_policy)
-        self.out_dim = dim
+        self.head_dims = {"fused": dim}
 
     def __call__(self, queries, context, actor_mask, present, boxes):
         del boxes
@@ -222,4 +254,46 @@ class GlobalRelation(nnx.Module):
             a = x[:, start : start + k * t].reshape(b, k, t, -1)
             fused = fused + weights[m] * resample_time(a, self.t_common, axis=2)
             start += k * t + t * n
-        return fused / jnp.maximum(sum(weights.values()), 1.0)
+        return {"fused": fused / jnp.maximum(sum(weights.values()), 1.0)}, {}
+
+
+def amfn_stage(cfg, modalities, steps, grids, *, rngs: nnx.Rngs, **kwargs) -> AMFN:
+    """The AMFN (``model.amfn`` sizes) as a fusion stage: T_c = T_v."""
+    del grids
+    return AMFN(
+        cfg.embed_dim, modalities, steps["video"], cfg.amfn, rngs=rngs, time_steps=steps, **kwargs
+    )
+
+
+# model.fusion_strategy -> builder(config.model, modalities, {m: T_m}, {m: (h, w)}, *, rngs, dtype,
+# remat_policy, attention_impl) of a module of the interface above.
+FUSION_STAGES = {
+    "amfn": amfn_stage,
+    "roi_feature_fusion": RoIFeatureFusion,
+    "roi_relation": RoIRelation,
+    "global_relation": GlobalRelation,
+}
+FUSION_STRATEGIES = tuple(FUSION_STAGES)
+
+
+def head_logits(
+    heads: Mapping[str, nnx.Module],
+    embeddings: Mapping[str, jax.Array],
+    present: Mapping[str, jax.Array],
+) -> jax.Array:
+    """The action heads on a fusion stage's embeddings (B, K, num_classes): one head's logits, or
+    with one head per modality their late score fusion, the mean of the heads' scores (sigmoids)
+    over the modalities present in each example, returned as its logit (so the loss and
+    evaluation apply their sigmoid as to any logits): logit(mean_m s_m) = LSE_m log s_m -
+    LSE_m log(1 - s_m), stable at any logit."""
+    if len(heads) == 1:
+        ((name, head),) = heads.items()
+        return head(embeddings[name])
+    logits = jnp.stack([heads[m](embeddings[m]) for m in embeddings])  # (M, B, K, C)
+    here = jnp.stack([present[m] for m in embeddings])[:, :, None, None]
+
+    def masked_lse(x):  # over the modalities present; a large finite fill keeps gradients finite
+        return jax.nn.logsumexp(jnp.where(here, x, -1e30), axis=0)
+
+    fused = masked_lse(jax.nn.log_sigmoid(logits)) - masked_lse(jax.nn.log_sigmoid(-logits))
+    return jnp.where(here.any(0), fused, 0.0)

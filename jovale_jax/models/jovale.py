@@ -1,10 +1,15 @@
-"""The full JoVALE model: the three streams, actor proposal features, the AMFN and the head.
+"""The full JoVALE model: the streams, actor proposal features, the fusion stage and the heads.
 
 ``JoVALE(config.model, rngs=...)(batch)`` maps the batch dict of ``data/SCHEMA.md`` (described and
 checked by ``models/batch.py``) to per-proposal action logits (B, K, num_classes). uint8 frames
 are normalised here, on the device, and boxes (normalised to the frame) are placed on the video
 canvas by the optional ``frame_extent`` (``models/inputs.py``). Which streams exist is
 ``config.model.modalities`` (any non-empty subset of video, audio, scene; Table 4 of the paper).
+
+The fusion stage is always the model's ``fusion`` module: the AMFN, or the Table 5 alternative
+that ``config.model.fusion_strategy`` names (:mod:`jovale_jax.models.fusion` describes their
+common interface). The model has one action head per embedding the stage returns: one ``fused``
+head, or with the AMFN's late fusion one per modality, whose scores are averaged.
 
 Actor proposal features (the initial action queries of every modality) come from
 ``model.query_source``. "detector" (the paper): the person detector's per-box features (the batch's
@@ -22,12 +27,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jovale_jax.models.amfn import AMFN, resample_time
 from jovale_jax.models.audio import AudioPatchEmbed, audio_grid
 from jovale_jax.models.batch import check_batch, modalities_of
 from jovale_jax.models.blip import blip_num_patches
 from jovale_jax.models.clip import scene_encoder
-from jovale_jax.models.fusion import GlobalRelation, RoIFeatureFusion, RoIRelation, check_strategy
+from jovale_jax.models.fusion import FUSION_STAGES, check_strategy, head_logits
 from jovale_jax.models.heads import ActionHead
 from jovale_jax.models.inputs import (
     BLIP_MEAN,
@@ -37,7 +41,14 @@ from jovale_jax.models.inputs import (
     query_source,
     video_statistics,
 )
-from jovale_jax.models.layers import Dense, LayerNorm, attention_implementation, dtype_of, param
+from jovale_jax.models.layers import (
+    Dense,
+    LayerNorm,
+    attention_implementation,
+    dtype_of,
+    param,
+    resample_time,
+)
 from jovale_jax.models.roi_align import roi_align
 from jovale_jax.models.slowfast import SlowFast, is_slowfast, slowfast_grid, slowfast_widths
 from jovale_jax.models.vit import VideoEncoder, video_grid
@@ -72,39 +83,15 @@ def context_grid(cfg) -> dict[str, tuple[int, int]]:
 def build_fusion(
     cfg, modalities: tuple[str, ...], *, rngs: nnx.Rngs, dtype=jnp.float32, **layer_kwargs
 ) -> nnx.Module:
-    """The fusion stage of ``cfg.fusion_strategy``: the AMFN, or a Table 5 alternative
-    (:mod:`jovale_jax.models.fusion`, whose ``out_dim`` is its head's width). ``layer_kwargs``:
+    """The fusion stage of ``cfg.fusion_strategy`` (:data:`FUSION_STAGES`: the AMFN or a Table 5
+    alternative), built for this config's time steps and spatial grids. ``layer_kwargs``:
     ``remat_policy`` and ``attention_impl`` of the transformer layers."""
-    strategy = check_strategy(cfg, modalities)
-    dim, steps = cfg.embed_dim, time_steps(cfg)
-    if strategy == "amfn":
-        return AMFN(
-            dim,
-            modalities,
-            steps["video"],
-            cfg.amfn,
-            rngs=rngs,
-            dtype=dtype,
-            time_steps=steps,
-            **layer_kwargs,
-        )
-    if strategy == "global_relation":
-        return GlobalRelation(
-            dim,
-            modalities,
-            steps["video"],
-            cfg,
-            rngs=rngs,
-            time_steps=steps,
-            dtype=dtype,
-            **layer_kwargs,
-        )
     grids = {
         "video": video_map_grid(cfg.video)[1:],
         "scene": (cfg.scene.image_size // cfg.scene.patch,) * 2,
     }
-    make = RoIFeatureFusion if strategy == "roi_feature_fusion" else RoIRelation
-    return make(dim, {m: grids[m] for m in modalities}, cfg, rngs=rngs, dtype=dtype, **layer_kwargs)
+    make = FUSION_STAGES[check_strategy(cfg, modalities)]
+    return make(cfg, modalities, time_steps(cfg), grids, rngs=rngs, dtype=dtype, **layer_kwargs)
 
 
 def modality_boxes(batch: Mapping[str, jax.Array], modalities) -> dict[str, jax.Array]:
@@ -125,14 +112,6 @@ def actor_boxes(boxes: Mapping[str, jax.Array], batch: Mapping[str, jax.Array]) 
     """The boxes of the map the actor features pool from (video, else scene; audio alone embeds
     the frame boxes)."""
     return boxes.get("video", boxes.get("scene", batch["boxes"]))
-
-
-def run_fusion(fusion: nnx.Module, queries, context, box_mask, present, boxes):
-    """Call a :func:`build_fusion` module: the AMFN returns (a_fuse, {m: â_m}), the others the
-    head's input. ``boxes``: {m: (B, K, 4)} of :func:`modality_boxes`."""
-    if isinstance(fusion, AMFN):
-        return fusion(queries, context, box_mask, present)
-    return fusion(queries, context, box_mask, present, boxes)
 
 
 class ActorFeatures(nnx.Module):
@@ -220,21 +199,14 @@ class JoVALE(nnx.Module):
                 for m in self.modalities
             }
         )
-        self.fusion_strategy = check_strategy(cfg, self.modalities)
-        fusion = build_fusion(cfg, self.modalities, rngs=rngs, dtype=dtype, **layers)
-        if self.fusion_strategy == "amfn":
-            self.amfn = fusion
-        else:
-            self.fusion = fusion
-        head_dim = getattr(fusion, "out_dim", dim)
-        late = self.fusion_strategy == "amfn" and cfg.amfn.fusion == "late"
-        head_names = self.modalities if late else ("fused",)
+        self.fusion = build_fusion(cfg, self.modalities, rngs=rngs, dtype=dtype, **layers)
+        # One head per embedding of the fusion stage; several are averaged (late score fusion).
         self.heads = nnx.Dict(
             {
-                n: ActionHead(
-                    head_dim, cfg.num_classes, rngs=rngs, dropout=cfg.head_dropout, dtype=dtype
+                name: ActionHead(
+                    width, cfg.num_classes, rngs=rngs, dropout=cfg.head_dropout, dtype=dtype
                 )
-                for n in head_names
+                for name, width in self.fusion.head_dims.items()
             }
         )
 
@@ -266,11 +238,14 @@ class JoVALE(nnx.Module):
         return context, present, feature_map
 
     def __call__(self, batch: Mapping[str, jax.Array]) -> jax.Array:
+        return self.forward(batch)[0]
+
+    def forward(self, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, dict]:
+        """The logits (B, K, num_classes) and the fusion stage's intermediates (the AMFN's
+        ``gates``, ...: :mod:`jovale_jax.models.fusion`)."""
         queries, context, box_mask, present, boxes = self.fusion_inputs(batch)
-        inputs = self.fuse(queries, context, box_mask, present, boxes)
-        if "fused" in inputs:
-            return self.heads["fused"](inputs["fused"])
-        return head_logits(self.heads, "late", None, inputs, present)
+        embeddings, intermediates = self.fusion(queries, context, box_mask, present, boxes)
+        return head_logits(self.heads, embeddings, present), intermediates
 
     def fusion_inputs(self, batch: Mapping[str, jax.Array]):
         """The fusion stage's inputs: action queries {m: (B, K, T_m, D)}, context
@@ -290,56 +265,25 @@ class JoVALE(nnx.Module):
         }
         return queries, context, box_mask, present, boxes
 
-    def fuse(self, queries, context, box_mask, present, boxes) -> dict[str, jax.Array]:
-        """The fusion stage (``model.fusion_strategy``): {head name: its input (B, K, T, D')};
-        one ``fused`` head, or one per modality for the AMFN's late score fusion."""
-        if self.fusion_strategy != "amfn":
-            return {"fused": run_fusion(self.fusion, queries, context, box_mask, present, boxes)}
-        a_fuse, a_last = run_fusion(self.amfn, queries, context, box_mask, present, boxes)
-        return dict(a_last) if "fused" not in self.heads else {"fused": a_fuse}
-
     def logits_and_gates(self, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
         """The logits and the last AMFN layer's MFA gates (B, K, M): per actor, the mean over
-        channels of w_m for each modality of ``self.modalities`` (ones unless fusion is gated)."""
-        self.amfn.sow_gates = True
-        try:
-            logits, sown = nnx.capture(self, nnx.Intermediate)(batch)
-        finally:
-            self.amfn.sow_gates = False
-        (gates,) = jax.tree.leaves(sown)
-        return logits, gates
+        channels of w_m for each modality of ``self.modalities`` (0.5 unless fusion is gated)."""
+        logits, intermediates = self.forward(batch)
+        if "gates" not in intermediates:
+            raise ValueError(
+                "config field model.fusion_strategy: gates need 'amfn', got "
+                f"{self.cfg.fusion_strategy!r}"
+            )
+        return logits, intermediates["gates"]
 
     def attention_maps(self, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, dict]:
         """The logits and every AMFN layer's MFE attention from the actor queries to each
-        modality's context tokens, {m: (L, B, T_m, K, N_m)} (:meth:`AMFN.attention`)."""
-        if self.fusion_strategy != "amfn":
+        modality's context tokens, {m: (L, B, T_m, K, N_m)} (:meth:`AMFN.attention_maps`), from
+        one forward pass."""
+        if check_strategy(self.cfg, self.modalities) != "amfn":
             raise ValueError(
                 "config field model.fusion_strategy: attention maps need 'amfn', got "
-                f"{self.fusion_strategy!r}"
+                f"{self.cfg.fusion_strategy!r}"
             )
-        queries, context, box_mask, present, _ = self.fusion_inputs(batch)
-        a_fuse, a_last, maps = self.amfn.attention(queries, context, box_mask, present)
-        return head_logits(self.heads, self.cfg.amfn.fusion, a_fuse, a_last, present), maps
-
-
-def head_logits(
-    heads: nnx.Dict,
-    fusion: str,
-    a_fuse: jax.Array | None,
-    a_last: Mapping[str, jax.Array],
-    present: Mapping[str, jax.Array],
-) -> jax.Array:
-    """The action heads on the AMFN's outputs: the fused head, or with late score fusion the mean
-    of the per-modality heads' scores (sigmoids) over the modalities present in each example,
-    returned as its logit (so the loss and evaluation apply their sigmoid as to any logits):
-    logit(mean_m s_m) = LSE_m log s_m - LSE_m log(1 - s_m), stable at any logit."""
-    if fusion != "late":
-        return heads["fused"](a_fuse)
-    logits = jnp.stack([heads[m](a_last[m]) for m in a_last])  # (M, B, K, C)
-    here = jnp.stack([present[m] for m in a_last])[:, :, None, None]
-
-    def masked_lse(x):  # over the modalities present; a large finite fill keeps gradients finite
-        return jax.nn.logsumexp(jnp.where(here, x, -1e30), axis=0)
-
-    fused = masked_lse(jax.nn.log_sigmoid(logits)) - masked_lse(jax.nn.log_sigmoid(-logits))
-    return jnp.where(here.any(0), fused, 0.0)
+        logits, intermediates = self.forward(batch)
+        return logits, self.fusion.attention_maps(intermediates, batch["boxes"].shape[1])

@@ -325,20 +325,84 @@ def batch_major(tree: Any) -> Any:
 
 
 def scan_layers(
-    layers: nnx.Module, body: Callable, carry: Any, xs: Any = (), remat_policy: str = "none"
+    layers: nnx.Module,
+    body: Callable,
+    carry: Any,
+    xs: Any = (),
+    remat_policy: str = "none",
+    *,
+    outputs: bool = False,
 ) -> Any:
     """Run ``carry = body(layer, carry, x)`` over the stacked ``layers`` (and the leading axis of
     ``xs``) with ``nnx.scan``, each step under ``nnx.remat`` with the named policy unless
     ``none``. Arrays the body closes over are broadcast to every layer. The carry (batch-major
-    arrays) is sharding-constrained at every layer boundary (:func:`batch_major`)."""
+    arrays) is sharding-constrained at every layer boundary (:func:`batch_major`).
+
+    With ``outputs``, ``body`` returns ``(carry, y)`` and the result is ``(carry, ys)``: each
+    layer's ``y`` stacked on a leading layer axis (under ``jax.jit``, what no caller uses is
+    dropped from the compiled program)."""
 
     def step(layer, c, x):
-        return batch_major(body(layer, batch_major(c), x))
+        out = body(layer, batch_major(c), x)
+        return (batch_major(out[0]), out[1]) if outputs else batch_major(out)
 
     if check_remat_policy(remat_policy) != "none":
         step = nnx.remat(step, policy=REMAT_POLICIES[remat_policy], prevent_cse=False)
-    scan = nnx.scan(step, in_axes=(0, nnx.Carry, 0), out_axes=nnx.Carry)
+    out_axes = (nnx.Carry, 0) if outputs else nnx.Carry
+    scan = nnx.scan(step, in_axes=(0, nnx.Carry, 0), out_axes=out_axes)
     return scan(layers, carry, xs)
+
+
+# ----------------------------------------------------------------------------- time and masks
+
+
+def resample_matrix(t_in: int, t_out: int) -> np.ndarray:
+    """The (t_out, t_in) matrix of temporal alignment (Cooper 2019, as the paper applies it).
+
+    Adaptive average pooling when ``t_in >= t_out`` (output i averages inputs
+    floor(i t_in / t_out) .. ceil((i + 1) t_in / t_out) - 1, as PyTorch's AdaptiveAvgPool1d), and
+    repetition when ``t_in < t_out`` (output i copies input floor(i t_in / t_out)). De-alignment is
+    the same rule applied from T_c back to T_m.
+    """
+    m = np.zeros((t_out, t_in), np.float32)
+    for i in range(t_out):
+        if t_in >= t_out:
+            lo, hi = (i * t_in) // t_out, -((-(i + 1) * t_in) // t_out)
+            m[i, lo:hi] = 1.0 / (hi - lo)
+        else:
+            m[i, (i * t_in) // t_out] = 1.0
+    return m
+
+
+def resample_time(x: jax.Array, t_out: int, axis: int) -> jax.Array:
+    """Resample ``x`` along ``axis`` to ``t_out`` steps with :func:`resample_matrix`."""
+    t_in = x.shape[axis]
+    if t_in == t_out:
+        return x
+    mat = jnp.asarray(resample_matrix(t_in, t_out), x.dtype)
+    return jnp.moveaxis(jnp.tensordot(mat, jnp.moveaxis(x, axis, 0), axes=1), 0, axis)
+
+
+def masked_mean(x: jax.Array, mask: jax.Array, axis: int) -> jax.Array:
+    """Mean of ``x`` over ``axis`` counting only entries where ``mask`` (broadcastable) is true."""
+    mask = mask.astype(x.dtype)
+    return (x * mask).sum(axis) / jnp.maximum(mask.sum(axis), 1.0)
+
+
+def step_tables(rngs: nnx.Rngs, steps: dict[str, int], dim: int) -> nnx.Dict:
+    """One learned (T_m, D) table per modality, N(0, 0.02): a vector per time step."""
+    init = nnx.initializers.normal(0.02)
+    return nnx.Dict({m: param(rngs, init, (t, dim), (None, EMBED)) for m, t in steps.items()})
+
+
+def add_time_embedding(context: dict[str, jax.Array], tables: nnx.Dict) -> dict[str, jax.Array]:
+    """Context tokens {m: (B, T_m, N_m, D)} plus their time step's vector of ``tables[m]``: the
+    temporal position that an encoder attending across time needs (TimeSformer's time
+    embedding)."""
+    return {
+        m: ctx + tables[m][...].astype(ctx.dtype)[None, :, None] if m in tables else ctx
+        for m, ctx in context.items()
+    }
 
 
 def drop_path_rates(rate: float, depth: int) -> np.ndarray:

@@ -1,7 +1,8 @@
 """The spatio-temporal encoders of the paper's Table 6, as alternatives to the MFE inside the AMFN.
 
 Each takes and returns what the MFE does: ``(actors (B, K, T, D), context (B, T, N, D),
-actor_mask (B, K)) -> (â (B, K, T, D), f (B, T, N, D))``, and is one layer of the AMFN's stack
+actor_mask (B, K)) -> (â (B, K, T, D), f (B, T, N, D), intermediates)`` (these return no
+intermediates: ``{}``), and is one layer of the AMFN's stack
 (``model.amfn.encoder``; the MFA follows every layer as with the MFE). Padded actors are masked out
 of every attention key, so they never influence a real actor. Every transformer layer is the MFE's
 (``model.amfn``: heads, FFN width, norm placement, dropout).
@@ -112,7 +113,8 @@ class SpatialEncoder(nnx.Module):
 
     def __call__(self, actors, context, actor_mask):
         tokens, key_mask = frame_tokens(actors, context, actor_mask)
-        return split_frame_tokens(self.encoder(tokens, key_mask), actors.shape[1], context.shape[2])
+        out = self.encoder(tokens, key_mask)
+        return *split_frame_tokens(out, actors.shape[1], context.shape[2]), {}
 
 
 class TemporalEncoder(nnx.Module):
@@ -123,7 +125,7 @@ class TemporalEncoder(nnx.Module):
 
     def __call__(self, actors, context, actor_mask):
         del actor_mask  # each sequence is one actor's own time steps
-        return self.encoder(actors), context
+        return self.encoder(actors), context, {}
 
 
 class JointEncoder(nnx.Module):
@@ -137,7 +139,7 @@ class JointEncoder(nnx.Module):
         n = context.shape[2]
         tokens, key_mask = frame_tokens(actors, context, actor_mask)
         out = self.encoder(tokens.reshape(b, t * (k + n), d), key_mask.reshape(b, t * (k + n)))
-        return split_frame_tokens(out.reshape(b, t, k + n, d), k, n)
+        return *split_frame_tokens(out.reshape(b, t, k + n, d), k, n), {}
 
 
 class TemporalAttention(nnx.Module):
@@ -182,13 +184,14 @@ class CrossFrameEncoder(nnx.Module):
         self.encoder = encoder_block(dim, cfg, rngs=rngs, dtype=dtype, **block_kwargs)
 
     def __call__(self, actors, context, actor_mask):
-        """context (B, T, N + 1, D), its last token the message -> (â, f (B, T, N + 1, D))."""
+        """context (B, T, N + 1, D), its last token the message -> (â, f (B, T, N + 1, D), {})."""
         messages = self.message_attn(context[:, :, -1].astype(actors.dtype))
         tokens, key_mask = frame_tokens(
             actors, context[:, :, :-1], actor_mask, messages[:, :, None]
         )
         out = self.encoder(tokens, key_mask)
-        return jnp.swapaxes(out[:, :, : actors.shape[1]], 1, 2), out[:, :, actors.shape[1] :]
+        k = actors.shape[1]
+        return jnp.swapaxes(out[:, :, :k], 1, 2), out[:, :, k:], {}
 
 
 def attention_kwargs(block_kwargs: dict) -> dict:

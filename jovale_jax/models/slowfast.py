@@ -30,8 +30,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jovale_jax.models.amfn import resample_time
-from jovale_jax.models.layers import REMAT_POLICIES, check_remat_policy, dtype_of, param
+from jovale_jax.models.layers import (
+    REMAT_POLICIES,
+    check_remat_policy,
+    dtype_of,
+    param,
+    resample_time,
+)
 from jovale_jax.sharding import CONV_IN, EMBED
 
 STAGE_DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
