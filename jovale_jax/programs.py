@@ -8,7 +8,6 @@ explicit shardings, and trace inside the mesh (``sharding.TracedInMesh``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -19,9 +18,6 @@ from flax import nnx
 from jovale_jax import sharding
 from jovale_jax.losses import sigmoid_focal_loss
 from jovale_jax.models.batch import model_inputs
-
-if TYPE_CHECKING:
-    from jovale_jax.state import ShardedModel
 
 
 def step_rngs(template, seed: int, step: jax.Array):
@@ -38,8 +34,9 @@ def step_rngs(template, seed: int, step: jax.Array):
     return jax.tree.unflatten(treedef, out)
 
 
-def make_train_step(s: ShardedModel) -> Callable:
-    """The jitted ``(state, frozen, batch) -> (state, metrics)`` with explicit shardings."""
+def make_train_step(s) -> Callable:
+    """The jitted ``(state, frozen, batch) -> (state, metrics)`` of a ``state.ShardedModel``
+    ``s``, with explicit shardings. (This module does not import ``state``, which imports it.)"""
     cfg = s.config
 
     def train_step(state, frozen, batch):
@@ -95,8 +92,8 @@ def make_predict(config, mesh, eval_graphdef, rng_template, params_sh, frozen_sh
     return sharding.TracedInMesh(jitted, mesh, sharding.rules_from_config(config))
 
 
-def predict_batch(s: ShardedModel, local: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """``s.predict`` on a per-process numpy batch: {"scores": sigmoid scores (B, K, C)} and, with
-    the AMFN, "gates" (B, K, M); numpy, this process's rows."""
+def predict_batch(s, local: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A ``state.ShardedModel``'s ``s.predict`` on a per-process numpy batch: {"scores": sigmoid
+    scores (B, K, C)} and, with the AMFN, "gates" (B, K, M); numpy, this process's rows."""
     out = s.predict(s.state["params"], s.frozen, sharding.global_batch(s.mesh, local))
     return {k: sharding.to_host(v) for k, v in out.items()}
