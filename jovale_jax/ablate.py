@@ -328,14 +328,13 @@ def ablate(
 ) -> list[dict] | None:
     """Train and evaluate every row of ``table``; write ``table_<N>.md`` / ``.json`` in
     ``workdir``. Returns the rows' records, or None when a row was interrupted."""
-    from jovale_jax.datasets import builder_class
-    from jovale_jax.demo import build_data
+    from jovale_jax.datasets import build_or_reuse, builder_class
 
     check_table(table)
     rows = TABLES[table][1]
     for row in rows:  # every row's config is checked before anything trains
         validate_row(config, row)
-    data_dir = build_data(config, data_dir)
+    data_dir = build_or_reuse(config, data_dir)
     records = []
     for row in rows:
         record = run_row(config, row, os.path.join(workdir, row.name), data_dir, init_from)

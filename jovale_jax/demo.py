@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from jovale_jax.ablate import SHORT
+from jovale_jax.datasets import build_or_reuse
 from jovale_jax.datasets import synthetic as synthetic_data
 
 
@@ -26,17 +27,6 @@ def default_config():
     from jovale_jax.configs import synthetic
 
     return synthetic.get_config()
-
-
-def build_data(config, data_dir: str | None) -> str:
-    """Build (or reuse) the dataset of ``config``; returns the data dir."""
-    from jovale_jax.datasets import build_dataset
-
-    data_dir = data_dir or config.data.data_dir
-    summary = build_dataset(config.dataset, config=config, raw_dir=None, data_dir=data_dir)
-    how = "reused" if summary["reused"] else f"built in {summary['seconds']:.0f} s"
-    print(f"data: {summary['examples']} examples in {summary['data_path']} ({how})", flush=True)
-    return data_dir
 
 
 def train_and_evaluate(config, workdir: str, data_dir: str) -> dict[str, Any]:
@@ -223,7 +213,7 @@ def demo(
 
     start = time.time()
     config = config or default_config()
-    data_dir = build_data(config, data_dir)
+    data_dir = build_or_reuse(config, data_dir)
     result = train_and_evaluate(config, workdir, data_dir)
     baseline = class_prior_baseline(config, config.data.eval_split, data_dir=data_dir)
     report = os.path.join(workdir, "report")

@@ -24,7 +24,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import xla_flags
+from conftest import train_flags, xla_flags
 
 from configs import synthetic
 from jovale_jax import distributed
@@ -36,7 +36,13 @@ from jovale_jax.train import train
 
 TWO_DEVICES = dict(os.environ, XLA_FLAGS=xla_flags(2))
 ONE_DEVICE = dict(os.environ, XLA_FLAGS=xla_flags())
-MESH = "--config.mesh_shape=(2, 2)"  # 'data' across the 2 processes, 'model' within each
+MESH_SHAPE = "(2, 2)"  # 'data' across the 2 processes, 'model' within each
+MESH = f"--config.mesh_shape={MESH_SHAPE}"
+# A peer silent for half of this is taken as dead (distributed.watch_peers), and JAX's coordination
+# service aborts every process (SIGABRT) after all of it. At load 3-5 the default 100 s can be
+# reached by a live process; only the dead-peer test asks for a short bound.
+PATIENT_S = 900
+PATIENT = f"--config.distributed.heartbeat_timeout_s={PATIENT_S}"
 
 
 def free_port() -> int:
@@ -137,17 +143,9 @@ def finish(procs, timeout=900):
 
 
 def train_args(workdir, data_dir, steps):
-    return [
-        "--workdir",
-        str(workdir),
-        "--data_dir",
-        data_dir,
-        MESH,
-        f"--config.num_train_steps={steps}",
-        "--config.checkpoint_every_steps=2",
-        "--config.log_every_steps=1",
-        "--config.eval_every_steps=0",
-    ]
+    """The 2-process runs' `launch.py train` flags: a checkpoint every 2 steps, on MESH, and a
+    heartbeat bound that a loaded machine does not reach (``PATIENT``)."""
+    return [*train_flags(workdir, data_dir, steps, every=2, mesh=MESH_SHAPE), PATIENT]
 
 
 def params_at(workdir, step=None, *, mesh_shape=(1, 1), devices=None):
@@ -278,6 +276,7 @@ def test_checkpoint_of_the_4x2_mesh_restores_everywhere_with_equal_parameters(ru
                 str(i),
                 str(mesh42 / "checkpoints" / "2"),
                 str(out),
+                str(PATIENT_S),
             ],
             env=TWO_DEVICES,
             stdout=subprocess.PIPE,
@@ -303,9 +302,10 @@ import sys
 import numpy as np
 from configs import synthetic
 from jovale_jax import distributed
-port, pid, path, out = sys.argv[1:]
+port, pid, path, out = sys.argv[1:5]
 config = synthetic.get_config("test")
 config.mesh_shape = (2, 2)
+config.distributed.heartbeat_timeout_s = int(sys.argv[5])
 distributed.start(config, f"localhost:{port}", 2, int(pid), timeout_s=120)
 import jax
 from jax.experimental import multihost_utils
@@ -323,7 +323,7 @@ def test_eval_on_two_processes_equals_one_process(runs):
     ckpt = str(runs["root"] / "killed")
     out2, out1 = runs["root"] / "eval2", runs["root"] / "eval1"
     common = ["--checkpoint", ckpt, "--data_dir", runs["data"]]
-    procs = launch("eval", *common, "--out", str(out2), MESH)
+    procs = launch("eval", *common, "--out", str(out2), MESH, PATIENT)
     procs += launch(
         "eval",
         *common,
@@ -503,15 +503,12 @@ def test_jax_internals_that_distributed_reads_are_still_there():
         assert hasattr(_jax.DistributedRuntimeClient, name), f"client.{name} moved"
 
 
-def resume_from_step4(runs, name, steps, heartbeat_s=60):
+def resume_from_step4(runs, name, steps, heartbeat=PATIENT):
     """2 processes training from a copy of the killed run's step 4 (process 0's output first)."""
     workdir = runs["root"] / name
     shutil.copytree(runs["root"] / "killed" / "checkpoints" / "4", workdir / "checkpoints" / "4")
-    args = [
-        *train_args(workdir, runs["data"], steps),
-        f"--config.distributed.heartbeat_timeout_s={heartbeat_s}",
-    ]
-    return workdir, launch("train", *args)
+    args = train_flags(workdir, runs["data"], steps, every=2, mesh=MESH_SHAPE)
+    return workdir, launch("train", *args, heartbeat)
 
 
 def wait_for_step(workdir, procs, step):
@@ -535,7 +532,9 @@ def test_dead_peer_is_named_and_a_restart_resumes_exactly(runs):
     """SIGKILL of process 1: process 0 stops within the heartbeat's bound, with one line naming
     process 1 and the command to resume, no stack dump; restarting both processes resumes
     bit-exactly (the straight run's step 6)."""
-    workdir, procs = resume_from_step4(runs, "dead_peer", 1000)
+    workdir, procs = resume_from_step4(
+        runs, "dead_peer", 1000, "--config.distributed.heartbeat_timeout_s=60"
+    )
     wait_for_step(workdir, procs, 5)
     procs[1].send_signal(signal.SIGKILL)
     out = procs[0].communicate(timeout=300)[0]
