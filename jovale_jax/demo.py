@@ -190,7 +190,8 @@ def gates_by_class(
 
 def ablation_section(ablation_dir: str | None) -> list[str]:
     """The report's lines on the modality ablation: ``<ablation_dir>/table_4.md`` (written by
-    ``launch.py ablate --table 4``) when it exists, else how to make it (the demo trains none)."""
+    ``launch.py ablate --config.ablate.table=4``) when it exists, else how to make it (the demo
+    trains none)."""
     path = os.path.join(ablation_dir, "table_4.md") if ablation_dir else None
     lines = ["## Modality ablation (the paper's Table 4)", ""]
     if path and os.path.isfile(path):
@@ -198,7 +199,10 @@ def ablation_section(ablation_dir: str | None) -> list[str]:
             return lines + [f"From `{path}`:", "", f.read().rstrip()]
     return lines + [
         'Not run here (README.md, "Measured", holds a run). Make it with',
-        "`python launch.py ablate --config configs/synthetic.py --table 4 --workdir runs/ablate4`;",
+        (
+            "`python launch.py ablate --config configs/synthetic.py --config.ablate.table=4 "
+            "--workdir runs/ablate4`;"
+        ),
         "the next `launch.py demo` (which reads `runs/ablate4` unless `--ablation_dir` names",
         "another folder) puts it in this report.",
     ]

@@ -156,9 +156,9 @@ def test_typos_and_mistyped_paths_are_one_line_errors_that_create_nothing(tmp_pa
             "synthetic, ava, ucf24, jhmdb21",
         ),
         "unknown table": (
-            ["ablate", "--config", cfg, "--table", "8", "--workdir", "runs/abl"],
+            ["ablate", "--config", cfg, "--config.ablate.table=8", "--workdir", "runs/abl"],
             2,
-            "--table 8",
+            "--config.ablate.table=8: no such table",
             "4, 5, 6, 7, scene",
         ),
         "unknown modality": (
