@@ -10,7 +10,8 @@ Commands:
   flops       parameters and multiply-accumulates per component (no execution)
   bench       step | forward | memory | remat | profile | input | eval | loop | peers measurements
   build-data  write the TFRecord shards of a dataset
-  ablate      train and evaluate every row of one of the paper's ablation tables (--table)
+  ablate      train and evaluate every row of one of the paper's ablation tables
+              (--config.ablate.table)
   demo        build the synthetic set, train, evaluate and write a report (what `make demo` runs)
   attention   the paper's Figure 6: actors' attention maps on keyframes (--checkpoint, --out)
 
@@ -54,8 +55,8 @@ flags.DEFINE_bool("json", False, "flops: end with one JSON line.")
 flags.DEFINE_string(
     "table",
     None,
-    "ablate (required) / flops: one of the paper's ablation tables: "
-    "4 | 5 | 6 | 7 | scene (jovale_jax/ablate.py).",
+    "flops: one of the paper's ablation tables: 4 | 5 | 6 | 7 | scene (jovale_jax/ablate.py); "
+    "ablate reads config.ablate.table.",
 )
 flags.DEFINE_string(
     "data_dir", None, "Where the TFRecord shards are (default config.data.data_dir)."
@@ -99,7 +100,7 @@ flags.DEFINE_float(
 flags.DEFINE_string(
     "ablation_dir",
     None,
-    "demo: the `launch.py ablate --table 4` workdir whose table the report shows "
+    "demo: the `launch.py ablate --config.ablate.table=4` workdir whose table the report shows "
     "(default runs/ablate4, when it holds one).",
 )
 flags.DEFINE_string("video", None, "detect: the video file.")
@@ -124,7 +125,7 @@ COMMAND_FLAGS = {  # the flags each command reads (its --help lists them; others
     "bench": ("config", "data_dir"),
     "build-data": ("dataset", "config", "raw_dir", "data_dir", "strict"),
     "check-data": ("config", "data_dir"),
-    "ablate": ("config", "table", "workdir", "data_dir", "init_from"),
+    "ablate": ("config", "workdir", "data_dir", "init_from"),
     "demo": ("config", "workdir", "data_dir", "ablation_dir"),
     "attention": (
         "config",
@@ -367,24 +368,29 @@ def cmd_detect(argv):
 
 
 def cmd_ablate(argv):
-    """Train and evaluate every row of --table in its own folder of --workdir."""
+    """Train and evaluate every row of config.ablate.table in its own folder of --workdir."""
     from jovale_jax import run_log
     from jovale_jax.ablate import TABLES, ablate, validate_row
 
     config = _config()
+    table = config.ablate.table
+    if not table:
+        raise InputError(
+            f"config.ablate.table is required for ablate: --config.ablate.table=T, T one of "
+            f"{', '.join(TABLES)}"
+        )
     _require("workdir")
-    _require("table")
     _not_a_file("workdir")
     _exists("init_from")
-    if FLAGS.table not in TABLES:
+    if table not in TABLES:
         raise InputError(
-            f"--table {FLAGS.table}: no such table{_nearest(FLAGS.table, TABLES)}; "
+            f"--config.ablate.table={table}: no such table{_nearest(table, TABLES)}; "
             f"expected one of {', '.join(TABLES)}"
         )
-    for row in TABLES[FLAGS.table][1]:  # every row's config, before anything is created
+    for row in TABLES[table][1]:  # every row's config, before anything is created
         validate_row(config, row)
     run_log.log_to_file(FLAGS.workdir, config, _verbosity())
-    ablate(config, FLAGS.workdir, FLAGS.table, data_dir=FLAGS.data_dir, init_from=FLAGS.init_from)
+    ablate(config, FLAGS.workdir, data_dir=FLAGS.data_dir, init_from=FLAGS.init_from)
 
 
 def cmd_demo(argv):

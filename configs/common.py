@@ -264,6 +264,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_batch_size = 16
     c.max_dets_per_frame = 50  # the official AVA evaluator keeps the 50 top rows per frame
 
+    # ---------------- ablation tables (launch.py ablate; jovale_jax/ablate.py) ----------------
+    c.ablate = ml_collections.ConfigDict()
+    c.ablate.table = ""  # which of the paper's tables: 4 | 5 | 6 | 7 | scene (ablate needs one)
+
     # ---------------- detection (launch.py detect; eval uses data.eval_split) ----------------
     t = c.detect = ml_collections.ConfigDict()
     t.keyframe_every = 1.0  # seconds between keyframes, from the first frame

@@ -1,8 +1,9 @@
 """A tiny JoVALE on the embedded synthetic audio-visual set: trains on a 2-core CPU in minutes.
 
-`make demo` runs it end to end. Variant `test` shrinks it further for the test suite; `slowfast`
-and `slowfast_test` are the same with a tiny SlowFast video backbone (one block per stage, 8
-channels, alpha 4 and 2) instead of the tiny ViT.
+`make demo` runs it end to end. The variant is a comma-separated set of switches (SWITCHES):
+`test` shrinks the model further for the test suite; `slowfast` puts a tiny SlowFast video
+backbone (one block per stage, alpha 4) in place of the tiny ViT, smaller still (8 channels, alpha
+2) with `test`: `configs/synthetic.py:slowfast,test`. The older name `slowfast_test` still works.
 
     python launch.py build-data --dataset synthetic --data_dir runs/data/synthetic
     python launch.py train --config configs/synthetic.py --workdir runs/demo
@@ -10,14 +11,29 @@ channels, alpha 4 and 2) instead of the tiny ViT.
 
 from jovale_jax.configs import common
 
-VARIANTS = ("", "test", "slowfast", "slowfast_test")
+SWITCHES = {
+    "test": "a model small enough for the test suite",
+    "slowfast": "a tiny SlowFast video backbone instead of the tiny ViT",
+}
+ALIASES = {"slowfast_test": ("slowfast", "test")}
+
+
+def switches(variant: str) -> frozenset[str]:
+    """The switches a variant string turns on: "" none, "a,b" both, an ALIASES name its own."""
+    names = [n.strip() for n in variant.split(",") if n.strip()]
+    on = {s for n in names for s in ALIASES.get(n, (n,))}
+    unknown = sorted(on - set(SWITCHES))
+    if unknown:
+        where = f" in {variant!r}" if variant != unknown[0] else ""
+        raise ValueError(
+            f"configs/synthetic.py: unknown variant {unknown[0]!r}{where}; expected switches from "
+            f"{tuple(SWITCHES)}, comma-separated, or one of {tuple(ALIASES)}"
+        )
+    return frozenset(on)
 
 
 def get_config(variant: str = ""):
-    if variant not in VARIANTS:
-        raise ValueError(
-            f"configs/synthetic.py: unknown variant {variant!r}; expected one of {VARIANTS}"
-        )
+    on = switches(variant)
     c = common.base_config()
     c.dataset = "synthetic"
     m = c.model
@@ -79,7 +95,7 @@ def get_config(variant: str = ""):
     c.checkpoint_every_steps = 400
     c.eval_every_steps = 0  # the demo evaluates the final checkpoint once
 
-    if variant.endswith("test"):
+    if "test" in on:
         m.video.update(
             width=32,
             depth=1,
@@ -97,12 +113,12 @@ def get_config(variant: str = ""):
         m.relation.update(num_layers=2, num_heads=2, mlp_dim=64)
         c.data.frame_stride = 2  # 4 frames still span the 1 s window
         c.data.short_side = c.data.eval_short_side = 24  # 32 x 24 on the 32 x 32 canvas
-    if variant.startswith("slowfast"):
+    if "slowfast" in on:
         m.video.backbone = "slowfast"
         # T_v = num_frames / alpha: 8 / 4 (demo) or 4 / 2 (test) = 2 steps on a 3 x 4 or 2 x 2 map
         m.video.slowfast.update(
             stage_blocks=(1, 1, 1, 1), width=16, beta_inv=4, fusion_kernel=5, alpha=4, time_steps=2
         )
-        if variant == "slowfast_test":
+        if "test" in on:
             m.video.slowfast.update(width=8, alpha=2, fusion_kernel=3)
     return c

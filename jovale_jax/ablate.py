@@ -1,8 +1,9 @@
 """The paper's ablation tables on any dataset (``launch.py ablate``).
 
-    python launch.py ablate --config configs/synthetic.py --table 6 --workdir runs/ablate6
+    python launch.py ablate --config configs/synthetic.py --config.ablate.table=6 --workdir runs/a6
 
-Every row of a table is the config with a few ``config.model`` fields changed (:data:`TABLES`):
+``config.ablate.table`` names the table. Every row of a table is the config with a few
+``config.model`` fields changed (:data:`TABLES`):
 
 * ``4`` -- modality subsets (``model.modalities``; paper Table 4); every row keeps the config's
   ``model.query_source``, so with "detector" (the paper's) all rows start from the same queries;
@@ -136,9 +137,10 @@ TABLES: dict[str, tuple[str, tuple[Row, ...]]] = {
 }
 
 
-def check_table(table: str) -> str:
+def check_table(table: str, where: str = "flag --table") -> str:
+    """``table`` if it names one of TABLES, else a ValueError naming ``where`` it came from."""
     if table not in TABLES:
-        raise ValueError(f"flag --table: expected one of {tuple(TABLES)}, got {table!r}")
+        raise ValueError(f"{where}: expected one of {tuple(TABLES)}, got {table!r}")
     return table
 
 
@@ -174,9 +176,13 @@ def row_costs(cfg) -> dict[str, float]:
 
 
 def config_key(cfg) -> str:
-    """What identifies a row's run: its whole config (rows of different tables may coincide, as
-    the paper's default row does)."""
-    return hashlib.sha256(cfg.to_json_best_effort(sort_keys=True).encode()).hexdigest()[:16]
+    """What identifies a row's run: its whole config but the ``ablate`` section (rows of different
+    tables may coincide, as the paper's default row does)."""
+    bare = copy.deepcopy(cfg)
+    with bare.unlocked():
+        if "ablate" in bare:
+            del bare["ablate"]
+    return hashlib.sha256(bare.to_json_best_effort(sort_keys=True).encode()).hexdigest()[:16]
 
 
 def finished_twin(workdir: str, key: str) -> dict | None:
@@ -324,18 +330,17 @@ def table_markdown(
 
 
 def ablate(
-    config, workdir: str, table: str, *, data_dir: str | None = None, init_from: str | None = None
+    config, workdir: str, *, data_dir: str | None = None, init_from: str | None = None
 ) -> list[dict] | None:
-    """Train and evaluate every row of ``table``; write ``table_<N>.md`` / ``.json`` in
-    ``workdir``. Returns the rows' records, or None when a row was interrupted."""
-    from jovale_jax.datasets import builder_class
-    from jovale_jax.demo import build_data
+    """Train and evaluate every row of table ``config.ablate.table``; write ``table_<N>.md`` /
+    ``.json`` in ``workdir``. Returns the rows' records, or None when a row was interrupted."""
+    from jovale_jax.datasets import build_or_reuse, builder_class
 
-    check_table(table)
+    table = check_table(config.ablate.table, "config.ablate.table")
     rows = TABLES[table][1]
     for row in rows:  # every row's config is checked before anything trains
         validate_row(config, row)
-    data_dir = build_data(config, data_dir)
+    data_dir = build_or_reuse(config, data_dir)
     records = []
     for row in rows:
         record = run_row(config, row, os.path.join(workdir, row.name), data_dir, init_from)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from jovale_jax.ablate import SHORT
+from jovale_jax.datasets import build_or_reuse
 from jovale_jax.datasets import synthetic as synthetic_data
 
 
@@ -25,17 +26,6 @@ def default_config():
     from jovale_jax.configs import synthetic
 
     return synthetic.get_config()
-
-
-def build_data(config, data_dir: str | None) -> str:
-    """Build (or reuse) the dataset of ``config``; returns the data dir."""
-    from jovale_jax.datasets import build_dataset
-
-    data_dir = data_dir or config.data.data_dir
-    summary = build_dataset(config.dataset, config=config, raw_dir=None, data_dir=data_dir)
-    how = "reused" if summary["reused"] else f"built in {summary['seconds']:.0f} s"
-    print(f"data: {summary['examples']} examples in {summary['data_path']} ({how})", flush=True)
-    return data_dir
 
 
 def train_and_evaluate(config, workdir: str, data_dir: str) -> dict[str, Any]:
@@ -199,7 +189,8 @@ def gates_by_class(
 
 def ablation_section(ablation_dir: str | None) -> list[str]:
     """The report's lines on the modality ablation: ``<ablation_dir>/table_4.md`` (written by
-    ``launch.py ablate --table 4``) when it exists, else how to make it (the demo trains none)."""
+    ``launch.py ablate --config.ablate.table=4``) when it exists, else how to make it (the demo
+    trains none)."""
     path = os.path.join(ablation_dir, "table_4.md") if ablation_dir else None
     lines = ["## Modality ablation (the paper's Table 4)", ""]
     if path and os.path.isfile(path):
@@ -207,7 +198,10 @@ def ablation_section(ablation_dir: str | None) -> list[str]:
             return lines + [f"From `{path}`:", "", f.read().rstrip()]
     return lines + [
         'Not run here (README.md, "Measured", holds a run). Make it with',
-        "`python launch.py ablate --config configs/synthetic.py --table 4 --workdir runs/ablate4`;",
+        (
+            "`python launch.py ablate --config configs/synthetic.py --config.ablate.table=4 "
+            "--workdir runs/ablate4`;"
+        ),
         "the next `launch.py demo` (which reads `runs/ablate4` unless `--ablation_dir` names",
         "another folder) puts it in this report.",
     ]
@@ -222,7 +216,7 @@ def demo(
 
     start = time.time()
     config = config or default_config()
-    data_dir = build_data(config, data_dir)
+    data_dir = build_or_reuse(config, data_dir)
     result = train_and_evaluate(config, workdir, data_dir)
     baseline = class_prior_baseline(config, config.data.eval_split, data_dir=data_dir)
     report = os.path.join(workdir, "report")

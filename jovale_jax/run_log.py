@@ -11,6 +11,7 @@ and deprecation notes only when asked with ``--verbosity=0`` (absl's flag; 1 for
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -67,7 +68,34 @@ class _ForTheFile(logging.Filter):
 
 
 class _FileOnly(logging.FileHandler):
-    """The run's log file handler (a type of its own, so that a second call replaces it)."""
+    """The run's log file handler (a type of its own, so that a second call replaces it). A write
+    the disk refuses (full, over quota) stops the log file with one warning on stderr; the run
+    goes on, and its console keeps every line."""
+
+    refused = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.refused:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        if not isinstance(error, OSError):
+            super().handleError(record)
+            return
+        self.refused = True
+        print(
+            f"warning: {self.baseFilename}: the disk refused a write ({error.strerror or error}); "
+            "the log file stops here, the run goes on",
+            file=sys.stderr,
+            flush=True,
+        )
+        with contextlib.suppress(OSError):  # what is still buffered fails alike
+            self.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            super().close()
 
 
 class _Tee:

@@ -1,6 +1,7 @@
 """Test set-up: 8 fake CPU devices (set before jax is imported) and shared tiny fixtures."""
 
 import os
+import sys
 import tempfile
 
 # XLA:CPU compiles the tiny test models 3-6x faster without its fusion emitters and LLVM's
@@ -17,6 +18,28 @@ def xla_flags(devices: int | None = None) -> str:
     """XLA_FLAGS for a test process: fast compilation, ``devices`` fake CPU devices if given."""
     count = f" --xla_force_host_platform_device_count={devices}" if devices else ""
     return FAST_COMPILE + count
+
+
+def train_flags(workdir, data_dir, steps: int, every: int = 1, mesh: str = "(1, 1)") -> list[str]:
+    """`launch.py train` flags of the tests' runs: ``steps`` steps, a checkpoint every ``every``,
+    a log line every step, no evaluation (the same in every run of a test, so that resumed runs
+    are bit-exact); the workdir and data dir first."""
+    return [
+        "--workdir",
+        str(workdir),
+        "--data_dir",
+        str(data_dir),
+        f"--config.mesh_shape={mesh}",
+        f"--config.num_train_steps={steps}",
+        f"--config.checkpoint_every_steps={every}",
+        "--config.log_every_steps=1",
+        "--config.eval_every_steps=0",
+    ]
+
+
+def launch_command(command: str, *args: str) -> list[str]:
+    """``python launch.py COMMAND --config configs/synthetic.py:test ARGS``."""
+    return [sys.executable, "launch.py", command, "--config", "configs/synthetic.py:test", *args]
 
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + xla_flags(8)).strip()

@@ -30,7 +30,8 @@ def ablation_dir(tmp_path_factory):
 @pytest.mark.parametrize("table", list(ablate.TABLES))
 def test_ablate_writes_the_table(short, tiny_data, ablation_dir, table):
     tmp_path = ablation_dir
-    records = ablate.ablate(short, str(tmp_path), table, data_dir=tiny_data)
+    short.ablate.table = table
+    records = ablate.ablate(short, str(tmp_path), data_dir=tiny_data)
     rows = ablate.TABLES[table][1]
     assert [r["row"] for r in records] == [r.name for r in rows]
     saved = json.loads((tmp_path / f"table_{table}.json").read_text())
@@ -64,10 +65,11 @@ def test_ablate_skips_finished_rows_and_resumes_an_interrupted_one(
 ):
     """In the shared workdir (after the tables above, table 7 is finished there)."""
     tmp_path = ablation_dir
-    ablate.ablate(short, str(tmp_path), "7", data_dir=tiny_data)
+    short.ablate.table = "7"
+    ablate.ablate(short, str(tmp_path), data_dir=tiny_data)
     (tmp_path / "uniform" / "row.json").unlink()  # trained, but its record never written
     capsys.readouterr()
-    records = ablate.ablate(short, str(tmp_path), "7", data_dir=tiny_data)
+    records = ablate.ablate(short, str(tmp_path), data_dir=tiny_data)
     out = capsys.readouterr().out
     assert out.count("finished earlier") == 2
     assert "resumed from" in out and (tmp_path / "uniform" / "row.json").exists()
@@ -75,24 +77,27 @@ def test_ablate_skips_finished_rows_and_resumes_an_interrupted_one(
 
 
 def test_ablate_bad_table_and_rows(short, tmp_path):
+    short.ablate.table = "8"
     with pytest.raises(
         ValueError,
-        match=r"--table: expected one of \('4', '5', '6', '7', "
+        match=r"config\.ablate\.table: expected one of \('4', '5', '6', '7', "
         r"'scene'\), got '8'",
     ):
-        ablate.ablate(short, str(tmp_path), "8")
+        ablate.ablate(short, str(tmp_path))
     short.model.modalities = ("video", "audio")
+    short.ablate.table = "scene"
     with pytest.raises(
         ValueError,
         match=r"row 'none' removes the scene stream, but config field "
         r"model\.modalities is \('video', 'audio'\)",
     ):
-        ablate.ablate(short, str(tmp_path), "scene")
+        ablate.ablate(short, str(tmp_path))
 
 
 def test_launch_ablate_command_line(tmp_path, tiny_data):
-    """`launch.py ablate --config C --table 7 --workdir W`: flags reach ablate(); with every row
-    of W finished (records as run_row writes them) it trains nothing and writes the table."""
+    """`launch.py ablate --config C --config.ablate.table=7 --workdir W`: flags reach ablate();
+    with every row of W finished (records as run_row writes them) it trains nothing and writes
+    the table; the former --table flag is refused."""
     import subprocess
     import sys
 
@@ -119,8 +124,7 @@ def test_launch_ablate_command_line(tmp_path, tiny_data):
         "ablate",
         "--config",
         "configs/synthetic.py:test",
-        "--table",
-        "7",
+        "--config.ablate.table=7",
         "--workdir",
         str(tmp_path),
         "--data_dir",
@@ -133,4 +137,11 @@ def test_launch_ablate_command_line(tmp_path, tiny_data):
     bad = subprocess.run(
         cmd[:5] + ["--workdir", str(tmp_path)], check=False, capture_output=True, text=True
     )
-    assert bad.returncode != 0 and "--table is required" in bad.stderr
+    assert bad.returncode != 0 and "config.ablate.table is required" in bad.stderr
+    old = subprocess.run(
+        cmd[:5] + ["--table", "7", "--workdir", str(tmp_path)],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    assert old.returncode == 2 and "--table does not apply to ablate" in old.stderr

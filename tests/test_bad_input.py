@@ -161,9 +161,9 @@ def test_typos_and_mistyped_paths_are_one_line_errors_that_create_nothing(tmp_pa
             "synthetic, ava, ucf24, jhmdb21",
         ),
         "unknown table": (
-            ["ablate", "--config", cfg, "--table", "8", "--workdir", "runs/abl"],
+            ["ablate", "--config", cfg, "--config.ablate.table=8", "--workdir", "runs/abl"],
             2,
-            "--table 8",
+            "--config.ablate.table=8: no such table",
             "4, 5, 6, 7, scene",
         ),
         "unknown modality": (
@@ -279,3 +279,15 @@ def test_main_turns_only_our_own_input_errors_into_one_line(monkeypatch, capsys)
     monkeypatch.setitem(launch.HANDLERS, "flops", inside_jit)
     with pytest.raises(ValueError, match="equal division"):
         launch.main(["launch.py", "flops"])
+
+
+def test_synthetic_variants_are_switches():
+    """`slowfast,test` in any order is the older `slowfast_test`; an unknown switch is named."""
+    from configs import synthetic
+
+    want = synthetic.get_config("slowfast_test").to_json(sort_keys=True)
+    for variant in ("slowfast,test", "test, slowfast"):
+        assert synthetic.get_config(variant).to_json(sort_keys=True) == want
+    assert synthetic.get_config("test").model.video.backbone == "vit"
+    with pytest.raises(ValueError, match=r"unknown variant 'fast' in 'test,fast'; expected"):
+        synthetic.get_config("test,fast")

@@ -39,7 +39,9 @@ def test_demo_report_and_eval_outputs(short, tiny_data, tmp_path, monkeypatch):
     gates = [g for row in summary["gates"].values() for g in row.values() if not np.isnan(g)]
     assert gates and all(0.0 < g < 1.0 for g in gates)
     assert set(summary["prior_groups"]) == {"motion", "sound", "scene"}
-    assert "## Modality ablation" in text and "--table 4 --workdir runs/ablate4" in text
+    assert (
+        "## Modality ablation" in text and "--config.ablate.table=4 --workdir runs/ablate4" in text
+    )
 
     # The evaluation wrote every real proposal of every val example, scored for every class.
     eval_dir = tmp_path / "demo" / "eval"

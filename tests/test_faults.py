@@ -11,7 +11,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import xla_flags
+from conftest import launch_command, train_flags, xla_flags
 
 from configs import synthetic
 from jovale_jax import checkpoint
@@ -49,27 +49,12 @@ def params_of(path):
 
 def launch(*args, env=ONE_DEVICE):
     return subprocess.run(
-        [sys.executable, "launch.py", args[0], "--config", "configs/synthetic.py:test", *args[1:]],
+        launch_command(*args),
         capture_output=True,
         text=True,
         env=env,
         check=False,
     )
-
-
-def train_flags(workdir, data_dir, steps, every=1):
-    """`launch.py train` flags (the same in every run, so that resumed runs are bit-exact)."""
-    return [
-        "--workdir",
-        str(workdir),
-        "--data_dir",
-        data_dir,
-        "--config.mesh_shape=(1, 1)",
-        f"--config.num_train_steps={steps}",
-        f"--config.checkpoint_every_steps={every}",
-        "--config.log_every_steps=1",
-        "--config.eval_every_steps=0",
-    ]
 
 
 def break_step(step_dir):
@@ -169,17 +154,17 @@ def test_no_step_restores_lists_why(three_steps, tmp_path):
     assert checkpoint.steps_in(str(workdir / "checkpoints")) == [1, 2, 3]  # nothing renamed
 
 
-# `launch.py train` in a process whose file writes beyond FULL_AT bytes fail (RLIMIT_FSIZE: the
+# `launch.py train` in a process whose file writes beyond LIMIT bytes fail (RLIMIT_FSIZE: the
 # kernel refuses the rest of the write, as a full disk does) from the save of step FULL_FROM on.
 FULL_DISK = """
 import resource, runpy, signal, sys
 from jovale_jax.checkpoint import Checkpointer
-save, full_from = Checkpointer.save, int(sys.argv.pop(1))
+save, full_from, limit = Checkpointer.save, int(sys.argv.pop(1)), int(sys.argv.pop(1))
 
 def save_on_a_full_disk(self, step, state, meta):
     if step >= full_from:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
-        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, resource.RLIM_INFINITY))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
     return save(self, step, state, meta)
 
 Checkpointer.save = save_on_a_full_disk
@@ -194,12 +179,12 @@ def test_full_disk_keeps_earlier_steps_and_resumes_exactly(three_steps, tiny_dat
     shutil.copytree(good, workdir)
     ckdir = workdir / "checkpoints"
     shutil.rmtree(ckdir / "3")
-    # The file-size limit stands in for the disk; the earlier runs' log.txt (about 100 kB) would
-    # already be over it. A log file the disk refuses too is not covered here (issue 23 note).
-    (workdir / "log.txt").unlink()
+    # The file-size limit stands in for the disk: the earlier run's log.txt is at it, so the log
+    # file's next write is refused too (the parameters' files are larger).
+    limit = str((workdir / "log.txt").stat().st_size)
     flags = ["--config", "configs/synthetic.py:test", *train_flags(workdir, tiny_data, 3)]
     run = subprocess.run(
-        [sys.executable, "-c", FULL_DISK, "3", "train", *flags],
+        [sys.executable, "-c", FULL_DISK, "3", limit, "train", *flags],
         capture_output=True,
         text=True,
         env=ONE_DEVICE,
@@ -216,6 +201,9 @@ def test_full_disk_keeps_earlier_steps_and_resumes_exactly(three_steps, tiny_dat
     assert line.endswith(
         "the steps saved before, [1, 2], are intact: free space and run the same command to resume"
     ), line
+    refused = [x for x in run.stderr.splitlines() if x.startswith("warning: ") and "log.txt" in x]
+    assert len(refused) == 1 and "the disk refused a write" in refused[0], run.stderr[-3000:]
+    assert "Logging error" not in run.stderr
     assert sorted(os.listdir(ckdir)) == ["1", "2"]  # no half-written step left behind
     for step in (1, 2):
         got = params_of(ckdir / str(step))

@@ -24,10 +24,10 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import xla_flags
+from conftest import train_flags, xla_flags
 
 from configs import synthetic
-from jovale_jax import distributed
+from jovale_jax import checkpoint, distributed
 from jovale_jax.checkpoint import Checkpointer
 from jovale_jax.datasets import load_split
 from jovale_jax.input_pipeline import create_eval_iterator, create_train_iterator
@@ -36,7 +36,15 @@ from jovale_jax.train import train
 
 TWO_DEVICES = dict(os.environ, XLA_FLAGS=xla_flags(2))
 ONE_DEVICE = dict(os.environ, XLA_FLAGS=xla_flags())
-MESH = "--config.mesh_shape=(2, 2)"  # 'data' across the 2 processes, 'model' within each
+MESH_SHAPE = "(2, 2)"  # 'data' across the 2 processes, 'model' within each
+MESH = f"--config.mesh_shape={MESH_SHAPE}"
+# A peer silent for half of this is taken as dead (distributed.watch_peers), and JAX's coordination
+# service ends every process with SIGABRT after all of it (measured otherwise: one process 50 s
+# late at a collective passes, 40 s late at its first one gets gloo's fixed 30 s error, exit 1).
+# A live process stalled that long on a loaded machine would be taken for dead, so the 2-process
+# runs wait 900 s; only the dead-peer test asks for a short bound.
+PATIENT_S = 900
+PATIENT = f"--config.distributed.heartbeat_timeout_s={PATIENT_S}"
 
 
 def free_port() -> int:
@@ -137,17 +145,9 @@ def finish(procs, timeout=900):
 
 
 def train_args(workdir, data_dir, steps):
-    return [
-        "--workdir",
-        str(workdir),
-        "--data_dir",
-        data_dir,
-        MESH,
-        f"--config.num_train_steps={steps}",
-        "--config.checkpoint_every_steps=2",
-        "--config.log_every_steps=1",
-        "--config.eval_every_steps=0",
-    ]
+    """The 2-process runs' `launch.py train` flags: a checkpoint every 2 steps, on MESH, and a
+    heartbeat bound that a loaded machine does not reach (``PATIENT``)."""
+    return [*train_flags(workdir, data_dir, steps, every=2, mesh=MESH_SHAPE), PATIENT]
 
 
 def params_at(workdir, step=None, *, mesh_shape=(1, 1), devices=None):
@@ -278,6 +278,7 @@ def test_checkpoint_of_the_4x2_mesh_restores_everywhere_with_equal_parameters(ru
                 str(i),
                 str(mesh42 / "checkpoints" / "2"),
                 str(out),
+                str(PATIENT_S),
             ],
             env=TWO_DEVICES,
             stdout=subprocess.PIPE,
@@ -302,10 +303,11 @@ RESTORE_ON_PROCESSES = """
 import sys
 import numpy as np
 from configs import synthetic
-from jovale_jax import distributed
-port, pid, path, out = sys.argv[1:]
+from jovale_jax import checkpoint, distributed
+port, pid, path, out = sys.argv[1:5]
 config = synthetic.get_config("test")
 config.mesh_shape = (2, 2)
+config.distributed.heartbeat_timeout_s = int(sys.argv[5])
 distributed.start(config, f"localhost:{port}", 2, int(pid), timeout_s=120)
 import jax
 from jax.experimental import multihost_utils
@@ -323,7 +325,7 @@ def test_eval_on_two_processes_equals_one_process(runs):
     ckpt = str(runs["root"] / "killed")
     out2, out1 = runs["root"] / "eval2", runs["root"] / "eval1"
     common = ["--checkpoint", ckpt, "--data_dir", runs["data"]]
-    procs = launch("eval", *common, "--out", str(out2), MESH)
+    procs = launch("eval", *common, "--out", str(out2), MESH, PATIENT)
     procs += launch(
         "eval",
         *common,
@@ -503,15 +505,12 @@ def test_jax_internals_that_distributed_reads_are_still_there():
         assert hasattr(_jax.DistributedRuntimeClient, name), f"client.{name} moved"
 
 
-def resume_from_step4(runs, name, steps, heartbeat_s=60):
+def resume_from_step4(runs, name, steps, heartbeat=PATIENT):
     """2 processes training from a copy of the killed run's step 4 (process 0's output first)."""
     workdir = runs["root"] / name
     shutil.copytree(runs["root"] / "killed" / "checkpoints" / "4", workdir / "checkpoints" / "4")
-    args = [
-        *train_args(workdir, runs["data"], steps),
-        f"--config.distributed.heartbeat_timeout_s={heartbeat_s}",
-    ]
-    return workdir, launch("train", *args)
+    args = train_flags(workdir, runs["data"], steps, every=2, mesh=MESH_SHAPE)
+    return workdir, launch("train", *args, heartbeat)
 
 
 def wait_for_step(workdir, procs, step):
@@ -535,7 +534,9 @@ def test_dead_peer_is_named_and_a_restart_resumes_exactly(runs):
     """SIGKILL of process 1: process 0 stops within the heartbeat's bound, with one line naming
     process 1 and the command to resume, no stack dump; restarting both processes resumes
     bit-exactly (the straight run's step 6)."""
-    workdir, procs = resume_from_step4(runs, "dead_peer", 1000)
+    workdir, procs = resume_from_step4(
+        runs, "dead_peer", 1000, "--config.distributed.heartbeat_timeout_s=60"
+    )
     wait_for_step(workdir, procs, 5)
     procs[1].send_signal(signal.SIGKILL)
     out = procs[0].communicate(timeout=300)[0]
@@ -570,3 +571,61 @@ def test_sigterm_on_every_process_saves_one_step_and_exits_zero(runs):
     step = int(stops[0][0])
     assert step > 4 and Checkpointer(str(workdir)).latest_step() == step
     assert params_at(workdir, step).keys() == straight_params(runs).keys()
+
+
+KILL_DURING_SAVE = """
+import os, signal, sys
+import numpy as np
+port, pid, workdir, patience = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+from configs import synthetic
+from jovale_jax import checkpoint, distributed
+config = synthetic.get_config("test")
+config.distributed.heartbeat_timeout_s = patience
+distributed.start(config, f"localhost:{port}", 2, pid, timeout_s=120)
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jovale_jax.checkpoint import Checkpointer
+sharding = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), PartitionSpec("data"))
+def filled(n, value):  # a global array of n values, each process holding its half
+    return jax.make_array_from_callback(
+        (n,), sharding, lambda i: np.full(len(range(*i[0].indices(n))), value, np.float32))
+ck = Checkpointer(workdir)
+ck.save(1, {"w": filled(8, 1.0)}, {"input_state": {"epoch": 1}})
+ck.wait()
+ck.save(2, {"w": filled(2**26, 0.0)}, {"input_state": {"epoch": 2}})  # 256 MB, written async
+print("saving step 2", flush=True)
+if pid == 1:
+    os.kill(os.getpid(), signal.SIGKILL)
+ck.wait()  # process 0: the step cannot be committed without process 1
+"""
+
+
+def test_sigkill_during_an_asynchronous_save_on_two_processes_keeps_the_step_uncounted(tmp_path):
+    """Process 1 is SIGKILLed while both processes write step 2 asynchronously (process 0 is
+    killed too, as a scheduler ends the job): step 2 does not count as written, step 1 restores."""
+    port = free_port()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", KILL_DURING_SAVE, str(port), str(i), str(tmp_path), "900"],
+            env=TWO_DEVICES,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    out1 = procs[1].communicate(timeout=600)[0]
+    assert procs[1].returncode == -signal.SIGKILL and "saving step 2" in out1, out1[-3000:]
+    time.sleep(3)  # process 0 writes its half meanwhile, and waits for process 1 (or fails)
+    if procs[0].poll() is None:
+        procs[0].send_signal(signal.SIGKILL)
+    procs[0].communicate()
+    # step 2 was under way (orbax's temporary folder), and it is not counted
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith("2.")]
+    ck = Checkpointer(str(tmp_path))
+    assert ck.latest_step() == 1 and checkpoint.steps_in(str(tmp_path / "checkpoints")) == [1]
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])  # restored on this process
+    state, meta = ck.restore(1, {"w": jax.ShapeDtypeStruct((8,), np.float32, sharding=one)})
+    ck.close()
+    np.testing.assert_array_equal(np.asarray(state["w"]), np.ones(8))
+    assert meta["input_state"] == {"epoch": 1}

@@ -10,7 +10,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import xla_flags
+from conftest import launch_command, train_flags, xla_flags
 
 from jovale_jax import optim
 from jovale_jax.checkpoint import Checkpointer
@@ -115,23 +115,10 @@ def test_sharded_training_equals_one_device(tiny_config, tiny_data, tmp_path):
 
 
 def _train_cmd(workdir, data_dir, steps, every):
-    return [
-        sys.executable,
-        "launch.py",
-        "train",
-        "--config",
-        "configs/synthetic.py:test",
-        "--workdir",
-        str(workdir),
-        "--data_dir",
-        data_dir,
-        "--config.mesh_shape=(1, 1)",
-        f"--config.num_train_steps={steps}",
-        f"--config.checkpoint_every_steps={every}",
-        "--config.log_every_steps=1",
-        "--config.eval_every_steps=0",
-        "--config.device_prefetch=2",  # batches past a checkpoint are in flight when killed
-    ]
+    """The tests' `launch.py train` with 2 batches prefetched: batches past a checkpoint are in
+    flight when the process is killed."""
+    flags = train_flags(workdir, data_dir, steps, every)
+    return launch_command("train", *flags, "--config.device_prefetch=2")
 
 
 # Training subprocesses run on one CPU device (the fake 8-device flag is dropped): the sharded

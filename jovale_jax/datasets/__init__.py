@@ -254,3 +254,14 @@ def build_dataset(
     )
     logger.info("%s: %s", name, summary)
     return summary
+
+
+def build_or_reuse(config: Any, data_dir: str | None) -> str:
+    """Build the dataset of ``config`` in ``data_dir`` (default ``config.data.data_dir``) unless it
+    is built already, and say which on the console; returns the data dir (what ``demo`` and
+    ``ablate`` train on)."""
+    data_dir = data_dir or config.data.data_dir
+    summary = build_dataset(config.dataset, config=config, raw_dir=None, data_dir=data_dir)
+    how = "reused" if summary["reused"] else f"built in {summary['seconds']:.0f} s"
+    print(f"data: {summary['examples']} examples in {summary['data_path']} ({how})", flush=True)
+    return data_dir
