@@ -12,12 +12,19 @@ FAST_COMPILE = (
     "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
     "--xla_cpu_use_fusion_emitters=false"
 )
+# XLA:CPU ends a process when the threads of its local devices do not all reach a collective's
+# rendezvous within 40 s (xla_cpu_collective_call_terminate_timeout_seconds): on a loaded 2-core
+# machine, 8 fake devices' threads can miss it. The likely cause of the -6 aborts (issue 23).
+RENDEZVOUS = (
+    "--xla_cpu_collective_call_terminate_timeout_seconds=600 "
+    "--xla_cpu_collective_call_warn_stuck_timeout_seconds=120"
+)
 
 
 def xla_flags(devices: int | None = None) -> str:
     """XLA_FLAGS for a test process: fast compilation, ``devices`` fake CPU devices if given."""
     count = f" --xla_force_host_platform_device_count={devices}" if devices else ""
-    return FAST_COMPILE + count
+    return f"{FAST_COMPILE} {RENDEZVOUS}{count}"
 
 
 def train_flags(workdir, data_dir, steps: int, every: int = 1, mesh: str = "(1, 1)") -> list[str]:

@@ -52,7 +52,7 @@ def test_features_are_roialign_of_the_detectors_own_backbone_map(detector):
     from PIL import Image
     from scipy import ndimage
 
-    from jovale_jax.detect.features import DetectorFeatures
+    from jovale_jax.datasets.detector_features import DetectorFeatures
 
     features = DetectorFeatures.load(detector, feature_dim=F)
     rng = np.random.default_rng(0)
@@ -92,7 +92,7 @@ def test_features_are_roialign_of_the_detectors_own_backbone_map(detector):
 def test_a_detector_that_is_not_an_object_detector_is_a_one_line_error(detector, tmp_path):
     import transformers
 
-    from jovale_jax.detect.features import DetectorFeatures
+    from jovale_jax.datasets.detector_features import DetectorFeatures
 
     not_detector = str(tmp_path / "vit")
     transformers.ViTConfig(
@@ -204,7 +204,7 @@ def test_build_data_stores_the_detectors_features(synthetic_run):
     import tensorflow_datasets as tfds
     from PIL import Image
 
-    from jovale_jax.detect.features import DetectorFeatures
+    from jovale_jax.datasets.detector_features import DetectorFeatures
 
     config, data_dir, summary, _ = synthetic_run
     assert summary["keyframes_lost"] == 0 and all(summary["examples"][s] for s in ("train", "val"))

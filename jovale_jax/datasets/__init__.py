@@ -16,11 +16,11 @@ Read (what the input pipeline and the evaluator call)::
 
 The features are data/SCHEMA.md's (`proposal_features` only when the config's
 `model.query_source` is "detector": computed by `config.detect.detector` when it names one
-(`jovale_jax.detect.features`), else read from the proposals file). The builder is chosen by
-`config.dataset` and its TFDS config by the clip geometry of `config` (`common.clip_config`):
-frames, stride, fps, T_s, K, classes, detector-feature width and detector, matching weights (and
-JHMDB's split). Data built for another
-geometry is never read by mistake; it simply is not found. On disk,
+(`jovale_jax.datasets.detector_features`), else read from the proposals file). The builder is
+chosen by `config.dataset` and its TFDS config by the clip geometry of `config`
+(`common.clip_config`): frames, stride, fps, T_s, K, classes, detector-feature width and
+detector, matching weights (and JHMDB's split). Data built for another geometry is never read by
+mistake; it simply is not found. On disk,
 `<data_dir>/jovale_<dataset>/<clip config>/1.0.0/` holds the TFRecord shards, TFDS's
 `dataset_info.json` / `features.json` and the `eval/` folder. TFDS writes into a temporary
 `incomplete.*` folder and renames it at the end, so an interrupted build is never taken for a
@@ -226,7 +226,7 @@ def build_dataset(
     else:
         spec = builder.builder_config
         if spec.detector:  # loaded and checked before anything is written
-            from jovale_jax.detect.features import DetectorFeatures
+            from jovale_jax.datasets.detector_features import DetectorFeatures
 
             builder.detector = DetectorFeatures.load(spec.detector, feature_dim=spec.feature_dim)
         prefix = tfds.core.constants.INCOMPLETE_PREFIX

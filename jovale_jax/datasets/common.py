@@ -432,8 +432,9 @@ def make_example(
     """One keyframe's example: top-K proposals by score, clipped, with their Hungarian targets.
 
     `proposals` are (N, 5 + `spec.file_feature_dim`) detector rows or None (the keyframe is kept
-    with no proposals). With `spec.detector`, `detector` (`detect.features.DetectorFeatures`)
-    computes the features of the kept boxes on the keyframe, the clip frame nearest to it.
+    with no proposals). With `spec.detector`, `detector`
+    (`datasets.detector_features.DetectorFeatures`) computes the features of the kept boxes on
+    the keyframe, the clip frame nearest to it.
     """
     width = 5 + spec.file_feature_dim
     rows = np.zeros((0, width), np.float32) if proposals is None else proposals

@@ -20,8 +20,8 @@ from PIL import Image
 from jovale_jax import input_pipeline
 from jovale_jax.datasets import common
 from jovale_jax.datasets import video as video_io
+from jovale_jax.datasets.detector_features import DetectorFeatures
 from jovale_jax.detect import outputs, proposals
-from jovale_jax.detect.features import DetectorFeatures
 from jovale_jax.detect.outputs import Keyframe
 from jovale_jax.evaluation.detections_csv import format_time
 from jovale_jax.models.batch import model_inputs
@@ -208,7 +208,8 @@ def detect(
         `model_state` is given.
       boxes_csv: person boxes (not together with `config.detect.detector`; neither: one
         whole-frame box per keyframe). With `model.query_source` "detector" the detector is
-        required: it gives the boxes' features (`detect/features.py`), at its own boxes or these.
+        required: it gives the boxes' features (`datasets/detector_features.py`), at its own
+        boxes or these.
       video_out: also write the annotated video there (.mp4, .mkv or .mov).
       label_map: an AVA label-map pbtxt (default: see `outputs.label_map_of`).
       devices: the devices of the mesh (default all).
