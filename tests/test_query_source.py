@@ -284,9 +284,19 @@ def test_query_source_is_checked_against_the_feature_width():
         query_source(c)
 
 
-def test_detect_takes_the_features_from_the_same_detector(synthetic_run, tmp_path):
+def test_detect_takes_the_features_from_the_same_detector(synthetic_run, tmp_path, monkeypatch):
+    """Boxes and queries come from one detector, loaded once."""
+    import transformers
+
     from jovale_jax.detect import detect
 
+    loads = []
+    load = transformers.AutoModelForObjectDetection.from_pretrained
+    monkeypatch.setattr(
+        transformers.AutoModelForObjectDetection,
+        "from_pretrained",
+        lambda *a, **k: loads.append(a[-1]) or load(*a, **k),
+    )
     config, data_dir, _, _ = synthetic_run
     video = os.path.join(data_dir, "raw", "videos")
     video = os.path.join(video, min(os.listdir(video)))
@@ -299,6 +309,7 @@ def test_detect_takes_the_features_from_the_same_detector(synthetic_run, tmp_pat
         devices=jax.devices()[:1],
     )
     assert manifest["proposals"] == "detector" and manifest["detection_rows"] > 0
+    assert loads == [config.detect.detector]
     no_detector = config.copy_and_resolve_references()
     no_detector.detect.detector = ""
     with pytest.raises(ValueError, match="model.query_source is 'detector': detect needs config"):

@@ -277,7 +277,11 @@ def detect(
             notes.append("no boxes_csv or detector: one whole-frame proposal per keyframe")
 
         person_detector = (
-            proposals.PersonDetector(detector, threshold=options.detector_threshold)
+            proposals.PersonDetector(
+                detector,
+                threshold=options.detector_threshold,
+                loaded=featurize and (featurize.processor, featurize.model),  # loaded once
+            )
             if detector and boxes is None
             else None
         )

@@ -96,7 +96,9 @@ class PersonDetector:
     person score the model gave (None: no query's top class was 'person').
     """
 
-    def __init__(self, name_or_path: str, *, threshold: float):
+    def __init__(self, name_or_path: str, *, threshold: float, loaded: tuple | None = None):
+        """``loaded``: the (image processor, model) pair already loaded from ``name_or_path`` (the
+        detector whose features are the model's queries): used as it is, not loaded again."""
         try:
             import torch
             from transformers import AutoImageProcessor, AutoModelForObjectDetection
@@ -110,12 +112,12 @@ class PersonDetector:
         offline = local or not hub_reachable()
         why = "" if local else " (the Hugging Face hub is unreachable: only a cached copy loads)"
         try:
-            self.processor = AutoImageProcessor.from_pretrained(
-                name_or_path, local_files_only=offline
+            self.processor, self.model = loaded or (
+                AutoImageProcessor.from_pretrained(name_or_path, local_files_only=offline),
+                AutoModelForObjectDetection.from_pretrained(
+                    name_or_path, local_files_only=offline
+                ).eval(),
             )
-            self.model = AutoModelForObjectDetection.from_pretrained(
-                name_or_path, local_files_only=offline
-            ).eval()
         except (OSError, ValueError) as e:
             raise FileNotFoundError(
                 f"cannot load the detector {name_or_path}{why}: {common.one_line(e)}"
