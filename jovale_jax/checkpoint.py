@@ -119,10 +119,12 @@ class Checkpointer:
             )
         self._saving = (step, sum(x.nbytes for x in jax.tree.leaves(state)))
 
-    def check_compatible(self, step: int, abstract_state: Any) -> None:
-        """Fail with the names of parameters whose shapes differ from ``abstract_state``."""
+    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
+        """Restore onto the shardings of ``abstract_state`` (ShapeDtypeStructs with .sharding);
+        a :class:`MismatchError` names the entries whose shapes differ from the stored ones."""
         stored = self.manager.item_metadata(step)["state"]
-        problems = mismatches(stored, as_stored(stored, abstract_state, None)[0])
+        target, renames = as_stored(stored, abstract_state, f"{self.directory}/{step}")
+        problems = mismatches(stored, target)
         if problems:
             shown = "\n  ".join(problems[:20])
             more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
@@ -130,12 +132,6 @@ class Checkpointer:
                 f"checkpoint {self.directory}/{step} does not fit this config "
                 f"({len(problems)} mismatched entries):\n  {shown}{more}"
             )
-
-    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
-        """Restore onto the shardings of ``abstract_state`` (ShapeDtypeStructs with .sharding)."""
-        self.check_compatible(step, abstract_state)
-        stored = self.manager.item_metadata(step)["state"]
-        target, renames = as_stored(stored, abstract_state, f"{self.directory}/{step}")
         out = self.manager.restore(
             step,
             args=ocp.args.Composite(
