@@ -381,10 +381,9 @@ class TrainIterator(Iterator[Batch]):
         self._process_count = process_count
         self.batches_per_epoch = batches_per_epoch  # None when the reader cannot tell
         self._epoch, self._batches_in_epoch = 0, 0
-        if state is not None:
-            self._check_state(state)
-            self._epoch, self._batches_in_epoch = state["epoch"], state["batches_in_epoch"]
         self._iterator: Iterator[Batch] | None = None
+        if state is not None:
+            self.set_state(state)
 
     def get_state(self) -> dict[str, Any]:
         """The position after the last batch returned (JSON-serialisable)."""
@@ -396,7 +395,9 @@ class TrainIterator(Iterator[Batch]):
             "process_count": self._process_count,
         }
 
-    def _check_state(self, state: dict[str, Any]) -> None:
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Continue after the batch where ``state`` (a ``get_state()``) was taken; an error names
+        the field that cannot be resumed exactly (another seed, batch size or process count)."""
         mine = self.get_state()
         for field in ("seed", "per_process_batch_size", "process_count"):
             if state[field] != mine[field]:
@@ -404,6 +405,8 @@ class TrainIterator(Iterator[Batch]):
                     f"cannot resume the input pipeline exactly: saved {field}={state[field]}, "
                     f"now {mine[field]}"
                 )
+        self._epoch, self._batches_in_epoch = state["epoch"], state["batches_in_epoch"]
+        self._iterator = None
 
     def __next__(self) -> Batch:
         while True:

@@ -193,9 +193,7 @@ def train(
     )
     s, latest, meta = restore_newest(s, ckpt, distributed.all_agree)
     if latest is not None:
-        data = create_train_iterator(
-            config, seed=config.seed, data_dir=data_dir, state=carry_input_state(meta, config)
-        )
+        data.set_state(carry_input_state(meta, config))
         saved = meta.get("topology", {})
         print(
             f"resumed from {ckpt.directory}/{latest}"
