@@ -130,17 +130,34 @@ def state_shardings(state: nnx.State, mesh: Mesh, rules) -> nnx.State:
     return jax.tree.map_with_path(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def create_sharded(make_model: Callable[[], nnx.Module], mesh: Mesh, rules):
-    """Create a module with every variable placed as the rules say; returns (model, shardings)."""
+def create_sharded(
+    make_model: Callable[[], nnx.Module], mesh: Mesh, rules, *, placeholders: bool = False
+):
+    """Create a module with every variable placed as the rules say; returns (model, shardings).
+
+    ``placeholders``: every variable but the RNG keys is a ShapeDtypeStruct carrying its sharding,
+    for a checkpoint to fill: nothing is initialised (no initialiser compiled, no second copy of
+    the parameters in memory while the checkpoint is read). The keys are computed: XLA drops the
+    unused initialisers from that program."""
     abstract = nnx.eval_shape(make_model)
-    shardings = state_shardings(nnx.state(abstract), mesh, rules)
-
-    def init():
-        return nnx.state(make_model())
-
-    state = jax.jit(init, out_shardings=shardings)()
     graphdef = nnx.graphdef(abstract)
-    return nnx.merge(graphdef, state), shardings
+    if not placeholders:
+        shardings = state_shardings(nnx.state(abstract), mesh, rules)
+        state = jax.jit(lambda: nnx.state(make_model()), out_shardings=shardings)()
+        return nnx.merge(graphdef, state), shardings
+    rng_part, rest = nnx.state(abstract, nnx.RngState, ...)
+    rngs = jax.jit(
+        lambda: nnx.state(make_model(), nnx.RngState),
+        out_shardings=state_shardings(rng_part, mesh, rules),
+    )()
+    filled = jax.tree.map(
+        lambda var, sh: var.replace(jax.ShapeDtypeStruct(var.shape, var.dtype, sharding=sh)),
+        rest,
+        state_shardings(rest, mesh, rules),
+        is_leaf=lambda x: isinstance(x, nnx.Variable),
+    )
+    model = nnx.merge(graphdef, filled, rngs)
+    return model, state_shardings(nnx.state(abstract), mesh, rules)
 
 
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:

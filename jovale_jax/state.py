@@ -70,11 +70,18 @@ class ShardedModel:
         return dataclasses.replace(self, **changes)
 
 
-def make_sharded_model(config, mesh, init_from: str | None = None) -> JoVALE:
-    """Create the model sharded over the mesh; optionally load converted pretrained weights."""
+def make_sharded_model(
+    config, mesh, init_from: str | None = None, *, placeholders: bool = False
+) -> JoVALE:
+    """Create the model sharded over the mesh; optionally load converted pretrained weights.
+    ``placeholders``: shapes and shardings only, for a checkpoint to fill
+    (``sharding.create_sharded``)."""
     rules = sharding.rules_from_config(config)
     model, _ = sharding.create_sharded(
-        lambda: JoVALE(config.model, rngs=nnx.Rngs(config.seed)), mesh, rules
+        lambda: JoVALE(config.model, rngs=nnx.Rngs(config.seed)),
+        mesh,
+        rules,
+        placeholders=placeholders,
     )
     if init_from:
         from jovale_jax.convert import load_pretrained
@@ -108,32 +115,42 @@ def optimizer_state_shardings(opt_shapes, params, params_sh, default):
 
 
 def create(
-    config, *, mesh: jax.sharding.Mesh, steps_per_epoch: int, init_from: str | None = None
+    config,
+    *,
+    mesh: jax.sharding.Mesh,
+    steps_per_epoch: int,
+    init_from: str | None = None,
+    placeholders: bool = False,
 ) -> ShardedModel:
-    """Build the model, the sharded train state, the optimizer and the jitted ``predict``."""
-    s = _model_state(config, mesh, init_from)
+    """Build the model, the sharded train state, the optimizer and the jitted ``predict``.
+    ``placeholders``: the parameters and optimizer state are ShapeDtypeStructs with their
+    shardings, a target for a checkpoint to restore onto (nothing initialised)."""
+    s = _model_state(config, mesh, init_from, placeholders=placeholders)
     params = s.state["params"]
     tx = optim.make_optimizer(config, steps_per_epoch, params)
     replicated = sharding.replicated(mesh)
     opt_sh = optimizer_state_shardings(
         jax.eval_shape(tx.init, params), params, s.state_shardings["params"], replicated
     )
-    opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
-    # Every leaf is placed exactly as the step's out_shardings say, so the second call does not
-    # recompile (a cache miss costs a full compile).
-    state = {
-        "params": params,
-        "opt_state": opt_state,
-        "step": jax.jit(lambda: jnp.zeros((), jnp.int32), out_shardings=replicated)(),
-    }
+    if placeholders:
+        opt_state = abstract_like(jax.eval_shape(tx.init, params), opt_sh)
+        step = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)
+    else:
+        opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
+        # Every leaf is placed exactly as the step's out_shardings say, so the second call does
+        # not recompile (a cache miss costs a full compile).
+        step = jax.jit(lambda: jnp.zeros((), jnp.int32), out_shardings=replicated)()
+    state = {"params": params, "opt_state": opt_state, "step": step}
     state_sh = {"params": s.state_shardings["params"], "opt_state": opt_sh, "step": replicated}
     return s.replace(state=state, state_shardings=state_sh, tx=tx, steps_per_epoch=steps_per_epoch)
 
 
-def _model_state(config, mesh, init_from: str | None = None) -> ShardedModel:
+def _model_state(
+    config, mesh, init_from: str | None = None, *, placeholders: bool = False
+) -> ShardedModel:
     """The sharded model's parameters and ``predict``, without an optimizer (``tx`` None,
-    ``state`` holds ``params`` only)."""
-    model = make_sharded_model(config, mesh, init_from)
+    ``state`` holds ``params`` only); ``placeholders``: see :func:`create`."""
+    model = make_sharded_model(config, mesh, init_from, placeholders=placeholders)
     model.train()
     graphdef, params, rngs, frozen = nnx.split(
         model, trainable_filter(config.model), nnx.RngState, ...
@@ -222,7 +239,7 @@ def load_trained(
     Parameters only: no optimizer is built and the optimizer state is not read; nothing is
     written. ``state["step"]`` is the step restored."""
     directory, step = checkpoint.resolve(checkpoint_path)
-    s = _model_state(config, sharding.make_mesh(config.mesh_shape, devices))
+    s = _model_state(config, sharding.make_mesh(config.mesh_shape, devices), placeholders=True)
     target = {"state": {"params": s.state["params"]}, "frozen": s.frozen}
     shardings = {"state": s.state_shardings, "frozen": s.frozen_shardings}
     try:

@@ -185,11 +185,15 @@ def train(
     ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
     steps_per_epoch = data.batches_per_epoch
     total = num_train_steps(config, steps_per_epoch)
+    # resuming: nothing is initialised, the checkpoint fills the parameters' placeholders (a step
+    # that restores, or BrokenCheckpointError)
+    resuming = ckpt.latest_step() is not None
     s = create(
         config,
         mesh=mesh,
         steps_per_epoch=steps_per_epoch,
-        init_from=None if ckpt.latest_step() is not None else init_from,
+        init_from=None if resuming else init_from,
+        placeholders=resuming,
     )
     s, latest, meta = restore_newest(s, ckpt, distributed.all_agree)
     if latest is not None:

@@ -83,3 +83,25 @@ def test_mesh_axis_that_does_not_divide_a_parameter_is_an_error(tiny_config):
         r"of size 4",
     ):
         sharding.state_shardings(nnx.state(abstract), sharding.make_mesh((2, 4)), rules)
+
+
+def test_placeholders_match_the_created_model(tiny_config):
+    """``create_sharded(placeholders=True)`` (the target a resumed run restores onto): every
+    variable but the RNG keys is a ShapeDtypeStruct (no array) with the created model's shape,
+    dtype and sharding; the keys are the created model's."""
+    mesh = sharding.make_mesh((4, 2))
+    rules = sharding.rules_from_config(tiny_config)
+    make = lambda: JoVALE(tiny_config.model, rngs=nnx.Rngs(0))
+    real, real_sh = sharding.create_sharded(make, mesh, rules)
+    ph, ph_sh = sharding.create_sharded(make, mesh, rules, placeholders=True)
+    assert jax.tree.structure(ph_sh) == jax.tree.structure(real_sh)
+    real_rngs, real_rest = nnx.state(real, nnx.RngState, ...)
+    ph_rngs, ph_rest = nnx.state(ph, nnx.RngState, ...)
+    for a, b in zip(jax.tree.leaves(real_rest), jax.tree.leaves(ph_rest), strict=True):
+        assert isinstance(b, jax.ShapeDtypeStruct) and not isinstance(b, jax.Array)
+        assert (b.shape, b.dtype, b.sharding) == (a.shape, a.dtype, a.sharding)
+    for a, b in zip(jax.tree.leaves(real_rngs), jax.tree.leaves(ph_rngs), strict=True):
+        if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+            a, b = jax.random.key_data(a), jax.random.key_data(b)
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert len(jax.tree.leaves(real_rest)) > 50 and len(jax.tree.leaves(real_rngs)) > 0
