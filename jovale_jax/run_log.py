@@ -206,7 +206,6 @@ class MetricsWriter:
             # torch when it is installed: 3.5 s more for every run)
             import tensorflow as tf
 
-            self.tf = tf
             self.tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
@@ -218,10 +217,12 @@ class MetricsWriter:
         record = {"step": step, **{k: _finite(v) for k, v in metrics.items()}}
         self.jsonl.write(json.dumps(record, allow_nan=False) + "\n")
         self.jsonl.flush()
+        import tensorflow as tf  # loaded already (__init__)
+
         with self.tb.as_default(step=step):
             for k, v in record.items():
                 if k != "step" and v is not None:
-                    self.tf.summary.scalar(k, v)
+                    tf.summary.scalar(k, v)
         self.tb.flush()
         shown = {k: v for k, v in metrics.items() if k != "steps_per_s"}
         line = f"step {step}/{self.total} " + " ".join(f"{k} {v:.4g}" for k, v in shown.items())

@@ -140,24 +140,26 @@ def create_sharded(
     the parameters in memory while the checkpoint is read). The keys are computed: XLA drops the
     unused initialisers from that program."""
     abstract = nnx.eval_shape(make_model)
-    graphdef = nnx.graphdef(abstract)
+    graphdef, abstract_state = nnx.split(abstract)
+    shardings = state_shardings(abstract_state, mesh, rules)
     if not placeholders:
-        shardings = state_shardings(nnx.state(abstract), mesh, rules)
         state = jax.jit(lambda: nnx.state(make_model()), out_shardings=shardings)()
         return nnx.merge(graphdef, state), shardings
-    rng_part, rest = nnx.state(abstract, nnx.RngState, ...)
-    rngs = jax.jit(
-        lambda: nnx.state(make_model(), nnx.RngState),
-        out_shardings=state_shardings(rng_part, mesh, rules),
-    )()
-    filled = jax.tree.map(
-        lambda var, sh: var.replace(jax.ShapeDtypeStruct(var.shape, var.dtype, sharding=sh)),
-        rest,
-        state_shardings(rest, mesh, rules),
-        is_leaf=lambda x: isinstance(x, nnx.Variable),
+    model = nnx.merge(
+        graphdef,
+        jax.tree.map(
+            lambda var, sh: var.replace(jax.ShapeDtypeStruct(var.shape, var.dtype, sharding=sh)),
+            abstract_state,
+            shardings,
+            is_leaf=lambda x: isinstance(x, nnx.Variable),
+        ),
     )
-    model = nnx.merge(graphdef, filled, rngs)
-    return model, state_shardings(nnx.state(abstract), mesh, rules)
+    keys = jax.jit(
+        lambda: nnx.state(make_model(), nnx.RngState),
+        out_shardings=state_shardings(nnx.state(abstract, nnx.RngState), mesh, rules),
+    )
+    nnx.update(model, keys())
+    return model, shardings
 
 
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:

@@ -14,7 +14,7 @@ import pytest
 from conftest import launch_command, train_flags, xla_flags
 
 from configs import synthetic
-from jovale_jax import checkpoint
+from jovale_jax import checkpoint, sharding
 from jovale_jax.checkpoint import BrokenCheckpointError, Checkpointer
 from jovale_jax.datasets import check_dataset
 from jovale_jax.datasets.verify import BadShardError
@@ -81,7 +81,12 @@ def test_load_trained_reads_params_only_and_creates_nothing(three_steps, tmp_pat
     from jovale_jax import optim
 
     monkeypatch.setattr(optim, "make_optimizer", lambda *a: pytest.fail("optimizer built"))
+    created, create = [], sharding.create_sharded  # the parameters are not initialised first
+    monkeypatch.setattr(
+        sharding, "create_sharded", lambda *a, **k: created.append(k) or create(*a, **k)
+    )
     s = load_trained(tiny(3), str(workdir), devices=jax.devices()[:1])
+    assert created == [{"placeholders": True}]
     assert s.tx is None and set(s.state) == {"params", "step"} and s.state["step"] == 3
     got = flat(s.state["params"])
     assert got.keys() == params[3].keys()

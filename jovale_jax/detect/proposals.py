@@ -87,6 +87,29 @@ def hub_reachable(timeout_s: float = 3.0) -> bool:
         return False
 
 
+def _load_detector(name_or_path: str):
+    """(image processor, eval-mode model) of a transformers detector: a local folder, or any name
+    when the hub is unreachable, with ``local_files_only``; a one-line error naming it."""
+    from transformers import AutoImageProcessor, AutoModelForObjectDetection
+
+    local = os.path.exists(name_or_path) or name_or_path.startswith((".", os.sep, "~"))
+    if local and not os.path.isdir(name_or_path):
+        raise FileNotFoundError(f"detector folder {name_or_path}: no such folder")
+    offline = local or not hub_reachable()
+    why = "" if local else " (the Hugging Face hub is unreachable: only a cached copy loads)"
+    try:
+        return (
+            AutoImageProcessor.from_pretrained(name_or_path, local_files_only=offline),
+            AutoModelForObjectDetection.from_pretrained(
+                name_or_path, local_files_only=offline
+            ).eval(),
+        )
+    except (OSError, ValueError) as e:
+        raise FileNotFoundError(
+            f"cannot load the detector {name_or_path}{why}: {common.one_line(e)}"
+        ) from None
+
+
 class PersonDetector:
     """A transformers object-detection model kept to its person class.
 
@@ -101,27 +124,12 @@ class PersonDetector:
         detector whose features are the model's queries): used as it is, not loaded again."""
         try:
             import torch
-            from transformers import AutoImageProcessor, AutoModelForObjectDetection
+            import transformers  # noqa: F401
         except ImportError:
             raise ImportError(
                 "--detector needs transformers and torch: pip install -e '.[convert]'"
             ) from None
-        local = os.path.exists(name_or_path) or name_or_path.startswith((".", os.sep, "~"))
-        if local and not os.path.isdir(name_or_path):
-            raise FileNotFoundError(f"detector folder {name_or_path}: no such folder")
-        offline = local or not hub_reachable()
-        why = "" if local else " (the Hugging Face hub is unreachable: only a cached copy loads)"
-        try:
-            self.processor, self.model = loaded or (
-                AutoImageProcessor.from_pretrained(name_or_path, local_files_only=offline),
-                AutoModelForObjectDetection.from_pretrained(
-                    name_or_path, local_files_only=offline
-                ).eval(),
-            )
-        except (OSError, ValueError) as e:
-            raise FileNotFoundError(
-                f"cannot load the detector {name_or_path}{why}: {common.one_line(e)}"
-            ) from None
+        self.processor, self.model = loaded or _load_detector(name_or_path)
         labels = self.model.config.id2label
         persons = [int(i) for i, name in labels.items() if str(name).lower() == "person"]
         if not persons:
