@@ -26,7 +26,7 @@ from jovale_jax import sharding
 from jovale_jax.convert import ConversionError, convert_source, load_component
 from jovale_jax.convert.slowfast import convert_slowfast
 from jovale_jax.models import JoVALE, SlowFast
-from jovale_jax.models.slowfast import slow_indices
+from jovale_jax.models.slowfast import conv3d_by_parts, slow_indices
 
 torch = pytest.importorskip("torch")
 
@@ -433,6 +433,51 @@ def test_presets_use_their_checkpoints_temporal_geometry(preset, checkpoint):
     got = slow_indices(video.num_frames, sf.alpha, sf.slow_sampling)
     np.testing.assert_array_equal(got, ref.numpy())
     assert len(got) == 8 and slowfast_grid(video)[0] == 4  # 8 Slow frames averaged to T_v = 4
+
+
+@pytest.mark.parametrize(
+    "kernel,stride,dilation",
+    [
+        ((1, 1, 1), (1, 1, 1), (1, 1, 1)),  # bottleneck
+        ((1, 1, 1), (1, 2, 2), (1, 1, 1)),  # strided shortcut
+        ((3, 1, 1), (1, 1, 1), (1, 1, 1)),  # temporal
+        ((5, 1, 1), (2, 1, 1), (1, 1, 1)),  # lateral connection, alpha 2
+        ((3, 1, 1), (1, 1, 1), (2, 1, 1)),  # dilated in time
+        ((1, 3, 3), (1, 2, 2), (1, 1, 1)),  # spatial, strided
+        ((1, 3, 3), (1, 1, 1), (1, 2, 2)),  # res5, dilated
+        ((5, 7, 7), (1, 2, 2), (1, 1, 1)),  # Fast stem
+        ((3, 3, 3), (2, 2, 1), (1, 2, 1)),  # none of SlowFast's: the general case
+    ],
+)
+def test_conv3d_by_parts_matches_a_3d_convolution(kernel, stride, dilation):
+    """The matrix-product / 2D forms give XLA's own 3D convolution (PyTorch padding), values
+    and both gradients, on a clip whose sizes are odd and not square."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 9, 11, 10, 3)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(*kernel, 3, 4)), jnp.float32)
+    padding = [(s // 2 * d,) * 2 for s, d in zip(kernel, dilation, strict=True)]
+
+    def reference(x, k):
+        return jax.lax.conv_general_dilated(
+            x,
+            k,
+            stride,
+            padding,
+            rhs_dilation=dilation,
+            dimension_numbers=("NTHWC", "THWIO", "NTHWC"),
+        )
+
+    def ours(x, k):
+        return conv3d_by_parts(x, k, stride, dilation)
+
+    want, got = reference(x, k), ours(x, k)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    cotangent = jnp.asarray(rng.normal(size=want.shape), jnp.float32)
+    for fn_want, fn_got in zip(
+        jax.vjp(reference, x, k)[1](cotangent), jax.vjp(ours, x, k)[1](cotangent), strict=True
+    ):
+        np.testing.assert_allclose(fn_got, fn_want, rtol=1e-4, atol=1e-3)
 
 
 def test_slow_map_averaged_to_t_v():

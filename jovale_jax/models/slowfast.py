@@ -133,6 +133,56 @@ def slow_indices(num_frames: int, alpha: int, sampling: str) -> np.ndarray:
     return np.linspace(0, num_frames - 1, num_frames // alpha, dtype=np.float32).astype(np.int64)
 
 
+def _conv2d(x, kernel, stride, padding, dilation):
+    return jax.lax.conv_general_dilated(
+        x,
+        kernel,
+        stride,
+        padding,
+        rhs_dilation=dilation,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+
+
+def conv3d_by_parts(
+    x: jax.Array, kernel: jax.Array, stride: Sequence[int], dilation: Sequence[int]
+):
+    """A 3D convolution, (B, T, H, W, C) by a (t, h, w, C, O) kernel with PyTorch's symmetric
+    padding (``k // 2`` x dilation), computed as a matrix product or a 2D convolution, which
+    XLA:CPU runs far faster than its 3D convolutions (bench/README.md, section 10); the same sums:
+
+    * 1 x 1 x 1 (bottlenecks, shortcuts): a matrix product over channels;
+    * t x 1 x 1 (temporal kernels, the lateral connections): a 2D convolution over
+      (B, T, H * W, C) with a (t, 1) kernel;
+    * otherwise (1 x 3 x 3, the stems' t x 7 x 7): the t time taps (time-shifted slices of the
+      zero-padded clip) stacked on channels, then a 2D convolution over the B * T frames."""
+    taps, kh, kw, c_in, c_out = kernel.shape
+    (st, sh, sw), (dt, dh, dw) = stride, dilation
+    pt, ph, pw = (k // 2 * d for k, d in zip(kernel.shape[:3], dilation, strict=True))
+    if kh == kw == 1:
+        x = x[:, :, ::sh, ::sw]
+        b, t, h, w, _ = x.shape
+        if taps == 1:
+            return jnp.einsum("bthwc,co->bthwo", x[:, ::st], kernel[0, 0, 0])
+        y = _conv2d(
+            x.reshape(b, t, h * w, c_in), kernel[:, 0], (st, 1), ((pt, pt), (0, 0)), (dt, 1)
+        )
+        return y.reshape(b, -1, h, w, c_out)
+    x = jnp.pad(x, ((0, 0), (pt, pt), (0, 0), (0, 0), (0, 0)))
+    t_out = (x.shape[1] - dt * (taps - 1) - 1) // st + 1
+    span = (t_out - 1) * st + 1
+    x = jnp.concatenate([x[:, i * dt : i * dt + span : st] for i in range(taps)], axis=-1)
+    b, t, h, w, c = x.shape
+    y = _conv2d(
+        x.reshape(b * t, h, w, c),
+        kernel.transpose(1, 2, 0, 3, 4).reshape(kh, kw, c, c_out),
+        (sh, sw),
+        ((ph, ph), (pw, pw)),
+        (dh, dw),
+    )
+    return y.reshape(b, t, *y.shape[1:])
+
+
 class BatchNorm(nnx.Module):
     """Inference-mode BatchNorm over the last axis: frozen statistics, affine in float32."""
 
@@ -177,17 +227,11 @@ class ConvBN(nnx.Module):
             else None
         )
         self.stride, self.dilation, self.relu = tuple(stride), tuple(dilation), relu
-        self.padding = tuple((k // 2 * d,) * 2 for k, d in zip(kernel, dilation, strict=True))
         self.dtype = dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = jax.lax.conv_general_dilated(
-            x.astype(self.dtype),
-            self.kernel[...].astype(self.dtype),
-            self.stride,
-            self.padding,
-            rhs_dilation=self.dilation,
-            dimension_numbers=("NTHWC", "THWIO", "NTHWC"),
+        y = conv3d_by_parts(
+            x.astype(self.dtype), self.kernel[...].astype(self.dtype), self.stride, self.dilation
         )
         if self.bn is not None:
             y = self.bn(y)
