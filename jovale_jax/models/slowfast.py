@@ -23,6 +23,7 @@ Slow steps averaged in pairs) and concatenated on channels (2048 + 256 for R50/R
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -144,40 +145,50 @@ def _conv2d(x, kernel, stride, padding, dilation):
     )
 
 
+def _stack_taps(x: jax.Array, taps: int, stride: int, dilation: int) -> jax.Array:
+    """(B, T, H, W, C) -> (B, T_out, H, W, taps * C): the time-shifted slices of the clip,
+    zero-padded by ``taps // 2 * dilation`` frames each side, that the taps of a temporal kernel
+    with this stride and dilation meet, stacked on channels (tap-major)."""
+    pad = taps // 2 * dilation
+    x = jnp.pad(x, ((0, 0), (pad, pad), (0, 0), (0, 0), (0, 0)))
+    t_out = (x.shape[1] - dilation * (taps - 1) - 1) // stride + 1
+    span = (t_out - 1) * stride + 1
+    return jnp.concatenate(
+        [x[:, i * dilation : i * dilation + span : stride] for i in range(taps)], axis=-1
+    )
+
+
+@functools.partial(jax.checkpoint, static_argnums=(2, 3))
+def _temporal_conv(x: jax.Array, kernel: jax.Array, stride: int, dilation: int) -> jax.Array:
+    """A t x 1 x 1 convolution (t >= 1) by a (t, C, O) kernel: one matrix product over the
+    stacked taps, rematerialised, so that the backward pass keeps the clip, not t copies of it."""
+    stacked = _stack_taps(x, kernel.shape[0], stride, dilation)
+    return jnp.einsum("bthwc,co->bthwo", stacked, kernel.reshape(-1, kernel.shape[-1]))
+
+
 def conv3d_by_parts(
     x: jax.Array, kernel: jax.Array, stride: Sequence[int], dilation: Sequence[int]
-):
+) -> jax.Array:
     """A 3D convolution, (B, T, H, W, C) by a (t, h, w, C, O) kernel with PyTorch's symmetric
-    padding (``k // 2`` x dilation), computed as a matrix product or a 2D convolution, which
-    XLA:CPU runs far faster than its 3D convolutions (bench/README.md, section 10); the same sums:
+    padding (``k // 2`` x dilation), computed as matrix products and 2D convolutions, which
+    XLA:CPU runs far faster than its 3D convolutions (bench/README.md, section 10); the same sums
+    and multiply-adds:
 
-    * 1 x 1 x 1 (bottlenecks, shortcuts): a matrix product over channels;
-    * t x 1 x 1 (temporal kernels, the lateral connections): a 2D convolution over
-      (B, T, H * W, C) with a (t, 1) kernel;
-    * otherwise (1 x 3 x 3, the stems' t x 7 x 7): the t time taps (time-shifted slices of the
-      zero-padded clip) stacked on channels, then a 2D convolution over the B * T frames."""
-    taps, kh, kw, c_in, c_out = kernel.shape
+    * t x 1 x 1 (bottlenecks, shortcuts, temporal kernels, the lateral connections): one matrix
+      product over channels, the t time taps stacked on them (:func:`_temporal_conv`);
+    * otherwise (1 x 3 x 3, the stems' t x 7 x 7): the taps stacked alike, then a 2D convolution
+      over the B * T frames."""
+    taps, kh, kw, _, c_out = kernel.shape
     (st, sh, sw), (dt, dh, dw) = stride, dilation
-    pt, ph, pw = (k // 2 * d for k, d in zip(kernel.shape[:3], dilation, strict=True))
     if kh == kw == 1:
-        x = x[:, :, ::sh, ::sw]
-        b, t, h, w, _ = x.shape
-        if taps == 1:
-            return jnp.einsum("bthwc,co->bthwo", x[:, ::st], kernel[0, 0, 0])
-        y = _conv2d(
-            x.reshape(b, t, h * w, c_in), kernel[:, 0], (st, 1), ((pt, pt), (0, 0)), (dt, 1)
-        )
-        return y.reshape(b, -1, h, w, c_out)
-    x = jnp.pad(x, ((0, 0), (pt, pt), (0, 0), (0, 0), (0, 0)))
-    t_out = (x.shape[1] - dt * (taps - 1) - 1) // st + 1
-    span = (t_out - 1) * st + 1
-    x = jnp.concatenate([x[:, i * dt : i * dt + span : st] for i in range(taps)], axis=-1)
+        return _temporal_conv(x[:, :, ::sh, ::sw], kernel[:, 0, 0], st, dt)
+    x = _stack_taps(x, taps, st, dt)
     b, t, h, w, c = x.shape
     y = _conv2d(
         x.reshape(b * t, h, w, c),
         kernel.transpose(1, 2, 0, 3, 4).reshape(kh, kw, c, c_out),
         (sh, sw),
-        ((ph, ph), (pw, pw)),
+        ((kh // 2 * dh,) * 2, (kw // 2 * dw,) * 2),
         (dh, dw),
     )
     return y.reshape(b, t, *y.shape[1:])
