@@ -56,7 +56,11 @@ def rows_by_pair(result):
     return {(r["pair"], r["mode"]): r for r in result["rows"]}
 
 
-def test_every_peer_present(tmp_path, capsys):
+def test_every_peer_present(tmp_path, capsys, monkeypatch):
+    """...and the evaluator pair's CSV files are removed afterwards."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(peers.tempfile, "tempdir", str(scratch))
     config = tiny(
         peers=("slowfast18", "videomae", "blip", "evaluator"),
         activitynet_dir=official_stand_in(tmp_path),
@@ -85,6 +89,7 @@ def test_every_peer_present(tmp_path, capsys):
     out = capsys.readouterr().out
     assert json.loads(out.strip().splitlines()[-1])["ratios"] == r["ratios"]
     assert "not available" not in out
+    assert not list(scratch.glob("bench_peers_eval_*"))
 
 
 def test_missing_peers_are_named(monkeypatch, capsys):

@@ -523,7 +523,8 @@ def _evaluator_pair(config) -> list[dict]:
     from jovale_jax.evaluation import ava
 
     gt, det = eval_bench.make_ava_like(config.bench.eval_frames)
-    files = tempfile.mkdtemp(prefix="bench_peers_eval_")
+    stack = contextlib.ExitStack()
+    files = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench_peers_eval_"))
     paths = {k: os.path.join(files, f"{k}.csv") for k in ("groundtruth", "detections")}
     paths["labelmap"] = os.path.join(files, "labelmap.pbtxt")
     eval_bench.write_labelmap(paths["labelmap"])
@@ -538,8 +539,6 @@ def _evaluator_pair(config) -> list[dict]:
             )["mAP"]
 
         return call, 0.0
-
-    stack = contextlib.ExitStack()
 
     def official() -> Prepared:
         module = stack.enter_context(_official_evaluator(config.bench.activitynet_dir))
