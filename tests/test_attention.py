@@ -16,19 +16,38 @@ from jovale_jax.visualize import token_heatmap
 
 
 def test_attention_weights_are_what_dot_product_attention_applies():
-    """weights @ v, projected out, is the module's output (jax.nn.dot_product_attention); masked
-    keys get no weight and every row sums to 1."""
+    """The module's output (head-major XLA attention) is jax.nn.dot_product_attention's on the
+    same projections, and weights @ v, projected out, is that output; masked keys get no weight
+    and every row sums to 1."""
     attn = Attention(16, 4, rngs=nnx.Rngs(0))
+    for name in ("query_bias", "key_bias", "value_bias", "out_bias"):  # biases not zero
+        b = getattr(attn, name)
+        b[...] = jax.random.normal(jax.random.key(len(name)), b[...].shape)
     x = jax.random.normal(jax.random.key(1), (2, 3, 7, 16))
     mask = jnp.arange(7)[None, None, :] < jnp.array([[4, 7, 5], [7, 2, 6]])[..., None]
+    q, k, v = (
+        jnp.einsum("...nd,dhk->...nhk", x, kernel[...]) + bias[...]
+        for kernel, bias in (
+            (attn.query_kernel, attn.query_bias),
+            (attn.key_kernel, attn.key_bias),
+            (attn.value_kernel, attn.value_bias),
+        )
+    )
+    flat = [t.reshape(6, 7, 4, 4) for t in (q, k, v)]
+    reference = jax.nn.dot_product_attention(*flat, mask=mask.reshape(6, 1, 1, 7))
+    reference = jnp.einsum("bqhd,hde->bqe", reference, attn.out_kernel[...]) + attn.out_bias[...]
+    out = attn(x, mask)
+    np.testing.assert_allclose(out, reference.reshape(2, 3, 7, 16), rtol=1e-5, atol=1e-5)
     w = attn.weights(x, mask)  # (2, 3, heads, 7, 7)
     assert w.shape == (2, 3, 4, 7, 7)
     np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-6)
     assert float(jnp.where(mask[:, :, None, None, :], 0.0, w).max()) == 0.0
-    v = attn._project(x, attn.value_kernel, attn.value_bias)  # (..., N, heads, head_dim)
     mixed = jnp.einsum("...hqk,...khd->...qhd", w, v)
-    out = jnp.einsum("...qhd,hde->...qe", mixed, attn.out_kernel[...]) + attn.out_bias[...]
-    np.testing.assert_allclose(out, attn(x, mask), atol=1e-5)
+    np.testing.assert_allclose(
+        jnp.einsum("...qhd,hde->...qe", mixed, attn.out_kernel[...]) + attn.out_bias[...],
+        out,
+        atol=1e-5,
+    )
 
 
 def test_amfn_attention_maps_are_the_layers_softmax(tiny_config):

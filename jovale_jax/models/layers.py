@@ -102,8 +102,10 @@ class Attention(nnx.Module):
     """Multi-head self-attention with per-head projections (D, H, D/H) sharded over 'heads'.
 
     ``qkv_bias`` selects which of the query, key and value projections have a bias: VideoMAE v2
-    has q and v biases only, BLIP all three, the MFE all three. ``implementation`` is passed to
-    ``jax.nn.dot_product_attention`` (``xla`` or ``cudnn``, see :func:`attention_implementation`).
+    has q and v biases only, BLIP all three, the MFE all three. ``implementation`` (see
+    :func:`attention_implementation`): ``xla``, the attention written out head-major here (the
+    sums of ``jax.nn.dot_product_attention``'s XLA path, which XLA:CPU runs about 2x slower for
+    its transposes), or ``cudnn``, that function's fused kernel.
     """
 
     def __init__(
@@ -138,23 +140,52 @@ class Attention(nnx.Module):
         self.dtype = dtype
         self.implementation = implementation
 
-    def _project(self, x: jax.Array, kernel: nnx.Param, bias: nnx.Param | None) -> jax.Array:
-        y = jnp.einsum("...nd,dhk->...nhk", x, kernel[...].astype(self.dtype))
-        return y if bias is None else y + bias[...].astype(self.dtype)
+    def _project(self, x: jax.Array, kernel: nnx.Param, bias: nnx.Param | None, spec: str):
+        """x (B, N, D) projected to the heads, laid out as ``spec`` says (``bnhk`` or ``bhnk``)."""
+        y = jnp.einsum(f"bnd,dhk->{spec}", x, kernel[...].astype(self.dtype))
+        if bias is None:
+            return y
+        b = bias[...].astype(self.dtype)  # (H, K)
+        return y + (b if spec == "bnhk" else b[:, None])
+
+    def _head_major_weights(self, x: jax.Array, key_mask: jax.Array | None) -> jax.Array:
+        """The softmax weights (B, H, N, N), float32, of x (B, N, D), as
+        ``jax.nn.dot_product_attention``'s XLA path computes them but head-major, which XLA:CPU
+        multiplies without transposes (bench/README.md, section 10)."""
+        q = self._project(x, self.query_kernel, self.query_bias, "bhnk")
+        k = self._project(x, self.key_kernel, self.key_bias, "bhnk")
+        logits = jnp.einsum("bhqk,bhnk->bhqn", q, k, preferred_element_type=jnp.float32)
+        logits = logits * np.float32(1 / np.sqrt(q.shape[-1]))
+        if key_mask is not None:
+            logits = jnp.where(key_mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+        return jax.nn.softmax(logits, axis=-1)
 
     def __call__(self, x: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:
         """x: (..., N, width); key_mask: (..., N) true for tokens that may be attended to."""
         x = x.astype(self.dtype)
         lead = x.shape[:-2]
         flat = x.reshape((-1,) + x.shape[-2:])
-        q = self._project(flat, self.query_kernel, self.query_bias)
-        k = self._project(flat, self.key_kernel, self.key_bias)
-        v = self._project(flat, self.value_kernel, self.value_bias)
-        mask = None
-        if key_mask is not None:
-            mask = key_mask.reshape((-1, 1, 1, key_mask.shape[-1]))
-        out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=self.implementation)
-        y = jnp.einsum("bnhk,hkd->bnd", out, self.out_kernel[...].astype(self.dtype))
+        flat_mask = None if key_mask is None else key_mask.reshape((-1, key_mask.shape[-1]))
+        out_kernel = self.out_kernel[...].astype(self.dtype)
+        if self.implementation == "xla":
+            weights = self._head_major_weights(flat, flat_mask).astype(self.dtype)
+            v = self._project(flat, self.value_kernel, self.value_bias, "bhnk")
+            out = jnp.einsum("bhqn,bhnk->bhqk", weights, v)
+            y = jnp.einsum("bhqk,hkd->bqd", out, out_kernel)
+        else:  # a fused kernel of jax.nn.dot_product_attention, on (B, N, H, K)
+            q, k, v = (
+                self._project(flat, kernel, bias, "bnhk")
+                for kernel, bias in (
+                    (self.query_kernel, self.query_bias),
+                    (self.key_kernel, self.key_bias),
+                    (self.value_kernel, self.value_bias),
+                )
+            )
+            mask = None if flat_mask is None else flat_mask[:, None, None, :]
+            out = jax.nn.dot_product_attention(
+                q, k, v, mask=mask, implementation=self.implementation
+            )
+            y = jnp.einsum("bnhk,hkd->bnd", out, out_kernel)
         y = y + self.out_bias[...].astype(self.dtype)
         return y.reshape(lead + y.shape[-2:])
 
@@ -162,13 +193,11 @@ class Attention(nnx.Module):
         """The softmax weights (..., heads, N, N) that ``__call__`` applies to ``x`` (float32;
         for inspection, e.g. the attention maps of :meth:`jovale_jax.models.AMFN.attention`)."""
         x = x.astype(self.dtype)
-        q = self._project(x, self.query_kernel, self.query_bias)
-        k = self._project(x, self.key_kernel, self.key_bias)
-        logits = jnp.einsum("...qhd,...khd->...hqk", q, k).astype(jnp.float32)
-        logits = logits / np.sqrt(q.shape[-1])
-        if key_mask is not None:
-            logits = jnp.where(key_mask[..., None, None, :], logits, jnp.finfo(jnp.float32).min)
-        return jax.nn.softmax(logits, axis=-1)
+        lead = x.shape[:-2]
+        flat = x.reshape((-1,) + x.shape[-2:])
+        flat_mask = None if key_mask is None else key_mask.reshape((-1, key_mask.shape[-1]))
+        weights = self._head_major_weights(flat, flat_mask)
+        return weights.reshape(lead + weights.shape[1:])
 
 
 def quick_gelu(x: jax.Array) -> jax.Array:
