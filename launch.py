@@ -576,7 +576,7 @@ def flag_error(e: Exception, argv: list[str]) -> str:
     if moved and moved.group(1) in MOVED_FLAGS:
         return f"--{moved.group(1)} is now a config field: {MOVED_FLAGS[moved.group(1)]}"
     if "No such file or directory" in text or "Failed loading config file" in text:
-        path = str(FLAGS["config"].config_filename or "").split(":")[0]
+        path = _config_argument(argv).partition(":")[0]  # the flag may be unparsed here
         folder = os.path.dirname(os.path.abspath(path))
         names = os.listdir(folder) if os.path.isdir(folder) else []
         hint = _nearest(os.path.basename(path), names) if path else ""
@@ -605,16 +605,22 @@ def _unknown_override(argv: list[str]) -> str | None:
     return None
 
 
+def _config_argument(argv: list[str]) -> str:
+    """The last ``--config`` value of ``argv`` (``--config V`` or ``--config=V``), "" if none."""
+    given = [a for i, a in enumerate(argv) if i and argv[i - 1] == "--config"]
+    given += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    return given[-1] if given else ""
+
+
 def _preset(argv: list[str]):
     """The config that ``--config`` in ``argv`` names, without the overrides; None if it does not
     load (the flag parser, which applies the overrides too, failed)."""
     import importlib.util
 
-    given = [a for i, a in enumerate(argv) if i and argv[i - 1] == "--config"]
-    given += [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    given = _config_argument(argv)
     if not given:
         return None
-    path, _, variant = given[-1].partition(":")
+    path, _, variant = given.partition(":")
     try:
         spec = importlib.util.spec_from_file_location("_preset", path)
         module = importlib.util.module_from_spec(spec)

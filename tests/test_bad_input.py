@@ -237,11 +237,17 @@ def test_per_command_help_lists_that_commands_flags(tmp_path):
     assert "--data_dir" in bench_out and "--num_batches" not in bench_out  # config.bench.*
 
 
-def test_entry_point_one_line_error_from_another_folder(tmp_path):
-    """The real `python launch.py` (absl's app.run): a missing config file given relative to
-    another folder is one line, exit status 2, and the workdir is not created."""
+@pytest.mark.parametrize(
+    "config,overrides",
+    [("configs/nope.py", []), ("configs/synthetic.py", ["--config.num_train_steps=2"])],
+    ids=["missing", "the repo's preset, with an override"],
+)
+def test_entry_point_one_line_error_from_another_folder(tmp_path, config, overrides):
+    """The real `python launch.py` (absl's app.run): a config file given relative to another
+    folder, where it is not, is one line, exit status 2, and the workdir is not created (with
+    an override the flag parser fails before the config flag is parsed)."""
     out = subprocess.run(
-        [sys.executable, str(REPO / "launch.py"), "train", "--config", "configs/nope.py"]
+        [sys.executable, str(REPO / "launch.py"), "train", "--config", config, *overrides]
         + ["--workdir", "runs/w"],
         cwd=tmp_path,
         capture_output=True,
@@ -249,7 +255,7 @@ def test_entry_point_one_line_error_from_another_folder(tmp_path):
         check=False,
     )
     assert out.returncode == 2, out.stderr
-    assert out.stderr.strip().splitlines() == ["error: --config configs/nope.py: no such file"]
+    assert out.stderr.strip().splitlines() == [f"error: --config {config}: no such file"]
     assert not (tmp_path / "runs").exists()
 
 

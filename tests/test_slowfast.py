@@ -3,8 +3,8 @@ PySlowFast / ACAR-Net / pytorchvideo key layouts, JoVALE with SlowFast (full-siz
 modality subset with video, sharding, training) and the errors on bad input.
 
 pytorchvideo's head imports ``torchvision.ops.RoIAlign`` and no torchvision wheel loads next to the
-CPU torch here, so a stand-in ``torchvision.ops`` goes into ``sys.modules`` before the import (the
-backbone never touches it).
+CPU torch here, so a stand-in ``torchvision.ops`` is in ``sys.modules`` while it is imported (the
+backbone never touches it; ``jovale_jax.bench.peers.torchvision_ops_stand_in``).
 """
 
 import functools
@@ -12,7 +12,6 @@ import json
 import re
 import subprocess
 import sys
-import types
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +22,7 @@ from flax import nnx
 
 from configs import ava_sf_r50, ava_sf_r101, common, jhmdb21, synthetic, ucf24
 from jovale_jax import sharding
+from jovale_jax.bench.peers import torchvision_ops_stand_in
 from jovale_jax.convert import ConversionError, convert_source, load_component
 from jovale_jax.convert.slowfast import convert_slowfast
 from jovale_jax.models import JoVALE, SlowFast
@@ -32,14 +32,10 @@ torch = pytest.importorskip("torch")
 
 
 def _pytorchvideo():
-    if "torchvision.ops" not in sys.modules:
-        ops = types.ModuleType("torchvision.ops")
-        ops.RoIAlign = None  # only pytorchvideo's detection head uses it
-        tv = types.ModuleType("torchvision")
-        tv.ops = ops
-        sys.modules.setdefault("torchvision", tv)
-        sys.modules["torchvision.ops"] = ops
-    from pytorchvideo.models import slowfast
+    """pytorchvideo's slowfast module, imported with the bench's torchvision stand-in (removed
+    after: transformers, imported by later tests, looks for torchvision)."""
+    with torchvision_ops_stand_in():
+        from pytorchvideo.models import slowfast
 
     return slowfast
 

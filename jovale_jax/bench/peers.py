@@ -171,7 +171,7 @@ def _torch_step(model, inputs: Callable[[], Any], backward: bool) -> Callable[[b
 
 
 @contextlib.contextmanager
-def _torchvision_ops_stand_in():
+def torchvision_ops_stand_in():
     """pytorchvideo's head imports ``torchvision.ops.RoIAlign``; no torchvision wheel loads next
     to this CPU torch, and the backbone never uses it, so a stand-in module takes its place while
     pytorchvideo is imported (and is removed after: transformers looks for torchvision too)."""
@@ -210,7 +210,7 @@ def pytorchvideo_slowfast(video: ml_collections.ConfigDict, depth: int):
     ``eval()`` mode (BatchNorm statistics frozen)."""
     import torch
 
-    with _torchvision_ops_stand_in():
+    with torchvision_ops_stand_in():
         from pytorchvideo.models import slowfast as pv
 
     sf = video.slowfast

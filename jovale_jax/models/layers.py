@@ -148,6 +148,12 @@ class Attention(nnx.Module):
         b = bias[...].astype(self.dtype)  # (H, K)
         return y + (b if spec == "bnhk" else b[:, None])
 
+    def _flatten(self, x: jax.Array, key_mask: jax.Array | None):
+        """(leading axes, x as (B, N, D) in the compute dtype, key_mask as (B, N) or None)."""
+        flat = x.astype(self.dtype).reshape((-1,) + x.shape[-2:])
+        flat_mask = None if key_mask is None else key_mask.reshape((-1, key_mask.shape[-1]))
+        return x.shape[:-2], flat, flat_mask
+
     def _head_major_weights(self, x: jax.Array, key_mask: jax.Array | None) -> jax.Array:
         """The softmax weights (B, H, N, N), float32, of x (B, N, D), as
         ``jax.nn.dot_product_attention``'s XLA path computes them but head-major, which XLA:CPU
@@ -162,10 +168,7 @@ class Attention(nnx.Module):
 
     def __call__(self, x: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:
         """x: (..., N, width); key_mask: (..., N) true for tokens that may be attended to."""
-        x = x.astype(self.dtype)
-        lead = x.shape[:-2]
-        flat = x.reshape((-1,) + x.shape[-2:])
-        flat_mask = None if key_mask is None else key_mask.reshape((-1, key_mask.shape[-1]))
+        lead, flat, flat_mask = self._flatten(x, key_mask)
         out_kernel = self.out_kernel[...].astype(self.dtype)
         if self.implementation == "xla":
             weights = self._head_major_weights(flat, flat_mask).astype(self.dtype)
@@ -192,10 +195,7 @@ class Attention(nnx.Module):
     def weights(self, x: jax.Array, key_mask: jax.Array | None = None) -> jax.Array:
         """The softmax weights (..., heads, N, N) that ``__call__`` applies to ``x`` (float32;
         for inspection, e.g. the attention maps of :meth:`jovale_jax.models.AMFN.attention`)."""
-        x = x.astype(self.dtype)
-        lead = x.shape[:-2]
-        flat = x.reshape((-1,) + x.shape[-2:])
-        flat_mask = None if key_mask is None else key_mask.reshape((-1, key_mask.shape[-1]))
+        lead, flat, flat_mask = self._flatten(x, key_mask)
         weights = self._head_major_weights(flat, flat_mask)
         return weights.reshape(lead + weights.shape[1:])
 

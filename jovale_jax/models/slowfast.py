@@ -134,17 +134,6 @@ def slow_indices(num_frames: int, alpha: int, sampling: str) -> np.ndarray:
     return np.linspace(0, num_frames - 1, num_frames // alpha, dtype=np.float32).astype(np.int64)
 
 
-def _conv2d(x, kernel, stride, padding, dilation):
-    return jax.lax.conv_general_dilated(
-        x,
-        kernel,
-        stride,
-        padding,
-        rhs_dilation=dilation,
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-    )
-
-
 def _stack_taps(x: jax.Array, taps: int, stride: int, dilation: int) -> jax.Array:
     """(B, T, H, W, C) -> (B, T_out, H, W, taps * C): the time-shifted slices of the clip,
     zero-padded by ``taps // 2 * dilation`` frames each side, that the taps of a temporal kernel
@@ -184,12 +173,13 @@ def conv3d_by_parts(
         return _temporal_conv(x[:, :, ::sh, ::sw], kernel[:, 0, 0], st, dt)
     x = _stack_taps(x, taps, st, dt)
     b, t, h, w, c = x.shape
-    y = _conv2d(
+    y = jax.lax.conv_general_dilated(
         x.reshape(b * t, h, w, c),
         kernel.transpose(1, 2, 0, 3, 4).reshape(kh, kw, c, c_out),
         (sh, sw),
         ((kh // 2 * dh,) * 2, (kw // 2 * dw,) * 2),
-        (dh, dw),
+        rhs_dilation=(dh, dw),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
     )
     return y.reshape(b, t, *y.shape[1:])
 
