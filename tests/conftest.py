@@ -54,6 +54,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # A persistent compilation cache for this run (inherited by the subprocesses tests start): tests
 # that build the same tiny model compile it once.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="jax_cache_"))
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # as launch.py: no Keras import
 
 import numpy as np
 import pytest

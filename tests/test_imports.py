@@ -1,6 +1,7 @@
 """The import graph: reusing the model costs no data or training stack (pyproject's base
 install)."""
 
+import os
 import pathlib
 import subprocess
 import sys
@@ -43,3 +44,20 @@ def test_base_install_is_what_the_modules_need_and_test_pulls_everything():
     ):
         assert package in everything
     assert "chex" not in everything and "einops" not in everything
+
+
+def test_launch_keeps_keras_out_of_tensorflow_import():
+    """launch.py's TF_USE_LEGACY_KERAS: TensorFlow loads without Keras (nor the matplotlib and
+    scikit-learn Keras pulls in), and tf.data still works."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}  # conftest sets it
+    code = (
+        "import sys, launch, jovale_jax.input_pipeline as p; "
+        "tf = p.tf; total = tf.data.Dataset.range(3).reduce(tf.constant(0, tf.int64), tf.add); "
+        "print(int(total), "
+        "sorted({m.split('.')[0] for m in sys.modules} & {'keras', 'sklearn', 'matplotlib'}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env=env, check=False
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "3 []"
