@@ -66,7 +66,7 @@ def test_lr_schedule_boundaries(tiny_config):
 
 
 def test_training_lowers_loss_and_keeps_blip_frozen(tiny_config, tiny_data, tmp_path):
-    c = small(tiny_config, 100, lr=3e-3, warmup_steps=5)
+    c = small(tiny_config, 60, lr=3e-3, warmup_steps=5)
     c.log_every_steps = 10
     c.mesh_shape = (1, 1)
     from jovale_jax.state import load_trained
