@@ -42,9 +42,10 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ INFO and warnings
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # and its oneDNN note at import
 # TensorFlow imports Keras at start-up (keras.src.optimizers, for its SavedModel registry), and
-# Keras imports matplotlib.pyplot and scikit-learn: 1.5 s of every command, for a library this
-# program never uses. With TF_USE_LEGACY_KERAS TensorFlow tries tf_keras instead, which is not
-# installed, and goes on without it; `tf.keras` is then unavailable in this process.
+# Keras imports matplotlib.pyplot and scikit-learn: 1.6 s of every command that reads data
+# (measured on a 2-core CPU), for a library this program never uses. With TF_USE_LEGACY_KERAS
+# TensorFlow tries tf_keras instead, which is not installed, and goes on without it; `tf.keras`
+# is then unavailable in this process.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 from absl import app, flags
