@@ -85,11 +85,29 @@ def test_every_peer_present(tmp_path, capsys, monkeypatch):
     assert evaluator["mAP"]["official"] == evaluator["mAP"]["ours"]  # the stand-in is ours
     assert not hasattr(np, "float")  # the alias is gone again
     assert rows[("SlowFast-R18 res5", "forward")]["geometry"] == [1, 8, 32, 32]
-    assert len(r["ratios"]) == 6
+    assert len(r["ratios"]) == 6 and r["float32_math"] == "float32"  # XLA:CPU: no TF32
     out = capsys.readouterr().out
     assert json.loads(out.strip().splitlines()[-1])["ratios"] == r["ratios"]
     assert "not available" not in out
     assert not list(scratch.glob("bench_peers_eval_*"))
+
+
+def test_torch_matches_jax_tf32_on_a_gpu(monkeypatch):
+    """On a GPU JAX's float32 products use TF32: torch is switched to TF32 too, unless JAX is
+    asked for full float32."""
+    import torch
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(peers.jax, "default_backend", lambda: "gpu")
+    before = torch.get_float32_matmul_precision()
+    try:
+        with peers.jax.default_matmul_precision("highest"):
+            assert peers.match_float32_math() == "float32"
+        assert torch.get_float32_matmul_precision() == "highest"
+        assert peers.match_float32_math() == "tf32"
+        assert torch.get_float32_matmul_precision() == "high" and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 def test_missing_peers_are_named(monkeypatch, capsys):

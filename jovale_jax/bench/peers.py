@@ -136,6 +136,23 @@ def torch_device():
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def match_float32_math() -> str:
+    """Make torch do the float32 arithmetic JAX does on this backend, and say which: on a GPU,
+    JAX's float32 products and convolutions use TF32 unless ``jax_default_matmul_precision``
+    asks for more (``jax.lax.Precision.DEFAULT``), while torch's matrix products use full float32
+    by default, so torch is switched to TF32 too; on a CPU both compute in float32."""
+    precision = jax.config.jax_default_matmul_precision
+    if jax.default_backend() != "gpu" or precision in ("highest", "float32"):
+        return "float32"
+    try:
+        import torch
+    except ImportError:
+        return "tf32"
+    torch.set_float32_matmul_precision("high")  # TF32 products; convolutions: cuDNN's default
+    torch.backends.cudnn.allow_tf32 = True
+    return "tf32"
+
+
 def _torch_step(model, inputs: Callable[[], Any], backward: bool) -> Callable[[bool], Callable]:
     """make(compiled) for a torch ``model`` (moved to :func:`torch_device`, as ``inputs()`` must
     be): no-grad forward, or forward and backward of the outputs' sum (gradients cleared each
@@ -584,6 +601,8 @@ def run_peers_bench(config: ml_collections.ConfigDict) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"config.bench.peers: unknown {unknown}; expected some of {tuple(PAIRS)}")
     load_before = os.getloadavg()
+    float32_math = match_float32_math()
+    print(f"float32 arithmetic on both sides: {float32_math}")
     print(f"{'pair':<24}{'mode':<34}{'who':<34}{'s / call':>10}{'compile s':>10}{'ratio':>8}")
     rows = []
     for name in config.bench.peers:
@@ -595,6 +614,7 @@ def run_peers_bench(config: ml_collections.ConfigDict) -> dict[str, Any]:
         "batch_size": config.bench.batch_size,
         "rounds": config.bench.rounds,
         "platform": jax.default_backend(),
+        "float32_math": float32_math,
         "rows": rows,
         "ratios": {
             f"{r['pair']} | {r['mode']} | {peer}": p.get("ratio", p.get("ratio_clips_per_cpu_s"))
