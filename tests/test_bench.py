@@ -31,11 +31,23 @@ def check_bench(r, *, bench_name, component, batch=BATCH):
     assert r["gmacs"] > 0 and r["gmacs_per_clip"] == pytest.approx(r["gmacs"] / batch)
     assert r["achieved_gflops_per_s"] == pytest.approx(2 * r["gmacs"] / r["seconds"])
     assert r["matmul_dtype"] == "float32" and r["matmul_size"] == MATMUL
+    assert r.get("dtype", "float32") == "float32"  # model.dtype "auto" resolved (no GPU here)
     assert r["matmul_ratio"] == pytest.approx(r["achieved_gflops_per_s"] / r["matmul_gflops_per_s"])
     assert 0 < r["matmul_ratio"] < 10
     assert r["peak_bytes_in_use"] is None  # CPUs report no device memory
     assert r["memory"]["temporaries"] >= 0 and r["memory"]["arguments"] > 0
     json.dumps(r)
+
+
+def test_reference_matmul_reads_the_configs_dtype_names():
+    """The presets' model.dtype "auto" (bfloat16 on a GPU, float32 here) names the matmul's dtype:
+    a GPU run once failed with "data type 'auto' not understood"."""
+    mesh = sharding.make_mesh(synthetic.get_config("test").mesh_shape)
+    for name, want in (("auto", "float32"), ("bfloat16", "bfloat16")):
+        call, info = bench._matmul(mesh, name, 64)
+        assert info == {"matmul_size": 64, "matmul_dtype": want}
+        product = call()
+        assert product.dtype == want and float(product[0, 0]) == 0.5 * 0.25 * 64
 
 
 def last_json(capsys):

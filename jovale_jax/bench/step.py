@@ -53,6 +53,7 @@ from jovale_jax.losses import sigmoid_focal_loss
 from jovale_jax.models.batch import abstract_batch, random_batch
 from jovale_jax.models.fusion import head_logits
 from jovale_jax.models.jovale import JoVALE, modality_boxes, time_steps
+from jovale_jax.models.layers import dtype_of
 from jovale_jax.sharding import check_divisibility, global_batch
 from jovale_jax.state import ShardedModel, create
 
@@ -100,7 +101,8 @@ def _timed_rounds(calls: Sequence[Callable[[], Any]], repeats: int) -> list[list
 def _matmul(
     mesh: jax.sharding.Mesh, dtype: str, size: int | None
 ) -> tuple[Callable[[], jax.Array], dict[str, Any]]:
-    """A dense square matmul on the mesh's devices, ready to call, and its size and dtype.
+    """A dense square matmul on the mesh's devices, ready to call, and its size and dtype
+    (``dtype`` as a config names it: ``auto`` is bfloat16 on a GPU).
 
     The left operand's rows are split over every device of the mesh and the right operand is
     replicated, so each device multiplies a (size / devices, size) block: the practical matmul
@@ -110,6 +112,7 @@ def _matmul(
     size = -(-size // mesh.size) * mesh.size
     rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh.axis_names))
     whole = sharding.replicated(mesh)
+    dtype = dtype_of(dtype)
     a = jax.jit(lambda: jnp.full((size, size), 0.5, dtype), out_shardings=rows)()
     b = jax.jit(lambda: jnp.full((size, size), 0.25, dtype), out_shardings=whole)()
     product = jax.jit(jnp.matmul, out_shardings=rows)
@@ -329,7 +332,7 @@ def _run(
                 "bench": mode,
                 "component": component,
                 "batch_size": config.batch_size,
-                "dtype": config.model.dtype,
+                "dtype": str(dtype_of(config.model.dtype)),
                 "remat": config.model.remat_policy != "none",
                 "devices": mesh.size,
                 "device_kind": mesh.devices.flat[0].device_kind,
