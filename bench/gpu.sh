@@ -94,9 +94,13 @@ peers() {  # peers NAME SECONDS PAIRS COMPILE
     --config.bench.torch_compile="$4"
 }
 
-# 0. Smoke test.
-part smoke_step 90 "${GPU_ONLY[@]}" -- bench step --config configs/synthetic.py \
-  --config.batch_size=2 || exit 3
+# 0. Smoke test (model.attention_impl "auto": cuDNN's attention in bfloat16; XLA's if it fails).
+SMOKE=(bench step --config configs/synthetic.py --config.batch_size=2)
+if ! part smoke_step 90 "${GPU_ONLY[@]}" -- "${SMOKE[@]}"; then
+  AVA+=(--config.model.attention_impl=xla)
+  part smoke_step_xla 90 "${GPU_ONLY[@]}" -- "${SMOKE[@]}" --config.model.attention_impl=xla ||
+    exit 3
+fi
 part smoke_peers 90 "${SHARED[@]}" -- bench peers --config configs/synthetic.py \
   --config.bench.peers="('slowfast18',)" --config.bench.slowfast_input="(8, 32, 32)" \
   --config.bench.rounds=1 --config.bench.torch_compile=False || exit 3

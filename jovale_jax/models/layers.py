@@ -98,6 +98,14 @@ def attention_implementation(name: str, dtype) -> str:
     return "cudnn" if fused else "xla"
 
 
+def cudnn_takes(implementation: str, tokens: int) -> bool:
+    """Whether ``implementation`` runs cuDNN's fused kernel on ``tokens`` tokens. jax 0.11's
+    cuDNN attention refuses an odd token count once differentiated ("Unsupported sequence length":
+    its VJP rule counts a bias that is not there), so such layers (BLIP's 577 tokens) take the
+    XLA path; the others keep the fused kernel."""
+    return implementation == "cudnn" and tokens % 2 == 0
+
+
 class Attention(nnx.Module):
     """Multi-head self-attention with per-head projections (D, H, D/H) sharded over 'heads'.
 
@@ -105,7 +113,8 @@ class Attention(nnx.Module):
     has q and v biases only, BLIP all three, the MFE all three. ``implementation`` (see
     :func:`attention_implementation`): ``xla``, the attention written out head-major here (the
     sums of ``jax.nn.dot_product_attention``'s XLA path, which XLA:CPU runs about 2x slower for
-    its transposes), or ``cudnn``, that function's fused kernel.
+    its transposes), or ``cudnn``, that function's fused kernel where cuDNN takes the token count
+    (:func:`cudnn_takes`).
     """
 
     def __init__(
@@ -170,7 +179,7 @@ class Attention(nnx.Module):
         """x: (..., N, width); key_mask: (..., N) true for tokens that may be attended to."""
         lead, flat, flat_mask = self._flatten(x, key_mask)
         out_kernel = self.out_kernel[...].astype(self.dtype)
-        if self.implementation == "xla":
+        if not cudnn_takes(self.implementation, flat.shape[1]):
             weights = self._head_major_weights(flat, flat_mask).astype(self.dtype)
             v = self._project(flat, self.value_kernel, self.value_bias, "bhnk")
             out = jnp.einsum("bhqn,bhnk->bhqk", weights, v)
