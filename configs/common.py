@@ -125,8 +125,8 @@ def base_config() -> ml_collections.ConfigDict:
     # Rematerialisation of each scanned ViT block and AMFN layer in the backward pass:
     # none | full (keep only layer inputs) | dots_saveable | dots_with_no_batch_dims_saveable.
     m.remat_policy = "none"
-    # Attention kernel: xla | cudnn (fused, NVIDIA GPU, bfloat16/float16) | auto (cudnn where it
-    # applies, xla elsewhere).
+    # Attention kernel: xla | cudnn (fused, NVIDIA GPU, bfloat16/float16; opt-in, not yet run
+    # through on a GPU: bench/README.md section 12) | auto (xla for now).
     m.attention_impl = "auto"
 
     v = m.video = vit_config(width=768, depth=12, num_heads=12, mlp_dim=3072, patch=16)

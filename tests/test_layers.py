@@ -15,6 +15,7 @@ from jovale_jax.models.layers import (
     Encoder,
     attention_implementation,
     check_remat_policy,
+    cudnn_mask,
     cudnn_takes,
     drop_path_rates,
     dtype_of,
@@ -158,20 +159,29 @@ def test_cudnn_attention_takes_even_token_counts_only():
     )
 
 
+def test_cudnn_mask_spans_queries_and_keys():
+    """jax's cuDNN attention wants its mask as a bias over (queries, keys): the first GPU run
+    stopped with "Bias must have same seq length as QKV, got 1 and 10"."""
+    key_mask = jnp.asarray([[True, True, False], [True, False, False]])
+    mask = cudnn_mask(key_mask)
+    assert mask.shape == (2, 1, 3, 3)
+    np.testing.assert_array_equal(mask[:, 0], np.repeat(key_mask[:, None], 3, axis=1))
+
+
 def test_auto_settings_resolve_by_backend(tiny_config):
     on_gpu = jax.default_backend() == "gpu"
     assert dtype_of("auto") == (jnp.bfloat16 if on_gpu else jnp.float32)
-    assert attention_implementation("auto", jnp.bfloat16) == ("cudnn" if on_gpu else "xla")
+    assert attention_implementation("auto", jnp.bfloat16) == "xla"  # cuDNN: opt-in for now
     assert attention_implementation("auto", jnp.float32) == "xla"
-    assert attention_implementation("cudnn", jnp.float32) == "cudnn"
+    assert attention_implementation("cudnn", jnp.bfloat16) == "cudnn"
+    with pytest.raises(ValueError, match="'cudnn' needs model.dtype bfloat16 .* in float32"):
+        attention_implementation("cudnn", jnp.float32)
     tiny_config.model.attention_impl = "flash"
     with pytest.raises(ValueError, match="model.attention_impl: expected one of .* got 'flash'"):
         JoVALE(tiny_config.model, rngs=nnx.Rngs(0))
     tiny_config.model.attention_impl = "auto"
     model = JoVALE(tiny_config.model, rngs=nnx.Rngs(0))
-    assert model.fusion.layers.mfe["video"].encoder.attn.implementation == (
-        "xla" if not on_gpu else "cudnn"
-    )
+    assert model.fusion.layers.mfe["video"].encoder.attn.implementation == "xla"
 
 
 def test_softmax_custom_jvp_on_in_tests():

@@ -25,8 +25,8 @@ from jovale_jax import sharding
 from jovale_jax.bench.peers import torchvision_ops_stand_in
 from jovale_jax.convert import ConversionError, convert_source, load_component
 from jovale_jax.convert.slowfast import convert_slowfast
-from jovale_jax.models import JoVALE, SlowFast
-from jovale_jax.models.slowfast import conv3d_by_parts, slow_indices
+from jovale_jax.models import JoVALE, SlowFast, slowfast
+from jovale_jax.models.slowfast import conv3d, conv3d_by_parts, slow_indices
 
 torch = pytest.importorskip("torch")
 
@@ -474,6 +474,13 @@ def test_conv3d_by_parts_matches_a_3d_convolution(kernel, stride, dilation):
         jax.vjp(reference, x, k)[1](cotangent), jax.vjp(ours, x, k)[1](cotangent), strict=True
     ):
         np.testing.assert_allclose(fn_got, fn_want, rtol=1e-4, atol=1e-3)
+    # The layers' conv3d: by parts here; on a GPU, one 3D convolution with the same padding.
+    np.testing.assert_array_equal(conv3d(x, k, stride, dilation), got)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(slowfast.jax, "default_backend", lambda: "gpu")
+        jaxpr = jax.make_jaxpr(lambda x, k: conv3d(x, k, stride, dilation))(x, k)
+        np.testing.assert_allclose(conv3d(x, k, stride, dilation), want, rtol=1e-5, atol=1e-5)
+    assert [e.primitive.name for e in jaxpr.eqns] == ["conv_general_dilated"]
 
 
 def test_slow_map_averaged_to_t_v():

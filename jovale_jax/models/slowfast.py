@@ -184,6 +184,26 @@ def conv3d_by_parts(
     return y.reshape(b, t, *y.shape[1:])
 
 
+def conv3d(
+    x: jax.Array, kernel: jax.Array, stride: Sequence[int], dilation: Sequence[int]
+) -> jax.Array:
+    """SlowFast's 3D convolution, (B, T, H, W, C) by a (t, h, w, C, O) kernel with PyTorch's
+    symmetric padding: by parts on a CPU (:func:`conv3d_by_parts`), XLA's own 3D convolution on
+    other backends (cuDNN's on a GPU: on jax 0.11's GPU compiler the by-parts matrix products of
+    SlowFast-R50 at 32 x 256 x 464 aborted in its Triton GEMM fusion)."""
+    if jax.default_backend() == "cpu":
+        return conv3d_by_parts(x, kernel, stride, dilation)
+    padding = [(k // 2 * d,) * 2 for k, d in zip(kernel.shape[:3], dilation, strict=True)]
+    return jax.lax.conv_general_dilated(
+        x,
+        kernel,
+        tuple(stride),
+        padding,
+        rhs_dilation=tuple(dilation),
+        dimension_numbers=("NTHWC", "THWIO", "NTHWC"),
+    )
+
+
 class BatchNorm(nnx.Module):
     """Inference-mode BatchNorm over the last axis: frozen statistics, affine in float32."""
 
@@ -231,7 +251,7 @@ class ConvBN(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = conv3d_by_parts(
+        y = conv3d(
             x.astype(self.dtype), self.kernel[...].astype(self.dtype), self.stride, self.dilation
         )
         if self.bn is not None:
