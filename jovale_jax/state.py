@@ -136,7 +136,11 @@ def create(
         opt_state = abstract_like(jax.eval_shape(tx.init, params), opt_sh)
         step = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)
     else:
-        opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
+        opt_state = (
+            jax.device_put(tx.init(params), opt_sh)  # op by op, as the parameters
+            if sharding.is_local(mesh)
+            else jax.jit(tx.init, out_shardings=opt_sh)(params)
+        )
         # Every leaf is placed exactly as the step's out_shardings say, so the second call does
         # not recompile (a cache miss costs a full compile).
         step = jax.jit(lambda: jnp.zeros((), jnp.int32), out_shardings=replicated)()

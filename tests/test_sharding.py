@@ -19,6 +19,34 @@ def test_mesh_shape_errors_name_the_numbers():
         sharding.mesh_shape_for((-1, 3), 8)
 
 
+def test_local_and_multi_process_initialisations_agree(tiny_config, monkeypatch):
+    """A mesh of this process's devices is initialised op by op and then placed; a mesh over
+    several processes by one program that makes each shard where it lives. The same shardings,
+    RNG keys and values (to float32 rounding: XLA fuses the initialisers' arithmetic in the
+    program)."""
+    mesh = sharding.make_mesh((4, 2))
+    rules = sharding.rules_from_config(tiny_config)
+    assert sharding.is_local(mesh)
+
+    def make():
+        return JoVALE(tiny_config.model, rngs=nnx.Rngs(0))
+
+    local, local_sh = sharding.create_sharded(make, mesh, rules)
+    monkeypatch.setattr(sharding, "is_local", lambda mesh: False)
+    program, program_sh = sharding.create_sharded(make, mesh, rules)
+    assert local_sh == program_sh
+    pairs = zip(
+        jax.tree.leaves_with_path(nnx.state(program)),
+        jax.tree.leaves(nnx.state(local)),
+        strict=True,
+    )
+    for (path, want), got in pairs:
+        assert got.sharding == want.sharding, path
+        if jax.dtypes.issubdtype(want.dtype, jax.dtypes.prng_key):
+            want, got = jax.random.key_data(want), jax.random.key_data(got)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-8, err_msg=str(path))
+
+
 @pytest.mark.parametrize("fsdp", [False, True], ids=["dp+tp", "fsdp"])
 def test_sharded_forward_equals_single_device(tiny_config, fsdp):
     assert jax.device_count() == 8
