@@ -19,7 +19,8 @@
 #
 # Environment: PYTHON (default python3), SITE (a folder of pure-Python packages put first on
 # PYTHONPATH, for a machine with no package index: ml_collections, pytorchvideo and its fvcore,
-# iopath, yacs, termcolor, parameterized), WHEELS (default bench/wheels: wheels installed offline
+# iopath, yacs, termcolor, parameterized; made where pip works with `pip install --no-deps --target
+# .gpu_site ml-collections pytorchvideo==0.1.5 fvcore iopath yacs termcolor parameterized`), WHEELS (default bench/wheels: wheels installed offline
 # when a package is missing), BUDGET (default 480 s), BATCH (8), PEER_BATCH (4), MEM_BATCH (4),
 # LOGS (default bench/out). BATCH 16 needs 151 GiB in the step (bench/README.md, section 11).
 set -uo pipefail
