@@ -22,10 +22,15 @@
 # iopath, yacs, termcolor, parameterized; made where pip works with `pip install --no-deps --target
 # .gpu_site ml-collections pytorchvideo==0.1.5 fvcore iopath yacs termcolor parameterized`), WHEELS (default bench/wheels: wheels installed offline
 # when a package is missing), BUDGET (default 480 s), BATCH (8), PEER_BATCH (4), MEM_BATCH (4),
-# LOGS (default bench/out). BATCH 16 needs 151 GiB in the step (bench/README.md, section 11).
+# LOGS (default bench/out). BATCH 16 needs 151 GiB in the step (bench/README.md, section 12).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+here() { [ -z "${1:-}" ] || case $1 in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
+# folders named in the environment are the caller's; the defaults are the repository's
+SITE=$(here "${SITE:-}") LOGS=$(here "${LOGS:-}") WHEELS=$(here "${WHEELS:-}")
+SYNTH=$(here "${SYNTH:-}")
 PY=${PYTHON:-python3}
+case $PY in */*) PY=$(here "$PY") ;; esac
+cd "$(dirname "$0")/.."
 WHEELS=${WHEELS:-bench/wheels}
 BUDGET=${BUDGET:-480}
 BATCH=${BATCH:-8}
@@ -34,7 +39,7 @@ MEM_BATCH=${MEM_BATCH:-4}
 LOGS=${LOGS:-bench/out}
 mkdir -p "$LOGS"
 export TF_CPP_MIN_LOG_LEVEL=2 PYTHONUNBUFFERED=1
-if [ -n "${SITE:-}" ]; then export PYTHONPATH="$(cd "$SITE" && pwd):${PYTHONPATH:-}"; fi
+if [ -n "$SITE" ]; then export PYTHONPATH="$SITE:${PYTHONPATH:-}"; fi
 start=$SECONDS
 
 ready() {
@@ -120,7 +125,7 @@ part memory_none 90 "${GPU_ONLY[@]}" -- bench memory "${AVA[@]}" \
 if "$PY" -c 'import tensorflow' 2>/dev/null; then
   # (the fixture's 36 keyframes are 9 batches of 4: each epoch's new tf.data pipeline counts)
   part loop_ava 300 -- bench loop "${AVA[@]}" --config.bench.fixture=True --config.batch_size=4
-  SYNTH=${SYNTH:-runs/data/synthetic}
+  SYNTH=${SYNTH:-$PWD/runs/data/synthetic}
   [ -d "$SYNTH/jovale_synthetic" ] ||
     part build_synthetic 120 -- build-data --dataset synthetic --data_dir "$SYNTH" >/dev/null
   part loop_synthetic 300 -- bench loop --config configs/synthetic.py --data_dir "$SYNTH"

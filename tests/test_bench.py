@@ -31,7 +31,7 @@ def check_bench(r, *, bench_name, component, batch=BATCH):
     assert r["gmacs"] > 0 and r["gmacs_per_clip"] == pytest.approx(r["gmacs"] / batch)
     assert r["achieved_gflops_per_s"] == pytest.approx(2 * r["gmacs"] / r["seconds"])
     assert r["matmul_dtype"] == "float32" and r["matmul_size"] == MATMUL
-    assert r.get("dtype", "float32") == "float32"  # model.dtype "auto" resolved (no GPU here)
+    assert r["dtype"] == "float32"  # model.dtype "auto" resolved (no GPU here)
     assert r["matmul_ratio"] == pytest.approx(r["achieved_gflops_per_s"] / r["matmul_gflops_per_s"])
     assert 0 < r["matmul_ratio"] < 10
     assert r["peak_bytes_in_use"] is None  # CPUs report no device memory
