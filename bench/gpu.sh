@@ -22,7 +22,9 @@
 # iopath, yacs, termcolor, parameterized; made where pip works with `pip install --no-deps --target
 # .gpu_site ml-collections pytorchvideo==0.1.5 fvcore iopath yacs termcolor parameterized`), WHEELS (default bench/wheels: wheels installed offline
 # when a package is missing), BUDGET (default 480 s), BATCH (8), PEER_BATCH (4), MEM_BATCH (4),
-# LOGS (default bench/out). BATCH 16 needs 151 GiB in the step (bench/README.md, section 12).
+# LOGS (default bench/out), SKIP (names of parts not to run, e.g. SKIP="step forward" on a rerun
+# that has their numbers; the smoke test always runs). BATCH 16 needs 151 GiB in the step
+# (bench/README.md, section 12).
 set -uo pipefail
 here() { [ -z "${1:-}" ] || case $1 in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
 # folders named in the environment are the caller's; the defaults are the repository's
@@ -37,6 +39,7 @@ BATCH=${BATCH:-8}
 PEER_BATCH=${PEER_BATCH:-4}
 MEM_BATCH=${MEM_BATCH:-4}
 LOGS=${LOGS:-bench/out}
+SKIP=" ${SKIP:-} "
 mkdir -p "$LOGS"
 export TF_CPP_MIN_LOG_LEVEL=2 PYTHONUNBUFFERED=1
 if [ -n "$SITE" ]; then export PYTHONPATH="$SITE:${PYTHONPATH:-}"; fi
@@ -80,6 +83,10 @@ part() {  # part NAME SECONDS ENV... -- ARGS...: launch.py ARGS under min(SECOND
   shift 2
   while [ "$1" != "--" ]; do envs+=("$1"); shift; done
   shift
+  if [[ $SKIP == *" $name "* ]]; then
+    echo "== $name: skipped (SKIP)"
+    return 0
+  fi
   if ((left < 30)); then
     echo "== $name: not run, ${left} s of the budget left"
     return 1
