@@ -130,6 +130,24 @@ def test_train_batch_keys_shapes_dtypes(config, examples):
     assert batch["example_mask"].all()
 
 
+def test_pipelines_run_without_tf_data_autotuning(config, examples):
+    """Train and eval datasets turn tf.data's autotuning off (input_pipeline.prefetched: its model
+    thread held up each epoch's end), and the train iterator still crosses epochs: 3 batches of 4
+    per epoch of 13 examples, so the 4th batch opens epoch 1."""
+    train = input_pipeline.train_dataset(
+        _dataset(examples), config, batch_size=BATCH, seed=0, epoch=0
+    )
+    num_batches = -(-len(examples) // BATCH)
+    evaluation = input_pipeline.eval_dataset(
+        _dataset(examples), config, batch_size=BATCH, num_batches=num_batches
+    )
+    for ds in (train, evaluation):
+        assert ds.options().autotune.enabled is False
+    iterator = _train_iterator(config, examples)
+    _take(iterator, len(examples) // BATCH + 1)
+    assert iterator.get_state()["epoch"] == 1 and iterator.get_state()["batches_in_epoch"] == 1
+
+
 def test_eval_batches_padded_masked_and_complete(config, examples):
     batches = _eval_batches(config, examples)
     assert len(batches) == 4
