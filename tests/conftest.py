@@ -56,7 +56,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="jax_cache_"))
 # Every program, however quick to compile (JAX's default keeps those over 1 s): the ~110 small
 # programs of an op-by-op initialisation load in ~1 s where they compile in ~2 s, in every process
-# after the first (a `launch.py train` subprocess of the tests: 14.1 -> 11.6 CPU-s, measured).
+# after the first (a `launch.py train` subprocess of the tests: 14.1 -> 11.6-12.4 CPU-s, measured).
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # as launch.py: no Keras import
 

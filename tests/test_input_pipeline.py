@@ -85,13 +85,15 @@ def _take(iterator, n: int) -> list[dict]:
     return [next(iterator) for _ in range(n)]
 
 
-def _eval_batches(config, examples) -> list[dict]:
+def _eval_dataset(config, examples) -> tf.data.Dataset:
     num_batches = -(-len(examples) // BATCH)
-    return list(
-        input_pipeline.eval_dataset(
-            _dataset(examples), config, batch_size=BATCH, num_batches=num_batches
-        ).as_numpy_iterator()
+    return input_pipeline.eval_dataset(
+        _dataset(examples), config, batch_size=BATCH, num_batches=num_batches
     )
+
+
+def _eval_batches(config, examples) -> list[dict]:
+    return list(_eval_dataset(config, examples).as_numpy_iterator())
 
 
 def _assert_batches_equal(a: list[dict], b: list[dict]) -> None:
@@ -137,11 +139,7 @@ def test_pipelines_run_without_tf_data_autotuning(config, examples):
     train = input_pipeline.train_dataset(
         _dataset(examples), config, batch_size=BATCH, seed=0, epoch=0
     )
-    num_batches = -(-len(examples) // BATCH)
-    evaluation = input_pipeline.eval_dataset(
-        _dataset(examples), config, batch_size=BATCH, num_batches=num_batches
-    )
-    for ds in (train, evaluation):
+    for ds in (train, _eval_dataset(config, examples)):
         assert ds.options().autotune.enabled is False
     iterator = _train_iterator(config, examples)
     _take(iterator, len(examples) // BATCH + 1)

@@ -127,7 +127,7 @@ def _stage_rate(
     examples: tf.data.Dataset, fn: Callable, config: ml_collections.ConfigDict, n: int
 ) -> Rate:
     """Timings of ``fn`` mapped over cached ``examples`` as the pipeline maps it."""
-    stage = input_pipeline.parallel_map(examples, fn, config).prefetch(config.data.prefetch)
+    stage = input_pipeline.prefetched(input_pipeline.parallel_map(examples, fn, config), config)
     return _throughput(iter(stage), n, 1)
 
 
