@@ -674,6 +674,7 @@ def raised_here(e: BaseException) -> bool:
 def main(argv):
     from jovale_jax import run_log
 
+    runtime.configure_gc()  # first: the command's imports allocate too
     run_log.quiet_console()
     runtime.configure_jax()  # settings only: the backend is still untouched
     try:

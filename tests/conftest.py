@@ -64,8 +64,9 @@ import numpy as np
 import pytest
 
 from configs import synthetic
-from jovale_jax.runtime import configure_jax
+from jovale_jax.runtime import configure_gc, configure_jax
 
+configure_gc()  # as launch.py: cyclic garbage collected less often
 configure_jax()  # as launch.py: JAX's custom softmax derivative
 
 

@@ -124,3 +124,31 @@ def test_checkpoint_of_another_embed_dim_names_the_field(trained, tiny_data):
         f"written with model.embed_dim {trained_dim} (this config: {2 * trained_dim}): read it "
         f"with --config.model.embed_dim={trained_dim}; checkpoint "
     )
+
+
+def test_main_applies_the_process_settings_before_the_command(monkeypatch):
+    """launch.main sets the garbage collector's thresholds and JAX's defaults (jovale_jax.runtime)
+    before a command runs: the command sees them."""
+    import gc
+
+    import launch
+    from jovale_jax import run_log, runtime
+
+    seen = {}
+
+    def probe(argv):
+        seen.update(gc=gc.get_threshold(), softmax=jax.config.jax_softmax_custom_jvp)
+
+    before = gc.get_threshold()
+    monkeypatch.setattr(run_log, "quiet_console", lambda: None)
+    monkeypatch.setattr(launch, "start_processes", lambda command: None)
+    monkeypatch.setitem(launch.HANDLERS, "probe", probe)
+    gc.set_threshold(700, 10, 10)
+    jax.config.update("jax_softmax_custom_jvp", False)
+    try:
+        launch.main(["launch.py", "probe"])
+    finally:
+        gc.set_threshold(*before)
+        jax.config.update("jax_softmax_custom_jvp", True)
+    assert seen == {"gc": runtime.GC_THRESHOLD, "softmax": True}
+    assert runtime.GC_THRESHOLD[0] > 700  # less often than Python's default
