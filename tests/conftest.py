@@ -27,6 +27,14 @@ def xla_flags(devices: int | None = None) -> str:
     return f"{FAST_COMPILE} {RENDEZVOUS}{count}"
 
 
+def multi_process_env(devices: int) -> dict[str, str]:
+    """The environment of one process of a multi-process test run with ``devices`` CPU devices:
+    its processes share compiled programs through the persistent cache (tests/shared_cache)."""
+    site = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shared_cache")
+    path = os.pathsep.join(p for p in (site, os.environ.get("PYTHONPATH")) if p)
+    return dict(os.environ, XLA_FLAGS=xla_flags(devices), PYTHONPATH=path)
+
+
 def train_flags(workdir, data_dir, steps: int, every: int = 1, mesh: str = "(1, 1)") -> list[str]:
     """`launch.py train` flags of the tests' runs: ``steps`` steps, a checkpoint every ``every``,
     a log line every step, no evaluation (the same in every run of a test, so that resumed runs

@@ -24,7 +24,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import train_flags, xla_flags
+from conftest import multi_process_env, train_flags, xla_flags
 
 from configs import synthetic
 from jovale_jax import checkpoint, distributed
@@ -34,7 +34,7 @@ from jovale_jax.input_pipeline import create_eval_iterator, create_train_iterato
 from jovale_jax.state import load_trained
 from jovale_jax.train import train
 
-TWO_DEVICES = dict(os.environ, XLA_FLAGS=xla_flags(2))
+TWO_DEVICES = multi_process_env(2)
 ONE_DEVICE = dict(os.environ, XLA_FLAGS=xla_flags())
 MESH_SHAPE = "(2, 2)"  # 'data' across the 2 processes, 'model' within each
 MESH = f"--config.mesh_shape={MESH_SHAPE}"
@@ -224,6 +224,9 @@ def test_sigkill_and_resume_on_two_processes_match_a_straight_run(runs):
     assert_same(params_at(root / "killed", 6), params_at(straight, 6), "resumed vs straight")
     # only process 0 writes the run's files; both took part in the checkpoints
     assert "resumed from" in runs["resume_outs"][1]
+    # process 1 loaded programs that process 0 compiled in the first run (tests/shared_cache)
+    loaded = re.findall(r"persistent cache: (\d+) of \d+ programs loaded", runs["resume_outs"][1])
+    assert len(loaded) == 1 and int(loaded[0]) > 0, runs["resume_outs"][1][-2000:]
     metrics = [
         json.loads(line) for line in (root / "killed" / "metrics.jsonl").read_text().splitlines()
     ]
