@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -127,20 +128,8 @@ ONE_DEVICE = dict(os.environ, XLA_FLAGS=xla_flags())
 
 
 def test_resume_after_sigkill_is_exact(tiny_data, tmp_path):
-    straight = tmp_path / "straight"
-    run = subprocess.run(
-        _train_cmd(straight, tiny_data, 8, 4),
-        check=True,
-        capture_output=True,
-        text=True,
-        env=ONE_DEVICE,
-    )
-    # The console shows progress and results; TFDS's INFO lines go nowhere unless asked for
-    # (--verbosity=0, tests/test_launch.py), the step lines to the run's log file too.
-    assert "step 8/8" in run.stdout and "training done at step 8" in run.stdout
-    for info in ("Load dataset info", "Creating a tf.data.Dataset"):
-        assert info not in run.stdout + run.stderr
-    assert "training done at step 8" in (straight / "log.txt").read_text()
+    """A run SIGKILLed after its checkpoint of step 8 is the straight run; from its step 4 (as if
+    killed right after it) an 8-step run resumes and ends with the same parameters."""
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
         _train_cmd(killed, tiny_data, 1000, 4),
@@ -150,17 +139,30 @@ def test_resume_after_sigkill_is_exact(tiny_data, tmp_path):
     )
     ckpt_dir = killed / "checkpoints"
     deadline = time.time() + 300
-    while not (ckpt_dir / "4").is_dir() and time.time() < deadline:
-        assert proc.poll() is None, "training exited before its first checkpoint"
+    while not (ckpt_dir / "8").is_dir() and time.time() < deadline:
+        assert proc.poll() is None, "training exited before its checkpoint of step 8"
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    straight = tmp_path / "straight"
+    shutil.copytree(ckpt_dir / "8", straight / "checkpoints" / "8")
     for later in ckpt_dir.iterdir():  # keep step 4 only, as if killed right after it
         if later.name != "4":
-            subprocess.run(["rm", "-rf", str(later)], check=True)
-    subprocess.run(
-        _train_cmd(killed, tiny_data, 8, 4), check=True, capture_output=True, env=ONE_DEVICE
+            shutil.rmtree(later)
+    run = subprocess.run(
+        _train_cmd(killed, tiny_data, 8, 4),
+        check=True,
+        capture_output=True,
+        text=True,
+        env=ONE_DEVICE,
     )
+    # The console shows progress and results; TFDS's INFO lines go nowhere unless asked for
+    # (--verbosity=0, tests/test_launch.py), the step lines to the run's log file too.
+    assert f"resumed from {ckpt_dir}/4" in run.stdout
+    assert "step 8/8" in run.stdout and "training done at step 8" in run.stdout
+    for info in ("Load dataset info", "Creating a tf.data.Dataset"):
+        assert info not in run.stdout + run.stderr
+    assert "training done at step 8" in (killed / "log.txt").read_text()
 
     def final(workdir):
         ck = Checkpointer(str(workdir))
