@@ -10,7 +10,7 @@ of JAX's compilation cache key, so it must be set before anything is traced.
 Tracing and lowering a model allocate millions of short-lived objects; at Python's default
 (a young collection every 700 net allocations, a full one every 100 of those) a warm
 ``launch.py train`` of the test model spent 1.5 s of its 12 s in 1,681 collections, and a process
-that has traced many models (the test suite's) pays about 0.2 s for each full collection of its
+that has traced many models (the test suite's) pays about 0.3 s for each full collection of its
 heap. At GC_THRESHOLD: 0.24 s in 106 collections, 0.89x the CPU time (bench/README.md,
 "Python's garbage collector"). Objects without reference cycles are still freed at once.
 """

@@ -3,10 +3,11 @@ run keys JAX's persistent compilation cache alike, so process 1 loads what proce
 
 On CPU JAX hashes into each key the fingerprint of the topology the process sees
 (``jax._src.cache_key._hash_accelerator_config``), which differs from process to process, and only
-process 0 writes entries: process 1 of every 2-process test run compiled all its programs again
-(9 CPU-s, and its peer waited for it at the first collective). On GPUs JAX makes the keys the
-same across processes itself. Here the key names each device of the program by platform, kind,
-id and process instead; the program, its options and the flags stay in the key.
+process 0 writes entries: process 1 of every 2-process test run compiled its programs again
+(measured: 4-8 CPU-s more than process 0, which waited for it at the first collective). For GPUs
+JAX strips the device assignment from the key for the same reason (``cache_key.get``); for CPU it
+does not. Here the key names each device of the program by platform, kind, id and process
+instead; the program, its options and the flags stay in the key.
 
 At exit each process prints ``persistent cache: H of R programs loaded`` (the tests check
 process 1's). Programs on one process's own devices still differ by process (their device ids).
