@@ -538,7 +538,7 @@ def test_dead_peer_is_named_and_a_restart_resumes_exactly(runs):
     process 1 and the command to resume, no stack dump; restarting both processes resumes
     bit-exactly (the straight run's step 6)."""
     workdir, procs = resume_from_step4(
-        runs, "dead_peer", 1000, "--config.distributed.heartbeat_timeout_s=30"
+        runs, "dead_peer", 1000, "--config.distributed.heartbeat_timeout_s=12"
     )
     wait_for_step(workdir, procs, 5)
     procs[1].send_signal(signal.SIGKILL)
@@ -550,7 +550,7 @@ def test_dead_peer_is_named_and_a_restart_resumes_exactly(runs):
         "error: process 1 of 2 stopped answering (nothing from it for "
     ), out[-3000:]
     assert (
-        "config.distributed.heartbeat_timeout_s=30); the checkpoints written so far are "
+        "config.distributed.heartbeat_timeout_s=12); the checkpoints written so far are "
         in (errors[0])
     )
     assert f"launch.py train --config configs/synthetic.py:test --workdir {workdir}" in errors[0]
