@@ -16,7 +16,7 @@ demo: $(VENV)/.installed
 	$(PY) launch.py demo --workdir $(WORKDIR)
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -n 2 --durations=15 tests
+	$(PY) -m pytest -n 2 --dist worksteal --durations=15 tests
 
 LINTED := jovale_jax configs tests launch.py bench
 

@@ -8,11 +8,13 @@ import tempfile
 
 # XLA:CPU compiles the tiny test models 3-6x faster without its fusion emitters and LLVM's
 # expensive passes (measured: a train step 18 s -> 3 s, model init 9 s -> 2.5 s); the compiled
-# code runs about half as fast, which the tests' few steps do not notice. Subprocesses that set
-# their own XLA_FLAGS (device counts) keep these: ``xla_flags(devices)``.
+# code runs about half as fast, which the tests' few steps do not notice. One codegen thread per
+# program instead of XLA's split over threads: a train step of the test model 2.9 -> 2.4 CPU-s
+# (and no slower on the clock), while the two test workers already keep both cores busy.
+# Subprocesses that set their own XLA_FLAGS (device counts) keep these: ``xla_flags(devices)``.
 FAST_COMPILE = (
     "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
-    "--xla_cpu_use_fusion_emitters=false"
+    "--xla_cpu_use_fusion_emitters=false --xla_cpu_parallel_codegen_split_count=1"
 )
 # XLA:CPU ends a process when the threads of its local devices do not all reach a collective's
 # rendezvous within 40 s (xla_cpu_collective_call_terminate_timeout_seconds): on a loaded 2-core
@@ -143,14 +145,16 @@ def check_masking_and_equivariance(model_cfg, seed: int = 1, moved_actor_affects
     return base
 
 
-# Scheduling for `make test` (`-n 2`, xdist's `load`: each worker is first sent one chunk of
-# consecutive tests, len // workers // 4 of them, then more as it drains). The ablation tables
-# share a workdir (rows common to tables train once) and test_multihost.py's module fixture `runs`
-# is built once per worker that runs its tests: each block must stay on one worker. The ablation
-# block opens worker 0's first chunk; the multi-process block and the longest trainings open
-# worker 1's; the rest keep their order. (`--dist loadgroup` does not group here: pytest-xdist 3.8
-# cannot add its "@group" suffix to pytest 9's node ids.) The modules whose tests take well under
-# a second each (about 115 tests, 9 s in all) run last, so that both workers end together.
+# Scheduling for `make test` (`-n 2 --dist worksteal`: worker i is first sent the i-th of n
+# consecutive, near-equal parts of the list; a worker that runs out takes the last half of the
+# busiest one's queue). The ablation tables share a workdir (rows common to tables train once) and
+# test_multihost.py's module fixture `runs` is built once per worker that runs its tests: each
+# block opens a part (ablation: worker 0's, the multi-process block and the longest trainings:
+# worker 1's), where no steal reaches it. The other tests fill the parts in their order, and the
+# modules whose tests take well under a second each (about 115 tests, 9 s in all) end every part:
+# they are what the steals move, so both workers end within a short test of each other.
+# (`--dist loadgroup` does not group here: pytest-xdist 3.8 cannot add its "@group" suffix to
+# pytest 9's node ids.)
 LAST_MODULES = (
     "test_assignment.py",
     "test_audio_features.py",
@@ -162,14 +166,16 @@ LAST_MODULES = (
     "test_splits.py",
     "test_untrusted.py",
 )
-FIRST_BLOCK = ("test_ablate.py::test_ablate_",)
-SECOND_BLOCK = (
-    "test_multihost.py::",
-    "test_train.py::test_sharded_training_equals_one_device",
-    "test_train.py::test_resume_after_sigkill_is_exact",
-    "test_slowfast.py::test_slowfast_trains_on_synthetic_with_frozen_statistics",
-    "test_train.py::test_training_lowers_loss_and_keeps_blip_frozen",
-    "test_demo_eval.py::test_demo_report_and_eval_outputs",
+BLOCKS = (
+    ("test_ablate.py::test_ablate_",),
+    (
+        "test_multihost.py::",
+        "test_train.py::test_sharded_training_equals_one_device",
+        "test_train.py::test_resume_after_sigkill_is_exact",
+        "test_slowfast.py::test_slowfast_trains_on_synthetic_with_frozen_statistics",
+        "test_train.py::test_training_lowers_loss_and_keeps_blip_frozen",
+        "test_demo_eval.py::test_demo_report_and_eval_outputs",
+    ),
 )
 
 
@@ -183,14 +189,23 @@ def pytest_collection_modifyitems(items):
         ]
         return [item for _, item in sorted(ranked, key=lambda r: r[0])]
 
-    first, second = block(FIRST_BLOCK), block(SECOND_BLOCK)
-    rest = [item for item in items if item not in first and item not in second]
+    workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    blocks = [block(prefixes) for prefixes in BLOCKS]
+    merged = [item for b in blocks[workers - 1 :] for item in b]  # fewer workers than blocks
+    blocks = blocks[: workers - 1] + [merged]
+    taken = {id(item) for b in blocks for item in b}
+    rest = [item for item in items if id(item) not in taken]
     last = [item for item in rest if item.nodeid.split("::")[0].endswith(LAST_MODULES)]
-    rest = [item for item in rest if item not in last] + last
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    chunk = max(2, len(items) // workers // 4) if workers > 1 else len(first)
-    fill = max(0, chunk - len(first))
-    items[:] = first + rest[:fill] + second + rest[fill:]
+    body = [item for item in rest if item not in last]
+    parts, left = [], len(items)
+    for i in range(workers):  # the sizes worksteal sends: len // n, then of the rest ...
+        size, left = left // (workers - i), left - left // (workers - i)
+        own = blocks[i] if i < len(blocks) else []
+        tail = last[: len(last) // (workers - i)]
+        fill = body[: max(0, size - len(own) - len(tail))] if i < workers - 1 else body
+        body, last = body[len(fill) :], last[len(tail) :]
+        parts.append(own + fill + tail)
+    items[:] = [item for part in parts for item in part]
 
 
 @pytest.fixture(scope="session")
