@@ -150,9 +150,10 @@ def check_masking_and_equivariance(model_cfg, seed: int = 1, moved_actor_affects
 # busiest one's queue). The ablation tables share a workdir (rows common to tables train once) and
 # test_multihost.py's module fixture `runs` is built once per worker that runs its tests: each
 # block opens a part (ablation: worker 0's, the multi-process block and the longest trainings:
-# worker 1's), where no steal reaches it. The other tests fill the parts in their order, and the
-# modules whose tests take well under a second each (about 115 tests, 9 s in all) end every part:
-# they are what the steals move, so both workers end within a short test of each other.
+# worker 1's), where a steal, taken from a queue's end, comes last. The other tests fill the
+# parts in their order (with plain `-n 2`, xdist's `load`, blocks may split: slower, still
+# correct), and the modules whose tests take well under a second each (about 115 tests, 9 s in
+# all) end every part: they are what the steals move, so both workers end close together.
 # (`--dist loadgroup` does not group here: pytest-xdist 3.8 cannot add its "@group" suffix to
 # pytest 9's node ids.)
 LAST_MODULES = (
