@@ -9,8 +9,9 @@ import tempfile
 # XLA:CPU compiles the tiny test models 3-6x faster without its fusion emitters and LLVM's
 # expensive passes (measured: a train step 18 s -> 3 s, model init 9 s -> 2.5 s); the compiled
 # code runs about half as fast, which the tests' few steps do not notice. One codegen thread per
-# program instead of XLA's split over threads: a train step of the test model 2.9 -> 2.4 CPU-s
-# (and no slower on the clock), while the two test workers already keep both cores busy.
+# program instead of XLA's split over threads: compiling a train step of the test model took
+# 2.5 CPU-s instead of 3.0 (medians of 4 and 5 runs; 2.1-2.7 s on the clock against 2.5-2.7 s),
+# while the two test workers already keep both cores busy.
 # Subprocesses that set their own XLA_FLAGS (device counts) keep these: ``xla_flags(devices)``.
 FAST_COMPILE = (
     "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
